@@ -1,0 +1,431 @@
+//! Configuration: the TOML file a user writes, parsed and validated in one place.
+//!
+//! Job: turn `tailhose.toml` into a [`Config`] whose every value has been checked, or into a
+//! [`ConfigError`] that lists *all* problems at once, each with the key, the line and what to do.
+//!
+//! Guarantees:
+//! - Unknown keys are errors (`deny_unknown_fields` everywhere): a typo never silently becomes a default.
+//! - Durations are strings (`"1s"`, `"250ms"`) parsed by `humantime`; byte sizes are integers or
+//!   strings with a unit (`"64MiB"`).
+//! - After [`Config::parse`] succeeds, every sink input names a source, every limit is within what
+//!   Firehose accepts, and every sink has the keys its `type` needs.
+//!
+//! Credentials are never part of the configuration: the Firehose sink uses the AWS default chain.
+
+mod byte_size;
+
+pub use byte_size::ByteSize;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Firehose's own limits for `PutRecordBatch` (they cannot be raised).
+pub mod firehose_limits {
+    /// Records per `PutRecordBatch` call.
+    pub const MAX_BATCH_RECORDS: u32 = 500;
+    /// Bytes of record data per call (before base64).
+    pub const MAX_BATCH_BYTES: u64 = 4 * 1024 * 1024;
+    /// Bytes of one record (before base64): 1,000 KiB.
+    pub const MAX_RECORD_BYTES: u64 = 1000 * 1024;
+}
+
+/// The whole daemon configuration, as validated by [`Config::parse`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the sled queue (chunks, positions, dead letters) lives.
+    pub data_dir: PathBuf,
+    /// Queue size at which reading pauses until the sinks catch up (back-pressure).
+    #[serde(default = "default_max_queue_bytes")]
+    pub max_queue_bytes: ByteSize,
+    /// Memory sled may use for its page cache; part of the daemon's memory budget.
+    #[serde(default = "default_queue_cache_bytes")]
+    pub queue_cache_bytes: ByteSize,
+    /// How long a stopping daemon may spend finishing the batch in flight before it abandons it
+    /// (an abandoned batch stays queued and is sent again on the next start).
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    #[serde(default)]
+    pub sources: BTreeMap<String, Spanned<SourceConfig>>,
+    #[serde(default)]
+    pub sinks: BTreeMap<String, Spanned<SinkConfig>>,
+}
+
+/// How the lines of a source are checked before they are queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineFormat {
+    /// Each line must be one JSON value; other lines go to the dead-letter area.
+    Json,
+    /// Lines are delivered as they are, any bytes.
+    Raw,
+}
+
+/// A `[sources.NAME]` table: files to tail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Glob patterns, re-scanned every `refresh_interval`.
+    pub paths: Vec<String>,
+    #[serde(default = "default_format")]
+    pub format: LineFormat,
+    /// For a file with no stored position found at start-up: read it from its first byte (`true`)
+    /// or only what is written from now on (`false`). Files that appear later are always read
+    /// from their head, so nothing written to them is missed.
+    #[serde(default = "default_true")]
+    pub read_from_head: bool,
+    #[serde(default = "default_refresh_interval", with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// How often open files are checked for new bytes when nothing else wakes the reader.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// A longer line is set aside in the dead-letter area (with its file and offset), never
+    /// buffered whole: this bounds the reader's memory.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: ByteSize,
+}
+
+/// Where a sink delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkType {
+    /// AWS Kinesis Data Firehose, `PutRecordBatch`.
+    Firehose,
+    /// Files in a local directory, laid out like Firehose's S3 keys: no AWS account needed.
+    Directory,
+}
+
+/// A `[sinks.NAME]` table. One struct for every `type`, so that unknown keys are rejected and
+/// every problem can be reported with its line; [`Config::parse`] checks that each key fits the
+/// sink's `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    #[serde(rename = "type")]
+    pub sink_type: SinkType,
+    /// Names of the sources whose records this sink delivers.
+    pub inputs: Vec<Spanned<String>>,
+    /// A batch that is not full is sent once its oldest record has waited this long.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Deliver each record followed by `\n` (as fluent-plugin-kinesis `append_new_line`), so
+    /// records stay apart in the objects Firehose writes to S3.
+    #[serde(default = "default_true")]
+    pub append_newline: bool,
+    #[serde(default = "default_max_batch_records")]
+    pub max_batch_records: u32,
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: ByteSize,
+    /// Retry back-off: first delay and cap. Retries never stop on their own; they only slow down.
+    #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    pub retry_initial_backoff: Duration,
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+
+    // type = "firehose"
+    pub delivery_stream: Option<String>,
+    /// AWS region; when absent, the AWS default chain (AWS_REGION, profile) decides.
+    pub region: Option<String>,
+    /// Another endpoint for Firehose (a VPC endpoint, LocalStack, moto).
+    pub endpoint_url: Option<String>,
+    /// A call that has not answered by then is abandoned and retried.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+
+    // type = "directory"
+    pub path: Option<PathBuf>,
+}
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key, e.g. `sinks.events.inputs`.
+    pub key: String,
+    /// 1-based line in the file, where known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: `{}`: {}", self.key, self.message),
+            None => write!(f, "`{}`: {}", self.key, self.message),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path} has {} problem(s):\n{}", problems.len(), render_problems(problems))]
+    Invalid { path: PathBuf, problems: Vec<ConfigProblem> },
+}
+
+fn render_problems(problems: &[ConfigProblem]) -> String {
+    problems.iter().map(|problem| format!("  - {problem}")).collect::<Vec<_>>().join("\n")
+}
+
+/// A source's resolved settings, as the reader uses them.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub name: String,
+    pub paths: Vec<String>,
+    pub format: LineFormat,
+    pub read_from_head: bool,
+    pub refresh_interval: Duration,
+    pub poll_interval: Duration,
+    pub max_line_bytes: u64,
+}
+
+/// Where a sink delivers, with what that destination needs.
+#[derive(Debug, Clone)]
+pub enum SinkDestination {
+    Firehose { delivery_stream: String, region: Option<String>, endpoint_url: Option<String>, request_timeout: Duration },
+    Directory { path: PathBuf },
+}
+
+/// A sink's resolved settings, as the flusher uses them.
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    pub name: String,
+    pub inputs: Vec<String>,
+    pub destination: SinkDestination,
+    pub flush_interval: Duration,
+    pub append_newline: bool,
+    pub max_batch_records: u32,
+    pub max_batch_bytes: u64,
+    pub retry_initial_backoff: Duration,
+    pub retry_max_backoff: Duration,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `origin` names it in messages. Relative
+    /// `data_dir`, source `paths` and sink `path` values are taken relative to the file's
+    /// folder, so a configuration means the same whatever the working directory.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text)
+            .map_err(|error| ConfigError::Syntax { path: origin.to_path_buf(), message: error.to_string() })?;
+        let problems = config.problems(text);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid { path: origin.to_path_buf(), problems });
+        }
+        let base = origin.parent().unwrap_or_else(|| Path::new("."));
+        config.data_dir = base.join(&config.data_dir);
+        for source in config.sources.values_mut() {
+            for pattern in source.get_mut().paths.iter_mut() {
+                if Path::new(pattern.as_str()).is_relative() {
+                    *pattern = base.join(pattern.as_str()).to_string_lossy().into_owned();
+                }
+            }
+        }
+        for sink in config.sinks.values_mut() {
+            let sink = sink.get_mut();
+            if let Some(path) = sink.path.as_mut() {
+                *path = base.join(&*path);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Every problem in the configuration, in file order.
+    fn problems(&self, text: &str) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        if self.sources.is_empty() {
+            problems.push(ConfigProblem { key: "sources".into(), line: None, message: "no source is configured; add a [sources.NAME] table with `paths`".into() });
+        }
+        if self.sinks.is_empty() {
+            problems.push(ConfigProblem { key: "sinks".into(), line: None, message: "no sink is configured; add a [sinks.NAME] table with `type` and `inputs`".into() });
+        }
+        let mut report = |key: String, span: std::ops::Range<usize>, message: String| {
+            problems.push(ConfigProblem { key, line: Some(line_of(text, span.start)), message });
+        };
+        for (name, source) in &self.sources {
+            let key = format!("sources.{name}");
+            if source.get_ref().paths.is_empty() {
+                report(format!("{key}.paths"), source.span(), "must list at least one glob pattern".into());
+            }
+            for pattern in &source.get_ref().paths {
+                if let Err(error) = glob::Pattern::new(pattern) {
+                    report(format!("{key}.paths"), source.span(), format!("`{pattern}` is not a valid glob: {error}"));
+                }
+            }
+            if source.get_ref().max_line_bytes.0 == 0 {
+                report(format!("{key}.max_line_bytes"), source.span(), "must be greater than 0".into());
+            }
+        }
+        for (name, sink) in &self.sinks {
+            let key = format!("sinks.{name}");
+            let settings = sink.get_ref();
+            if settings.inputs.is_empty() {
+                report(format!("{key}.inputs"), sink.span(), "must name at least one source".into());
+            }
+            for input in &settings.inputs {
+                if !self.sources.contains_key(input.get_ref()) {
+                    let known: Vec<&str> = self.sources.keys().map(String::as_str).collect();
+                    report(format!("{key}.inputs"), input.span(), format!("no source is named `{}` (sources: {})", input.get_ref(), known.join(", ")));
+                }
+            }
+            let max_records = firehose_limits::MAX_BATCH_RECORDS;
+            if settings.max_batch_records == 0 || settings.max_batch_records > max_records {
+                report(format!("{key}.max_batch_records"), sink.span(), format!("must be between 1 and {max_records} (the PutRecordBatch limit)"));
+            }
+            let max_bytes = firehose_limits::MAX_BATCH_BYTES;
+            if settings.max_batch_bytes.0 < firehose_limits::MAX_RECORD_BYTES || settings.max_batch_bytes.0 > max_bytes {
+                report(format!("{key}.max_batch_bytes"), sink.span(), format!("must be between 1000KiB (one record) and 4MiB (the PutRecordBatch limit), not {}", settings.max_batch_bytes.0));
+            }
+            if settings.retry_initial_backoff.is_zero() || settings.retry_max_backoff < settings.retry_initial_backoff {
+                report(format!("{key}.retry_max_backoff"), sink.span(), "retry_initial_backoff must be above 0 and at most retry_max_backoff".into());
+            }
+            let misplaced: &[(&str, bool)] = match settings.sink_type {
+                SinkType::Firehose => {
+                    if settings.delivery_stream.as_deref().is_none_or(str::is_empty) {
+                        report(format!("{key}.delivery_stream"), sink.span(), "is required for type = \"firehose\"".into());
+                    }
+                    &[("path", settings.path.is_some())]
+                }
+                SinkType::Directory => {
+                    if settings.path.is_none() {
+                        report(format!("{key}.path"), sink.span(), "is required for type = \"directory\"".into());
+                    }
+                    &[
+                        ("delivery_stream", settings.delivery_stream.is_some()),
+                        ("region", settings.region.is_some()),
+                        ("endpoint_url", settings.endpoint_url.is_some()),
+                    ]
+                }
+            };
+            for (field, present) in misplaced {
+                if *present {
+                    report(format!("{key}.{field}"), sink.span(), format!("does not apply to a sink of type = \"{}\"", settings.sink_type.name()));
+                }
+            }
+        }
+        problems.sort_by_key(|problem| problem.line);
+        problems
+    }
+
+    /// The sources with their settings resolved.
+    pub fn source_settings(&self) -> Vec<SourceSettings> {
+        self.sources
+            .iter()
+            .map(|(name, source)| {
+                let source = source.get_ref();
+                SourceSettings {
+                    name: name.clone(),
+                    paths: source.paths.clone(),
+                    format: source.format,
+                    read_from_head: source.read_from_head,
+                    refresh_interval: source.refresh_interval,
+                    poll_interval: source.poll_interval,
+                    max_line_bytes: source.max_line_bytes.0,
+                }
+            })
+            .collect()
+    }
+
+    /// The sinks with their settings resolved. Only valid after [`Config::parse`].
+    pub fn sink_settings(&self) -> Vec<SinkSettings> {
+        self.sinks
+            .iter()
+            .filter_map(|(name, sink)| {
+                let sink = sink.get_ref();
+                let destination = match sink.sink_type {
+                    SinkType::Firehose => SinkDestination::Firehose {
+                        delivery_stream: sink.delivery_stream.clone()?,
+                        region: sink.region.clone(),
+                        endpoint_url: sink.endpoint_url.clone(),
+                        request_timeout: sink.request_timeout,
+                    },
+                    SinkType::Directory => SinkDestination::Directory { path: sink.path.clone()? },
+                };
+                Some(SinkSettings {
+                    name: name.clone(),
+                    inputs: sink.inputs.iter().map(|input| input.get_ref().clone()).collect(),
+                    destination,
+                    flush_interval: sink.flush_interval,
+                    append_newline: sink.append_newline,
+                    max_batch_records: sink.max_batch_records,
+                    max_batch_bytes: sink.max_batch_bytes.0,
+                    retry_initial_backoff: sink.retry_initial_backoff,
+                    retry_max_backoff: sink.retry_max_backoff,
+                })
+            })
+            .collect()
+    }
+}
+
+impl SinkType {
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkType::Firehose => "firehose",
+            SinkType::Directory => "directory",
+        }
+    }
+}
+
+/// 1-based line number of a byte offset in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&byte| byte == b'\n').count() + 1
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_format() -> LineFormat {
+    LineFormat::Json
+}
+fn default_max_queue_bytes() -> ByteSize {
+    ByteSize(1024 * 1024 * 1024)
+}
+fn default_queue_cache_bytes() -> ByteSize {
+    ByteSize(16 * 1024 * 1024)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_max_line_bytes() -> ByteSize {
+    ByteSize(1024 * 1024)
+}
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_batch_records() -> u32 {
+    firehose_limits::MAX_BATCH_RECORDS
+}
+fn default_max_batch_bytes() -> ByteSize {
+    ByteSize(firehose_limits::MAX_BATCH_BYTES)
+}
+fn default_retry_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[cfg(test)]
+mod tests;

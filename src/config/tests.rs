@@ -1,0 +1,108 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const SEED_LIKE: &str = r#"
+data_dir = "/var/lib/tailhose"
+
+[sources.conect]
+paths = ["/srv/conect/source/*.log"]
+format = "json"
+read_from_head = true
+refresh_interval = "5s"
+
+[sinks.events]
+type = "firehose"
+inputs = ["conect"]
+delivery_stream = "test-fluentd-firehose"
+region = "ap-northeast-2"
+endpoint_url = "http://127.0.0.1:4599"
+flush_interval = "1s"
+append_newline = true
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/tailhose/tailhose.toml"))
+}
+
+fn problems(text: &str) -> Vec<ConfigProblem> {
+    match parse(text) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("expected validation problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_issue_example_parses_with_defaults_filled_in() {
+    let config = parse(SEED_LIKE).expect("valid");
+    let sinks = config.sink_settings();
+    assert_eq!(sinks.len(), 1);
+    assert_eq!(sinks[0].flush_interval, Duration::from_secs(1));
+    assert_eq!(sinks[0].max_batch_records, 500);
+    assert_eq!(sinks[0].max_batch_bytes, 4 * 1024 * 1024);
+    assert!(matches!(&sinks[0].destination, SinkDestination::Firehose { delivery_stream, .. } if delivery_stream == "test-fluentd-firehose"));
+    let sources = config.source_settings();
+    assert_eq!(sources[0].max_line_bytes, 1024 * 1024);
+    assert_eq!(config.max_queue_bytes, ByteSize(1 << 30));
+}
+
+#[test]
+fn relative_paths_are_taken_from_the_config_files_folder() {
+    let text = "data_dir = \"state\"\n[sources.a]\npaths=[\"x/*.log\"]\n[sinks.out]\ntype=\"directory\"\ninputs=[\"a\"]\npath=\"out\"\n";
+    let config = parse(text).expect("valid");
+    assert_eq!(config.data_dir, Path::new("/etc/tailhose/state"));
+    assert!(matches!(&config.sink_settings()[0].destination, SinkDestination::Directory { path } if path == Path::new("/etc/tailhose/out")));
+}
+
+#[test]
+fn an_unknown_key_is_an_error_that_names_the_key_and_line() {
+    let text = SEED_LIKE.replace("append_newline = true", "append_newlines = true");
+    let error = parse(&text).expect_err("unknown key").to_string();
+    assert!(error.contains("append_newlines"), "{error}");
+    assert!(error.contains("line 18"), "{error}");
+}
+
+#[test]
+fn an_input_that_names_no_source_is_reported_on_its_line() {
+    let text = SEED_LIKE.replace("inputs = [\"conect\"]", "inputs = [\"other\"]");
+    let found = problems(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].key, "sinks.events.inputs");
+    assert_eq!(found[0].line, Some(13));
+    assert!(found[0].message.contains("`other`"));
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let text = r#"
+data_dir = "d"
+[sources.a]
+paths = []
+[sinks.f]
+type = "firehose"
+inputs = ["a"]
+max_batch_records = 501
+max_batch_bytes = "5MiB"
+path = "/tmp"
+"#;
+    let keys: Vec<String> = problems(text).into_iter().map(|problem| problem.key).collect();
+    for expected in ["sources.a.paths", "sinks.f.max_batch_records", "sinks.f.max_batch_bytes", "sinks.f.delivery_stream", "sinks.f.path"] {
+        assert!(keys.iter().any(|key| key == expected), "missing {expected} in {keys:?}");
+    }
+}
+
+#[test]
+fn a_bad_duration_is_a_syntax_error_with_its_line() {
+    let text = SEED_LIKE.replace("flush_interval = \"1s\"", "flush_interval = \"soon\"");
+    let error = parse(&text).expect_err("bad duration").to_string();
+    assert!(error.contains("line 17"), "{error}");
+}
+
+#[test]
+fn a_directory_sink_rejects_firehose_keys() {
+    let text = "data_dir = \"d\"\n[sources.a]\npaths=[\"*.log\"]\n[sinks.out]\ntype=\"directory\"\ninputs=[\"a\"]\npath=\"out\"\nregion=\"eu-west-1\"\n";
+    let found = problems(text);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].key, "sinks.out.region");
+}

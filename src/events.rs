@@ -1,0 +1,238 @@
+//! Every observable event of the daemon, counted and logged in one place.
+//!
+//! Each event has one method here: it bumps its counter and writes its log line. Stages never
+//! log an event themselves, so "every such event is counted and logged" (invariant 5) is checked
+//! by reading this file. [`Events::snapshot`] gives the counters for the exit summary, the
+//! status output and (later) metrics.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::queue::{ChunkError, ChunkSeq, DeadLetter, DeadLetterReason};
+use crate::source::SealedChunk;
+
+/// Counters of one daemon run. Shared by all tasks through an `Arc`.
+#[derive(Debug, Default)]
+pub struct Events {
+    files_added: AtomicU64,
+    files_closed: AtomicU64,
+    files_truncated: AtomicU64,
+    read_errors: AtomicU64,
+    bytes_read: AtomicU64,
+    records_queued: AtomicU64,
+    chunks_queued: AtomicU64,
+    blank_lines: AtomicU64,
+    dead_letters: AtomicU64,
+    dead_invalid_json: AtomicU64,
+    dead_line_too_long: AtomicU64,
+    dead_record_too_large: AtomicU64,
+    dead_rejected_by_sink: AtomicU64,
+    dead_unrecoverable: AtomicU64,
+    batches_acked: AtomicU64,
+    records_acked: AtomicU64,
+    bytes_acked: AtomicU64,
+    failed_entries: AtomicU64,
+    throttled_calls: AtomicU64,
+    failed_calls: AtomicU64,
+    retries: AtomicU64,
+    chunks_set_aside: AtomicU64,
+    ranges_recovered: AtomicU64,
+    backpressure_pauses: AtomicU64,
+}
+
+/// A copy of the counters at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EventCounts {
+    pub files_added: u64,
+    pub files_closed: u64,
+    pub files_truncated: u64,
+    pub read_errors: u64,
+    pub bytes_read: u64,
+    pub records_queued: u64,
+    pub chunks_queued: u64,
+    pub blank_lines: u64,
+    pub dead_letters: u64,
+    pub dead_invalid_json: u64,
+    pub dead_line_too_long: u64,
+    pub dead_record_too_large: u64,
+    pub dead_rejected_by_sink: u64,
+    pub dead_unrecoverable: u64,
+    pub batches_acked: u64,
+    pub records_acked: u64,
+    pub bytes_acked: u64,
+    pub failed_entries: u64,
+    pub throttled_calls: u64,
+    pub failed_calls: u64,
+    pub retries: u64,
+    pub chunks_set_aside: u64,
+    pub ranges_recovered: u64,
+    pub backpressure_pauses: u64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// Why a retry was scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryCause {
+    /// Some entries of an accepted call failed (`FailedPutCount` > 0).
+    FailedEntries,
+    /// The whole call was throttled.
+    Throttled,
+    /// Network error, timeout or 5xx.
+    Transient,
+    /// The destination refuses every call (stream missing, access denied); retried slowly.
+    Unavailable,
+}
+
+impl Events {
+    pub fn file_added(&self, route: &str, path: &Path, offset: u64, start: &str) {
+        bump(&self.files_added, 1);
+        tracing::info!(route, path = %path.display(), offset, start, "following file");
+    }
+
+    pub fn file_renamed(&self, from: &Path, to: &Path) {
+        tracing::info!(from = %from.display(), to = %to.display(), "file renamed; same file, position kept");
+    }
+
+    pub fn file_closed(&self, path: &Path) {
+        bump(&self.files_closed, 1);
+        tracing::info!(path = %path.display(), "file left the watched paths and is fully read; closed");
+    }
+
+    pub fn file_truncated(&self, path: &Path, position: u64, size: u64) {
+        bump(&self.files_truncated, 1);
+        tracing::warn!(path = %path.display(), position, size, "file is shorter than what was read (truncated); reading it again from its start");
+    }
+
+    pub fn file_open_failed(&self, path: &Path, error: &dyn std::fmt::Display) {
+        bump(&self.read_errors, 1);
+        tracing::warn!(path = %path.display(), %error, "cannot open file; will try again at the next scan");
+    }
+
+    pub fn file_read_failed(&self, path: &Path, error: &std::io::Error) {
+        bump(&self.read_errors, 1);
+        tracing::warn!(path = %path.display(), %error, "cannot read file; will try again");
+    }
+
+    pub fn glob_failed(&self, pattern: &str, error: &str) {
+        bump(&self.read_errors, 1);
+        tracing::warn!(pattern, error, "cannot expand path pattern");
+    }
+
+    pub fn bytes_read(&self, bytes: u64) {
+        bump(&self.bytes_read, bytes);
+    }
+
+    pub fn chunk_appended(&self, route: &str, chunk: &SealedChunk) {
+        bump(&self.chunks_queued, 1);
+        bump(&self.records_queued, u64::from(chunk.draft.meta.record_count));
+        if chunk.blank_lines > 0 {
+            bump(&self.blank_lines, chunk.blank_lines);
+            tracing::debug!(route, blank_lines = chunk.blank_lines, "blank lines skipped (they carry no record)");
+        }
+        for dead_letter in &chunk.dead_letters {
+            self.dead_lettered(route, dead_letter);
+        }
+    }
+
+    pub fn dead_lettered(&self, route: &str, letter: &DeadLetter) {
+        bump(&self.dead_letters, 1);
+        let counter = match letter.reason {
+            DeadLetterReason::InvalidJson => &self.dead_invalid_json,
+            DeadLetterReason::LineTooLong => &self.dead_line_too_long,
+            DeadLetterReason::RecordTooLarge => &self.dead_record_too_large,
+            DeadLetterReason::RejectedBySink => &self.dead_rejected_by_sink,
+            DeadLetterReason::Unrecoverable => &self.dead_unrecoverable,
+        };
+        bump(counter, 1);
+        tracing::warn!(
+            route,
+            reason = letter.reason.code(),
+            path = %String::from_utf8_lossy(&letter.path),
+            offset = letter.offset,
+            length = letter.record_len,
+            detail = %letter.detail,
+            "record moved to the dead-letter area"
+        );
+    }
+
+    pub fn batch_acknowledged(&self, route: &str, records: u64, bytes: u64, elapsed: Duration) {
+        bump(&self.batches_acked, 1);
+        bump(&self.records_acked, records);
+        bump(&self.bytes_acked, bytes);
+        tracing::debug!(route, records, bytes, elapsed_ms = elapsed.as_millis() as u64, "batch delivered and acknowledged");
+    }
+
+    pub fn entries_failed(&self, route: &str, failed: u64, of: u64, code: &str, message: &str) {
+        bump(&self.failed_entries, failed);
+        tracing::warn!(route, failed, of, code, message, "the sink refused some records of a call; resending only those");
+    }
+
+    pub fn call_throttled(&self, route: &str, message: &str) {
+        bump(&self.throttled_calls, 1);
+        tracing::warn!(route, message, "the sink throttled a call");
+    }
+
+    pub fn call_failed(&self, route: &str, message: &str) {
+        bump(&self.failed_calls, 1);
+        tracing::warn!(route, message, "a call to the sink failed");
+    }
+
+    pub fn sink_unavailable(&self, route: &str, message: &str, fix: &str) {
+        bump(&self.failed_calls, 1);
+        tracing::error!(route, message, fix, "the sink refuses every call; records stay queued and tailhose keeps retrying");
+    }
+
+    pub fn retry_scheduled(&self, route: &str, cause: RetryCause, attempt: u64, delay: Duration) {
+        bump(&self.retries, 1);
+        tracing::info!(route, ?cause, attempt, delay_ms = delay.as_millis() as u64, "retrying");
+    }
+
+    pub fn chunk_set_aside(&self, route: &str, seq: ChunkSeq, error: &ChunkError) {
+        bump(&self.chunks_set_aside, 1);
+        tracing::error!(route, chunk = seq.0, code = error.code(), %error, "queue chunk failed verification; set aside, never sent; its range is recovered from the source at start-up");
+    }
+
+    pub fn range_recovered(&self, route: &str, path: &[u8], start: u64, end: u64, records: u64) {
+        bump(&self.ranges_recovered, 1);
+        tracing::warn!(route, path = %String::from_utf8_lossy(path), start, end, records, "re-read a range of a set-aside chunk from its source file");
+    }
+
+    pub fn backpressure(&self, route: &str, queued_bytes: u64) {
+        bump(&self.backpressure_pauses, 1);
+        tracing::warn!(route, queued_bytes, "queue is full (max_queue_bytes); reading paused until the sink catches up");
+    }
+
+    pub fn snapshot(&self) -> EventCounts {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        EventCounts {
+            files_added: load(&self.files_added),
+            files_closed: load(&self.files_closed),
+            files_truncated: load(&self.files_truncated),
+            read_errors: load(&self.read_errors),
+            bytes_read: load(&self.bytes_read),
+            records_queued: load(&self.records_queued),
+            chunks_queued: load(&self.chunks_queued),
+            blank_lines: load(&self.blank_lines),
+            dead_letters: load(&self.dead_letters),
+            dead_invalid_json: load(&self.dead_invalid_json),
+            dead_line_too_long: load(&self.dead_line_too_long),
+            dead_record_too_large: load(&self.dead_record_too_large),
+            dead_rejected_by_sink: load(&self.dead_rejected_by_sink),
+            dead_unrecoverable: load(&self.dead_unrecoverable),
+            batches_acked: load(&self.batches_acked),
+            records_acked: load(&self.records_acked),
+            bytes_acked: load(&self.bytes_acked),
+            failed_entries: load(&self.failed_entries),
+            throttled_calls: load(&self.throttled_calls),
+            failed_calls: load(&self.failed_calls),
+            retries: load(&self.retries),
+            chunks_set_aside: load(&self.chunks_set_aside),
+            ranges_recovered: load(&self.ranges_recovered),
+            backpressure_pauses: load(&self.backpressure_pauses),
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The flusher of one route: drains committed chunks into batches, delivers them, and
+//! acknowledges exactly what the sink accepted.
+//!
+//! Invariants kept here:
+//! - Only committed chunks are read (the queue's committed watermark).
+//! - A chunk that fails verification is set aside, never sent (invariant 4).
+//! - A batch is acknowledged only after every record in it was accepted, or dead-lettered as one
+//!   the destination can never take (invariants 2 and 5). Failed entries are resent alone, with
+//!   exponential, jittered, capped back-off, without limit of time.
+//! - Batches are delivered one at a time, in queue order, so acknowledgements always cover a
+//!   contiguous prefix of each chunk.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SinkSettings;
+use crate::events::{Events, RetryCause};
+use crate::queue::chunk::decode_chunk;
+use crate::queue::{ChunkAck, ChunkMeta, ChunkSeq, DeadLetter, DeadLetterReason, FileIdentity, QueueError, RouteQueue};
+use crate::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecord, RecordOutcome, Sink, SinkError};
+
+/// When a flusher stops.
+#[derive(Clone)]
+pub struct FlusherStop {
+    /// Stop soon: deliver the batch being built (for at most `shutdown_timeout`), then exit.
+    pub stop: CancellationToken,
+    /// No more chunks will be appended: exit once everything committed is delivered.
+    pub input_closed: CancellationToken,
+    pub shutdown_timeout: Duration,
+}
+
+pub struct Flusher {
+    queue: RouteQueue,
+    sink: Arc<Sink>,
+    settings: SinkSettings,
+    limits: BatchLimits,
+    events: Arc<Events>,
+    stopping: FlusherStop,
+    /// The next chunk to read is the first pending one at or after this.
+    next_seq: ChunkSeq,
+    /// The chunk being packed, when a batch filled up in its middle.
+    current: Option<LoadedChunk>,
+}
+
+/// A verified chunk with the place of each record in its stored bytes.
+struct LoadedChunk {
+    seq: ChunkSeq,
+    meta: ChunkMeta,
+    stored_len: u64,
+    bytes: sled::IVec,
+    records: Vec<Range<usize>>,
+    /// The next record to pack; starts at the acknowledged prefix stored for the chunk.
+    next_record: u32,
+}
+
+/// A batch under construction, with what acknowledging it will record.
+struct PendingBatch {
+    records: Vec<OutgoingRecord>,
+    /// Index into `acks` of the chunk each record came from.
+    record_chunk: Vec<usize>,
+    packer: BatchPacker,
+    /// One entry per chunk touched, in queue order.
+    acks: Vec<ChunkAck>,
+    chunk_paths: Vec<Vec<u8>>,
+    dead_letters: Vec<DeadLetter>,
+    opened_at: Instant,
+}
+
+impl PendingBatch {
+    fn new(limits: BatchLimits) -> PendingBatch {
+        PendingBatch {
+            records: Vec::new(),
+            record_chunk: Vec::new(),
+            packer: BatchPacker::new(limits),
+            acks: Vec::new(),
+            chunk_paths: Vec::new(),
+            dead_letters: Vec::new(),
+            opened_at: Instant::now(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.acks.is_empty()
+    }
+
+    fn bytes(&self) -> u64 {
+        self.packer.bytes()
+    }
+
+    /// The ack entry for `chunk`, added on first use.
+    fn ack_for(&mut self, chunk: &LoadedChunk) -> usize {
+        if self.acks.last().is_some_and(|ack| ack.seq == chunk.seq) {
+            return self.acks.len() - 1;
+        }
+        if self.acks.is_empty() {
+            self.opened_at = Instant::now();
+        }
+        self.acks.push(ChunkAck {
+            seq: chunk.seq,
+            file: chunk.meta.file,
+            start_offset: chunk.meta.start_offset,
+            stored_len: chunk.stored_len,
+            acked_records: chunk.next_record,
+            record_count: chunk.meta.record_count,
+        });
+        self.chunk_paths.push(chunk.meta.path.clone());
+        self.acks.len() - 1
+    }
+}
+
+/// Whether filling stopped because the batch is full or the committed chunks ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    Full,
+    Drained,
+}
+
+/// How delivering a batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Accepted,
+    /// Shutdown's deadline passed first: nothing is acknowledged; the batch is sent again after restart.
+    Abandoned,
+}
+
+impl Flusher {
+    pub fn new(queue: RouteQueue, sink: Arc<Sink>, settings: SinkSettings, events: Arc<Events>, stopping: FlusherStop) -> Flusher {
+        let limits = sink.limits(&settings);
+        Flusher { queue, sink, settings, limits, events, stopping, next_seq: ChunkSeq(0), current: None }
+    }
+
+    pub async fn run(mut self) -> Result<(), QueueError> {
+        let mut committed = self.queue.committed();
+        loop {
+            let mut batch = PendingBatch::new(self.limits);
+            loop {
+                let below = *committed.borrow_and_update();
+                if self.fill(&mut batch, below)? == Fill::Full {
+                    break;
+                }
+                if batch.is_empty() {
+                    if self.stopping.stop.is_cancelled() || self.stopping.input_closed.is_cancelled() && self.drained(&committed) {
+                        return Ok(());
+                    }
+                    tokio::select! {
+                        _ = committed.changed() => continue,
+                        _ = self.stopping.stop.cancelled() => return Ok(()),
+                        _ = self.stopping.input_closed.cancelled() => continue,
+                    }
+                }
+                let deadline = batch.opened_at + self.settings.flush_interval;
+                let nothing_more_comes = self.stopping.input_closed.is_cancelled() && self.drained(&committed);
+                if batch.records.is_empty() || self.stopping.stop.is_cancelled() || nothing_more_comes || Instant::now() >= deadline {
+                    break;
+                }
+                tokio::select! {
+                    _ = committed.changed() => {}
+                    _ = tokio::time::sleep_until(deadline.into()) => break,
+                    _ = self.stopping.stop.cancelled() => break,
+                    _ = self.stopping.input_closed.cancelled() => {}
+                }
+            }
+            let started = Instant::now();
+            if !batch.records.is_empty() && self.deliver(&mut batch).await == Delivery::Abandoned {
+                tracing::warn!(route = self.queue.name(), records = batch.records.len(), "shutdown timeout reached; batch abandoned, it stays queued and is sent again at the next start");
+                return Ok(());
+            }
+            self.queue.acknowledge(&batch.acks, &batch.dead_letters).await?;
+            for letter in &batch.dead_letters {
+                self.events.dead_lettered(self.queue.name(), letter);
+            }
+            self.events.batch_acknowledged(self.queue.name(), batch.records.len() as u64, batch.bytes(), started.elapsed());
+            if self.stopping.stop.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// True when every committed chunk has been packed and the reader has committed all it appended.
+    fn drained(&self, committed: &tokio::sync::watch::Receiver<ChunkSeq>) -> bool {
+        self.current.is_none() && self.next_seq >= *committed.borrow()
+    }
+
+    /// Packs committed records into `batch` until it is full or no committed chunk is left.
+    fn fill(&mut self, batch: &mut PendingBatch, committed: ChunkSeq) -> Result<Fill, QueueError> {
+        loop {
+            let chunk = match self.current.take() {
+                Some(chunk) => chunk,
+                None => match self.load_next(committed)? {
+                    Some(chunk) => chunk,
+                    None => return Ok(Fill::Drained),
+                },
+            };
+            let mut chunk = chunk;
+            let ack = batch.ack_for(&chunk);
+            while chunk.next_record < chunk.meta.record_count {
+                let range = chunk.records[chunk.next_record as usize].clone();
+                let mut data = Vec::with_capacity(range.len() + 1);
+                data.extend_from_slice(&chunk.bytes[range]);
+                if self.settings.append_newline {
+                    data.push(b'\n');
+                }
+                match batch.packer.offer(data.len() as u64) {
+                    Offer::Added => {
+                        batch.records.push(OutgoingRecord { data });
+                        batch.record_chunk.push(ack);
+                    }
+                    Offer::Full => {
+                        self.current = Some(chunk);
+                        return Ok(Fill::Full);
+                    }
+                    Offer::TooLarge => {
+                        let limit = self.limits.max_record_bytes.unwrap_or(self.limits.max_bytes);
+                        let detail = format!("record {} of chunk {} is {} bytes; the destination takes at most {limit}", chunk.next_record, chunk.seq, data.len());
+                        batch.dead_letters.push(record_dead_letter(chunk.meta.file, &chunk.meta.path, chunk.meta.start_offset, DeadLetterReason::RecordTooLarge, detail, data));
+                    }
+                }
+                chunk.next_record += 1;
+                batch.acks[ack].acked_records = chunk.next_record;
+            }
+            if batch.packer.is_full() {
+                return Ok(Fill::Full);
+            }
+        }
+    }
+
+    /// Reads and verifies the next committed chunk; one that fails verification is set aside.
+    fn load_next(&mut self, committed: ChunkSeq) -> Result<Option<LoadedChunk>, QueueError> {
+        loop {
+            let Some(stored) = self.queue.read_pending(self.next_seq, committed)? else {
+                return Ok(None);
+            };
+            self.next_seq = ChunkSeq(stored.seq.0 + 1);
+            match decode_chunk(stored.seq, &stored.bytes) {
+                Ok(decoded) => {
+                    let base = stored.bytes.len() - decoded_body_len(&decoded);
+                    let mut records = Vec::with_capacity(decoded.meta.record_count as usize);
+                    let mut at = base;
+                    for record in decoded.records() {
+                        records.push(at + 4..at + 4 + record.len());
+                        at += 4 + record.len();
+                    }
+                    let meta = decoded.meta.clone();
+                    return Ok(Some(LoadedChunk {
+                        seq: stored.seq,
+                        stored_len: stored.bytes.len() as u64,
+                        next_record: stored.acked_records.min(meta.record_count),
+                        meta,
+                        records,
+                        bytes: stored.bytes.clone(),
+                    }));
+                }
+                Err(error) => {
+                    self.events.chunk_set_aside(self.queue.name(), stored.seq, &error);
+                    self.queue.set_aside(stored.seq, &error)?;
+                }
+            }
+        }
+    }
+
+    /// Sends the batch until every record is accepted or dead-lettered, or shutdown's deadline passes.
+    async fn deliver(&self, batch: &mut PendingBatch) -> Delivery {
+        let route = self.queue.name();
+        let abandon = abandon_after(self.stopping.stop.clone(), self.stopping.shutdown_timeout);
+        tokio::pin!(abandon);
+        let mut groups: VecDeque<Vec<usize>> = VecDeque::from([(0..batch.records.len()).collect()]);
+        let mut backoff = self.backoff();
+        let mut attempt = 0u64;
+        while let Some(mut group) = groups.pop_front() {
+            loop {
+                attempt += 1;
+                let answer = tokio::select! {
+                    answer = self.sink.put(&batch.records, &group) => answer,
+                    _ = &mut abandon => return Delivery::Abandoned,
+                };
+                let (cause, delay) = match answer {
+                    Ok(outcomes) => {
+                        let mut failed = Vec::new();
+                        let mut first_failure = None;
+                        for (&index, outcome) in group.iter().zip(&outcomes) {
+                            if let RecordOutcome::Failed { code, message } = outcome {
+                                failed.push(index);
+                                first_failure.get_or_insert((code.clone(), message.clone()));
+                            }
+                        }
+                        let Some((code, message)) = first_failure else {
+                            backoff = self.backoff();
+                            break;
+                        };
+                        self.events.entries_failed(route, failed.len() as u64, group.len() as u64, &code, &message);
+                        group = failed;
+                        (RetryCause::FailedEntries, backoff.next())
+                    }
+                    Err(SinkError::Throttled { message }) => {
+                        self.events.call_throttled(route, &message);
+                        (RetryCause::Throttled, backoff.next())
+                    }
+                    Err(SinkError::Transient { message }) => {
+                        self.events.call_failed(route, &message);
+                        (RetryCause::Transient, backoff.next())
+                    }
+                    Err(SinkError::Unavailable { message, fix, .. }) => {
+                        self.events.sink_unavailable(route, &message, &fix);
+                        (RetryCause::Unavailable, Some(self.settings.retry_max_backoff))
+                    }
+                    Err(SinkError::InvalidRecords { code, message }) => {
+                        if let [index] = group[..] {
+                            let chunk = batch.record_chunk[index];
+                            let ack = &batch.acks[chunk];
+                            let detail = format!("a record of chunk {}: {code}: {message}", ack.seq);
+                            let data = batch.records[index].data.clone();
+                            let letter = record_dead_letter(ack.file, &batch.chunk_paths[chunk], ack.start_offset, DeadLetterReason::RejectedBySink, detail, data);
+                            batch.dead_letters.push(letter);
+                        } else {
+                            // Halve the group until the record the destination refuses is alone.
+                            let second = group.split_off(group.len() / 2);
+                            groups.push_front(second);
+                            groups.push_front(group);
+                        }
+                        break;
+                    }
+                };
+                let delay = delay.unwrap_or(self.settings.retry_max_backoff);
+                self.events.retry_scheduled(route, cause, attempt, delay);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = &mut abandon => return Delivery::Abandoned,
+                }
+            }
+        }
+        Delivery::Accepted
+    }
+
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        ExponentialBuilder::new()
+            .with_min_delay(self.settings.retry_initial_backoff)
+            .with_max_delay(self.settings.retry_max_backoff)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
+fn decoded_body_len(decoded: &crate::queue::DecodedChunk<'_>) -> usize {
+    decoded.records().map(|record| 4 + record.len()).sum()
+}
+
+/// Completes when `stop` has fired and `grace` has passed since.
+async fn abandon_after(stop: CancellationToken, grace: Duration) {
+    stop.cancelled().await;
+    tokio::time::sleep(grace).await;
+}
+
+/// A dead letter for a record that was already packed; `offset` is its chunk's start (records
+/// do not carry their own offsets), `detail` says which record of the chunk it is.
+fn record_dead_letter(file: FileIdentity, path: &[u8], offset: u64, reason: DeadLetterReason, detail: String, mut data: Vec<u8>) -> DeadLetter {
+    let record_len = data.len() as u64;
+    data.truncate(crate::queue::dead_letter::MAX_KEPT_RECORD_BYTES);
+    DeadLetter { reason, detail, file, path: path.to_vec(), offset, record_len, record: data, recorded_at_ms: crate::source::now_ms() }
+}

@@ -1,0 +1,104 @@
+//! The pipeline: one reader and one flusher per route (a source feeding a sink), the start-up
+//! recovery that runs before them, and shutdown.
+//!
+//! Order of start-up: open the queue; per route, verify chunks and re-read the ranges of any
+//! that were set aside ([`recover`]); only then start reading and delivering.
+//!
+//! Shutdown: when the stop token fires, readers stop at the end of their pass (what they read is
+//! committed), flushers deliver the batch they hold for at most `shutdown_timeout` (or abandon
+//! it: it stays queued), and the queue is flushed before [`run`] returns.
+
+mod flusher;
+mod reader;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SourceSettings};
+use crate::events::{EventCounts, Events};
+use crate::queue::recovery::RecoveryReport;
+use crate::queue::{route_name, QueueError, QueueStore, RouteQueue};
+use crate::sink::Sink;
+use crate::source::{recover_range, RecoveryOutcome};
+
+pub use flusher::{Flusher, FlusherStop};
+pub use reader::{run_reader, ReadMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("a pipeline task failed: {0}")]
+    Task(String),
+}
+
+/// Runs every route until `stop` fires (or, with [`ReadMode::UntilCaughtUp`], until every file
+/// is read and everything read is delivered). Returns the run's event counts.
+pub async fn run(config: &Config, mode: ReadMode, stop: CancellationToken) -> Result<EventCounts, PipelineError> {
+    let store = QueueStore::open(&config.data_dir, config.queue_cache_bytes.0)?;
+    let events = Arc::new(Events::default());
+    let sources = config.source_settings();
+    let mut tasks = tokio::task::JoinSet::new();
+    for sink_settings in config.sink_settings() {
+        let sink = Arc::new(Sink::connect(&sink_settings).await);
+        for input in &sink_settings.inputs {
+            let Some(source) = sources.iter().find(|source| &source.name == input).cloned() else { continue };
+            let route = route_name(input, &sink_settings.name);
+            let (queue, report) = store.open_route(&route, config.max_queue_bytes.0)?;
+            recover(&queue, &source, &events, report).await?;
+            let input_closed = CancellationToken::new();
+            let stopping = FlusherStop { stop: stop.clone(), input_closed: input_closed.clone(), shutdown_timeout: config.shutdown_timeout };
+            let flusher = Flusher::new(queue.clone(), sink.clone(), sink_settings.clone(), events.clone(), stopping);
+            tracing::info!(route, "route started");
+            tasks.spawn(async move { flusher.run().await.map_err(PipelineError::from) });
+            let reader = run_reader(source, queue, events.clone(), mode, stop.clone(), input_closed);
+            tasks.spawn(async move {
+                reader.await;
+                Ok(())
+            });
+        }
+    }
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.map_err(|error| PipelineError::Task(error.to_string())).and_then(|result| result);
+        if let Err(error) = result {
+            tracing::error!(%error, "route stopped on an error; stopping the others");
+            stop.cancel();
+            failure.get_or_insert(error);
+        }
+    }
+    store.flush()?;
+    let counts = events.snapshot();
+    tracing::info!(summary = %serde_json::to_string(&counts).unwrap_or_default(), "tailhose stopped; queue is durable");
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(counts),
+    }
+}
+
+/// Acts on what start-up verification found: reports set-aside chunks and re-reads their byte
+/// ranges from the source files (or dead-letters the ranges whose bytes are gone).
+pub async fn recover(queue: &RouteQueue, source: &SourceSettings, events: &Arc<Events>, report: RecoveryReport) -> Result<(), PipelineError> {
+    for set_aside in &report.set_aside {
+        events.chunk_set_aside(queue.name(), set_aside.seq, &set_aside.error);
+    }
+    if report.missing.is_empty() {
+        return Ok(());
+    }
+    let queue = queue.clone();
+    let source = source.clone();
+    let events = events.clone();
+    tokio::task::spawn_blocking(move || {
+        for missing in &report.missing {
+            match recover_range(&queue, &events, &source, missing.file, &missing.path, missing.start, missing.end)? {
+                RecoveryOutcome::Recovered { records } => events.range_recovered(queue.name(), &missing.path, missing.start, missing.end, records),
+                RecoveryOutcome::DeadLettered { .. } => {}
+            }
+        }
+        queue.commit()
+    })
+    .await
+    .map_err(|error| PipelineError::Task(format!("recovery: {error}")))??;
+    Ok(())
+}

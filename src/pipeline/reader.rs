@@ -1,0 +1,62 @@
+//! The reader task of one route: runs tailer passes on a blocking thread, pauses when the queue
+//! is full (back-pressure), and sleeps `poll_interval` when there is nothing new.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SourceSettings;
+use crate::events::Events;
+use crate::queue::RouteQueue;
+use crate::source::Tailer;
+
+/// Whether the reader follows its files forever or stops once they are read to their end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    Follow,
+    /// Stop after a pass that found every file at its end (`tailhose run --once`).
+    UntilCaughtUp,
+}
+
+/// Runs until `stop` fires (or, with [`ReadMode::UntilCaughtUp`], until caught up), then fires
+/// `input_closed`, which tells the route's flusher that no more chunks will come.
+pub async fn run_reader(source: SourceSettings, queue: RouteQueue, events: Arc<Events>, mode: ReadMode, stop: CancellationToken, input_closed: CancellationToken) {
+    let poll_interval = source.poll_interval;
+    let mut tailer = Some(Tailer::new(source, queue.clone(), events.clone()));
+    while !stop.is_cancelled() {
+        if !queue.has_space() {
+            events.backpressure(queue.name(), queue.pending_bytes());
+            tokio::select! {
+                _ = queue.wait_for_space() => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        let Some(mut owned) = tailer.take() else { break };
+        let pass = tokio::task::spawn_blocking(move || {
+            let outcome = owned.pass();
+            (owned, outcome)
+        })
+        .await;
+        let outcome = match pass {
+            Ok((returned, outcome)) => {
+                tailer = Some(returned);
+                outcome
+            }
+            Err(error) => {
+                tracing::error!(route = queue.name(), %error, "reader thread failed; reading of this route stops, queued records are still delivered");
+                break;
+            }
+        };
+        match outcome {
+            Ok(outcome) if mode == ReadMode::UntilCaughtUp && outcome.caught_up => break,
+            Ok(outcome) if outcome.bytes_read > 0 && !outcome.queue_full => continue,
+            Ok(_) => {}
+            Err(error) => tracing::error!(route = queue.name(), %error, "cannot append to the queue; reading pauses and retries"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll_interval) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    input_closed.cancel();
+}

@@ -1,0 +1,466 @@
+//! The on-disk queue: records between the file they were read from and the sink that takes them.
+//!
+//! # Design constraints
+//! - One sled database per `data_dir`, one tree per *route* (a source feeding a sink), so each
+//!   route is acknowledged on its own and one `apply_batch` changes a route atomically.
+//! - Records are stored in checksummed [chunks](chunk), many records per sled write.
+//! - **Invariant 1** — a chunk and the read position that covers it are written in one atomic
+//!   batch; the chunk is *committed* (visible to the flusher) only after sled has flushed it.
+//! - **Invariant 2** — the acknowledged position of a file is the start of its oldest chunk not
+//!   yet fully acknowledged (or its read position when none is left); only [`RouteQueue::acknowledge`]
+//!   writes it, after the sink accepted every record before it.
+//! - **Invariant 3** — per chunk, the count of leading records already acknowledged is stored with
+//!   each acknowledgement, so a restart resends neither a whole acknowledged chunk nor the
+//!   acknowledged prefix of a partly acknowledged one.
+//! - **Invariant 4** — every chunk is verified when it is read; one that fails is moved to the
+//!   set-aside area, never sent, and its byte range is re-read from the source where it still
+//!   exists ([`recovery`]).
+//! - **Invariant 5** — the queue's size is tracked; [`RouteQueue::wait_for_space`] is what pauses
+//!   reading when `max_queue_bytes` is reached. Dead letters go in the same batch as the change
+//!   that skips their bytes.
+//!
+//! # On-disk format
+//! Keys are described in [`keys`], values in [`chunk`], [`positions`] and [`dead_letter`]; the
+//! byte-by-byte specification is `docs/queue-format.md`.
+//!
+//! # Writing
+//! The reader calls [`RouteQueue::append`] for each sealed chunk, then [`RouteQueue::commit`]
+//! once per read pass: one fsync covers many chunks.
+//!
+//! # Reading and deleting acknowledged
+//! The flusher reads committed chunks in sequence order with [`RouteQueue::read_pending`] and,
+//! once the sink has accepted a batch, calls [`RouteQueue::acknowledge`], which deletes completed
+//! chunks, records partial progress and advances file positions in one batch, then flushes.
+
+pub mod chunk;
+pub mod dead_letter;
+pub mod keys;
+pub mod positions;
+pub mod recovery;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{watch, Notify};
+
+pub use chunk::{ChunkDraft, ChunkError, ChunkMeta, ChunkSeq, DecodedChunk};
+pub use dead_letter::{DeadLetter, DeadLetterReason};
+pub use positions::{FileIdentity, FileReadState};
+
+use keys::KeyKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("the queue in {path} is in use by another process (only one tailhose may use a data_dir at a time): {source}")]
+    Locked { path: PathBuf, source: sled::Error },
+    #[error("cannot open the queue in {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("queue storage failed: {0}; check the disk holding data_dir (space, permissions)")]
+    Storage(#[from] sled::Error),
+}
+
+/// The sled database of one `data_dir`.
+#[derive(Clone)]
+pub struct QueueStore {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl QueueStore {
+    /// Opens (or creates) the queue under `data_dir`. `cache_bytes` bounds sled's page cache,
+    /// which is most of the daemon's memory.
+    pub fn open(data_dir: &Path, cache_bytes: u64) -> Result<QueueStore, QueueError> {
+        let path = data_dir.join("queue");
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(cache_bytes)
+            // Durability comes from explicit flushes at commit and acknowledgement; sled's own
+            // timer flush only adds fsyncs.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| match &source {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                    QueueError::Locked { path: path.clone(), source }
+                }
+                _ => QueueError::Open { path: path.clone(), source },
+            })?;
+        Ok(QueueStore { db, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Names of the routes that have a tree in this store.
+    pub fn route_names(&self) -> Vec<String> {
+        self.db
+            .tree_names()
+            .into_iter()
+            .filter_map(|name| std::str::from_utf8(&name).ok()?.strip_prefix(ROUTE_TREE_PREFIX).map(str::to_owned))
+            .collect()
+    }
+
+    /// Opens one route's queue and runs start-up verification (see [`recovery`]).
+    pub fn open_route(&self, route: &str, max_queue_bytes: u64) -> Result<(RouteQueue, recovery::RecoveryReport), QueueError> {
+        let tree = self.db.open_tree(format!("{ROUTE_TREE_PREFIX}{route}"))?;
+        let scan = recovery::scan_route(&tree)?;
+        let queue = RouteQueue {
+            inner: Arc::new(RouteInner {
+                name: route.to_owned(),
+                db: self.db.clone(),
+                tree,
+                next_seq: AtomicU64::new(scan.next_seq.0),
+                accounting: Mutex::new(scan.accounting),
+                committed: watch::Sender::new(scan.next_seq),
+                space_freed: Notify::new(),
+                max_queue_bytes,
+            }),
+        };
+        Ok((queue, scan.report))
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), QueueError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+const ROUTE_TREE_PREFIX: &str = "route:";
+
+/// The route name of a source feeding a sink.
+pub fn route_name(source: &str, sink: &str) -> String {
+    format!("{source}->{sink}")
+}
+
+/// One route's queue. Cheap to clone; all clones share the same state.
+#[derive(Clone)]
+pub struct RouteQueue {
+    inner: Arc<RouteInner>,
+}
+
+struct RouteInner {
+    name: String,
+    db: sled::Db,
+    tree: sled::Tree,
+    next_seq: AtomicU64,
+    accounting: Mutex<Accounting>,
+    /// Every chunk with a lower sequence number is durable. Written by the reader after a flush,
+    /// watched by the flusher.
+    committed: watch::Sender<ChunkSeq>,
+    /// Signalled by acknowledgements, awaited by a reader paused for back-pressure.
+    space_freed: Notify,
+    max_queue_bytes: u64,
+}
+
+/// In-memory mirror of what the tree holds, rebuilt at start-up by [`recovery::scan_route`].
+#[derive(Debug, Default)]
+pub(crate) struct Accounting {
+    pending_bytes: u64,
+    pending_chunks: u64,
+    files: HashMap<FileIdentity, FileTrack>,
+}
+
+/// What the queue knows of one source file.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct FileTrack {
+    /// Everything before this offset has been appended (it may not be committed yet).
+    queued_offset: u64,
+    /// The persisted acknowledged position.
+    acked_offset: u64,
+    /// Byte ranges `start → end` of chunks appended and not yet fully acknowledged.
+    outstanding: BTreeMap<u64, u64>,
+}
+
+impl FileTrack {
+    /// The offset before which every byte is acknowledged.
+    fn acknowledged_prefix(&self) -> u64 {
+        self.outstanding.keys().next().copied().unwrap_or(self.queued_offset)
+    }
+}
+
+/// Whether appending a chunk moves the file's read position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadProgress {
+    /// New bytes read from the file: the read position moves to the chunk's end.
+    Advance,
+    /// Bytes re-read to recover a chunk that was set aside: the read position is already past them.
+    Recovered,
+}
+
+/// A pending chunk as stored, with how much of it is already acknowledged.
+#[derive(Debug, Clone)]
+pub struct StoredChunk {
+    pub seq: ChunkSeq,
+    pub bytes: sled::IVec,
+    pub acked_records: u32,
+}
+
+/// Where one chunk stands after a batch was accepted by the sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkAck {
+    pub seq: ChunkSeq,
+    pub file: FileIdentity,
+    pub start_offset: u64,
+    /// Bytes the chunk takes in the queue.
+    pub stored_len: u64,
+    /// Leading records now acknowledged (or dead-lettered).
+    pub acked_records: u32,
+    pub record_count: u32,
+}
+
+impl ChunkAck {
+    pub fn is_complete(&self) -> bool {
+        self.acked_records >= self.record_count
+    }
+}
+
+/// Counts shown by `tailhose queue stats`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct QueueStats {
+    pub route: String,
+    pub pending_chunks: u64,
+    pub pending_bytes: u64,
+    pub dead_letters: u64,
+    pub set_aside_chunks: u64,
+    pub files: Vec<FileStats>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileStats {
+    pub path: String,
+    pub identity: String,
+    pub queued_offset: u64,
+    pub acked_offset: u64,
+}
+
+impl RouteQueue {
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn accounting(&self) -> MutexGuard<'_, Accounting> {
+        // A panic while holding this lock leaves plain counters behind; they stay usable.
+        self.inner.accounting.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends a sealed chunk with the dead letters for lines it skipped, in one atomic batch.
+    /// The chunk is not visible to the flusher until [`RouteQueue::commit`].
+    pub fn append(&self, draft: &ChunkDraft, dead_letters: &[DeadLetter], progress: ReadProgress) -> Result<ChunkSeq, QueueError> {
+        let seq = ChunkSeq(self.inner.next_seq.fetch_add(1, Ordering::SeqCst));
+        let encoded = chunk::encode_chunk(seq, draft);
+        let stored_len = encoded.len() as u64;
+        let meta = &draft.meta;
+        let mut batch = sled::Batch::default();
+        batch.insert(&keys::seq_key(KeyKind::PendingChunk, seq), encoded);
+        for dead_letter in dead_letters {
+            let id = self.inner.db.generate_id()?;
+            batch.insert(&keys::id_key(KeyKind::DeadLetter, id), dead_letter.encode());
+        }
+        let mut accounting = self.accounting();
+        let first_chunk_of_file = !accounting.files.contains_key(&meta.file);
+        if progress == ReadProgress::Advance {
+            let state = FileReadState { queued_offset: meta.end_offset, path: meta.path.clone() };
+            batch.insert(keys::file_key(KeyKind::FileRead, &meta.file), state.encode());
+            if first_chunk_of_file {
+                // A file first read from its middle (read_from_head = false) is acknowledged up
+                // to where reading started: nothing before it was ever meant to be sent.
+                batch.insert(keys::file_key(KeyKind::FileAcked, &meta.file), &positions::encode_acked_offset(meta.start_offset)[..]);
+            }
+        }
+        // Holding the accounting lock across the write keeps the tree and its mirror in step
+        // with acknowledgements running on another task.
+        self.inner.tree.apply_batch(batch)?;
+        let track = accounting.files.entry(meta.file).or_default();
+        if first_chunk_of_file {
+            track.acked_offset = meta.start_offset;
+        }
+        if progress == ReadProgress::Advance {
+            track.queued_offset = track.queued_offset.max(meta.end_offset);
+        }
+        track.outstanding.insert(meta.start_offset, meta.end_offset);
+        accounting.pending_bytes += stored_len;
+        accounting.pending_chunks += 1;
+        Ok(seq)
+    }
+
+    /// Makes every appended chunk durable, then lets the flusher see it. Blocking (fsync).
+    pub fn commit(&self) -> Result<(), QueueError> {
+        let appended = ChunkSeq(self.inner.next_seq.load(Ordering::SeqCst));
+        if *self.inner.committed.borrow() >= appended {
+            return Ok(());
+        }
+        self.inner.db.flush()?;
+        self.inner.committed.send_replace(appended);
+        Ok(())
+    }
+
+    /// Follows the committed watermark: every chunk below it can be read and sent.
+    pub fn committed(&self) -> watch::Receiver<ChunkSeq> {
+        self.inner.committed.subscribe()
+    }
+
+    /// The first pending chunk with `from <= seq < below`.
+    pub fn read_pending(&self, from: ChunkSeq, below: ChunkSeq) -> Result<Option<StoredChunk>, QueueError> {
+        let start = keys::seq_key(KeyKind::PendingChunk, from);
+        let end = keys::seq_key(KeyKind::PendingChunk, below);
+        let Some((key, bytes)) = self.inner.tree.range(start..end).next().transpose()? else {
+            return Ok(None);
+        };
+        let Some(seq) = keys::seq_of(&key) else {
+            return Ok(None);
+        };
+        let acked_records = self
+            .inner
+            .tree
+            .get(keys::seq_key(KeyKind::ChunkProgress, seq))?
+            .and_then(|value| positions::decode_progress(&value))
+            .unwrap_or(0);
+        Ok(Some(StoredChunk { seq, bytes, acked_records }))
+    }
+
+    /// Moves a chunk that failed verification out of the pending range, so it is never sent.
+    /// Its bytes are kept for inspection; its file range stays unacknowledged until it is
+    /// recovered from the source (at the next start-up, see [`recovery`]).
+    pub fn set_aside(&self, seq: ChunkSeq, error: &ChunkError) -> Result<(), QueueError> {
+        let pending_key = keys::seq_key(KeyKind::PendingChunk, seq);
+        let mut accounting = self.accounting();
+        let Some(bytes) = self.inner.tree.get(pending_key)? else {
+            return Ok(());
+        };
+        let mut batch = sled::Batch::default();
+        batch.remove(&pending_key);
+        batch.remove(&keys::seq_key(KeyKind::ChunkProgress, seq));
+        batch.insert(&keys::seq_key(KeyKind::SetAsideChunk, seq), recovery::encode_set_aside(error, &bytes));
+        self.inner.tree.apply_batch(batch)?;
+        accounting.pending_bytes = accounting.pending_bytes.saturating_sub(bytes.len() as u64);
+        accounting.pending_chunks = accounting.pending_chunks.saturating_sub(1);
+        drop(accounting);
+        self.inner.db.flush()?;
+        self.inner.space_freed.notify_waiters();
+        Ok(())
+    }
+
+    /// Records that the sink accepted records: completed chunks are deleted, partly acknowledged
+    /// ones keep their progress, file positions advance over the acknowledged prefix, and dead
+    /// letters for records the sink can never take are stored, all in one atomic batch, which is
+    /// flushed before this returns.
+    pub async fn acknowledge(&self, acks: &[ChunkAck], dead_letters: &[DeadLetter]) -> Result<(), QueueError> {
+        let mut batch = sled::Batch::default();
+        for dead_letter in dead_letters {
+            let id = self.inner.db.generate_id()?;
+            batch.insert(&keys::id_key(KeyKind::DeadLetter, id), dead_letter.encode());
+        }
+        {
+            let mut accounting = self.accounting();
+            let mut moved_files = Vec::new();
+            for ack in acks {
+                if ack.is_complete() {
+                    batch.remove(&keys::seq_key(KeyKind::PendingChunk, ack.seq));
+                    batch.remove(&keys::seq_key(KeyKind::ChunkProgress, ack.seq));
+                    if let Some(track) = accounting.files.get_mut(&ack.file) {
+                        track.outstanding.remove(&ack.start_offset);
+                        moved_files.push(ack.file);
+                    }
+                } else {
+                    batch.insert(&keys::seq_key(KeyKind::ChunkProgress, ack.seq), &positions::encode_progress(ack.acked_records)[..]);
+                }
+            }
+            for file in moved_files {
+                let Some(track) = accounting.files.get_mut(&file) else { continue };
+                let prefix = track.acknowledged_prefix();
+                if prefix > track.acked_offset {
+                    track.acked_offset = prefix;
+                    batch.insert(keys::file_key(KeyKind::FileAcked, &file), &positions::encode_acked_offset(prefix)[..]);
+                }
+            }
+            self.inner.tree.apply_batch(batch)?;
+            for ack in acks.iter().filter(|ack| ack.is_complete()) {
+                accounting.pending_bytes = accounting.pending_bytes.saturating_sub(ack.stored_len);
+                accounting.pending_chunks = accounting.pending_chunks.saturating_sub(1);
+            }
+        }
+        self.inner.db.flush_async().await?;
+        self.inner.space_freed.notify_waiters();
+        Ok(())
+    }
+
+    /// Bytes of chunks not yet fully acknowledged.
+    pub fn pending_bytes(&self) -> u64 {
+        self.accounting().pending_bytes
+    }
+
+    pub fn has_space(&self) -> bool {
+        self.pending_bytes() < self.inner.max_queue_bytes
+    }
+
+    /// Returns once the queue is below `max_queue_bytes` (back-pressure on the reader).
+    pub async fn wait_for_space(&self) {
+        loop {
+            let freed = self.inner.space_freed.notified();
+            if self.has_space() {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    /// Stored read states of files with this device and inode (several when an inode was reused).
+    pub fn stored_files(&self, device: u64, inode: u64) -> Result<Vec<(FileIdentity, FileReadState)>, QueueError> {
+        let mut prefix = vec![KeyKind::FileRead as u8];
+        prefix.extend_from_slice(&device.to_be_bytes());
+        prefix.extend_from_slice(&inode.to_be_bytes());
+        let mut found = Vec::new();
+        for entry in self.inner.tree.scan_prefix(prefix) {
+            let (key, value) = entry?;
+            if let (Some(identity), Some(state)) = (FileIdentity::from_key_bytes(&key[1..]), FileReadState::decode(&value)) {
+                found.push((identity, state));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every dead letter, oldest first. Undecodable entries are returned as errors, not skipped.
+    pub fn dead_letters(&self) -> impl Iterator<Item = Result<(u64, Result<DeadLetter, dead_letter::DeadLetterDecodeError>), QueueError>> + '_ {
+        self.inner.tree.range(keys::kind_range(KeyKind::DeadLetter)).map(|entry| {
+            let (key, value) = entry?;
+            let id = keys::seq_of(&key).map(|seq| seq.0).unwrap_or(0);
+            Ok((id, DeadLetter::decode(&value)))
+        })
+    }
+
+    pub fn stats(&self) -> Result<QueueStats, QueueError> {
+        let tree = &self.inner.tree;
+        let dead_letters = tree.range(keys::kind_range(KeyKind::DeadLetter)).count() as u64;
+        let set_aside_chunks = tree.range(keys::kind_range(KeyKind::SetAsideChunk)).count() as u64;
+        let mut files = Vec::new();
+        for entry in tree.range(keys::kind_range(KeyKind::FileRead)) {
+            let (key, value) = entry?;
+            let (Some(identity), Some(state)) = (FileIdentity::from_key_bytes(&key[1..]), FileReadState::decode(&value)) else { continue };
+            let acked_offset = tree
+                .get(keys::file_key(KeyKind::FileAcked, &identity))?
+                .and_then(|value| positions::decode_acked_offset(&value))
+                .unwrap_or(0);
+            files.push(FileStats {
+                path: String::from_utf8_lossy(&state.path).into_owned(),
+                identity: identity.to_string(),
+                queued_offset: state.queued_offset,
+                acked_offset,
+            });
+        }
+        let accounting = self.accounting();
+        Ok(QueueStats {
+            route: self.inner.name.clone(),
+            pending_chunks: accounting.pending_chunks,
+            pending_bytes: accounting.pending_bytes,
+            dead_letters,
+            set_aside_chunks,
+            files,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+//! Start-up verification of a route's queue.
+//!
+//! What it does:
+//! - verifies every pending chunk (magic, version, lengths, checksum); a chunk that fails is
+//!   moved to the set-aside area with the reason, and listed in the [`RecoveryReport`];
+//! - rebuilds the in-memory accounting (queue bytes, outstanding ranges per file);
+//! - finds, for each file, the byte ranges between its acknowledged and its read position that
+//!   no valid pending chunk covers: the ranges whose chunks were set aside, now or earlier.
+//!
+//! What it never does: send or delete a record, move a position, or guess what a corrupt chunk
+//! held. Re-reading the missing ranges from their source files (or dead-lettering them where
+//! the bytes are gone) is the caller's job, before delivery starts: see `pipeline::recover`.
+//!
+//! I/O errors stop start-up (they are returned); corruption never does.
+
+use super::chunk::{self, ChunkError, ChunkSeq};
+use super::keys::{self, KeyKind};
+use super::positions::{self, FileIdentity, FileReadState};
+use super::{Accounting, QueueError};
+
+/// What start-up found.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    /// Chunks that failed verification and were set aside.
+    pub set_aside: Vec<SetAsideChunk>,
+    /// Byte ranges read into the queue that no valid chunk holds any more.
+    pub missing: Vec<MissingRange>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SetAsideChunk {
+    pub seq: ChunkSeq,
+    pub error: ChunkError,
+}
+
+/// Bytes `[start, end)` of a file that must be re-read from the source or dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingRange {
+    pub file: FileIdentity,
+    pub path: Vec<u8>,
+    pub start: u64,
+    pub end: u64,
+}
+
+pub(crate) struct ScanResult {
+    pub next_seq: ChunkSeq,
+    pub accounting: Accounting,
+    pub report: RecoveryReport,
+}
+
+pub(crate) fn scan_route(tree: &sled::Tree) -> Result<ScanResult, QueueError> {
+    let next_seq = next_free_seq(tree)?;
+    let mut accounting = Accounting::default();
+    let mut report = RecoveryReport::default();
+    let mut set_aside = sled::Batch::default();
+    for entry in tree.range(keys::kind_range(KeyKind::PendingChunk)) {
+        let (key, bytes) = entry?;
+        let Some(seq) = keys::seq_of(&key) else { continue };
+        match chunk::decode_chunk(seq, &bytes) {
+            Ok(decoded) => {
+                let track = accounting.files.entry(decoded.meta.file).or_default();
+                track.outstanding.insert(decoded.meta.start_offset, decoded.meta.end_offset);
+                accounting.pending_bytes += bytes.len() as u64;
+                accounting.pending_chunks += 1;
+            }
+            Err(error) => {
+                set_aside.remove(&key);
+                set_aside.remove(&keys::seq_key(KeyKind::ChunkProgress, seq));
+                set_aside.insert(&keys::seq_key(KeyKind::SetAsideChunk, seq), encode_set_aside(&error, &bytes));
+                report.set_aside.push(SetAsideChunk { seq, error });
+            }
+        }
+    }
+    tree.apply_batch(set_aside)?;
+    tree.flush()?;
+
+    for entry in tree.range(keys::kind_range(KeyKind::FileRead)) {
+        let (key, value) = entry?;
+        let (Some(file), Some(state)) = (FileIdentity::from_key_bytes(&key[1..]), FileReadState::decode(&value)) else { continue };
+        let acked_offset = tree
+            .get(keys::file_key(KeyKind::FileAcked, &file))?
+            .and_then(|value| positions::decode_acked_offset(&value))
+            .unwrap_or(0);
+        let track = accounting.files.entry(file).or_default();
+        track.queued_offset = state.queued_offset;
+        track.acked_offset = acked_offset;
+        for (start, end) in uncovered_ranges(acked_offset, state.queued_offset, &track.outstanding) {
+            report.missing.push(MissingRange { file, path: state.path.clone(), start, end });
+        }
+    }
+    Ok(ScanResult { next_seq, accounting, report })
+}
+
+/// The parts of `[from, to)` that no range in `covered` (start → end) overlaps.
+pub fn uncovered_ranges(from: u64, to: u64, covered: &std::collections::BTreeMap<u64, u64>) -> Vec<(u64, u64)> {
+    let mut gaps = Vec::new();
+    let mut cursor = from;
+    for (&start, &end) in covered {
+        if end <= cursor {
+            continue;
+        }
+        if start > cursor {
+            gaps.push((cursor, start.min(to)));
+        }
+        cursor = cursor.max(end);
+        if cursor >= to {
+            break;
+        }
+    }
+    if cursor < to {
+        gaps.push((cursor, to));
+    }
+    gaps.retain(|(start, end)| start < end);
+    gaps
+}
+
+/// One past the highest sequence number used by any chunk-keyed entry.
+fn next_free_seq(tree: &sled::Tree) -> Result<ChunkSeq, QueueError> {
+    let mut next = 0;
+    for kind in [KeyKind::PendingChunk, KeyKind::RetainedChunk, KeyKind::SetAsideChunk, KeyKind::ChunkProgress] {
+        if let Some((key, _)) = tree.range(keys::kind_range(kind)).next_back().transpose()? {
+            if let Some(seq) = keys::seq_of(&key) {
+                next = next.max(seq.0 + 1);
+            }
+        }
+    }
+    Ok(ChunkSeq(next))
+}
+
+/// Value under a `SetAsideChunk` key: `code_len: u8 ‖ code (ASCII) ‖ the chunk's stored bytes`.
+pub fn encode_set_aside(error: &ChunkError, bytes: &[u8]) -> Vec<u8> {
+    let code = error.code().as_bytes();
+    let mut value = Vec::with_capacity(1 + code.len() + bytes.len());
+    value.push(code.len() as u8);
+    value.extend_from_slice(code);
+    value.extend_from_slice(bytes);
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::uncovered_ranges;
+
+    #[test]
+    fn uncovered_ranges_find_holes_between_and_after_chunks() {
+        let covered = BTreeMap::from([(0, 100), (200, 300)]);
+        assert_eq!(uncovered_ranges(0, 400, &covered), vec![(100, 200), (300, 400)]);
+        assert_eq!(uncovered_ranges(0, 300, &covered), vec![(100, 200)]);
+        assert_eq!(uncovered_ranges(250, 300, &covered), vec![]);
+        assert_eq!(uncovered_ranges(50, 120, &BTreeMap::new()), vec![(50, 120)]);
+    }
+}

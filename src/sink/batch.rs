@@ -1,0 +1,129 @@
+//! Packing records into `PutRecordBatch`-sized batches.
+//!
+//! Guarantees (property-tested below): a batch never holds more than `max_records` records or
+//! `max_bytes` bytes; records keep their order; a record is either added, refused because the
+//! batch is full (it goes into the next one), or refused as too large for any batch.
+
+/// The limits of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_records: usize,
+    pub max_bytes: u64,
+    /// Largest single record; `None` when the destination has no such limit.
+    pub max_record_bytes: Option<u64>,
+}
+
+/// What happened to a record offered to a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Added,
+    /// The batch is full; send it and offer the record to the next one.
+    Full,
+    /// No batch can ever hold this record.
+    TooLarge,
+}
+
+/// Counts what a batch under construction holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPacker {
+    limits: BatchLimits,
+    records: usize,
+    bytes: u64,
+}
+
+impl BatchPacker {
+    pub fn new(limits: BatchLimits) -> BatchPacker {
+        BatchPacker { limits, records: 0, bytes: 0 }
+    }
+
+    pub fn offer(&mut self, record_len: u64) -> Offer {
+        let too_large_for_destination = self.limits.max_record_bytes.is_some_and(|max| record_len > max);
+        if too_large_for_destination || record_len > self.limits.max_bytes {
+            return Offer::TooLarge;
+        }
+        if self.records >= self.limits.max_records || self.bytes + record_len > self.limits.max_bytes {
+            return Offer::Full;
+        }
+        self.records += 1;
+        self.bytes += record_len;
+        Offer::Added
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.records >= self.limits.max_records || self.bytes >= self.limits.max_bytes
+    }
+
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const FIREHOSE: BatchLimits = BatchLimits { max_records: 500, max_bytes: 4 * 1024 * 1024, max_record_bytes: Some(1000 * 1024) };
+
+    /// Packs lengths the way the flusher does: offer each record, start a new batch when full.
+    fn pack(lengths: &[u64], limits: BatchLimits) -> (Vec<Vec<usize>>, Vec<usize>) {
+        let mut batches = vec![Vec::new()];
+        let mut too_large = Vec::new();
+        let mut packer = BatchPacker::new(limits);
+        for (index, &len) in lengths.iter().enumerate() {
+            match packer.offer(len) {
+                Offer::Added => batches.last_mut().expect("one batch").push(index),
+                Offer::TooLarge => too_large.push(index),
+                Offer::Full => {
+                    packer = BatchPacker::new(limits);
+                    assert_eq!(packer.offer(len), Offer::Added, "a record that fits no empty batch must be TooLarge");
+                    batches.push(vec![index]);
+                }
+            }
+        }
+        (batches, too_large)
+    }
+
+    #[test]
+    fn five_hundred_and_one_small_records_make_two_batches() {
+        let (batches, too_large) = pack(&[140; 501], FIREHOSE);
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![500, 1]);
+        assert!(too_large.is_empty());
+    }
+
+    #[test]
+    fn a_record_over_1000_kib_is_refused_as_too_large() {
+        let mut packer = BatchPacker::new(FIREHOSE);
+        assert_eq!(packer.offer(1000 * 1024 + 1), Offer::TooLarge);
+        assert_eq!(packer.offer(1000 * 1024), Offer::Added);
+    }
+
+    proptest! {
+        #[test]
+        fn batches_respect_limits_keep_order_and_lose_nothing(
+            lengths in proptest::collection::vec(prop_oneof![1u64..2_000, 900_000u64..1_100_000], 0..2_000),
+            max_records in 1usize..=500,
+        ) {
+            let limits = BatchLimits { max_records, ..FIREHOSE };
+            let (batches, too_large) = pack(&lengths, limits);
+            for batch in &batches {
+                prop_assert!(batch.len() <= max_records);
+                let bytes: u64 = batch.iter().map(|&index| lengths[index]).sum();
+                prop_assert!(bytes <= limits.max_bytes);
+            }
+            for &index in &too_large {
+                prop_assert!(lengths[index] > 1000 * 1024);
+            }
+            let mut seen: Vec<usize> = batches.iter().flatten().copied().chain(too_large.iter().copied()).collect();
+            let in_batch_order: Vec<usize> = batches.iter().flatten().copied().collect();
+            prop_assert!(in_batch_order.windows(2).all(|pair| pair[0] < pair[1]), "order kept");
+            seen.sort_unstable();
+            prop_assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+        }
+    }
+}

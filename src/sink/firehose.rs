@@ -1,0 +1,119 @@
+//! The Firehose sink: `PutRecordBatch` through aws-sdk-firehose.
+//!
+//! The SDK's own retries are switched off: one `put` is one HTTP call, and the flusher decides
+//! what to resend (only the failed entries) and when (back-off). Credentials come from the AWS
+//! default chain (environment, profile, IMDS); none are ever configured in tailhose.
+
+use std::time::Duration;
+
+use aws_sdk_firehose::config::retry::RetryConfig;
+use aws_sdk_firehose::config::timeout::TimeoutConfig;
+use aws_sdk_firehose::config::{BehaviorVersion, Region};
+use aws_sdk_firehose::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_firehose::operation::put_record_batch::PutRecordBatchError;
+use aws_sdk_firehose::primitives::Blob;
+use aws_sdk_firehose::types::Record;
+use aws_sdk_firehose::Client;
+
+use super::{OutgoingRecord, RecordOutcome, SinkError};
+
+pub struct FirehoseSink {
+    client: Client,
+    delivery_stream: String,
+}
+
+impl FirehoseSink {
+    pub async fn connect(delivery_stream: &str, region: Option<&str>, endpoint_url: Option<&str>, request_timeout: Duration) -> FirehoseSink {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = region {
+            loader = loader.region(Region::new(region.to_owned()));
+        }
+        let shared = loader.load().await;
+        let mut config = aws_sdk_firehose::config::Builder::from(&shared)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(TimeoutConfig::builder().operation_timeout(request_timeout).build());
+        if let Some(url) = endpoint_url {
+            config = config.endpoint_url(url);
+        }
+        FirehoseSink { client: Client::from_conf(config.build()), delivery_stream: delivery_stream.to_owned() }
+    }
+
+    pub async fn put(&self, records: &[OutgoingRecord], which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
+        let mut request = self.client.put_record_batch().delivery_stream_name(&self.delivery_stream);
+        for &index in which {
+            let record = Record::builder()
+                .data(Blob::new(records[index].data.clone()))
+                .build()
+                .map_err(|error| SinkError::InvalidRecords { code: "BuildError".into(), message: error.to_string() })?;
+            request = request.records(record);
+        }
+        let output = request.send().await.map_err(classify)?;
+        let responses = output.request_responses();
+        if responses.len() != which.len() {
+            return Err(SinkError::Transient {
+                message: format!("Firehose answered {} entries for {} records; resending the batch", responses.len(), which.len()),
+            });
+        }
+        Ok(responses
+            .iter()
+            .map(|entry| match entry.error_code() {
+                None => RecordOutcome::Accepted,
+                Some(code) => RecordOutcome::Failed { code: code.to_owned(), message: entry.error_message().unwrap_or_default().to_owned() },
+            })
+            .collect())
+    }
+}
+
+/// Sorts a failed call into what the flusher can do about it.
+fn classify(error: SdkError<PutRecordBatchError>) -> SinkError {
+    let message = DisplayErrorContext(&error).to_string();
+    match &error {
+        SdkError::ServiceError(context) => {
+            let status = context.raw().status().as_u16();
+            let code = context.err().code().unwrap_or("Unknown").to_owned();
+            classify_service_error(&code, status, message)
+        }
+        SdkError::ConstructionFailure(_) => SinkError::Unavailable {
+            code: "RequestConstruction".into(),
+            message,
+            fix: "check that AWS credentials and a region are available (environment, profile or instance role)".into(),
+        },
+        _ => SinkError::Transient { message },
+    }
+}
+
+fn classify_service_error(code: &str, status: u16, message: String) -> SinkError {
+    match code {
+        "ServiceUnavailableException" | "ThrottlingException" | "LimitExceededException" => SinkError::Throttled { message },
+        "InvalidArgumentException" => SinkError::InvalidRecords { code: code.into(), message },
+        "ResourceNotFoundException" => {
+            SinkError::Unavailable { code: code.into(), message, fix: "create the delivery stream, or fix `delivery_stream`/`region` in the sink's configuration".into() }
+        }
+        "AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException" | "ExpiredTokenException"
+        | "IncompleteSignature" | "MissingAuthenticationToken" | "InvalidClientTokenId" => SinkError::Unavailable {
+            code: code.into(),
+            message,
+            fix: "check the AWS credentials and that they allow firehose:PutRecordBatch on this stream".into(),
+        },
+        "InvalidKMSResourceException" | "InvalidSourceException" => {
+            SinkError::Unavailable { code: code.into(), message, fix: "check the delivery stream's encryption key and source settings".into() }
+        }
+        _ if status >= 500 => SinkError::Transient { message },
+        _ if status == 429 => SinkError::Throttled { message },
+        _ => SinkError::Unavailable { code: code.into(), message, fix: "see the message; records stay queued until the cause is fixed".into() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_and_server_errors_are_retried_and_missing_streams_are_reported() {
+        assert!(matches!(classify_service_error("ServiceUnavailableException", 400, String::new()), SinkError::Throttled { .. }));
+        assert!(matches!(classify_service_error("InternalFailure", 500, String::new()), SinkError::Transient { .. }));
+        assert!(matches!(classify_service_error("ResourceNotFoundException", 400, String::new()), SinkError::Unavailable { .. }));
+        assert!(matches!(classify_service_error("InvalidArgumentException", 400, String::new()), SinkError::InvalidRecords { .. }));
+        assert!(matches!(classify_service_error("AccessDeniedException", 400, String::new()), SinkError::Unavailable { .. }));
+    }
+}
