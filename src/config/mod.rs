@@ -211,7 +211,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::parse(&text, path)
+        // Absolute, so relative paths in the file resolve the same from any working directory.
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        Config::parse(&text, &path)
     }
 
     /// Parses and validates configuration text; `origin` names it in messages. Relative

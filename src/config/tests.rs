@@ -60,7 +60,7 @@ fn an_unknown_key_is_an_error_that_names_the_key_and_line() {
     let text = SEED_LIKE.replace("append_newline = true", "append_newlines = true");
     let error = parse(&text).expect_err("unknown key").to_string();
     assert!(error.contains("append_newlines"), "{error}");
-    assert!(error.contains("line 18"), "{error}");
+    assert!(error.contains("line 17"), "{error}");
 }
 
 #[test]
@@ -69,7 +69,7 @@ fn an_input_that_names_no_source_is_reported_on_its_line() {
     let found = problems(&text);
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].key, "sinks.events.inputs");
-    assert_eq!(found[0].line, Some(13));
+    assert_eq!(found[0].line, Some(12));
     assert!(found[0].message.contains("`other`"));
 }
 
@@ -96,7 +96,7 @@ path = "/tmp"
 fn a_bad_duration_is_a_syntax_error_with_its_line() {
     let text = SEED_LIKE.replace("flush_interval = \"1s\"", "flush_interval = \"soon\"");
     let error = parse(&text).expect_err("bad duration").to_string();
-    assert!(error.contains("line 17"), "{error}");
+    assert!(error.contains("line 16"), "{error}");
 }
 
 #[test]

@@ -150,9 +150,9 @@ impl LineChunker {
         }
         match self.format {
             LineFormat::Raw => self.draft.push_record(line),
-            LineFormat::Json => match serde_json::from_slice::<serde::de::IgnoredAny>(line) {
-                Ok(_) => self.draft.push_record(line),
-                Err(error) => self.dead_letter(DeadLetterReason::InvalidJson, error.to_string(), line_start, line_len, line),
+            LineFormat::Json => match json_problem(line) {
+                None => self.draft.push_record(line),
+                Some(problem) => self.dead_letter(DeadLetterReason::InvalidJson, problem, line_start, line_len, line),
             },
         }
     }
@@ -169,6 +169,16 @@ impl LineChunker {
             recorded_at_ms: now_ms(),
         });
     }
+}
+
+/// Why `line` is not one JSON value, or `None` when it is. UTF-8 is checked first and on its
+/// own: serde_json skips the insides of strings it is not asked to keep, bytes included.
+fn json_problem(line: &[u8]) -> Option<String> {
+    let text = match std::str::from_utf8(line) {
+        Ok(text) => text,
+        Err(error) => return Some(format!("invalid UTF-8 after byte {}", error.valid_up_to())),
+    };
+    serde_json::from_str::<serde::de::IgnoredAny>(text).err().map(|error| error.to_string())
 }
 
 /// Wall-clock milliseconds since the Unix epoch, for timestamps stored in the queue.
@@ -216,14 +226,15 @@ mod tests {
     fn malformed_json_and_invalid_utf8_become_dead_letters_with_their_offsets() {
         let mut chunker = chunker(LineFormat::Json, 1024);
         let mut sealed = Vec::new();
-        chunker.feed(b"{\"a\":1}\n{broken\n\xff\xfe\n\n{\"b\":2}\n", &mut sealed);
+        chunker.feed(b"{\"a\":1}\n{broken\n\xff\xfe\n\n{\"b\":2}\n{\"s\":\"\xc3\x28\"}\n", &mut sealed);
         sealed.extend(chunker.seal());
         let chunk = &sealed[0];
         assert_eq!(records(&sealed).len(), 2);
         assert_eq!(chunk.blank_lines, 1);
         let offsets: Vec<(u64, DeadLetterReason)> = chunk.dead_letters.iter().map(|letter| (letter.offset, letter.reason)).collect();
-        assert_eq!(offsets, vec![(8, DeadLetterReason::InvalidJson), (16, DeadLetterReason::InvalidJson)]);
-        assert_eq!(chunk.draft.meta.end_offset, 28);
+        assert_eq!(offsets, vec![(8, DeadLetterReason::InvalidJson), (16, DeadLetterReason::InvalidJson), (28, DeadLetterReason::InvalidJson)]);
+        assert_eq!(chunk.dead_letters[2].detail, "invalid UTF-8 after byte 6");
+        assert_eq!(chunk.draft.meta.end_offset, 39);
     }
 
     #[test]

@@ -1,0 +1,306 @@
+//! Shared helpers for the end-to-end tests: the real `tailhose` binary, a real moto server on a
+//! loopback port, the seed's record generator, and reading back what arrived.
+//!
+//! A missing peer is a failure, never a skip: run `scripts/install-test-peers` (the README's test
+//! command does) to get moto into `.venv`.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const REGION: &str = "ap-northeast-2";
+pub const BUCKET: &str = "sw-test123";
+pub const STREAM: &str = "test-fluentd-firehose";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn venv() -> PathBuf {
+    std::env::var_os("TAILHOSE_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv"))
+}
+
+fn venv_program(name: &str) -> PathBuf {
+    let program = venv().join("bin").join(name);
+    assert!(
+        program.exists(),
+        "{} is missing: the end-to-end tests need moto and boto3; run scripts/install-test-peers (or set TAILHOSE_VENV)",
+        program.display()
+    );
+    program
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).map(|address| address.port()).expect("a free loopback port")
+}
+
+/// A moto server on 127.0.0.1, killed when dropped.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Moto {
+    /// Starts moto and creates the seed's bucket and delivery stream in it.
+    pub fn start() -> Moto {
+        let port = free_port();
+        let log_dir = tempfile::tempdir().expect("tempdir");
+        let log = std::fs::File::create(log_dir.path().join("moto.log")).expect("moto log");
+        let child = Command::new(venv_program("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("moto_server starts");
+        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}"), _log_dir: log_dir };
+        let address: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not listen on {address} within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto.peer(&["setup", "--bucket", BUCKET, "--stream", STREAM]);
+        moto
+    }
+
+    fn peer(&self, args: &[&str]) -> String {
+        let output = Command::new(venv_program("python"))
+            .arg(repo_root().join("tests/support/moto_peer.py"))
+            .args(args)
+            .args(["--endpoint", &self.endpoint, "--region", REGION])
+            .output()
+            .expect("moto_peer.py runs");
+        assert!(output.status.success(), "moto_peer.py {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("utf-8 output")
+    }
+
+    /// Every record in the bucket (one per line of every object) and the object count.
+    pub fn delivered(&self) -> Delivered {
+        let answer: serde_json::Value = serde_json::from_str(&self.peer(&["records", "--bucket", BUCKET])).expect("json");
+        let records = answer["records"].as_array().expect("records").iter().map(|line| line.as_str().unwrap_or_default().to_owned()).collect();
+        let keys = answer["keys"].as_array().expect("keys").iter().map(|key| key.as_str().unwrap_or_default().to_owned()).collect();
+        Delivered { objects: answer["objects"].as_u64().expect("objects"), records, sample_keys: keys }
+    }
+
+    /// Polls the bucket until `done` holds or `timeout` passes; returns the last look.
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&Delivered) -> bool) -> Delivered {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let delivered = self.delivered();
+            if done(&delivered) || Instant::now() >= deadline {
+                return delivered;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a bucket or output folder holds.
+pub struct Delivered {
+    pub objects: u64,
+    pub records: Vec<String>,
+    pub sample_keys: Vec<String>,
+}
+
+impl Delivered {
+    /// How many times each `seq` arrived.
+    pub fn seq_counts(&self) -> BTreeMap<u64, u32> {
+        let mut counts = BTreeMap::new();
+        for record in &self.records {
+            let value: serde_json::Value = serde_json::from_str(record).unwrap_or_else(|error| panic!("delivered record is not JSON ({error}): {record}"));
+            let seq = value["seq"].as_u64().unwrap_or_else(|| panic!("delivered record has no seq: {record}"));
+            *counts.entry(seq).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    pub fn distinct(&self) -> usize {
+        self.seq_counts().len()
+    }
+
+    /// Deliveries beyond the first of each record.
+    pub fn duplicates(&self) -> u64 {
+        self.seq_counts().values().map(|&count| u64::from(count) - 1).sum()
+    }
+}
+
+/// One record of the seed's generator (`data_generator.py`), with a unique `seq`, written the way
+/// Python's `json.dumps` writes it.
+pub fn seed_record(seq: u64) -> String {
+    let mut state = seq.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    let mut next = |bound: u64| {
+        state ^= state >> 33;
+        state = state.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        state ^= state >> 33;
+        state % bound
+    };
+    let (board_id, playtime, user_id) = (next(1_000_001), next(16), next(1_000_001));
+    let (month, day, hour, minute, second) = (1 + next(12), 1 + next(28), next(24), next(60), next(60));
+    format!(
+        "{{\"board_id\": {board_id}, \"playtime\": {playtime}, \"user_id\": {user_id}, \"timestamp\": \"2019-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z\", \"interest\": \"test_fluentd_firehose\", \"seq\": {seq}}}"
+    )
+}
+
+/// Appends records `range` to `path` in bursts of `burst` lines, pausing `pause` between bursts,
+/// like the seed's generator (which wrote 100 lines a second).
+pub fn write_seed_records(path: &Path, range: std::ops::Range<u64>, burst: u64, pause: Duration) {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open log for append");
+    let mut seq = range.start;
+    while seq < range.end {
+        let end = (seq + burst).min(range.end);
+        let mut lines = String::new();
+        for record in seq..end {
+            lines.push_str(&seed_record(record));
+            lines.push('\n');
+        }
+        file.write_all(lines.as_bytes()).expect("write burst");
+        seq = end;
+        if seq < range.end {
+            std::thread::sleep(pause);
+        }
+    }
+}
+
+/// A folder with a tailhose configuration, its data_dir and its log folder.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("source")).expect("source folder");
+        Workspace { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.path().join("source/test_fluentd_firehose.log")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path().join("tailhose.toml")
+    }
+
+    /// The seed's set-up: `source/*.log`, JSON, a 1 s flush, to moto's Firehose.
+    pub fn write_firehose_config(&self, moto: &Moto, extra_sink_lines: &str) {
+        let text = format!(
+            r#"data_dir = "state"
+shutdown_timeout = "5s"
+
+[sources.conect]
+paths = ["source/*.log"]
+format = "json"
+read_from_head = true
+refresh_interval = "1s"
+poll_interval = "50ms"
+
+[sinks.events]
+type = "firehose"
+inputs = ["conect"]
+delivery_stream = "{STREAM}"
+region = "{REGION}"
+endpoint_url = "{}"
+flush_interval = "1s"
+append_newline = true
+{extra_sink_lines}
+"#,
+            moto.endpoint
+        );
+        std::fs::write(self.config(), text).expect("write config");
+    }
+
+    pub fn tailhose(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tailhose"));
+        command
+            .args(args)
+            .current_dir(self.path())
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", self.path().join("no-aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.path().join("no-aws-credentials"))
+            .env_remove("AWS_PROFILE")
+            .env("TAILHOSE_LOG", "info");
+        command
+    }
+
+    /// Starts `tailhose run` in the background; its log goes to `daemon-N.log`.
+    pub fn start_daemon(&self) -> Daemon {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log_path = self.path().join(format!("daemon-{start}.log"));
+        let log = std::fs::File::create(&log_path).expect("daemon log");
+        let config = self.config();
+        let child = self
+            .tailhose(&["run", "--config", config.to_str().expect("utf-8 path")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tailhose starts");
+        Daemon { child, log_path }
+    }
+
+    /// Runs a tailhose command to completion.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.tailhose(args).output().expect("tailhose runs")
+    }
+}
+
+pub struct Daemon {
+    child: Child,
+    pub log_path: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then the exit status (fails the test if it takes longer than `timeout`).
+    pub fn terminate(mut self, timeout: Duration) -> ExitStatus {
+        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "tailhose did not stop within {timeout:?} of SIGTERM; log: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
