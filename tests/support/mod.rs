@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_firehose;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -200,6 +202,11 @@ impl Workspace {
 
     /// The seed's set-up: `source/*.log`, JSON, a 1 s flush, to moto's Firehose.
     pub fn write_firehose_config(&self, moto: &Moto, extra_sink_lines: &str) {
+        self.write_config_for_endpoint(&moto.endpoint, "", extra_sink_lines);
+    }
+
+    /// The seed's set-up against any Firehose endpoint, with extra lines for the source and sink tables.
+    pub fn write_config_for_endpoint(&self, endpoint: &str, extra_source_lines: &str, extra_sink_lines: &str) {
         let text = format!(
             r#"data_dir = "state"
 shutdown_timeout = "5s"
@@ -210,18 +217,18 @@ format = "json"
 read_from_head = true
 refresh_interval = "1s"
 poll_interval = "50ms"
+{extra_source_lines}
 
 [sinks.events]
 type = "firehose"
 inputs = ["conect"]
 delivery_stream = "{STREAM}"
 region = "{REGION}"
-endpoint_url = "{}"
+endpoint_url = "{endpoint}"
 flush_interval = "1s"
 append_newline = true
 {extra_sink_lines}
-"#,
-            moto.endpoint
+"#
         );
         std::fs::write(self.config(), text).expect("write config");
     }

@@ -1,0 +1,68 @@
+//! Delivery against the project's fake Firehose, which fails records and calls on purpose and
+//! checks Firehose's limits on every call.
+
+mod support;
+
+use std::time::Duration;
+
+use support::fake_firehose::{FakeFirehose, Faults};
+use support::Workspace;
+
+fn run_once(workspace: &Workspace) -> std::process::Output {
+    let config = workspace.config();
+    let output = workspace.run(&["run", "--config", config.to_str().expect("utf-8"), "--once"]);
+    assert!(output.status.success(), "run --once failed: {}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+fn seq_of(record: &[u8]) -> u64 {
+    let value: serde_json::Value = serde_json::from_slice(record).expect("accepted record is JSON");
+    value["seq"].as_u64().expect("seq")
+}
+
+#[test]
+fn partly_failed_calls_resend_only_the_failed_entries_until_all_are_accepted() {
+    let fake = FakeFirehose::start(Faults { fail_every_nth_record: Some(7), throttle_every_nth_call: Some(5) });
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "retry_initial_backoff = \"10ms\"\nretry_max_backoff = \"50ms\"");
+    support::write_seed_records(&workspace.log_file(), 0..3_000, 3_000, Duration::ZERO);
+    run_once(&workspace);
+    let seen = fake.seen();
+    let mut seqs: Vec<u64> = seen.accepted.iter().map(|record| seq_of(record)).collect();
+    let accepted_in_order = seqs.clone();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..3_000).collect::<Vec<_>>(), "every record accepted exactly once: accepted ones were never resent");
+    assert!(seen.failed_entries > 0 && seen.throttled_calls > 0, "faults were injected: {seen:?}");
+    assert_eq!(seen.record_attempts, 3_000 + seen.failed_entries, "only failed entries were attempted again");
+    assert_eq!(seen.limit_violations, 0);
+    assert!(seen.max_records_in_call <= 500);
+    let out_of_order = accepted_in_order.windows(2).filter(|pair| pair[0] > pair[1]).count();
+    assert!(out_of_order as u64 <= seen.failed_entries, "resends are the only records out of order");
+}
+
+#[test]
+fn batches_never_exceed_500_records_or_4_mib_and_oversized_records_are_dead_lettered() {
+    let fake = FakeFirehose::start(Faults::default());
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "max_line_bytes = \"2MiB\"", "");
+    let mut content = String::new();
+    for seq in 0..1_200u64 {
+        // 900 KiB records: four fit in 4 MiB, five do not.
+        let padding = if seq % 100 == 0 { "p".repeat(900 * 1024) } else { String::new() };
+        content.push_str(&format!("{{\"seq\": {seq}, \"pad\": \"{padding}\"}}\n"));
+    }
+    let oversized = format!("{{\"seq\": 5000, \"pad\": \"{}\"}}\n", "o".repeat(1000 * 1024));
+    content.push_str(&oversized);
+    std::fs::write(workspace.log_file(), content).expect("write log");
+    run_once(&workspace);
+    let seen = fake.seen();
+    assert_eq!(seen.limit_violations, 0, "no call broke a Firehose limit: {seen:?}");
+    assert!(seen.max_records_in_call <= 500 && seen.max_bytes_in_call <= 4 * 1024 * 1024);
+    assert_eq!(seen.accepted.len(), 1_200, "every record that fits was delivered");
+    let config = workspace.config();
+    let output = workspace.run(&["queue", "dead-letters", "--config", config.to_str().expect("utf-8")]);
+    let letters: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).expect("json")).collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["reason"], "record_too_large");
+    assert_eq!(letters[0]["length"].as_u64(), Some(oversized.len() as u64), "the record with its newline");
+}
