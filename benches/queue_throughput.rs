@@ -1,1 +1,144 @@
-fn main(){}
+//! Throughput of the queue path, in records/s and bytes/s of seed-sized records (~140 B):
+//! - `chunker`: splitting lines and checking JSON, the reader's CPU work per record;
+//! - `codec`: encoding and verifying a 256 KiB chunk;
+//! - `queue/append_commit`: appending chunks to sled and fsyncing once per 16 MiB, as a read pass does;
+//! - `queue/drain_acknowledge`: reading, verifying and acknowledging them, as the flusher does.
+//!
+//! Run: `cargo bench --bench queue_throughput`. Figures go in docs/performance.md.
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use tailhose::config::LineFormat;
+use tailhose::queue::chunk::{decode_chunk, encode_chunk};
+use tailhose::queue::{ChunkAck, ChunkSeq, FileIdentity, QueueStore, ReadProgress};
+use tailhose::source::{LineChunker, SealedChunk};
+
+const RECORDS: u64 = 100_000;
+
+fn seed_lines(count: u64) -> Vec<u8> {
+    let mut text = Vec::new();
+    for seq in 0..count {
+        let line = format!(
+            "{{\"board_id\": {}, \"playtime\": {}, \"user_id\": {}, \"timestamp\": \"2019-{:02}-{:02}T12:34:56Z\", \"interest\": \"test_fluentd_firehose\", \"seq\": {seq}}}\n",
+            (seq * 7919) % 1_000_001,
+            seq % 16,
+            (seq * 104_729) % 1_000_001,
+            1 + seq % 12,
+            1 + seq % 28
+        );
+        text.extend_from_slice(line.as_bytes());
+    }
+    text
+}
+
+fn identity() -> FileIdentity {
+    FileIdentity { device: 1, inode: 2, fingerprint_len: 256, fingerprint: 3 }
+}
+
+fn chunk_lines(bytes: &[u8]) -> Vec<SealedChunk> {
+    let mut chunker = LineChunker::new(identity(), b"/srv/conect/source/a.log".to_vec(), LineFormat::Json, 1 << 20, 0);
+    let mut sealed = Vec::new();
+    for block in bytes.chunks(256 * 1024) {
+        chunker.feed(block, &mut sealed);
+    }
+    sealed.extend(chunker.seal());
+    sealed
+}
+
+fn chunker(c: &mut Criterion) {
+    let bytes = seed_lines(RECORDS);
+    let mut group = c.benchmark_group("chunker");
+    group.throughput(Throughput::Elements(RECORDS));
+    group.bench_function("split_and_check_json", |b| b.iter(|| chunk_lines(&bytes)));
+    group.throughput(Throughput::Bytes(bytes.len() as u64));
+    group.bench_function("split_and_check_json_bytes", |b| b.iter(|| chunk_lines(&bytes)));
+    group.finish();
+}
+
+fn codec(c: &mut Criterion) {
+    let sealed = chunk_lines(&seed_lines(2_000));
+    let draft = &sealed[0].draft;
+    let encoded = encode_chunk(ChunkSeq(1), draft);
+    let mut group = c.benchmark_group("codec");
+    group.throughput(Throughput::Bytes(encoded.len() as u64));
+    group.bench_function("encode", |b| b.iter(|| encode_chunk(ChunkSeq(1), draft)));
+    group.bench_function("decode_and_verify", |b| b.iter(|| decode_chunk(ChunkSeq(1), &encoded).map(|chunk| chunk.records().count())));
+    group.finish();
+}
+
+/// Appends every chunk, committing every 16 MiB; returns the queue and what was appended.
+fn fill_queue(store: &QueueStore, sealed: &[SealedChunk]) -> (tailhose::queue::RouteQueue, Vec<ChunkAck>) {
+    let (queue, _) = store.open_route("bench->sink", u64::MAX).expect("route");
+    let mut acks = Vec::with_capacity(sealed.len());
+    let mut since_commit = 0;
+    for chunk in sealed {
+        let seq = queue.append(&chunk.draft, &chunk.dead_letters, ReadProgress::Advance).expect("append");
+        since_commit += chunk.draft.body_len();
+        if since_commit >= 16 << 20 {
+            queue.commit().expect("commit");
+            since_commit = 0;
+        }
+        acks.push(ChunkAck {
+            seq,
+            file: chunk.draft.meta.file,
+            start_offset: chunk.draft.meta.start_offset,
+            stored_len: 0,
+            acked_records: chunk.draft.meta.record_count,
+            record_count: chunk.draft.meta.record_count,
+        });
+    }
+    queue.commit().expect("commit");
+    (queue, acks)
+}
+
+fn queue(c: &mut Criterion) {
+    let sealed = chunk_lines(&seed_lines(RECORDS));
+    let bytes: u64 = sealed.iter().map(|chunk| chunk.draft.body_len() as u64).sum();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let mut group = c.benchmark_group("queue");
+    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group.throughput(Throughput::Elements(RECORDS));
+    group.bench_function("append_commit", |b| {
+        b.iter_batched(
+            || tempfile::tempdir().expect("tempdir"),
+            |dir| {
+                let store = QueueStore::open(dir.path(), 16 << 20).expect("store");
+                fill_queue(&store, &sealed);
+                dir
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("drain_acknowledge", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let store = QueueStore::open(dir.path(), 16 << 20).expect("store");
+                let (queue, mut acks) = fill_queue(&store, &sealed);
+                let started = Instant::now();
+                let mut next = ChunkSeq(0);
+                let mut records = 0u64;
+                for ack in acks.iter_mut() {
+                    let stored = queue.read_pending(next, ChunkSeq(u64::MAX)).expect("read").expect("chunk");
+                    next = ChunkSeq(stored.seq.0 + 1);
+                    let decoded = decode_chunk(stored.seq, &stored.bytes).expect("valid");
+                    records += decoded.records().count() as u64;
+                    ack.stored_len = stored.bytes.len() as u64;
+                }
+                for batch in acks.chunks(8) {
+                    runtime.block_on(queue.acknowledge(batch, &[])).expect("acknowledge");
+                }
+                assert_eq!(records, RECORDS);
+                total += started.elapsed();
+            }
+            total
+        })
+    });
+    group.finish();
+    eprintln!("queue benchmark: {RECORDS} seed records, {bytes} bytes in {} chunks", sealed.len());
+}
+
+criterion_group!(benches, chunker, codec, queue);
+criterion_main!(benches);

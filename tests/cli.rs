@@ -40,14 +40,19 @@ fn lines_under(dir: &Path) -> Vec<String> {
 fn the_quickstart_delivers_the_bundled_sample_to_a_local_folder_once() {
     let workspace = Workspace::new();
     copy_dir(&support::repo_root().join("data"), &workspace.path().join("data"));
-    let sample_lines = std::fs::read_to_string(workspace.path().join("data/sample/test_fluentd_firehose.log")).expect("sample").lines().count();
+    let sample_lines =
+        std::fs::read_to_string(workspace.path().join("data/sample/test_fluentd_firehose.log")).expect("sample").lines().count();
     for _ in 0..2 {
         let output = workspace.run(&["run", "--config", "data/quickstart.toml", "--once"]);
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     }
     let mut delivered = lines_under(&workspace.path().join("target/quickstart/out"));
     assert_eq!(delivered.len(), sample_lines, "every sample record once, also after a second run");
-    let mut expected: Vec<String> = std::fs::read_to_string(workspace.path().join("data/sample/test_fluentd_firehose.log")).expect("sample").lines().map(str::to_owned).collect();
+    let mut expected: Vec<String> = std::fs::read_to_string(workspace.path().join("data/sample/test_fluentd_firehose.log"))
+        .expect("sample")
+        .lines()
+        .map(str::to_owned)
+        .collect();
     delivered.sort();
     expected.sort();
     assert_eq!(delivered, expected, "byte-identical records");
@@ -82,7 +87,9 @@ fn check_config_names_the_key_the_line_and_the_problem() {
     let output = workspace.run(&["check-config", "--config", "tailhose.toml"]);
     assert!(!output.status.success());
     let message = String::from_utf8_lossy(&output.stderr);
-    for expected in ["line 6: `sinks.events.inputs`: no source is named `other`", "sinks.events.max_batch_records", "sinks.events.delivery_stream"] {
+    for expected in
+        ["line 6: `sinks.events.inputs`: no source is named `other`", "sinks.events.max_batch_records", "sinks.events.delivery_stream"]
+    {
         assert!(message.contains(expected), "missing {expected:?} in {message}");
     }
 }

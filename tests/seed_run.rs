@@ -34,7 +34,11 @@ fn ten_thousand_seed_records_arrive_exactly_once() {
     assert_eq!(counts.len() as u64, RECORDS, "every generated record arrived");
     assert_eq!(delivered.records.len() as u64, RECORDS, "each exactly once (duplicates: {})", delivered.duplicates());
     assert!(counts.keys().copied().eq(0..RECORDS));
-    assert!(delivered.sample_keys.iter().all(|key| key.contains("/test-fluentd-firehose-1-")), "Firehose S3 key layout: {:?}", delivered.sample_keys);
+    assert!(
+        delivered.sample_keys.iter().all(|key| key.contains("/test-fluentd-firehose-1-")),
+        "Firehose S3 key layout: {:?}",
+        delivered.sample_keys
+    );
     assert!(delivered.objects >= RECORDS / MAX_BATCH_RECORDS, "at most 500 records per PutRecordBatch");
     eprintln!("10,000 records delivered exactly once in {elapsed:.2?} ({} PutRecordBatch calls)", delivered.objects);
 }
@@ -90,7 +94,13 @@ fn malformed_lines_are_dead_lettered_and_good_lines_all_delivered() {
     let moto = Moto::start();
     let workspace = Workspace::new();
     workspace.write_firehose_config(&moto, "");
-    let bad_lines: [&[u8]; 5] = [b"{\"board_id\": 1, \"playtime\":", b"not json at all", b"\xff\xfe{\"board_id\": 2}", b"{\"a\": 1} {\"b\": 2}", b"{\"text\": \"\xc3\x28\"}"];
+    let bad_lines: [&[u8]; 5] = [
+        b"{\"board_id\": 1, \"playtime\":",
+        b"not json at all",
+        b"\xff\xfe{\"board_id\": 2}",
+        b"{\"a\": 1} {\"b\": 2}",
+        b"{\"text\": \"\xc3\x28\"}",
+    ];
     let mut content = Vec::new();
     let mut bad_offsets = Vec::new();
     for seq in 0..1_000u64 {
@@ -112,13 +122,15 @@ fn malformed_lines_are_dead_lettered_and_good_lines_all_delivered() {
 
     let output = workspace.run(&["queue", "dead-letters", "--config", config.to_str().expect("utf-8")]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let letters: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).expect("json line")).collect();
+    let letters: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).expect("json line")).collect();
     assert_eq!(letters.len(), bad_offsets.len(), "every bad line is in the dead-letter area");
     for (letter, offset) in letters.iter().zip(&bad_offsets) {
         assert_eq!(letter["reason"], "invalid_json");
         assert_eq!(letter["offset"].as_u64(), Some(*offset), "dead letter names where the line is: {letter}");
     }
     let summary = String::from_utf8_lossy(&output.stderr);
-    let run_log = String::from_utf8_lossy(&workspace.run(&["queue", "stats", "--config", config.to_str().expect("utf-8")]).stdout).into_owned();
+    let run_log =
+        String::from_utf8_lossy(&workspace.run(&["queue", "stats", "--config", config.to_str().expect("utf-8")]).stdout).into_owned();
     assert!(run_log.contains("\"dead_letters\": 40"), "stats count the dead letters: {run_log} {summary}");
 }

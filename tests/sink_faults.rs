@@ -61,7 +61,8 @@ fn batches_never_exceed_500_records_or_4_mib_and_oversized_records_are_dead_lett
     assert_eq!(seen.accepted.len(), 1_200, "every record that fits was delivered");
     let config = workspace.config();
     let output = workspace.run(&["queue", "dead-letters", "--config", config.to_str().expect("utf-8")]);
-    let letters: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).expect("json")).collect();
+    let letters: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).expect("json")).collect();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0]["reason"], "record_too_large");
     assert_eq!(letters[0]["length"].as_u64(), Some(oversized.len() as u64), "the record with its newline");

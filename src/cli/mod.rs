@@ -13,7 +13,11 @@ use crate::pipeline::{self, ReadMode};
 use crate::queue::QueueStore;
 
 #[derive(Debug, Parser)]
-#[command(name = "tailhose", version, about = "Tails log files and delivers every record to AWS Kinesis Data Firehose, durably and at least once.")]
+#[command(
+    name = "tailhose",
+    version,
+    about = "Tails log files and delivers every record to AWS Kinesis Data Firehose, durably and at least once."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -13,7 +13,8 @@ impl ByteSize {
         let text = text.trim();
         let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
         let (number, unit) = text.split_at(digits_end);
-        let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a size: expected a number with an optional unit such as \"64MiB\""))?;
+        let number: u64 =
+            number.parse().map_err(|_| format!("`{text}` is not a size: expected a number with an optional unit such as \"64MiB\""))?;
         let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "kb" => 1_000,

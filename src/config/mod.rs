@@ -42,6 +42,12 @@ pub struct Config {
     /// Queue size at which reading pauses until the sinks catch up (back-pressure).
     #[serde(default = "default_max_queue_bytes")]
     pub max_queue_bytes: ByteSize,
+    /// How far reading may run ahead of delivery while a file is still where its glob finds it.
+    /// Such a file is itself the backlog (its bytes stay readable), so only a window is queued;
+    /// files that left their glob (rotated, about to be deleted) are read on up to
+    /// `max_queue_bytes`. Bounds memory: sled keeps queued chunks in memory until delivered.
+    #[serde(default = "default_max_read_ahead_bytes")]
+    pub max_read_ahead_bytes: ByteSize,
     /// Memory sled may use for its page cache; part of the daemon's memory budget.
     #[serde(default = "default_queue_cache_bytes")]
     pub queue_cache_bytes: ByteSize,
@@ -209,8 +215,7 @@ pub struct SinkSettings {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         // Absolute, so relative paths in the file resolve the same from any working directory.
         let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         Config::parse(&text, &path)
@@ -220,8 +225,8 @@ impl Config {
     /// `data_dir`, source `paths` and sink `path` values are taken relative to the file's
     /// folder, so a configuration means the same whatever the working directory.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text)
-            .map_err(|error| ConfigError::Syntax { path: origin.to_path_buf(), message: error.to_string() })?;
+        let mut config: Config =
+            toml::from_str(text).map_err(|error| ConfigError::Syntax { path: origin.to_path_buf(), message: error.to_string() })?;
         let problems = config.problems(text);
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { path: origin.to_path_buf(), problems });
@@ -248,10 +253,25 @@ impl Config {
     fn problems(&self, text: &str) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
         if self.sources.is_empty() {
-            problems.push(ConfigProblem { key: "sources".into(), line: None, message: "no source is configured; add a [sources.NAME] table with `paths`".into() });
+            problems.push(ConfigProblem {
+                key: "sources".into(),
+                line: None,
+                message: "no source is configured; add a [sources.NAME] table with `paths`".into(),
+            });
         }
         if self.sinks.is_empty() {
-            problems.push(ConfigProblem { key: "sinks".into(), line: None, message: "no sink is configured; add a [sinks.NAME] table with `type` and `inputs`".into() });
+            problems.push(ConfigProblem {
+                key: "sinks".into(),
+                line: None,
+                message: "no sink is configured; add a [sinks.NAME] table with `type` and `inputs`".into(),
+            });
+        }
+        if self.max_read_ahead_bytes.0 == 0 || self.max_read_ahead_bytes > self.max_queue_bytes {
+            problems.push(ConfigProblem {
+                key: "max_read_ahead_bytes".into(),
+                line: None,
+                message: format!("must be above 0 and at most max_queue_bytes ({})", self.max_queue_bytes.0),
+            });
         }
         let mut report = |key: String, span: std::ops::Range<usize>, message: String| {
             problems.push(ConfigProblem { key, line: Some(line_of(text, span.start)), message });
@@ -279,19 +299,35 @@ impl Config {
             for input in &settings.inputs {
                 if !self.sources.contains_key(input.get_ref()) {
                     let known: Vec<&str> = self.sources.keys().map(String::as_str).collect();
-                    report(format!("{key}.inputs"), input.span(), format!("no source is named `{}` (sources: {})", input.get_ref(), known.join(", ")));
+                    report(
+                        format!("{key}.inputs"),
+                        input.span(),
+                        format!("no source is named `{}` (sources: {})", input.get_ref(), known.join(", ")),
+                    );
                 }
             }
             let max_records = firehose_limits::MAX_BATCH_RECORDS;
             if settings.max_batch_records == 0 || settings.max_batch_records > max_records {
-                report(format!("{key}.max_batch_records"), sink.span(), format!("must be between 1 and {max_records} (the PutRecordBatch limit)"));
+                report(
+                    format!("{key}.max_batch_records"),
+                    sink.span(),
+                    format!("must be between 1 and {max_records} (the PutRecordBatch limit)"),
+                );
             }
             let max_bytes = firehose_limits::MAX_BATCH_BYTES;
             if settings.max_batch_bytes.0 < firehose_limits::MAX_RECORD_BYTES || settings.max_batch_bytes.0 > max_bytes {
-                report(format!("{key}.max_batch_bytes"), sink.span(), format!("must be between 1000KiB (one record) and 4MiB (the PutRecordBatch limit), not {}", settings.max_batch_bytes.0));
+                report(
+                    format!("{key}.max_batch_bytes"),
+                    sink.span(),
+                    format!("must be between 1000KiB (one record) and 4MiB (the PutRecordBatch limit), not {}", settings.max_batch_bytes.0),
+                );
             }
             if settings.retry_initial_backoff.is_zero() || settings.retry_max_backoff < settings.retry_initial_backoff {
-                report(format!("{key}.retry_max_backoff"), sink.span(), "retry_initial_backoff must be above 0 and at most retry_max_backoff".into());
+                report(
+                    format!("{key}.retry_max_backoff"),
+                    sink.span(),
+                    "retry_initial_backoff must be above 0 and at most retry_max_backoff".into(),
+                );
             }
             let misplaced: &[(&str, bool)] = match settings.sink_type {
                 SinkType::Firehose => {
@@ -313,7 +349,11 @@ impl Config {
             };
             for (field, present) in misplaced {
                 if *present {
-                    report(format!("{key}.{field}"), sink.span(), format!("does not apply to a sink of type = \"{}\"", settings.sink_type.name()));
+                    report(
+                        format!("{key}.{field}"),
+                        sink.span(),
+                        format!("does not apply to a sink of type = \"{}\"", settings.sink_type.name()),
+                    );
                 }
             }
         }
@@ -394,6 +434,9 @@ fn default_format() -> LineFormat {
 }
 fn default_max_queue_bytes() -> ByteSize {
     ByteSize(1024 * 1024 * 1024)
+}
+fn default_max_read_ahead_bytes() -> ByteSize {
+    ByteSize(32 * 1024 * 1024)
 }
 fn default_queue_cache_bytes() -> ByteSize {
     ByteSize(16 * 1024 * 1024)

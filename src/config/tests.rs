@@ -41,7 +41,9 @@ fn the_issue_example_parses_with_defaults_filled_in() {
     assert_eq!(sinks[0].flush_interval, Duration::from_secs(1));
     assert_eq!(sinks[0].max_batch_records, 500);
     assert_eq!(sinks[0].max_batch_bytes, 4 * 1024 * 1024);
-    assert!(matches!(&sinks[0].destination, SinkDestination::Firehose { delivery_stream, .. } if delivery_stream == "test-fluentd-firehose"));
+    assert!(
+        matches!(&sinks[0].destination, SinkDestination::Firehose { delivery_stream, .. } if delivery_stream == "test-fluentd-firehose")
+    );
     let sources = config.source_settings();
     assert_eq!(sources[0].max_line_bytes, 1024 * 1024);
     assert_eq!(config.max_queue_bytes, ByteSize(1 << 30));
@@ -52,7 +54,9 @@ fn relative_paths_are_taken_from_the_config_files_folder() {
     let text = "data_dir = \"state\"\n[sources.a]\npaths=[\"x/*.log\"]\n[sinks.out]\ntype=\"directory\"\ninputs=[\"a\"]\npath=\"out\"\n";
     let config = parse(text).expect("valid");
     assert_eq!(config.data_dir, Path::new("/etc/tailhose/state"));
-    assert!(matches!(&config.sink_settings()[0].destination, SinkDestination::Directory { path } if path == Path::new("/etc/tailhose/out")));
+    assert!(
+        matches!(&config.sink_settings()[0].destination, SinkDestination::Directory { path } if path == Path::new("/etc/tailhose/out"))
+    );
 }
 
 #[test]

@@ -167,7 +167,11 @@ impl Flusher {
             }
             let started = Instant::now();
             if !batch.records.is_empty() && self.deliver(&mut batch).await == Delivery::Abandoned {
-                tracing::warn!(route = self.queue.name(), records = batch.records.len(), "shutdown timeout reached; batch abandoned, it stays queued and is sent again at the next start");
+                tracing::warn!(
+                    route = self.queue.name(),
+                    records = batch.records.len(),
+                    "shutdown timeout reached; batch abandoned, it stays queued and is sent again at the next start"
+                );
                 return Ok(());
             }
             self.queue.acknowledge(&batch.acks, &batch.dead_letters).await?;
@@ -216,8 +220,20 @@ impl Flusher {
                     }
                     Offer::TooLarge => {
                         let limit = self.limits.max_record_bytes.unwrap_or(self.limits.max_bytes);
-                        let detail = format!("record {} of chunk {} is {} bytes; the destination takes at most {limit}", chunk.next_record, chunk.seq, data.len());
-                        batch.dead_letters.push(record_dead_letter(chunk.meta.file, &chunk.meta.path, chunk.meta.start_offset, DeadLetterReason::RecordTooLarge, detail, data));
+                        let detail = format!(
+                            "record {} of chunk {} is {} bytes; the destination takes at most {limit}",
+                            chunk.next_record,
+                            chunk.seq,
+                            data.len()
+                        );
+                        batch.dead_letters.push(record_dead_letter(
+                            chunk.meta.file,
+                            &chunk.meta.path,
+                            chunk.meta.start_offset,
+                            DeadLetterReason::RecordTooLarge,
+                            detail,
+                            data,
+                        ));
                     }
                 }
                 chunk.next_record += 1;
@@ -314,7 +330,14 @@ impl Flusher {
                             let ack = &batch.acks[chunk];
                             let detail = format!("a record of chunk {}: {code}: {message}", ack.seq);
                             let data = batch.records[index].data.clone();
-                            let letter = record_dead_letter(ack.file, &batch.chunk_paths[chunk], ack.start_offset, DeadLetterReason::RejectedBySink, detail, data);
+                            let letter = record_dead_letter(
+                                ack.file,
+                                &batch.chunk_paths[chunk],
+                                ack.start_offset,
+                                DeadLetterReason::RejectedBySink,
+                                detail,
+                                data,
+                            );
                             batch.dead_letters.push(letter);
                         } else {
                             // Halve the group until the record the destination refuses is alone.
@@ -359,7 +382,14 @@ async fn abandon_after(stop: CancellationToken, grace: Duration) {
 
 /// A dead letter for a record that was already packed; `offset` is its chunk's start (records
 /// do not carry their own offsets), `detail` says which record of the chunk it is.
-fn record_dead_letter(file: FileIdentity, path: &[u8], offset: u64, reason: DeadLetterReason, detail: String, mut data: Vec<u8>) -> DeadLetter {
+fn record_dead_letter(
+    file: FileIdentity,
+    path: &[u8],
+    offset: u64,
+    reason: DeadLetterReason,
+    detail: String,
+    mut data: Vec<u8>,
+) -> DeadLetter {
     let record_len = data.len() as u64;
     data.truncate(crate::queue::dead_letter::MAX_KEPT_RECORD_BYTES);
     DeadLetter { reason, detail, file, path: path.to_vec(), offset, record_len, record: data, recorded_at_ms: crate::source::now_ms() }

@@ -48,11 +48,12 @@ pub async fn run(config: &Config, mode: ReadMode, stop: CancellationToken) -> Re
             let (queue, report) = store.open_route(&route, config.max_queue_bytes.0)?;
             recover(&queue, &source, &events, report).await?;
             let input_closed = CancellationToken::new();
-            let stopping = FlusherStop { stop: stop.clone(), input_closed: input_closed.clone(), shutdown_timeout: config.shutdown_timeout };
+            let stopping =
+                FlusherStop { stop: stop.clone(), input_closed: input_closed.clone(), shutdown_timeout: config.shutdown_timeout };
             let flusher = Flusher::new(queue.clone(), sink.clone(), sink_settings.clone(), events.clone(), stopping);
             tracing::info!(route, "route started");
             tasks.spawn(async move { flusher.run().await.map_err(PipelineError::from) });
-            let reader = run_reader(source, queue, events.clone(), mode, stop.clone(), input_closed);
+            let reader = run_reader(source, config.max_read_ahead_bytes.0, queue, events.clone(), mode, stop.clone(), input_closed);
             tasks.spawn(async move {
                 reader.await;
                 Ok(())
@@ -79,7 +80,12 @@ pub async fn run(config: &Config, mode: ReadMode, stop: CancellationToken) -> Re
 
 /// Acts on what start-up verification found: reports set-aside chunks and re-reads their byte
 /// ranges from the source files (or dead-letters the ranges whose bytes are gone).
-pub async fn recover(queue: &RouteQueue, source: &SourceSettings, events: &Arc<Events>, report: RecoveryReport) -> Result<(), PipelineError> {
+pub async fn recover(
+    queue: &RouteQueue,
+    source: &SourceSettings,
+    events: &Arc<Events>,
+    report: RecoveryReport,
+) -> Result<(), PipelineError> {
     for set_aside in &report.set_aside {
         events.chunk_set_aside(queue.name(), set_aside.seq, &set_aside.error);
     }
@@ -92,7 +98,9 @@ pub async fn recover(queue: &RouteQueue, source: &SourceSettings, events: &Arc<E
     tokio::task::spawn_blocking(move || {
         for missing in &report.missing {
             match recover_range(&queue, &events, &source, missing.file, &missing.path, missing.start, missing.end)? {
-                RecoveryOutcome::Recovered { records } => events.range_recovered(queue.name(), &missing.path, missing.start, missing.end, records),
+                RecoveryOutcome::Recovered { records } => {
+                    events.range_recovered(queue.name(), &missing.path, missing.start, missing.end, records)
+                }
                 RecoveryOutcome::DeadLettered { .. } => {}
             }
         }

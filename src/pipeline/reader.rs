@@ -20,9 +20,17 @@ pub enum ReadMode {
 
 /// Runs until `stop` fires (or, with [`ReadMode::UntilCaughtUp`], until caught up), then fires
 /// `input_closed`, which tells the route's flusher that no more chunks will come.
-pub async fn run_reader(source: SourceSettings, queue: RouteQueue, events: Arc<Events>, mode: ReadMode, stop: CancellationToken, input_closed: CancellationToken) {
+pub async fn run_reader(
+    source: SourceSettings,
+    read_ahead_bytes: u64,
+    queue: RouteQueue,
+    events: Arc<Events>,
+    mode: ReadMode,
+    stop: CancellationToken,
+    input_closed: CancellationToken,
+) {
     let poll_interval = source.poll_interval;
-    let mut tailer = Some(Tailer::new(source, queue.clone(), events.clone()));
+    let mut tailer = Some(Tailer::new(source, read_ahead_bytes, queue.clone(), events.clone()));
     while !stop.is_cancelled() {
         if !queue.has_space() {
             events.backpressure(queue.name(), queue.pending_bytes());

@@ -111,7 +111,9 @@ pub enum ChunkError {
     Truncated { seq: ChunkSeq, len: usize },
     #[error("chunk {seq} does not start with the chunk magic (found {found:02x?})")]
     BadMagic { seq: ChunkSeq, found: [u8; 4] },
-    #[error("chunk {seq} has layout version {version}, which this build cannot read; run the tailhose version that wrote it, or a newer one")]
+    #[error(
+        "chunk {seq} has layout version {version}, which this build cannot read; run the tailhose version that wrote it, or a newer one"
+    )]
     UnknownVersion { seq: ChunkSeq, version: u16 },
     #[error("chunk {seq} fails its checksum (stored {expected:#010x}, computed {actual:#010x})")]
     ChecksumMismatch { seq: ChunkSeq, expected: u32, actual: u32 },

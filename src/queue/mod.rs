@@ -423,7 +423,9 @@ impl RouteQueue {
     }
 
     /// Every dead letter, oldest first. Undecodable entries are returned as errors, not skipped.
-    pub fn dead_letters(&self) -> impl Iterator<Item = Result<(u64, Result<DeadLetter, dead_letter::DeadLetterDecodeError>), QueueError>> + '_ {
+    pub fn dead_letters(
+        &self,
+    ) -> impl Iterator<Item = Result<(u64, Result<DeadLetter, dead_letter::DeadLetterDecodeError>), QueueError>> + '_ {
         self.inner.tree.range(keys::kind_range(KeyKind::DeadLetter)).map(|entry| {
             let (key, value) = entry?;
             let id = keys::seq_of(&key).map(|seq| seq.0).unwrap_or(0);

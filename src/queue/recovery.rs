@@ -77,10 +77,8 @@ pub(crate) fn scan_route(tree: &sled::Tree) -> Result<ScanResult, QueueError> {
     for entry in tree.range(keys::kind_range(KeyKind::FileRead)) {
         let (key, value) = entry?;
         let (Some(file), Some(state)) = (FileIdentity::from_key_bytes(&key[1..]), FileReadState::decode(&value)) else { continue };
-        let acked_offset = tree
-            .get(keys::file_key(KeyKind::FileAcked, &file))?
-            .and_then(|value| positions::decode_acked_offset(&value))
-            .unwrap_or(0);
+        let acked_offset =
+            tree.get(keys::file_key(KeyKind::FileAcked, &file))?.and_then(|value| positions::decode_acked_offset(&value)).unwrap_or(0);
         let track = accounting.files.entry(file).or_default();
         track.queued_offset = state.queued_offset;
         track.acked_offset = acked_offset;

@@ -105,7 +105,10 @@ fn a_chunk_that_fails_verification_is_set_aside_and_its_range_reported_missing()
     let (reopened, report) = open(dir.path());
     assert_eq!(report.set_aside.len(), 1);
     assert_eq!(report.set_aside[0].error.code(), "checksum_mismatch");
-    assert_eq!(report.missing, vec![recovery::MissingRange { file: file(1), path: b"/logs/a.log".to_vec(), start: 0, end: first.meta.end_offset }]);
+    assert_eq!(
+        report.missing,
+        vec![recovery::MissingRange { file: file(1), path: b"/logs/a.log".to_vec(), start: 0, end: first.meta.end_offset }]
+    );
     let stats = reopened.stats().expect("stats");
     assert_eq!((stats.pending_chunks, stats.set_aside_chunks), (1, 1));
 }

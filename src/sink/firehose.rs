@@ -23,7 +23,12 @@ pub struct FirehoseSink {
 }
 
 impl FirehoseSink {
-    pub async fn connect(delivery_stream: &str, region: Option<&str>, endpoint_url: Option<&str>, request_timeout: Duration) -> FirehoseSink {
+    pub async fn connect(
+        delivery_stream: &str,
+        region: Option<&str>,
+        endpoint_url: Option<&str>,
+        request_timeout: Duration,
+    ) -> FirehoseSink {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(region) = region {
             loader = loader.region(Region::new(region.to_owned()));
@@ -58,7 +63,9 @@ impl FirehoseSink {
             .iter()
             .map(|entry| match entry.error_code() {
                 None => RecordOutcome::Accepted,
-                Some(code) => RecordOutcome::Failed { code: code.to_owned(), message: entry.error_message().unwrap_or_default().to_owned() },
+                Some(code) => {
+                    RecordOutcome::Failed { code: code.to_owned(), message: entry.error_message().unwrap_or_default().to_owned() }
+                }
             })
             .collect())
     }
@@ -86,21 +93,34 @@ fn classify_service_error(code: &str, status: u16, message: String) -> SinkError
     match code {
         "ServiceUnavailableException" | "ThrottlingException" | "LimitExceededException" => SinkError::Throttled { message },
         "InvalidArgumentException" => SinkError::InvalidRecords { code: code.into(), message },
-        "ResourceNotFoundException" => {
-            SinkError::Unavailable { code: code.into(), message, fix: "create the delivery stream, or fix `delivery_stream`/`region` in the sink's configuration".into() }
-        }
-        "AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException" | "ExpiredTokenException"
-        | "IncompleteSignature" | "MissingAuthenticationToken" | "InvalidClientTokenId" => SinkError::Unavailable {
+        "ResourceNotFoundException" => SinkError::Unavailable {
+            code: code.into(),
+            message,
+            fix: "create the delivery stream, or fix `delivery_stream`/`region` in the sink's configuration".into(),
+        },
+        "AccessDeniedException"
+        | "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "ExpiredTokenException"
+        | "IncompleteSignature"
+        | "MissingAuthenticationToken"
+        | "InvalidClientTokenId" => SinkError::Unavailable {
             code: code.into(),
             message,
             fix: "check the AWS credentials and that they allow firehose:PutRecordBatch on this stream".into(),
         },
-        "InvalidKMSResourceException" | "InvalidSourceException" => {
-            SinkError::Unavailable { code: code.into(), message, fix: "check the delivery stream's encryption key and source settings".into() }
-        }
+        "InvalidKMSResourceException" | "InvalidSourceException" => SinkError::Unavailable {
+            code: code.into(),
+            message,
+            fix: "check the delivery stream's encryption key and source settings".into(),
+        },
         _ if status >= 500 => SinkError::Transient { message },
         _ if status == 429 => SinkError::Throttled { message },
-        _ => SinkError::Unavailable { code: code.into(), message, fix: "see the message; records stay queued until the cause is fixed".into() },
+        _ => SinkError::Unavailable {
+            code: code.into(),
+            message,
+            fix: "see the message; records stay queued until the cause is fixed".into(),
+        },
     }
 }
 

@@ -26,7 +26,10 @@ pub struct OutgoingRecord {
 pub enum RecordOutcome {
     Accepted,
     /// Not taken this time (`ServiceUnavailableException`, `InternalFailure`, ...): send it again.
-    Failed { code: String, message: String },
+    Failed {
+        code: String,
+        message: String,
+    },
 }
 
 /// A call that failed as a whole.

@@ -116,7 +116,11 @@ impl LineChunker {
         let next = ChunkDraft::new(self.file, self.path.clone(), self.draft.meta.end_offset);
         let mut draft = std::mem::replace(&mut self.draft, next);
         draft.meta.created_at_ms = now_ms();
-        Some(SealedChunk { draft, dead_letters: std::mem::take(&mut self.dead_letters), blank_lines: std::mem::take(&mut self.blank_lines) })
+        Some(SealedChunk {
+            draft,
+            dead_letters: std::mem::take(&mut self.dead_letters),
+            blank_lines: std::mem::take(&mut self.blank_lines),
+        })
     }
 
     fn extend_partial(&mut self, bytes: &[u8]) {
@@ -193,7 +197,13 @@ mod tests {
     use super::*;
 
     fn chunker(format: LineFormat, max_line_bytes: u64) -> LineChunker {
-        LineChunker::new(FileIdentity { device: 1, inode: 2, fingerprint_len: 3, fingerprint: 4 }, b"/a.log".to_vec(), format, max_line_bytes, 0)
+        LineChunker::new(
+            FileIdentity { device: 1, inode: 2, fingerprint_len: 3, fingerprint: 4 },
+            b"/a.log".to_vec(),
+            format,
+            max_line_bytes,
+            0,
+        )
     }
 
     fn records(sealed: &[SealedChunk]) -> Vec<Vec<u8>> {
@@ -232,7 +242,10 @@ mod tests {
         assert_eq!(records(&sealed).len(), 2);
         assert_eq!(chunk.blank_lines, 1);
         let offsets: Vec<(u64, DeadLetterReason)> = chunk.dead_letters.iter().map(|letter| (letter.offset, letter.reason)).collect();
-        assert_eq!(offsets, vec![(8, DeadLetterReason::InvalidJson), (16, DeadLetterReason::InvalidJson), (28, DeadLetterReason::InvalidJson)]);
+        assert_eq!(
+            offsets,
+            vec![(8, DeadLetterReason::InvalidJson), (16, DeadLetterReason::InvalidJson), (28, DeadLetterReason::InvalidJson)]
+        );
         assert_eq!(chunk.dead_letters[2].detail, "invalid UTF-8 after byte 6");
         assert_eq!(chunk.draft.meta.end_offset, 39);
     }

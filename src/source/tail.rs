@@ -69,6 +69,8 @@ enum OpenError {
 /// a blocking thread for each pass; all its I/O is blocking.
 pub struct Tailer {
     source: SourceSettings,
+    /// Queue size above which files still in their glob wait (see `Config::max_read_ahead_bytes`).
+    read_ahead_bytes: u64,
     queue: RouteQueue,
     events: Arc<Events>,
     files: HashMap<DevIno, WatchedFile>,
@@ -78,8 +80,17 @@ pub struct Tailer {
 }
 
 impl Tailer {
-    pub fn new(source: SourceSettings, queue: RouteQueue, events: Arc<Events>) -> Tailer {
-        Tailer { source, queue, events, files: HashMap::new(), next_scan: None, first_scan_done: false, buffer: vec![0; READ_BLOCK] }
+    pub fn new(source: SourceSettings, read_ahead_bytes: u64, queue: RouteQueue, events: Arc<Events>) -> Tailer {
+        Tailer {
+            source,
+            read_ahead_bytes,
+            queue,
+            events,
+            files: HashMap::new(),
+            next_scan: None,
+            first_scan_done: false,
+            buffer: vec![0; READ_BLOCK],
+        }
     }
 
     pub fn open_files(&self) -> usize {
@@ -107,7 +118,13 @@ impl Tailer {
                 outcome.caught_up = false;
                 break;
             }
-            let (read, at_end) = self.read_file(key)?;
+            let budget = self.read_budget(key);
+            if budget == 0 {
+                // The file keeps its bytes; read them once the sink has caught up.
+                outcome.caught_up = false;
+                continue;
+            }
+            let (read, at_end) = self.read_file(key, budget)?;
             outcome.bytes_read += read;
             outcome.caught_up &= at_end;
         }
@@ -116,14 +133,24 @@ impl Tailer {
         Ok(outcome)
     }
 
-    /// Reads one file up to its budget and appends the sealed chunks. Returns the bytes read and
-    /// whether the file's end was reached.
-    fn read_file(&mut self, key: DevIno) -> Result<(u64, bool), QueueError> {
+    /// How many bytes of this file the pass may read: a file still in its glob keeps its own
+    /// bytes, so it may only fill the read-ahead window; one that left its glob (rotated, soon
+    /// deleted) may fill the queue.
+    fn read_budget(&self, key: DevIno) -> usize {
+        let in_glob = self.files.get(&key).is_some_and(|watched| watched.in_glob);
+        let limit = if in_glob { self.read_ahead_bytes } else { u64::MAX };
+        let room = limit.saturating_sub(self.queue.pending_bytes());
+        usize::try_from(room).unwrap_or(usize::MAX).min(FILE_BUDGET_PER_PASS)
+    }
+
+    /// Reads one file up to `budget` bytes (rounded up to a read block) and appends the sealed
+    /// chunks. Returns the bytes read and whether the file's end was reached.
+    fn read_file(&mut self, key: DevIno, budget: usize) -> Result<(u64, bool), QueueError> {
         let Some(watched) = self.files.get_mut(&key) else { return Ok((0, true)) };
         let mut sealed = Vec::new();
         let mut read_total = 0u64;
         let mut at_end = false;
-        while (read_total as usize) < FILE_BUDGET_PER_PASS {
+        while (read_total as usize) < budget {
             if watched.chunker.is_none() && !start_chunker(watched, &self.source, &self.events) {
                 at_end = true;
                 break;
@@ -229,10 +256,7 @@ impl Tailer {
         };
         let chunker = match stored {
             Some((identity, _)) if start != StartAt::Head => Some(new_chunker(identity, path, &self.source, read_offset)),
-            _ => identity::identify(&file)
-                .ok()
-                .flatten()
-                .map(|identity| new_chunker(identity, path, &self.source, read_offset)),
+            _ => identity::identify(&file).ok().flatten().map(|identity| new_chunker(identity, path, &self.source, read_offset)),
         };
         self.events.file_added(self.queue.name(), path, read_offset, start_name(start));
         Ok(WatchedFile { path: path.to_path_buf(), file, read_offset, chunker, in_glob: true, last_growth: Instant::now() })
@@ -388,3 +412,6 @@ fn read_range(file: &File, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
     file.read_exact_at(&mut bytes, start)?;
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests;

@@ -85,7 +85,8 @@ impl Moto {
     /// Every record in the bucket (one per line of every object) and the object count.
     pub fn delivered(&self) -> Delivered {
         let answer: serde_json::Value = serde_json::from_str(&self.peer(&["records", "--bucket", BUCKET])).expect("json");
-        let records = answer["records"].as_array().expect("records").iter().map(|line| line.as_str().unwrap_or_default().to_owned()).collect();
+        let records =
+            answer["records"].as_array().expect("records").iter().map(|line| line.as_str().unwrap_or_default().to_owned()).collect();
         let keys = answer["keys"].as_array().expect("keys").iter().map(|key| key.as_str().unwrap_or_default().to_owned()).collect();
         Delivered { objects: answer["objects"].as_u64().expect("objects"), records, sample_keys: keys }
     }
@@ -122,7 +123,8 @@ impl Delivered {
     pub fn seq_counts(&self) -> BTreeMap<u64, u32> {
         let mut counts = BTreeMap::new();
         for record in &self.records {
-            let value: serde_json::Value = serde_json::from_str(record).unwrap_or_else(|error| panic!("delivered record is not JSON ({error}): {record}"));
+            let value: serde_json::Value =
+                serde_json::from_str(record).unwrap_or_else(|error| panic!("delivered record is not JSON ({error}): {record}"));
             let seq = value["seq"].as_u64().unwrap_or_else(|| panic!("delivered record has no seq: {record}"));
             *counts.entry(seq).or_insert(0) += 1;
         }

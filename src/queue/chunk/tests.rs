@@ -37,15 +37,19 @@ fn the_version_1_layout_is_frozen() {
     let bytes = encode_chunk(ChunkSeq(1), &draft);
     let expected: Vec<u8> = [
         &b"THCK"[..],
-        &[1, 0],             // version
-        &[62, 0],            // meta_len
-        &[6, 0, 0, 0],       // body_len
-        &[0, 0, 0, 0],       // checksum, checked below
+        &[1, 0],                                                                   // version
+        &[62, 0],                                                                  // meta_len
+        &[6, 0, 0, 0],                                                             // body_len
+        &[0, 0, 0, 0],                                                             // checksum, checked below
         &[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0], // file identity
-        &[2, 0, 0, 0, 0, 0, 0, 0], &b"/a"[..],                                     // path
-        &[5, 0, 0, 0, 0, 0, 0, 0], &[8, 0, 0, 0, 0, 0, 0, 0],                      // start, end
-        &[1, 0, 0, 0], &[9, 0, 0, 0, 0, 0, 0, 0],                                  // record_count, created_at_ms
-        &[2, 0, 0, 0], &b"{}"[..],                                                 // one record
+        &[2, 0, 0, 0, 0, 0, 0, 0],
+        &b"/a"[..], // path
+        &[5, 0, 0, 0, 0, 0, 0, 0],
+        &[8, 0, 0, 0, 0, 0, 0, 0], // start, end
+        &[1, 0, 0, 0],
+        &[9, 0, 0, 0, 0, 0, 0, 0], // record_count, created_at_ms
+        &[2, 0, 0, 0],
+        &b"{}"[..], // one record
     ]
     .concat();
     assert_eq!(bytes[..12], expected[..12]);
