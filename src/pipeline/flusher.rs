@@ -197,7 +197,11 @@ impl Flusher {
                 Some(chunk) => chunk,
                 None => match self.load_next(committed)? {
                     Some(chunk) => chunk,
-                    None => return Ok(Fill::Drained),
+                    None => {
+                        // Nothing is pending below the watermark: later reads start there.
+                        self.next_seq = self.next_seq.max(committed);
+                        return Ok(Fill::Drained);
+                    }
                 },
             };
             let mut chunk = chunk;

@@ -11,7 +11,7 @@ use super::positions::FileIdentity;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum KeyKind {
-    /// `[0x00] name` → queue metadata (format version).
+    /// `[0x00] name` → queue metadata; see [`NEXT_SEQ`].
     Meta = 0x00,
     /// `[0x01] seq:u64` → chunk waiting to be delivered.
     PendingChunk = 0x01,
@@ -28,6 +28,9 @@ pub enum KeyKind {
     /// `[0x07] seq:u64` → a chunk that failed verification, set aside, never sent.
     SetAsideChunk = 0x07,
 }
+
+/// Meta entry: the next chunk sequence number, `u64` big-endian.
+pub const NEXT_SEQ: &str = "next_seq";
 
 pub fn seq_key(kind: KeyKind, seq: ChunkSeq) -> [u8; 9] {
     let mut key = [0u8; 9];

@@ -255,6 +255,8 @@ impl RouteQueue {
         let meta = &draft.meta;
         let mut batch = sled::Batch::default();
         batch.insert(&keys::seq_key(KeyKind::PendingChunk, seq), encoded);
+        // Sequence numbers are never reused, also once every chunk is delivered and deleted.
+        batch.insert(keys::meta_key(keys::NEXT_SEQ), &(seq.0 + 1).to_be_bytes()[..]);
         for dead_letter in dead_letters {
             let id = self.inner.db.generate_id()?;
             batch.insert(&keys::id_key(KeyKind::DeadLetter, id), dead_letter.encode());

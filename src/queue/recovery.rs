@@ -112,9 +112,10 @@ pub fn uncovered_ranges(from: u64, to: u64, covered: &std::collections::BTreeMap
     gaps
 }
 
-/// One past the highest sequence number used by any chunk-keyed entry.
+/// One past the highest sequence number ever used: the stored counter, or any chunk-keyed entry above it.
 fn next_free_seq(tree: &sled::Tree) -> Result<ChunkSeq, QueueError> {
-    let mut next = 0;
+    let stored = tree.get(keys::meta_key(keys::NEXT_SEQ))?;
+    let mut next = stored.and_then(|value| value.as_ref().try_into().ok().map(u64::from_be_bytes)).unwrap_or(0);
     for kind in [KeyKind::PendingChunk, KeyKind::RetainedChunk, KeyKind::SetAsideChunk, KeyKind::ChunkProgress] {
         if let Some((key, _)) = tree.range(keys::kind_range(kind)).next_back().transpose()? {
             if let Some(seq) = keys::seq_of(&key) {

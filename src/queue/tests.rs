@@ -151,3 +151,20 @@ async fn the_queue_reports_full_at_max_queue_bytes_and_frees_space_on_acknowledg
     tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.expect("reader resumes").expect("task");
     assert!(queue.has_space());
 }
+
+#[tokio::test]
+async fn sequence_numbers_are_not_reused_after_the_queue_empties() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chunk = draft(file(1), 0, &["{}"]);
+    let first = {
+        let (queue, _) = open(dir.path());
+        let seq = queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
+        queue.commit().expect("commit");
+        let ack = ack_all(&queue, seq, &chunk, 1);
+        queue.acknowledge(&[ack], &[]).await.expect("ack");
+        seq
+    };
+    let (queue, _) = open(dir.path());
+    let second = queue.append(&draft(file(1), chunk.meta.end_offset, &["{}"]), &[], ReadProgress::Advance).expect("append");
+    assert!(second > first, "{second} after {first}");
+}
