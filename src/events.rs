@@ -102,6 +102,11 @@ impl Events {
         tracing::info!(path = %path.display(), "file left the watched paths and is fully read; closed");
     }
 
+    pub fn file_vanished_while_closed(&self, path: &Path) {
+        bump(&self.files_closed, 1);
+        tracing::warn!(path = %path.display(), "a file closed for being idle is gone (deleted or moved out of its folder); bytes written to it after it was closed cannot be read");
+    }
+
     pub fn file_truncated(&self, path: &Path, position: u64, size: u64) {
         bump(&self.files_truncated, 1);
         tracing::warn!(path = %path.display(), position, size, "file is shorter than what was read (truncated); reading it again from its start");

@@ -86,13 +86,24 @@ pub struct SourceConfig {
     pub read_from_head: bool,
     #[serde(default = "default_refresh_interval", with = "humantime_serde")]
     pub refresh_interval: Duration,
-    /// How often open files are checked for new bytes when nothing else wakes the reader.
+    /// How often files are checked for new bytes when no change notification (inotify) woke
+    /// the reader first: the safety net, and the only way on file systems without notifications.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
     /// A longer line is set aside in the dead-letter area (with its file and offset), never
     /// buffered whole: this bounds the reader's memory.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: ByteSize,
+    /// Globs of paths that `paths` matches but that are not to be read.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// A file first seen with no write for this long is not read (a stored position still resumes).
+    #[serde(default, with = "humantime_serde")]
+    pub ignore_older_than: Option<Duration>,
+    /// At most this many files of the source are held open. Files idle longest are closed and
+    /// reopened (by identity) when they grow.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
 }
 
 /// Where a sink delivers.
@@ -184,6 +195,9 @@ fn render_problems(problems: &[ConfigProblem]) -> String {
 pub struct SourceSettings {
     pub name: String,
     pub paths: Vec<String>,
+    pub exclude: Vec<String>,
+    pub ignore_older_than: Option<Duration>,
+    pub max_open_files: usize,
     pub format: LineFormat,
     pub read_from_head: bool,
     pub refresh_interval: Duration,
@@ -234,7 +248,8 @@ impl Config {
         let base = origin.parent().unwrap_or_else(|| Path::new("."));
         config.data_dir = base.join(&config.data_dir);
         for source in config.sources.values_mut() {
-            for pattern in source.get_mut().paths.iter_mut() {
+            let source = source.get_mut();
+            for pattern in source.paths.iter_mut().chain(source.exclude.iter_mut()) {
                 if Path::new(pattern.as_str()).is_relative() {
                     *pattern = base.join(pattern.as_str()).to_string_lossy().into_owned();
                 }
@@ -281,10 +296,15 @@ impl Config {
             if source.get_ref().paths.is_empty() {
                 report(format!("{key}.paths"), source.span(), "must list at least one glob pattern".into());
             }
-            for pattern in &source.get_ref().paths {
-                if let Err(error) = glob::Pattern::new(pattern) {
-                    report(format!("{key}.paths"), source.span(), format!("`{pattern}` is not a valid glob: {error}"));
+            for (field, patterns) in [("paths", &source.get_ref().paths), ("exclude", &source.get_ref().exclude)] {
+                for pattern in patterns {
+                    if let Err(error) = glob::Pattern::new(pattern) {
+                        report(format!("{key}.{field}"), source.span(), format!("`{pattern}` is not a valid glob: {error}"));
+                    }
                 }
+            }
+            if source.get_ref().max_open_files == 0 {
+                report(format!("{key}.max_open_files"), source.span(), "must be at least 1".into());
             }
             if source.get_ref().max_line_bytes.0 == 0 {
                 report(format!("{key}.max_line_bytes"), source.span(), "must be greater than 0".into());
@@ -370,6 +390,9 @@ impl Config {
                 SourceSettings {
                     name: name.clone(),
                     paths: source.paths.clone(),
+                    exclude: source.exclude.clone(),
+                    ignore_older_than: source.ignore_older_than,
+                    max_open_files: source.max_open_files,
                     format: source.format,
                     read_from_head: source.read_from_head,
                     refresh_interval: source.refresh_interval,
@@ -448,7 +471,10 @@ fn default_refresh_interval() -> Duration {
     Duration::from_secs(5)
 }
 fn default_poll_interval() -> Duration {
-    Duration::from_millis(100)
+    Duration::from_millis(250)
+}
+fn default_max_open_files() -> usize {
+    256
 }
 fn default_max_line_bytes() -> ByteSize {
     ByteSize(1024 * 1024)

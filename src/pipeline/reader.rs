@@ -1,5 +1,6 @@
 //! The reader task of one route: runs tailer passes on a blocking thread, pauses when the queue
-//! is full (back-pressure), and sleeps `poll_interval` when there is nothing new.
+//! is full (back-pressure), and when there is nothing new waits for a change notification or
+//! `poll_interval`, whichever comes first.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SourceSettings;
 use crate::events::Events;
 use crate::queue::RouteQueue;
-use crate::source::Tailer;
+use crate::source::{watch_changes, ChangeSignal, Tailer};
 
 /// Whether the reader follows its files forever or stops once they are read to their end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +31,9 @@ pub async fn run_reader(
     input_closed: CancellationToken,
 ) {
     let poll_interval = source.poll_interval;
-    let mut tailer = Some(Tailer::new(source, read_ahead_bytes, queue.clone(), events.clone()));
+    let changes = Arc::new(ChangeSignal::default());
+    let _watcher = watch_changes(&source.paths, changes.clone());
+    let mut tailer = Some(Tailer::new(source, read_ahead_bytes, queue.clone(), events.clone()).with_change_signal(changes.clone()));
     while !stop.is_cancelled() {
         if !queue.has_space() {
             events.backpressure(queue.name(), queue.pending_bytes());
@@ -63,6 +66,7 @@ pub async fn run_reader(
         }
         tokio::select! {
             _ = tokio::time::sleep(poll_interval) => {}
+            _ = changes.wake.notified() => {}
             _ = stop.cancelled() => break,
         }
     }

@@ -172,6 +172,8 @@ pub(crate) struct FileTrack {
     acked_offset: u64,
     /// Byte ranges `start → end` of chunks appended and not yet fully acknowledged.
     outstanding: BTreeMap<u64, u64>,
+    /// The reader is done with the file: forget its positions once nothing of it is outstanding.
+    released: bool,
 }
 
 impl FileTrack {
@@ -370,8 +372,14 @@ impl RouteQueue {
                     batch.insert(&keys::seq_key(KeyKind::ChunkProgress, ack.seq), &positions::encode_progress(ack.acked_records)[..]);
                 }
             }
+            let mut finished_files = Vec::new();
             for file in moved_files {
                 let Some(track) = accounting.files.get_mut(&file) else { continue };
+                if track.released && track.outstanding.is_empty() {
+                    remove_file_positions(&mut batch, &file);
+                    finished_files.push(file);
+                    continue;
+                }
                 let prefix = track.acknowledged_prefix();
                 if prefix > track.acked_offset {
                     track.acked_offset = prefix;
@@ -379,6 +387,9 @@ impl RouteQueue {
                 }
             }
             self.inner.tree.apply_batch(batch)?;
+            for file in finished_files {
+                accounting.files.remove(&file);
+            }
             for ack in acks.iter().filter(|ack| ack.is_complete()) {
                 accounting.pending_bytes = accounting.pending_bytes.saturating_sub(ack.stored_len);
                 accounting.pending_chunks = accounting.pending_chunks.saturating_sub(1);
@@ -389,9 +400,36 @@ impl RouteQueue {
         Ok(())
     }
 
+    /// Forgets a file the reader is done with (rotated away and drained, or deleted): its stored
+    /// positions are removed now if everything read from it is acknowledged, otherwise with the
+    /// acknowledgement that completes it. Keeps the queue from growing with every file ever seen.
+    pub fn release_file(&self, file: &FileIdentity) -> Result<(), QueueError> {
+        let mut accounting = self.accounting();
+        let Some(track) = accounting.files.get_mut(file) else { return Ok(()) };
+        if !track.outstanding.is_empty() {
+            track.released = true;
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        remove_file_positions(&mut batch, file);
+        self.inner.tree.apply_batch(batch)?;
+        accounting.files.remove(file);
+        Ok(())
+    }
+
+    /// Files the queue keeps positions for.
+    pub fn tracked_files(&self) -> usize {
+        self.accounting().files.len()
+    }
+
     /// Bytes of chunks not yet fully acknowledged.
     pub fn pending_bytes(&self) -> u64 {
         self.accounting().pending_bytes
+    }
+
+    /// Bytes that may still be queued before `max_queue_bytes` is reached.
+    pub fn room(&self) -> u64 {
+        self.inner.max_queue_bytes.saturating_sub(self.pending_bytes())
     }
 
     pub fn has_space(&self) -> bool {
@@ -407,6 +445,18 @@ impl RouteQueue {
             }
             freed.await;
         }
+    }
+
+    /// Every stored read state: files read before and not yet released.
+    pub fn stored_file_states(&self) -> Result<Vec<(FileIdentity, FileReadState)>, QueueError> {
+        let mut found = Vec::new();
+        for entry in self.inner.tree.range(keys::kind_range(KeyKind::FileRead)) {
+            let (key, value) = entry?;
+            if let (Some(identity), Some(state)) = (FileIdentity::from_key_bytes(&key[1..]), FileReadState::decode(&value)) {
+                found.push((identity, state));
+            }
+        }
+        Ok(found)
     }
 
     /// Stored read states of files with this device and inode (several when an inode was reused).
@@ -464,6 +514,11 @@ impl RouteQueue {
             files,
         })
     }
+}
+
+fn remove_file_positions(batch: &mut sled::Batch, file: &FileIdentity) {
+    batch.remove(keys::file_key(KeyKind::FileRead, file));
+    batch.remove(keys::file_key(KeyKind::FileAcked, file));
 }
 
 #[cfg(test)]

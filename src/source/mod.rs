@@ -18,10 +18,12 @@
 mod chunker;
 mod identity;
 mod tail;
+mod watch;
 
 pub use chunker::{now_ms, LineChunker, SealedChunk};
 pub use identity::{identify, IdentityMatch};
 pub use tail::{recover_range, PassOutcome, RecoveryOutcome, Tailer};
+pub use watch::{watch_changes, ChangeSignal, ChangeWatcher};
 
 /// Target size of a chunk's body: large enough that one sled write carries many records, small
 /// enough that the flusher holds little in memory.

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use super::chunker::{LineChunker, SealedChunk};
 use super::identity::{self, IdentityMatch};
+use super::watch::ChangeSignal;
 use crate::config::SourceSettings;
 use crate::events::Events;
 use crate::queue::{DeadLetter, DeadLetterReason, FileIdentity, QueueError, ReadProgress, RouteQueue};
@@ -44,7 +45,8 @@ type DevIno = (u64, u64);
 
 struct WatchedFile {
     path: PathBuf,
-    file: File,
+    /// `None` while closed to stay within `max_open_files`; reopened by identity when it grows.
+    file: Option<File>,
     /// Next byte to read. Until the file has an identity (it was empty), this stays 0.
     read_offset: u64,
     /// Exists once the file has bytes, and so an identity.
@@ -54,6 +56,8 @@ struct WatchedFile {
     /// When bytes were last read: a file gone from the glob is closed once it has not grown for
     /// one `refresh_interval` (the writer may still finish lines into a file it just rotated).
     last_growth: Instant,
+    /// The latest read reached the end of the file.
+    at_end: bool,
 }
 
 /// Why a file could not be started.
@@ -76,6 +80,10 @@ pub struct Tailer {
     files: HashMap<DevIno, WatchedFile>,
     next_scan: Option<Instant>,
     first_scan_done: bool,
+    /// Set by change notifications: re-scan the globs at the next pass.
+    changes: Arc<ChangeSignal>,
+    /// Where the next pass starts in the file order, so every file gets the first turn in turn.
+    next_turn: usize,
     buffer: Vec<u8>,
 }
 
@@ -89,8 +97,21 @@ impl Tailer {
             files: HashMap::new(),
             next_scan: None,
             first_scan_done: false,
+            changes: Arc::new(ChangeSignal::default()),
+            next_turn: 0,
             buffer: vec![0; READ_BLOCK],
         }
+    }
+
+    /// Lets change notifications ask for a re-scan.
+    pub fn with_change_signal(mut self, changes: Arc<ChangeSignal>) -> Tailer {
+        self.changes = changes;
+        self
+    }
+
+    /// Files held open now (at most `max_open_files`, plus rotated files still being drained).
+    pub fn open_descriptors(&self) -> usize {
+        self.files.values().filter(|watched| watched.file.is_some()).count()
     }
 
     pub fn open_files(&self) -> usize {
@@ -101,13 +122,19 @@ impl Tailer {
     /// commits it (fsync). Blocking.
     pub fn pass(&mut self) -> Result<PassOutcome, QueueError> {
         let now = Instant::now();
-        if self.next_scan.is_none_or(|due| now >= due) {
+        let rescan_requested = self.changes.rescan.swap(false, std::sync::atomic::Ordering::Relaxed);
+        if rescan_requested || self.next_scan.is_none_or(|due| now >= due) {
             self.scan();
             self.next_scan = Some(now + self.source.refresh_interval);
         }
         let mut outcome = PassOutcome { caught_up: true, ..PassOutcome::default() };
         let mut order: Vec<DevIno> = self.files.keys().copied().collect();
         order.sort_unstable();
+        if !order.is_empty() {
+            let first = self.next_turn % order.len();
+            order.rotate_left(first);
+            self.next_turn = first + 1;
+        }
         for key in order {
             if outcome.bytes_read as usize >= PASS_BUDGET {
                 outcome.caught_up = false;
@@ -124,13 +151,94 @@ impl Tailer {
                 outcome.caught_up = false;
                 continue;
             }
+            if !self.make_ready(key) {
+                continue;
+            }
             let (read, at_end) = self.read_file(key, budget)?;
             outcome.bytes_read += read;
             outcome.caught_up &= at_end;
         }
         self.close_finished_files()?;
+        self.close_idle_files();
         self.queue.commit()?;
         Ok(outcome)
+    }
+
+    /// Makes sure a file is open when it has bytes to read. A closed file is reopened only when
+    /// it grew, after closing the longest-idle open file if the source is at `max_open_files`.
+    /// Returns whether the file can be read now.
+    fn make_ready(&mut self, key: DevIno) -> bool {
+        let Some(watched) = self.files.get(&key) else { return false };
+        if watched.file.is_some() {
+            return true;
+        }
+        let Some(path) = locate(key, &watched.path) else {
+            let path = watched.path.clone();
+            self.forget(key);
+            self.events.file_vanished_while_closed(&path);
+            return false;
+        };
+        let Ok(metadata) = std::fs::metadata(&path) else { return false };
+        if metadata.len() == watched.read_offset {
+            return false;
+        }
+        if self.open_descriptors() >= self.source.max_open_files {
+            self.close_longest_idle(1);
+        }
+        let reopened = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) => {
+                self.events.file_open_failed(&path, &error);
+                return false;
+            }
+        };
+        let Some(watched) = self.files.get_mut(&key) else { return false };
+        if let Some(identity) = watched.chunker.as_ref().map(LineChunker::file) {
+            if !matches!(identity::compare(&reopened, &identity), Ok(IdentityMatch::Same)) {
+                // Rewritten in place while closed: as after a truncation, it is a new file.
+                self.events.file_truncated(&path, watched.read_offset, metadata.len());
+                watched.read_offset = 0;
+                watched.chunker = None;
+            }
+        }
+        watched.path = path;
+        watched.file = Some(reopened);
+        true
+    }
+
+    /// Closes files, longest idle first, until no more than `max_open_files` are open. Only
+    /// files still in their glob and read to their end are closed: they can be found and
+    /// reopened; a rotated file is kept open until it is drained.
+    fn close_idle_files(&mut self) {
+        let open = self.open_descriptors();
+        if open > self.source.max_open_files {
+            self.close_longest_idle(open - self.source.max_open_files);
+        }
+    }
+
+    fn close_longest_idle(&mut self, count: usize) {
+        let mut idle: Vec<(Instant, DevIno)> = self
+            .files
+            .iter()
+            .filter(|(_, watched)| watched.file.is_some() && watched.in_glob && watched.at_end)
+            .map(|(key, watched)| (watched.last_growth, *key))
+            .collect();
+        idle.sort_unstable();
+        for (_, key) in idle.into_iter().take(count) {
+            if let Some(watched) = self.files.get_mut(&key) {
+                watched.file = None;
+            }
+        }
+    }
+
+    /// Stops following a file and lets the queue release its stored positions once everything
+    /// read from it is acknowledged.
+    fn forget(&mut self, key: DevIno) {
+        if let Some(identity) = self.files.remove(&key).and_then(|watched| watched.chunker.map(|chunker| chunker.file())) {
+            if let Err(error) = self.queue.release_file(&identity) {
+                tracing::warn!(%error, "cannot release a finished file's position; it stays stored");
+            }
+        }
     }
 
     /// How many bytes of this file the pass may read: a file still in its glob keeps its own
@@ -138,8 +246,8 @@ impl Tailer {
     /// deleted) may fill the queue.
     fn read_budget(&self, key: DevIno) -> usize {
         let in_glob = self.files.get(&key).is_some_and(|watched| watched.in_glob);
-        let limit = if in_glob { self.read_ahead_bytes } else { u64::MAX };
-        let room = limit.saturating_sub(self.queue.pending_bytes());
+        let window = if in_glob { self.read_ahead_bytes.saturating_sub(self.queue.pending_bytes()) } else { u64::MAX };
+        let room = window.min(self.queue.room());
         usize::try_from(room).unwrap_or(usize::MAX).min(FILE_BUDGET_PER_PASS)
     }
 
@@ -155,7 +263,8 @@ impl Tailer {
                 at_end = true;
                 break;
             }
-            let read = match watched.file.read_at(&mut self.buffer, watched.read_offset) {
+            let Some(file) = watched.file.as_ref() else { break };
+            let read = match file.read_at(&mut self.buffer, watched.read_offset) {
                 Ok(read) => read,
                 Err(error) => {
                     self.events.file_read_failed(&watched.path, &error);
@@ -179,6 +288,7 @@ impl Tailer {
         if read_total > 0 {
             watched.last_growth = Instant::now();
         }
+        watched.at_end = at_end;
         if let Some(chunker) = watched.chunker.as_mut() {
             sealed.extend(chunker.seal());
         }
@@ -200,7 +310,11 @@ impl Tailer {
         for watched in self.files.values_mut() {
             watched.in_glob = false;
         }
+        let exclude: Vec<glob::Pattern> = self.source.exclude.iter().filter_map(|pattern| glob::Pattern::new(pattern).ok()).collect();
         for path in self.glob_paths() {
+            if exclude.iter().any(|pattern| pattern.matches_path(&path)) {
+                continue;
+            }
             let metadata = match std::fs::metadata(&path) {
                 Ok(metadata) if metadata.is_file() => metadata,
                 _ => continue,
@@ -214,12 +328,54 @@ impl Tailer {
                 watched.in_glob = true;
                 continue;
             }
-            match self.open_file(&path, startup) {
-                Ok(watched) => {
+            match self.open_file(&path, &metadata, startup) {
+                Ok(Some(watched)) => {
                     self.files.insert(key, watched);
                 }
+                Ok(None) => {}
                 Err(error) => self.events.file_open_failed(&path, &error),
             }
+        }
+        if startup {
+            self.follow_files_rotated_while_stopped();
+        }
+    }
+
+    /// Files read before the stop that the globs no longer find: rotated away while tailhose was
+    /// not running. Found again by device and inode in their last folder, they are read from
+    /// their stored position to their end, then closed like any rotated file.
+    fn follow_files_rotated_while_stopped(&mut self) {
+        let stored = match self.queue.stored_file_states() {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list stored file positions; files rotated while stopped are not looked for");
+                return;
+            }
+        };
+        for (identity, state) in stored {
+            let key = (identity.device, identity.inode);
+            if self.files.contains_key(&key) {
+                continue;
+            }
+            let last_path = Path::new(std::ffi::OsStr::from_bytes(&state.path));
+            let Some(path) = locate(key, last_path) else { continue };
+            let Ok(file) = File::open(&path) else { continue };
+            if !matches!(identity::compare(&file, &identity), Ok(IdentityMatch::Same)) {
+                continue;
+            }
+            self.events.file_added(self.queue.name(), &path, state.queued_offset, "stored position (rotated while stopped)");
+            self.files.insert(
+                key,
+                WatchedFile {
+                    chunker: Some(new_chunker(identity, &path, &self.source, state.queued_offset)),
+                    path,
+                    file: Some(file),
+                    read_offset: state.queued_offset,
+                    in_glob: false,
+                    last_growth: Instant::now(),
+                    at_end: false,
+                },
+            );
         }
     }
 
@@ -236,10 +392,20 @@ impl Tailer {
         paths
     }
 
-    fn open_file(&self, path: &Path, startup: bool) -> Result<WatchedFile, OpenError> {
+    /// Opens a newly found file and decides where reading starts; `None` for a file that
+    /// `ignore_older_than` leaves alone.
+    fn open_file(&self, path: &Path, metadata: &std::fs::Metadata, startup: bool) -> Result<Option<WatchedFile>, OpenError> {
         let file = File::open(path)?;
-        let size = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
+        let size = metadata.len();
         let stored = self.stored_position(&file)?;
+        let too_old = self
+            .source
+            .ignore_older_than
+            .zip(metadata.modified().ok())
+            .is_some_and(|(limit, modified)| modified.elapsed().is_ok_and(|age| age > limit));
+        if too_old && stored.is_none() {
+            return Ok(None);
+        }
         let start = match (stored, startup, self.source.read_from_head) {
             (Some((_, queued)), _, _) if queued <= size => StartAt::Stored(queued),
             (Some((_, queued)), _, _) => {
@@ -259,7 +425,15 @@ impl Tailer {
             _ => identity::identify(&file).ok().flatten().map(|identity| new_chunker(identity, path, &self.source, read_offset)),
         };
         self.events.file_added(self.queue.name(), path, read_offset, start_name(start));
-        Ok(WatchedFile { path: path.to_path_buf(), file, read_offset, chunker, in_glob: true, last_growth: Instant::now() })
+        Ok(Some(WatchedFile {
+            path: path.to_path_buf(),
+            file: Some(file),
+            read_offset,
+            chunker,
+            in_glob: true,
+            last_growth: Instant::now(),
+            at_end: false,
+        }))
     }
 
     /// The stored identity and read position of this open file, if the queue knows it.
@@ -273,27 +447,40 @@ impl Tailer {
         Ok(None)
     }
 
-    /// Closes files that left the glob (rotated away or deleted) and have stopped growing, after
-    /// delivering their unterminated last line: such a file cannot grow any more.
+    /// Closes files that left the glob (rotated away or deleted), are read to their end and have
+    /// not grown for one `refresh_interval`, after delivering their unterminated last line: such
+    /// a file cannot grow any more. A file paused by back-pressure is not at its end: it stays.
     fn close_finished_files(&mut self) -> Result<(), QueueError> {
         let rotate_wait = self.source.refresh_interval;
         let finished: Vec<DevIno> = self
             .files
             .iter()
-            .filter(|(_, watched)| !watched.in_glob && watched.last_growth.elapsed() >= rotate_wait)
+            .filter(|(_, watched)| !watched.in_glob && watched.at_end && watched.last_growth.elapsed() >= rotate_wait)
             .map(|(key, _)| *key)
             .collect();
         for key in finished {
-            let Some(mut watched) = self.files.remove(&key) else { continue };
+            let Some(watched) = self.files.get_mut(&key) else { continue };
             if let Some(chunker) = watched.chunker.as_mut() {
                 chunker.finish_unterminated_line();
                 let sealed: Vec<SealedChunk> = chunker.seal().into_iter().collect();
                 append_all(&self.queue, &self.events, &sealed, ReadProgress::Advance)?;
             }
             self.events.file_closed(&watched.path);
+            self.forget(key);
         }
         Ok(())
     }
+}
+
+/// Where the file `key` is now: its last known path, or (renamed while closed) the entry of its
+/// folder with the same device and inode. `None` once it is gone.
+fn locate(key: DevIno, last_path: &Path) -> Option<PathBuf> {
+    let same_file = |path: &Path| std::fs::metadata(path).is_ok_and(|metadata| (metadata.dev(), metadata.ino()) == key);
+    if same_file(last_path) {
+        return Some(last_path.to_path_buf());
+    }
+    let folder = last_path.parent()?;
+    std::fs::read_dir(folder).ok()?.flatten().map(|entry| entry.path()).find(|path| same_file(path))
 }
 
 fn start_name(start: StartAt) -> &'static str {
@@ -310,7 +497,8 @@ fn new_chunker(identity: FileIdentity, path: &Path, source: &SourceSettings, off
 
 /// Gives a file that was empty its identity once it has bytes. Returns whether it has one.
 fn start_chunker(watched: &mut WatchedFile, source: &SourceSettings, events: &Events) -> bool {
-    match identity::identify(&watched.file) {
+    let Some(file) = watched.file.as_ref() else { return false };
+    match identity::identify(file) {
         Ok(Some(identity)) => {
             watched.chunker = Some(new_chunker(identity, &watched.path, source, watched.read_offset));
             true
@@ -326,7 +514,7 @@ fn start_chunker(watched: &mut WatchedFile, source: &SourceSettings, events: &Ev
 /// A file now shorter than what was read was truncated in place (copytruncate): read it again
 /// from its start, as a new file (its first bytes, and so its identity, are new).
 fn detect_truncation(watched: &mut WatchedFile, events: &Events) -> bool {
-    let Ok(size) = watched.file.metadata().map(|metadata| metadata.len()) else { return false };
+    let Some(Ok(size)) = watched.file.as_ref().map(|file| file.metadata().map(|metadata| metadata.len())) else { return false };
     if size >= watched.read_offset {
         return false;
     }

@@ -11,6 +11,9 @@ fn source(dir: &Path) -> SourceSettings {
     SourceSettings {
         name: "logs".into(),
         paths: vec![dir.join("*.log").to_string_lossy().into_owned()],
+        exclude: Vec::new(),
+        ignore_older_than: None,
+        max_open_files: 64,
         format: LineFormat::Json,
         read_from_head: true,
         refresh_interval: Duration::ZERO,
@@ -79,7 +82,20 @@ fn a_file_renamed_out_of_the_glob_is_read_to_its_end_and_the_new_file_from_its_s
     for _ in 0..3 {
         tailer.pass().expect("pass");
     }
-    assert_eq!(queued_seqs(&queue), (0..200).collect::<Vec<_>>(), "each line once, in order per file");
+    assert_each_once_in_file_order(&queued_seqs(&queue), &[0..150, 150..200]);
+}
+
+/// Every seq of `files` appears once, and the seqs of each file appear in their file's order
+/// (files are read in turns, so lines of different files interleave).
+fn assert_each_once_in_file_order(queued: &[u64], files: &[std::ops::Range<u64>]) {
+    let mut sorted = queued.to_vec();
+    sorted.sort_unstable();
+    let expected: Vec<u64> = files.iter().flat_map(|range| range.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    assert_eq!(sorted, expected, "each line exactly once");
+    for range in files {
+        let of_file: Vec<u64> = queued.iter().copied().filter(|seq| range.contains(seq)).collect();
+        assert!(of_file.windows(2).all(|pair| pair[0] < pair[1]), "lines of one file keep their order");
+    }
 }
 
 #[test]
@@ -115,4 +131,266 @@ fn a_file_truncated_in_place_is_read_again_from_its_start() {
     tailer.pass().expect("pass");
     assert_eq!(queued_seqs(&queue), (0..60).collect::<Vec<_>>());
     assert_eq!(events.snapshot().files_truncated, 1);
+}
+
+/// Acknowledges every pending chunk, as a flusher would after delivering it.
+fn acknowledge_everything(queue: &RouteQueue) {
+    let mut acks = Vec::new();
+    let mut next = ChunkSeq(0);
+    while let Some(stored) = queue.read_pending(next, ChunkSeq(u64::MAX)).expect("read") {
+        next = ChunkSeq(stored.seq.0 + 1);
+        let chunk = decode_chunk(stored.seq, &stored.bytes).expect("valid");
+        acks.push(crate::queue::ChunkAck {
+            seq: stored.seq,
+            file: chunk.meta.file,
+            start_offset: chunk.meta.start_offset,
+            stored_len: stored.bytes.len() as u64,
+            acked_records: chunk.meta.record_count,
+            record_count: chunk.meta.record_count,
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    runtime.block_on(queue.acknowledge(&acks, &[])).expect("acknowledge");
+}
+
+/// Descriptors of this process open on files under `folder` (including deleted ones).
+fn descriptors_open_under(folder: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else { return 0 };
+    entries.flatten().filter_map(|entry| std::fs::read_link(entry.path()).ok()).filter(|target| target.starts_with(folder)).count()
+}
+
+#[test]
+fn a_rename_in_the_middle_of_a_line_loses_and_doubles_nothing() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let live = logs.path().join("app.log");
+    append_lines(&live, 0..10);
+    std::fs::OpenOptions::new().append(true).open(&live).expect("open").write_all(b"{\"seq\": 10, \"pa").expect("half a line");
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut tailer = Tailer::new(source(logs.path()), 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    std::fs::rename(&live, logs.path().join("app.log.1")).expect("rename");
+    std::fs::OpenOptions::new().append(true).open(logs.path().join("app.log.1")).expect("open").write_all(b"d\": \"\"}\n").expect("rest");
+    append_lines(&live, 11..20);
+    for _ in 0..3 {
+        tailer.pass().expect("pass");
+    }
+    assert_each_once_in_file_order(&queued_seqs(&queue), &[0..11, 11..20]);
+}
+
+#[test]
+fn a_deleted_file_is_released_and_a_thousand_rotate_and_delete_cycles_leak_no_descriptor() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let live = logs.path().join("app.log");
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut tailer = Tailer::new(source(logs.path()), 1 << 30, queue.clone(), Arc::new(Events::default()));
+    for cycle in 0..1_000u64 {
+        append_lines(&live, cycle * 3..cycle * 3 + 3);
+        tailer.pass().expect("pass");
+        let rotated = logs.path().join("app.log.1");
+        std::fs::rename(&live, &rotated).expect("rotate");
+        tailer.pass().expect("pass");
+        std::fs::remove_file(&rotated).expect("delete");
+        tailer.pass().expect("pass");
+        if cycle % 100 == 99 {
+            acknowledge_everything(&queue);
+        }
+    }
+    tailer.pass().expect("pass");
+    acknowledge_everything(&queue);
+    assert!(tailer.open_descriptors() <= 1, "only the live file may be open: {}", tailer.open_descriptors());
+    assert!(descriptors_open_under(logs.path()) <= 1, "descriptors leaked: {}", descriptors_open_under(logs.path()));
+    assert!(queue.tracked_files() <= 1, "positions of deleted, delivered files are released: {}", queue.tracked_files());
+}
+
+#[test]
+fn what_was_read_from_a_file_deleted_before_delivery_is_still_delivered() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let live = logs.path().join("app.log");
+    append_lines(&live, 0..40);
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut tailer = Tailer::new(source(logs.path()), 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    std::fs::remove_file(&live).expect("delete");
+    tailer.pass().expect("pass");
+    assert_eq!(tailer.open_descriptors(), 0, "the handle is released once drained");
+    assert_eq!(queued_seqs(&queue), (0..40).collect::<Vec<_>>(), "the queue still holds every line for delivery");
+    assert_eq!(queue.tracked_files(), 1, "its position stays until those lines are acknowledged");
+    acknowledge_everything(&queue);
+    assert_eq!(queue.tracked_files(), 0);
+}
+
+#[test]
+fn a_file_rewritten_under_the_same_inode_while_stopped_is_read_from_its_head() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let live = logs.path().join("app.log");
+    append_lines(&live, 0..30);
+    {
+        let (_store, queue) = open_queue(state.path(), 1 << 30);
+        Tailer::new(source(logs.path()), 1 << 30, queue, Arc::new(Events::default())).pass().expect("pass");
+    }
+    // Same inode, new first bytes: as when a deleted file's inode is reused.
+    let file = std::fs::OpenOptions::new().write(true).open(&live).expect("open");
+    file.set_len(0).expect("truncate");
+    drop(file);
+    append_lines(&live, 1000..1050);
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut tailer = Tailer::new(source(logs.path()), 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    let seqs = queued_seqs(&queue);
+    assert_eq!(&seqs[seqs.len() - 50..], &(1000..1050).collect::<Vec<_>>()[..], "the new content from its first line");
+}
+
+#[test]
+fn without_read_from_head_files_present_at_start_are_read_from_their_end_and_new_files_from_their_head() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    append_lines(&logs.path().join("old.log"), 0..10);
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut settings = source(logs.path());
+    settings.read_from_head = false;
+    let mut tailer = Tailer::new(settings, 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    append_lines(&logs.path().join("old.log"), 10..15);
+    append_lines(&logs.path().join("new.log"), 100..105);
+    tailer.pass().expect("pass");
+    tailer.pass().expect("pass");
+    assert_each_once_in_file_order(&queued_seqs(&queue), &[10..15, 100..105]);
+}
+
+#[test]
+fn empty_files_and_lines_without_their_newline_wait_until_they_are_complete() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let live = logs.path().join("app.log");
+    std::fs::write(&live, b"").expect("empty file");
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut tailer = Tailer::new(source(logs.path()), 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    std::fs::write(&live, b"{\"seq\": 0}\n{\"seq\": 1").expect("write");
+    tailer.pass().expect("pass");
+    assert_eq!(queued_seqs(&queue), vec![0], "the unfinished line waits");
+    std::fs::OpenOptions::new().append(true).open(&live).expect("open").write_all(b"}\n").expect("finish it");
+    tailer.pass().expect("pass");
+    assert_eq!(queued_seqs(&queue), vec![0, 1]);
+}
+
+#[test]
+fn a_thousand_files_are_read_with_a_bounded_number_open() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    for file in 0..1_000u64 {
+        append_lines(&logs.path().join(format!("f{file:04}.log")), file * 10..file * 10 + 5);
+    }
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut settings = source(logs.path());
+    settings.max_open_files = 50;
+    let mut tailer = Tailer::new(settings, 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    assert!(tailer.open_descriptors() <= 50, "{} open", tailer.open_descriptors());
+    for file in 0..1_000u64 {
+        append_lines(&logs.path().join(format!("f{file:04}.log")), file * 10 + 5..file * 10 + 10);
+    }
+    for _ in 0..3 {
+        tailer.pass().expect("pass");
+        assert!(tailer.open_descriptors() <= 50, "{} open", tailer.open_descriptors());
+    }
+    let files: Vec<std::ops::Range<u64>> = (0..1_000u64).map(|file| file * 10..file * 10 + 10).collect();
+    assert_each_once_in_file_order(&queued_seqs(&queue), &files);
+}
+
+#[test]
+fn a_hot_file_does_not_starve_the_others() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    append_lines(&logs.path().join("a-hot.log"), 0..200_000);
+    for file in 1..=5u64 {
+        append_lines(&logs.path().join(format!("b{file}.log")), file * 1_000_000..file * 1_000_000 + 10);
+    }
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut tailer = Tailer::new(source(logs.path()), 1 << 30, queue.clone(), Arc::new(Events::default()));
+    let outcome = tailer.pass().expect("pass");
+    assert!(!outcome.caught_up, "the hot file is not finished in one pass");
+    let seqs = queued_seqs(&queue);
+    for file in 1..=5u64 {
+        assert!(seqs.contains(&(file * 1_000_000 + 9)), "file b{file} was read in the first pass");
+    }
+}
+
+#[test]
+fn excluded_paths_are_not_read() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    append_lines(&logs.path().join("app.log"), 0..3);
+    append_lines(&logs.path().join("debug.log"), 100..103);
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut settings = source(logs.path());
+    settings.exclude = vec![logs.path().join("debug*").to_string_lossy().into_owned()];
+    let mut tailer = Tailer::new(settings, 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    assert_eq!(queued_seqs(&queue), vec![0, 1, 2]);
+}
+
+#[test]
+fn a_full_queue_pauses_reading_of_a_rotated_file_until_deliveries_free_space() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let live = logs.path().join("app.log");
+    append_lines(&live, 0..1);
+    let max_queue_bytes = 256 * 1024;
+    let (_store, queue) = open_queue(state.path(), max_queue_bytes);
+    let mut tailer = Tailer::new(source(logs.path()), 64 * 1024, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    append_lines(&live, 1..20_000);
+    std::fs::rename(&live, logs.path().join("app.log.1")).expect("rotate");
+    let mut outcome = tailer.pass().expect("pass");
+    for _ in 0..100 {
+        if outcome.queue_full {
+            break;
+        }
+        outcome = tailer.pass().expect("pass");
+    }
+    assert!(outcome.queue_full, "the queue fills up");
+    assert!(queue.pending_bytes() >= max_queue_bytes, "a rotated file fills the queue, not just the read-ahead window");
+    assert!(queue.pending_bytes() < max_queue_bytes + 2 * READ_BLOCK as u64, "but not beyond it: {}", queue.pending_bytes());
+    assert_eq!(tailer.pass().expect("pass").bytes_read, 0, "reading pauses while the queue is full");
+    let mut delivered = queued_seqs(&queue);
+    for _ in 0..1_000 {
+        if delivered.len() >= 20_000 {
+            break;
+        }
+        acknowledge_everything(&queue);
+        tailer.pass().expect("pass");
+        let now = queued_seqs(&queue);
+        assert!(!now.is_empty(), "reading resumed after deliveries");
+        delivered.extend(now);
+    }
+    delivered.sort_unstable();
+    delivered.dedup();
+    assert_eq!(delivered, (0..20_000).collect::<Vec<_>>(), "nothing dropped");
+}
+
+#[test]
+fn a_file_rotated_while_tailhose_was_stopped_is_drained_after_restart() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let live = logs.path().join("app.log");
+    append_lines(&live, 0..20);
+    {
+        let (_store, queue) = open_queue(state.path(), 1 << 30);
+        Tailer::new(source(logs.path()), 1 << 30, queue, Arc::new(Events::default())).pass().expect("pass");
+    }
+    append_lines(&live, 20..30);
+    std::fs::rename(&live, logs.path().join("app.log.1")).expect("rotate while stopped");
+    append_lines(&live, 30..35);
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut tailer = Tailer::new(source(logs.path()), 1 << 30, queue.clone(), Arc::new(Events::default()));
+    for _ in 0..3 {
+        tailer.pass().expect("pass");
+    }
+    assert_each_once_in_file_order(&queued_seqs(&queue), &[0..30, 30..35]);
+    assert_eq!(tailer.open_descriptors(), 1, "the rotated file is closed once drained");
 }
