@@ -358,7 +358,13 @@ impl Tailer {
                 continue;
             }
             let last_path = Path::new(std::ffi::OsStr::from_bytes(&state.path));
-            let Some(path) = locate(key, last_path) else { continue };
+            let Some(path) = locate(key, last_path) else {
+                // Deleted while stopped: nothing more can be read; forget it once delivered.
+                if let Err(error) = self.queue.release_file(&identity) {
+                    tracing::warn!(%error, "cannot release the position of a deleted file");
+                }
+                continue;
+            };
             let Ok(file) = File::open(&path) else { continue };
             if !matches!(identity::compare(&file, &identity), Ok(IdentityMatch::Same)) {
                 continue;

@@ -394,3 +394,39 @@ fn a_file_rotated_while_tailhose_was_stopped_is_drained_after_restart() {
     assert_each_once_in_file_order(&queued_seqs(&queue), &[0..30, 30..35]);
     assert_eq!(tailer.open_descriptors(), 1, "the rotated file is closed once drained");
 }
+
+#[test]
+fn files_not_written_for_longer_than_ignore_older_than_are_not_read() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    append_lines(&logs.path().join("stale.log"), 0..3);
+    append_lines(&logs.path().join("fresh.log"), 100..103);
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+    std::fs::File::options().write(true).open(logs.path().join("stale.log")).expect("open").set_modified(two_days_ago).expect("set mtime");
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut settings = source(logs.path());
+    settings.ignore_older_than = Some(Duration::from_secs(24 * 3600));
+    let mut tailer = Tailer::new(settings, 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    assert_eq!(queued_seqs(&queue), vec![100, 101, 102]);
+}
+
+#[test]
+fn the_position_of_a_file_deleted_while_stopped_is_released_once_delivered() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let live = logs.path().join("app.log");
+    append_lines(&live, 0..5);
+    {
+        let (_store, queue) = open_queue(state.path(), 1 << 30);
+        Tailer::new(source(logs.path()), 1 << 30, queue, Arc::new(Events::default())).pass().expect("pass");
+    }
+    std::fs::remove_file(&live).expect("delete while stopped");
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut tailer = Tailer::new(source(logs.path()), 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    assert_eq!(queued_seqs(&queue), (0..5).collect::<Vec<_>>(), "what was read is still delivered");
+    acknowledge_everything(&queue);
+    assert_eq!(queue.tracked_files(), 0);
+    assert!(queue.stored_file_states().expect("states").is_empty());
+}
