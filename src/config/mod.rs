@@ -471,7 +471,7 @@ fn default_refresh_interval() -> Duration {
     Duration::from_secs(5)
 }
 fn default_poll_interval() -> Duration {
-    Duration::from_millis(250)
+    Duration::from_secs(1)
 }
 fn default_max_open_files() -> usize {
     256
