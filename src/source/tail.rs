@@ -114,10 +114,6 @@ impl Tailer {
         self.files.values().filter(|watched| watched.file.is_some()).count()
     }
 
-    pub fn open_files(&self) -> usize {
-        self.files.len()
-    }
-
     /// Scans the globs when due, reads every file up to its budget, appends what was read and
     /// commits it (fsync). Blocking.
     pub fn pass(&mut self) -> Result<PassOutcome, QueueError> {

@@ -430,3 +430,42 @@ fn the_position_of_a_file_deleted_while_stopped_is_released_once_delivered() {
     assert_eq!(queue.tracked_files(), 0);
     assert!(queue.stored_file_states().expect("states").is_empty());
 }
+
+#[test]
+fn an_over_long_line_in_a_file_is_dead_lettered_with_its_offset_and_reading_resynchronises() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let live = logs.path().join("app.log");
+    append_lines(&live, 0..3);
+    let long_line_at = std::fs::metadata(&live).expect("stat").len();
+    let long_line = format!("{{\"seq\": 99, \"pad\": \"{}\"}}\n", "y".repeat(3 * 1024 * 1024));
+    std::fs::OpenOptions::new().append(true).open(&live).expect("open").write_all(long_line.as_bytes()).expect("write");
+    append_lines(&live, 3..6);
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut settings = source(logs.path());
+    settings.max_line_bytes = 1024 * 1024;
+    let mut tailer = Tailer::new(settings, 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    assert_eq!(queued_seqs(&queue), (0..6).collect::<Vec<_>>(), "the lines around it are delivered");
+    let letters: Vec<_> = queue.dead_letters().map(|entry| entry.expect("read").1.expect("decodes")).collect();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, crate::queue::DeadLetterReason::LineTooLong);
+    assert_eq!((letters[0].offset, letters[0].record_len), (long_line_at, long_line.len() as u64 - 1));
+    assert!(letters[0].record.len() <= 64 * 1024, "only a sample is kept in memory and in the dead letter");
+}
+
+#[test]
+fn raw_format_delivers_lines_that_are_not_json_or_utf8_from_a_file() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    std::fs::write(logs.path().join("app.log"), b"plain text\n\xff\xfe binary\n").expect("write");
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut settings = source(logs.path());
+    settings.format = LineFormat::Raw;
+    let mut tailer = Tailer::new(settings, 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    let stored = queue.read_pending(ChunkSeq(0), ChunkSeq(u64::MAX)).expect("read").expect("a chunk");
+    let chunk = decode_chunk(stored.seq, &stored.bytes).expect("valid");
+    let records: Vec<&[u8]> = chunk.records().collect();
+    assert_eq!(records, vec![&b"plain text"[..], &b"\xff\xfe binary"[..]]);
+}
