@@ -22,7 +22,7 @@ fn seq_of(record: &[u8]) -> u64 {
 
 #[test]
 fn partly_failed_calls_resend_only_the_failed_entries_until_all_are_accepted() {
-    let fake = FakeFirehose::start(Faults { fail_every_nth_record: Some(7), throttle_every_nth_call: Some(5) });
+    let fake = FakeFirehose::start(Faults { fail_every_nth_record: Some(7), throttle_every_nth_call: Some(5), ..Faults::default() });
     let workspace = Workspace::new();
     workspace.write_config_for_endpoint(&fake.endpoint, "", "retry_initial_backoff = \"10ms\"\nretry_max_backoff = \"50ms\"");
     support::write_seed_records(&workspace.log_file(), 0..3_000, 3_000, Duration::ZERO);
@@ -32,7 +32,7 @@ fn partly_failed_calls_resend_only_the_failed_entries_until_all_are_accepted() {
     let accepted_in_order = seqs.clone();
     seqs.sort_unstable();
     assert_eq!(seqs, (0..3_000).collect::<Vec<_>>(), "every record accepted exactly once: accepted ones were never resent");
-    assert!(seen.failed_entries > 0 && seen.throttled_calls > 0, "faults were injected: {seen:?}");
+    assert!(seen.failed_entries > 0 && seen.refused_calls > 0, "faults were injected: {seen:?}");
     assert_eq!(seen.record_attempts, 3_000 + seen.failed_entries, "only failed entries were attempted again");
     assert_eq!(seen.limit_violations, 0);
     assert!(seen.max_records_in_call <= 500);

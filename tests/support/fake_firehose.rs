@@ -1,16 +1,24 @@
 //! A Firehose that the project owns, for fault injection: it speaks the JSON protocol
 //! aws-sdk-firehose sends (`X-Amz-Target: Firehose_20150804.PutRecordBatch`), enforces
 //! Firehose's limits (500 records, 4 MiB, 1,000 KiB a record), records every record it accepts,
-//! and fails records or whole calls on a deterministic schedule.
+//! and fails records or whole calls on a deterministic schedule or a seeded random one.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
+
+/// A call refused whole, every time, until the faults change: a stream that does not exist,
+/// credentials that are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    StreamNotFound,
+    BadCredentials,
+}
 
 /// Which calls and records fail. Counters run over the whole life of the server.
 #[derive(Debug, Clone, Copy, Default)]
@@ -19,14 +27,30 @@ pub struct Faults {
     pub fail_every_nth_record: Option<u64>,
     /// Every n-th call is refused whole with `ServiceUnavailableException` (throttling).
     pub throttle_every_nth_call: Option<u64>,
+    /// Every n-th call is refused whole with `LimitExceededException`.
+    pub limit_exceeded_every_nth_call: Option<u64>,
+    /// Every n-th call gets this HTTP status (500 or 503) with an `InternalFailure` body.
+    pub http_error_every_nth_call: Option<(u64, u16)>,
+    /// Every n-th call has its connection closed without an answer.
+    pub reset_every_nth_call: Option<u64>,
+    /// Every call waits this long before it is answered.
+    pub latency: Duration,
+    /// Every call is refused this way.
+    pub refuse_all: Option<Refusal>,
+    /// Each call and record fails at random with this seed: 10% of calls throttled, 5% answered
+    /// 500, 5% reset, 10% of records failed.
+    pub random_seed: Option<u64>,
 }
 
 /// What the fake saw.
 #[derive(Debug, Default, Clone)]
 pub struct Seen {
     pub accepted: Vec<Vec<u8>>,
+    /// Calls that reached the server, counted before any latency is applied.
+    pub arrived: u64,
     pub calls: u64,
-    pub throttled_calls: u64,
+    pub call_times: Vec<Instant>,
+    pub refused_calls: u64,
     pub record_attempts: u64,
     pub failed_entries: u64,
     pub max_records_in_call: usize,
@@ -36,40 +60,61 @@ pub struct Seen {
     pub limit_violations: u64,
 }
 
+impl Seen {
+    /// Calls received in `[from, to)`.
+    pub fn calls_between(&self, from: Instant, to: Instant) -> usize {
+        self.call_times.iter().filter(|&&time| time >= from && time < to).count()
+    }
+}
+
 struct State {
     faults: Faults,
     seen: Seen,
+    random: u64,
 }
 
 pub struct FakeFirehose {
     pub endpoint: String,
+    address: SocketAddr,
     state: Arc<Mutex<State>>,
+    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
     runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// What the fake does with one call.
+enum Answer {
+    Reply(Response<Full<Bytes>>),
+    Reset,
 }
 
 impl FakeFirehose {
     pub fn start(faults: Faults) -> FakeFirehose {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-        let state = Arc::new(Mutex::new(State { faults, seen: Seen::default() }));
+        let state = Arc::new(Mutex::new(State { faults, seen: Seen::default(), random: faults.random_seed.unwrap_or(1) | 1 }));
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
-        let address: SocketAddr = listener.local_addr().expect("address");
-        let shared = state.clone();
-        runtime.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| handle(state.clone(), request));
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
-                });
-            }
-        });
-        FakeFirehose { endpoint: format!("http://{address}"), state, runtime: Some(runtime) }
+        let address = listener.local_addr().expect("address");
+        let server = runtime.spawn(serve(listener, state.clone()));
+        FakeFirehose { endpoint: format!("http://{address}"), address, state, server: Mutex::new(Some(server)), runtime: Some(runtime) }
     }
 
     pub fn seen(&self) -> Seen {
         self.state.lock().expect("state").seen.clone()
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.state.lock().expect("state").faults = faults;
+    }
+
+    /// Closes the port and every open connection for `outage`, then listens again on the same port.
+    pub fn go_down_for(&self, outage: Duration) {
+        let Some(runtime) = self.runtime.as_ref() else { return };
+        if let Some(server) = self.server.lock().expect("server").take() {
+            server.abort();
+            let _ = runtime.block_on(server);
+        }
+        std::thread::sleep(outage);
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(self.address)).expect("rebind the same port");
+        *self.server.lock().expect("server") = Some(runtime.spawn(serve(listener, self.state.clone())));
     }
 }
 
@@ -81,29 +126,65 @@ impl Drop for FakeFirehose {
     }
 }
 
-async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Accepts connections until aborted; aborting it also ends every connection it serves.
+async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let state = state.clone();
+                async move {
+                    match handle(state, request).await {
+                        Answer::Reply(response) => Ok::<_, std::io::Error>(response),
+                        Answer::Reset => Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "fault: reset")),
+                    }
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Answer {
     let target = request.headers().get("x-amz-target").and_then(|value| value.to_str().ok()).unwrap_or_default().to_owned();
-    let body = match request.into_body().collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return Ok(error(StatusCode::BAD_REQUEST, "SerializationException", "unreadable body")),
+    let Ok(collected) = request.into_body().collect().await else {
+        return Answer::Reply(error(StatusCode::BAD_REQUEST, "SerializationException", "unreadable body"));
     };
+    let latency = {
+        let mut state = state.lock().expect("state");
+        state.seen.arrived += 1;
+        state.faults.latency
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let body = collected.to_bytes();
     if target != "Firehose_20150804.PutRecordBatch" {
-        return Ok(error(StatusCode::BAD_REQUEST, "UnknownOperationException", &target));
+        return Answer::Reply(error(StatusCode::BAD_REQUEST, "UnknownOperationException", &target));
     }
     let Ok(parsed) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return Ok(error(StatusCode::BAD_REQUEST, "SerializationException", "body is not JSON"));
+        return Answer::Reply(error(StatusCode::BAD_REQUEST, "SerializationException", "body is not JSON"));
     };
     let mut records = Vec::new();
     for record in parsed["Records"].as_array().cloned().unwrap_or_default() {
         match base64::engine::general_purpose::STANDARD.decode(record["Data"].as_str().unwrap_or_default()) {
             Ok(data) => records.push(data),
-            Err(_) => return Ok(error(StatusCode::BAD_REQUEST, "SerializationException", "Data is not base64")),
+            Err(_) => return Answer::Reply(error(StatusCode::BAD_REQUEST, "SerializationException", "Data is not base64")),
         }
     }
     let mut state = state.lock().expect("state");
+    answer(&mut state, records)
+}
+
+fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
     let faults = state.faults;
+    let call_roll = faults.random_seed.map(|_| next_random(&mut state.random) % 100);
     let seen = &mut state.seen;
     seen.calls += 1;
+    seen.call_times.push(Instant::now());
+    let calls = seen.calls;
     let bytes: usize = records.iter().map(Vec::len).sum();
     let largest = records.iter().map(Vec::len).max().unwrap_or(0);
     seen.max_records_in_call = seen.max_records_in_call.max(records.len());
@@ -111,17 +192,54 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Result<
     seen.max_record_bytes = seen.max_record_bytes.max(largest);
     if records.is_empty() || records.len() > 500 || bytes > 4 * 1024 * 1024 || largest > 1000 * 1024 {
         seen.limit_violations += 1;
-        return Ok(error(StatusCode::BAD_REQUEST, "InvalidArgumentException", "PutRecordBatch limits exceeded"));
+        return Answer::Reply(error(StatusCode::BAD_REQUEST, "InvalidArgumentException", "PutRecordBatch limits exceeded"));
     }
-    if faults.throttle_every_nth_call.is_some_and(|n| seen.calls % n == 0) {
-        seen.throttled_calls += 1;
-        return Ok(error(StatusCode::BAD_REQUEST, "ServiceUnavailableException", "Slow down."));
+    let every = |n: Option<u64>| n.is_some_and(|n| calls % n == 0);
+    let refusal = match faults.refuse_all {
+        Some(Refusal::StreamNotFound) => Some(error(
+            StatusCode::BAD_REQUEST,
+            "ResourceNotFoundException",
+            "Firehose test-fluentd-firehose under account 123456789012 not found.",
+        )),
+        Some(Refusal::BadCredentials) => {
+            Some(error(StatusCode::BAD_REQUEST, "UnrecognizedClientException", "The security token included in the request is invalid."))
+        }
+        None => None,
+    };
+    if let Some(response) = refusal {
+        seen.refused_calls += 1;
+        return Answer::Reply(response);
+    }
+    if every(faults.reset_every_nth_call) || call_roll.is_some_and(|roll| roll < 5) {
+        seen.refused_calls += 1;
+        return Answer::Reset;
+    }
+    if let Some((n, status)) = faults.http_error_every_nth_call {
+        if calls % n == 0 {
+            seen.refused_calls += 1;
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return Answer::Reply(error(status, "InternalFailure", "fault: server error"));
+        }
+    }
+    if call_roll.is_some_and(|roll| (5..10).contains(&roll)) {
+        seen.refused_calls += 1;
+        return Answer::Reply(error(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "fault: server error"));
+    }
+    if every(faults.throttle_every_nth_call) || call_roll.is_some_and(|roll| (10..20).contains(&roll)) {
+        seen.refused_calls += 1;
+        return Answer::Reply(error(StatusCode::BAD_REQUEST, "ServiceUnavailableException", "Slow down."));
+    }
+    if every(faults.limit_exceeded_every_nth_call) {
+        seen.refused_calls += 1;
+        return Answer::Reply(error(StatusCode::BAD_REQUEST, "LimitExceededException", "Rate exceeded."));
     }
     let mut responses = Vec::with_capacity(records.len());
     let mut failed = 0;
     for data in records {
-        seen.record_attempts += 1;
-        if faults.fail_every_nth_record.is_some_and(|n| seen.record_attempts % n == 0) {
+        state.seen.record_attempts += 1;
+        let random_failure = faults.random_seed.is_some() && next_random(&mut state.random) % 10 == 0;
+        let seen = &mut state.seen;
+        if faults.fail_every_nth_record.is_some_and(|n| seen.record_attempts % n == 0) || random_failure {
             failed += 1;
             responses.push(serde_json::json!({"ErrorCode": "ServiceUnavailableException", "ErrorMessage": "Slow down."}));
         } else {
@@ -129,9 +247,17 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Result<
             seen.accepted.push(data);
         }
     }
-    seen.failed_entries += failed;
-    let answer = serde_json::json!({"FailedPutCount": failed, "Encrypted": false, "RequestResponses": responses});
-    Ok(json(StatusCode::OK, answer.to_string()))
+    state.seen.failed_entries += failed;
+    let reply = serde_json::json!({"FailedPutCount": failed, "Encrypted": false, "RequestResponses": responses});
+    Answer::Reply(json(StatusCode::OK, reply.to_string()))
+}
+
+/// xorshift64: reproducible faults from a seed.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
 }
 
 fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -1,0 +1,198 @@
+//! At-least-once on bad days: the daemon against the project's fake Firehose injecting every
+//! fault of a real edge host's life, alone and mixed (seeded, reproducible), outages, refusals
+//! that need an operator, crash loops, and shutdown under load.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use support::fake_firehose::{FakeFirehose, Faults, Refusal, Seen};
+use support::Workspace;
+
+const FAST_RETRIES: &str = "retry_initial_backoff = \"20ms\"\nretry_max_backoff = \"300ms\"\nrequest_timeout = \"2s\"";
+
+fn seq_counts(seen: &Seen) -> BTreeMap<u64, u32> {
+    let mut counts = BTreeMap::new();
+    for record in &seen.accepted {
+        let value: serde_json::Value = serde_json::from_slice(record).expect("accepted record is JSON");
+        *counts.entry(value["seq"].as_u64().expect("seq")).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Writes `records` seed records, runs `tailhose run --once` against a fake with `faults`, and
+/// checks that every record was accepted, none twice, and no call broke a Firehose limit.
+fn delivers_everything_exactly_once_despite(faults: Faults, records: u64) -> Seen {
+    let fake = FakeFirehose::start(faults);
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", FAST_RETRIES);
+    support::write_seed_records(&workspace.log_file(), 0..records, records, Duration::ZERO);
+    let config = workspace.config();
+    let output = workspace.run(&["run", "--config", config.to_str().expect("utf-8"), "--once"]);
+    assert!(output.status.success(), "run --once: {}", String::from_utf8_lossy(&output.stderr));
+    let seen = fake.seen();
+    let counts = seq_counts(&seen);
+    assert_eq!(counts.len() as u64, records, "every record delivered ({faults:?})");
+    assert!(counts.values().all(|&count| count == 1), "no accepted record was sent again ({faults:?})");
+    assert_eq!(seen.limit_violations, 0);
+    assert!(seen.refused_calls > 0 || seen.failed_entries > 0, "the faults happened: {faults:?}");
+    seen
+}
+
+#[test]
+fn throttled_calls_are_retried_until_accepted() {
+    delivers_everything_exactly_once_despite(Faults { throttle_every_nth_call: Some(2), ..Faults::default() }, 3_000);
+}
+
+#[test]
+fn limit_exceeded_calls_are_retried_until_accepted() {
+    delivers_everything_exactly_once_despite(Faults { limit_exceeded_every_nth_call: Some(2), ..Faults::default() }, 3_000);
+}
+
+#[test]
+fn http_500_answers_are_retried_until_accepted() {
+    delivers_everything_exactly_once_despite(Faults { http_error_every_nth_call: Some((2, 500)), ..Faults::default() }, 3_000);
+}
+
+#[test]
+fn http_503_answers_are_retried_until_accepted() {
+    delivers_everything_exactly_once_despite(Faults { http_error_every_nth_call: Some((3, 503)), ..Faults::default() }, 3_000);
+}
+
+#[test]
+fn connections_reset_before_the_answer_are_retried_until_accepted() {
+    delivers_everything_exactly_once_despite(Faults { reset_every_nth_call: Some(2), ..Faults::default() }, 3_000);
+}
+
+#[test]
+fn slow_answers_are_waited_for() {
+    let seen = delivers_everything_exactly_once_despite(
+        Faults { latency: Duration::from_millis(300), fail_every_nth_record: Some(50), ..Faults::default() },
+        1_500,
+    );
+    assert!(seen.calls >= 3);
+}
+
+#[test]
+fn random_mixes_of_faults_lose_nothing() {
+    for seed in [7, 1_234, 99_991] {
+        delivers_everything_exactly_once_despite(Faults { random_seed: Some(seed), ..Faults::default() }, 2_000);
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_dead_port_delays_delivery_and_loses_nothing() {
+    let fake = FakeFirehose::start(Faults::default());
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", FAST_RETRIES);
+    let daemon = workspace.start_daemon();
+    support::write_seed_records(&workspace.log_file(), 0..1_000, 100, Duration::from_millis(10));
+    wait_until("the first records arrive", Duration::from_secs(30), || seq_counts(&fake.seen()).len() == 1_000);
+    let log_file = workspace.log_file();
+    let writer = std::thread::spawn(move || support::write_seed_records(&log_file, 1_000..2_000, 100, Duration::from_millis(200)));
+    fake.go_down_for(Duration::from_secs(3));
+    writer.join().expect("writer");
+    wait_until("every record arrives after the outage", Duration::from_secs(60), || seq_counts(&fake.seen()).len() == 2_000);
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    assert!(seq_counts(&fake.seen()).values().all(|&count| count == 1));
+}
+
+#[test]
+fn a_missing_stream_is_reported_with_its_fix_retried_slowly_and_nothing_is_dropped() {
+    refusal_keeps_the_data_until_fixed(Refusal::StreamNotFound, "create the delivery stream");
+}
+
+#[test]
+fn refused_credentials_are_reported_with_their_fix_retried_slowly_and_nothing_is_dropped() {
+    refusal_keeps_the_data_until_fixed(Refusal::BadCredentials, "check the AWS credentials");
+}
+
+fn refusal_keeps_the_data_until_fixed(refusal: Refusal, fix: &str) {
+    let fake = FakeFirehose::start(Faults { refuse_all: Some(refusal), ..Faults::default() });
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "retry_initial_backoff = \"20ms\"\nretry_max_backoff = \"1s\"");
+    let daemon = workspace.start_daemon();
+    support::write_seed_records(&workspace.log_file(), 0..500, 500, Duration::ZERO);
+    wait_until("the first refusal", Duration::from_secs(30), || fake.seen().refused_calls > 0);
+    let window_start = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let calls_in_window = fake.seen().calls_between(window_start, Instant::now());
+    assert!(calls_in_window <= 6, "{calls_in_window} calls in 4 s: a refusing destination is retried at the slowest pace");
+    assert!(daemon.log().contains(fix), "the log says what to do: {}", daemon.log());
+    fake.set_faults(Faults::default());
+    wait_until("every record arrives once the cause is fixed", Duration::from_secs(30), || seq_counts(&fake.seen()).len() == 500);
+    assert!(daemon.terminate(Duration::from_secs(15)).success(), "tailhose kept running through the refusals");
+}
+
+#[test]
+fn a_throttling_outage_is_retried_with_growing_delays() {
+    let fake = FakeFirehose::start(Faults { throttle_every_nth_call: Some(1), ..Faults::default() });
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "retry_initial_backoff = \"100ms\"\nretry_max_backoff = \"30s\"");
+    let daemon = workspace.start_daemon();
+    support::write_seed_records(&workspace.log_file(), 0..100, 100, Duration::ZERO);
+    wait_until("the first throttled call", Duration::from_secs(30), || fake.seen().calls > 0);
+    let window_start = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let calls = fake.seen().calls_between(window_start, Instant::now());
+    assert!(calls <= 10, "{calls} calls in 5 s of throttling: back-off is exponential");
+    fake.set_faults(Faults::default());
+    wait_until("every record arrives after the throttling", Duration::from_secs(60), || seq_counts(&fake.seen()).len() == 100);
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn a_crash_loop_under_random_faults_loses_nothing() {
+    let fake = FakeFirehose::start(Faults { random_seed: Some(2_026), ..Faults::default() });
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", FAST_RETRIES);
+    let log_file = workspace.log_file();
+    let written = 6_000;
+    let writer = std::thread::spawn(move || support::write_seed_records(&log_file, 0..written, 100, Duration::from_millis(40)));
+    let kills = 22;
+    let mut random = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..kills {
+        let daemon = workspace.start_daemon();
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        std::thread::sleep(Duration::from_millis(50 + random % 250));
+        daemon.kill();
+    }
+    writer.join().expect("writer");
+    let daemon = workspace.start_daemon();
+    wait_until("every record arrives after the crash loop", Duration::from_secs(120), || seq_counts(&fake.seen()).len() as u64 == written);
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    let counts = seq_counts(&fake.seen());
+    let duplicates: u64 = counts.values().map(|&count| u64::from(count) - 1).sum();
+    assert!(duplicates <= kills * 500, "{duplicates} duplicates: more than one batch in flight per kill");
+    eprintln!("crash loop: {kills} kills, {written} written, {} distinct delivered, {duplicates} duplicates", counts.len());
+}
+
+#[test]
+fn a_graceful_stop_under_load_ends_within_the_shutdown_timeout_and_loses_nothing() {
+    let fake = FakeFirehose::start(Faults { latency: Duration::from_secs(30), ..Faults::default() });
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "request_timeout = \"60s\"");
+    let daemon = workspace.start_daemon();
+    support::write_seed_records(&workspace.log_file(), 0..2_000, 2_000, Duration::ZERO);
+    wait_until("a call is in flight", Duration::from_secs(30), || fake.seen().arrived > 0);
+    let stopping = Instant::now();
+    let status = daemon.terminate(Duration::from_secs(20));
+    let took = stopping.elapsed();
+    assert!(status.success(), "exit 0 after abandoning the batch in flight");
+    assert!(took < Duration::from_secs(9), "stopped in {took:?}; shutdown_timeout is 5 s");
+    fake.set_faults(Faults::default());
+    let daemon = workspace.start_daemon();
+    wait_until("every record arrives after the restart", Duration::from_secs(60), || seq_counts(&fake.seen()).len() == 2_000);
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+}
