@@ -196,3 +196,38 @@ fn a_graceful_stop_under_load_ends_within_the_shutdown_timeout_and_loses_nothing
     wait_until("every record arrives after the restart", Duration::from_secs(60), || seq_counts(&fake.seen()).len() == 2_000);
     assert!(daemon.terminate(Duration::from_secs(15)).success());
 }
+
+#[test]
+fn a_long_outage_with_rotations_is_absorbed_by_the_queue_and_drained_in_order_afterwards() {
+    let fake = FakeFirehose::start(Faults { refuse_all: Some(Refusal::StreamNotFound), ..Faults::default() });
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "retry_initial_backoff = \"20ms\"\nretry_max_backoff = \"500ms\"");
+    let config = std::fs::read_to_string(workspace.config()).expect("config");
+    std::fs::write(workspace.config(), format!("max_queue_bytes = \"1MiB\"\nmax_read_ahead_bytes = \"256KiB\"\n{config}")).expect("config");
+    let daemon = workspace.start_daemon();
+    // Three hourly files, each rotated away (renamed out of the glob) while Firehose refuses everything.
+    let per_file = 4_000u64;
+    for hour in 0..3u64 {
+        support::write_seed_records(&workspace.log_file(), hour * per_file..(hour + 1) * per_file, 500, Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(1_500));
+        std::fs::rename(workspace.log_file(), workspace.path().join(format!("source/test_fluentd_firehose.log.{hour}"))).expect("rotate");
+    }
+    support::write_seed_records(&workspace.log_file(), 3 * per_file..4 * per_file, 500, Duration::from_millis(50));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(daemon.log().contains("queue is full"), "back-pressure engaged: {}", daemon.log());
+    assert!(seq_counts(&fake.seen()).is_empty());
+    fake.set_faults(Faults::default());
+    wait_until("everything drains after the outage", Duration::from_secs(90), || seq_counts(&fake.seen()).len() as u64 == 4 * per_file);
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    let arrival: Vec<u64> = fake
+        .seen()
+        .accepted
+        .iter()
+        .map(|record| serde_json::from_slice::<serde_json::Value>(record).expect("json")["seq"].as_u64().expect("seq"))
+        .collect();
+    for hour in 0..4u64 {
+        let of_file: Vec<u64> = arrival.iter().copied().filter(|seq| seq / per_file == hour).collect();
+        assert!(of_file.windows(2).all(|pair| pair[0] < pair[1]), "file {hour} delivered in the order it was written");
+    }
+    assert!(seq_counts(&fake.seen()).values().all(|&count| count == 1));
+}

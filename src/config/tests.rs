@@ -110,3 +110,26 @@ fn a_directory_sink_rejects_firehose_keys() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].key, "sinks.out.region");
 }
+
+proptest::proptest! {
+    /// Whatever the text, parsing answers with a configuration or an error: never a panic.
+    #[test]
+    fn any_text_parses_or_fails_without_panicking(text in "\\PC{0,400}") {
+        let _ = parse(&text);
+    }
+
+    /// Valid TOML with the right table names but random values also never panics.
+    #[test]
+    fn any_values_in_the_known_keys_never_panic(
+        data_dir in "[a-z/]{0,10}",
+        paths in proptest::collection::vec("[a-z*/.\\[]{0,12}", 0..3),
+        records in proptest::num::i64::ANY,
+        size in "[0-9]{0,12}[KMGkmg]?i?[Bb]?",
+        interval in "[0-9a-z ]{0,8}",
+    ) {
+        let text = format!(
+            "data_dir = {data_dir:?}\n[sources.a]\npaths = {paths:?}\n[sinks.b]\ntype = \"firehose\"\ninputs = [\"a\"]\ndelivery_stream = \"s\"\nmax_batch_records = {records}\nmax_batch_bytes = {size:?}\nflush_interval = {interval:?}\n"
+        );
+        let _ = parse(&text);
+    }
+}
