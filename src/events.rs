@@ -39,6 +39,7 @@ pub struct Events {
     chunks_set_aside: AtomicU64,
     ranges_recovered: AtomicU64,
     backpressure_pauses: AtomicU64,
+    queue_errors: AtomicU64,
 }
 
 /// A copy of the counters at one instant.
@@ -68,6 +69,7 @@ pub struct EventCounts {
     pub chunks_set_aside: u64,
     pub ranges_recovered: u64,
     pub backpressure_pauses: u64,
+    pub queue_errors: u64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -206,6 +208,11 @@ impl Events {
         tracing::warn!(route, path = %String::from_utf8_lossy(path), start, end, records, "re-read a range of a set-aside chunk from its source file");
     }
 
+    pub fn queue_failed(&self, route: &str, operation: &str, error: &dyn std::fmt::Display) {
+        bump(&self.queue_errors, 1);
+        tracing::error!(route, operation, %error, "queue storage failed; retrying (check free space and permissions of data_dir)");
+    }
+
     pub fn backpressure(&self, route: &str, queued_bytes: u64) {
         bump(&self.backpressure_pauses, 1);
         tracing::warn!(route, queued_bytes, "queue is full (max_queue_bytes); reading paused until the sink catches up");
@@ -238,6 +245,7 @@ impl Events {
             chunks_set_aside: load(&self.chunks_set_aside),
             ranges_recovered: load(&self.ranges_recovered),
             backpressure_pauses: load(&self.backpressure_pauses),
+            queue_errors: load(&self.queue_errors),
         }
     }
 }

@@ -62,7 +62,7 @@ pub async fn run_reader(
             Ok(outcome) if mode == ReadMode::UntilCaughtUp && outcome.caught_up => break,
             Ok(outcome) if outcome.bytes_read > 0 && !outcome.queue_full => continue,
             Ok(_) => {}
-            Err(error) => tracing::error!(route = queue.name(), %error, "cannot append to the queue; reading pauses and retries"),
+            Err(error) => events.queue_failed(queue.name(), "append", &error),
         }
         tokio::select! {
             _ = tokio::time::sleep(poll_interval) => {}

@@ -349,55 +349,68 @@ impl RouteQueue {
 
     /// Records that the sink accepted records: completed chunks are deleted, partly acknowledged
     /// ones keep their progress, file positions advance over the acknowledged prefix, and dead
-    /// letters for records the sink can never take are stored, all in one atomic batch, which is
-    /// flushed before this returns.
-    pub async fn acknowledge(&self, acks: &[ChunkAck], dead_letters: &[DeadLetter]) -> Result<(), QueueError> {
+    /// letters for records the sink can never take are stored, all in one atomic batch. The
+    /// in-memory mirror changes only once the batch is written, so a failed call can be repeated.
+    /// Not durable until [`RouteQueue::make_durable`].
+    pub fn record_acknowledgement(&self, acks: &[ChunkAck], dead_letters: &[DeadLetter]) -> Result<(), QueueError> {
         let mut batch = sled::Batch::default();
         for dead_letter in dead_letters {
             let id = self.inner.db.generate_id()?;
             batch.insert(&keys::id_key(KeyKind::DeadLetter, id), dead_letter.encode());
         }
-        {
-            let mut accounting = self.accounting();
-            let mut moved_files = Vec::new();
-            for ack in acks {
-                if ack.is_complete() {
-                    batch.remove(&keys::seq_key(KeyKind::PendingChunk, ack.seq));
-                    batch.remove(&keys::seq_key(KeyKind::ChunkProgress, ack.seq));
-                    if let Some(track) = accounting.files.get_mut(&ack.file) {
-                        track.outstanding.remove(&ack.start_offset);
-                        moved_files.push(ack.file);
-                    }
-                } else {
-                    batch.insert(&keys::seq_key(KeyKind::ChunkProgress, ack.seq), &positions::encode_progress(ack.acked_records)[..]);
-                }
+        let mut accounting = self.accounting();
+        // What each touched file will look like once the batch is written.
+        let mut planned: HashMap<FileIdentity, FileTrack> = HashMap::new();
+        for ack in acks {
+            if !ack.is_complete() {
+                batch.insert(&keys::seq_key(KeyKind::ChunkProgress, ack.seq), &positions::encode_progress(ack.acked_records)[..]);
+                continue;
             }
-            let mut finished_files = Vec::new();
-            for file in moved_files {
-                let Some(track) = accounting.files.get_mut(&file) else { continue };
-                if track.released && track.outstanding.is_empty() {
-                    remove_file_positions(&mut batch, &file);
-                    finished_files.push(file);
-                    continue;
-                }
-                let prefix = track.acknowledged_prefix();
-                if prefix > track.acked_offset {
-                    track.acked_offset = prefix;
-                    batch.insert(keys::file_key(KeyKind::FileAcked, &file), &positions::encode_acked_offset(prefix)[..]);
-                }
-            }
-            self.inner.tree.apply_batch(batch)?;
-            for file in finished_files {
-                accounting.files.remove(&file);
-            }
-            for ack in acks.iter().filter(|ack| ack.is_complete()) {
-                accounting.pending_bytes = accounting.pending_bytes.saturating_sub(ack.stored_len);
-                accounting.pending_chunks = accounting.pending_chunks.saturating_sub(1);
+            batch.remove(&keys::seq_key(KeyKind::PendingChunk, ack.seq));
+            batch.remove(&keys::seq_key(KeyKind::ChunkProgress, ack.seq));
+            if let Some(track) = accounting.files.get(&ack.file) {
+                planned.entry(ack.file).or_insert_with(|| track.clone()).outstanding.remove(&ack.start_offset);
             }
         }
-        self.inner.db.flush_async().await?;
+        let mut finished_files = Vec::new();
+        for (file, track) in planned.iter_mut() {
+            if track.released && track.outstanding.is_empty() {
+                remove_file_positions(&mut batch, file);
+                finished_files.push(*file);
+                continue;
+            }
+            let prefix = track.acknowledged_prefix();
+            if prefix > track.acked_offset {
+                track.acked_offset = prefix;
+                batch.insert(keys::file_key(KeyKind::FileAcked, file), &positions::encode_acked_offset(prefix)[..]);
+            }
+        }
+        self.inner.tree.apply_batch(batch)?;
+        for (file, track) in planned {
+            accounting.files.insert(file, track);
+        }
+        for file in finished_files {
+            accounting.files.remove(&file);
+        }
+        for ack in acks.iter().filter(|ack| ack.is_complete()) {
+            accounting.pending_bytes = accounting.pending_bytes.saturating_sub(ack.stored_len);
+            accounting.pending_chunks = accounting.pending_chunks.saturating_sub(1);
+        }
+        drop(accounting);
         self.inner.space_freed.notify_waiters();
         Ok(())
+    }
+
+    /// Flushes everything written so far to disk (fsync).
+    pub async fn make_durable(&self) -> Result<(), QueueError> {
+        self.inner.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// [`RouteQueue::record_acknowledgement`], then [`RouteQueue::make_durable`].
+    pub async fn acknowledge(&self, acks: &[ChunkAck], dead_letters: &[DeadLetter]) -> Result<(), QueueError> {
+        self.record_acknowledgement(acks, dead_letters)?;
+        self.make_durable().await
     }
 
     /// Forgets a file the reader is done with (rotated away and drained, or deleted): its stored
