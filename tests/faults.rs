@@ -231,3 +231,54 @@ fn a_long_outage_with_rotations_is_absorbed_by_the_queue_and_drained_in_order_af
     }
     assert!(seq_counts(&fake.seen()).values().all(|&count| count == 1));
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped. Needs root (CI runs as root).
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(path).expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "mounting a tmpfs failed: this test needs root to make a small disk");
+        SmallDisk { path: path.to_path_buf() }
+    }
+
+    fn grow(&self, size: &str) {
+        let status =
+            std::process::Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.path).status().expect("mount runs");
+        assert!(status.success(), "remount failed");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_tailhose_with_status_74_and_a_restart_once_space_returns_delivers_everything() {
+    let fake = FakeFirehose::start(Faults { refuse_all: Some(Refusal::StreamNotFound), ..Faults::default() });
+    let workspace = Workspace::new();
+    let disk = SmallDisk::mount(&workspace.path().join("state"), "6m");
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "retry_initial_backoff = \"20ms\"\nretry_max_backoff = \"300ms\"");
+    let config = std::fs::read_to_string(workspace.config()).expect("config");
+    std::fs::write(workspace.config(), format!("max_read_ahead_bytes = \"64MiB\"\n{config}")).expect("config");
+    let written = 60_000u64;
+    support::write_seed_records(&workspace.log_file(), 0..written, written, Duration::ZERO);
+    let mut daemon = workspace.start_daemon();
+    let status = daemon.wait_for_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(74), "a full data_dir stops tailhose with EX_IOERR: {}", daemon.log());
+    assert!(daemon.log().contains("No space left on device"), "the log says why: {}", daemon.log());
+    disk.grow("256m");
+    fake.set_faults(Faults::default());
+    let daemon = workspace.start_daemon();
+    wait_until("every record arrives after the restart", Duration::from_secs(120), || seq_counts(&fake.seen()).len() as u64 == written);
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+}

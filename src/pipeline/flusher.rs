@@ -120,24 +120,6 @@ enum Fill {
     Drained,
 }
 
-/// The two steps of acknowledging a batch, each retried on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AckStep {
-    /// Write the acknowledgement (one atomic sled batch).
-    Record,
-    /// Flush it to disk.
-    MakeDurable,
-}
-
-impl AckStep {
-    fn name(self) -> &'static str {
-        match self {
-            AckStep::Record => "record acknowledgement",
-            AckStep::MakeDurable => "flush acknowledgement",
-        }
-    }
-}
-
 /// How delivering a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Delivery {
@@ -152,7 +134,7 @@ impl Flusher {
         Flusher { queue, sink, settings, limits, events, stopping, next_seq: ChunkSeq(0), current: None }
     }
 
-    pub async fn run(mut self) -> Result<(), QueueError> {
+    pub async fn run(mut self) -> Result<(), super::PipelineError> {
         let mut committed = self.queue.committed();
         loop {
             let mut batch = PendingBatch::new(self.limits);
@@ -192,8 +174,9 @@ impl Flusher {
                 );
                 return Ok(());
             }
-            if !self.acknowledge(&batch).await {
-                return Ok(());
+            if let Err(error) = self.queue.acknowledge(&batch.acks, &batch.dead_letters).await {
+                self.events.queue_failed(self.queue.name(), "acknowledge", &error);
+                return Err(super::storage_failure(self.queue.name(), "acknowledge", error));
             }
             for letter in &batch.dead_letters {
                 self.events.dead_lettered(self.queue.name(), letter);
@@ -202,33 +185,6 @@ impl Flusher {
             if self.stopping.stop.is_cancelled() {
                 return Ok(());
             }
-        }
-    }
-
-    /// Records the batch's acknowledgement and makes it durable, retrying through storage
-    /// failures (a full disk, say) until both succeed. Returns false when stopped first: the
-    /// batch was delivered but is not acknowledged, so it is sent again after the restart.
-    async fn acknowledge(&self, batch: &PendingBatch) -> bool {
-        let mut step = AckStep::Record;
-        let mut delay = self.settings.retry_initial_backoff;
-        loop {
-            let result = match step {
-                AckStep::Record => self.queue.record_acknowledgement(&batch.acks, &batch.dead_letters),
-                AckStep::MakeDurable => self.queue.make_durable().await,
-            };
-            match (step, result) {
-                (AckStep::Record, Ok(())) => {
-                    step = AckStep::MakeDurable;
-                    continue;
-                }
-                (AckStep::MakeDurable, Ok(())) => return true,
-                (_, Err(error)) => self.events.queue_failed(self.queue.name(), step.name(), &error),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.stopping.stop.cancelled() => return false,
-            }
-            delay = (delay * 2).min(self.settings.retry_max_backoff);
         }
     }
 

@@ -25,12 +25,36 @@ use crate::source::{recover_range, RecoveryOutcome};
 pub use flusher::{Flusher, FlusherStop};
 pub use reader::{run_reader, ReadMode};
 
+/// Classifies a queue error met while running: storage I/O failures stop tailhose (see
+/// [`PipelineError::StorageFailed`]); anything else is returned as it is.
+fn storage_failure(route: &str, operation: &'static str, error: QueueError) -> PipelineError {
+    match error {
+        QueueError::Storage(sled::Error::Io(_)) => PipelineError::StorageFailed { route: route.to_owned(), operation, source: error },
+        other => PipelineError::Queue(other),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error("a pipeline task failed: {0}")]
     Task(String),
+    /// sled does not recover from an I/O error (a full disk, say) in the same process: its next
+    /// write blocks. tailhose stops as after a crash, which the queue is built to survive, so
+    /// that its supervisor restarts it once `data_dir` is usable again.
+    #[error("route {route}: queue storage failed during {operation}: {source}; tailhose stops so that it can be restarted once data_dir is writable again (nothing queued is lost)")]
+    StorageFailed { route: String, operation: &'static str, source: QueueError },
+}
+
+impl PipelineError {
+    /// The process exit status for this error: 74 (EX_IOERR) when the queue's storage failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            PipelineError::StorageFailed { .. } => 74,
+            PipelineError::Queue(_) | PipelineError::Task(_) => 1,
+        }
+    }
 }
 
 /// Runs every route until `stop` fires (or, with [`ReadMode::UntilCaughtUp`], until every file
@@ -52,21 +76,26 @@ pub async fn run(config: &Config, mode: ReadMode, stop: CancellationToken) -> Re
                 FlusherStop { stop: stop.clone(), input_closed: input_closed.clone(), shutdown_timeout: config.shutdown_timeout };
             let flusher = Flusher::new(queue.clone(), sink.clone(), sink_settings.clone(), events.clone(), stopping);
             tracing::info!(route, "route started");
-            tasks.spawn(async move { flusher.run().await.map_err(PipelineError::from) });
-            let reader = run_reader(source, config.max_read_ahead_bytes.0, queue, events.clone(), mode, stop.clone(), input_closed);
-            tasks.spawn(async move {
-                reader.await;
-                Ok(())
-            });
+            tasks.spawn(flusher.run());
+            tasks.spawn(run_reader(source, config.max_read_ahead_bytes.0, queue, events.clone(), mode, stop.clone(), input_closed));
         }
     }
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
         let result = joined.map_err(|error| PipelineError::Task(error.to_string())).and_then(|result| result);
-        if let Err(error) = result {
-            tracing::error!(%error, "route stopped on an error; stopping the others");
-            stop.cancel();
-            failure.get_or_insert(error);
+        match result {
+            Ok(()) => {}
+            Err(error @ PipelineError::StorageFailed { .. }) => {
+                // Other tasks may be blocked inside sled: do not wait for them, nor flush.
+                tracing::error!(%error, "stopping at once");
+                stop.cancel();
+                return Err(error);
+            }
+            Err(error) => {
+                tracing::error!(%error, "route stopped on an error; stopping the others");
+                stop.cancel();
+                failure.get_or_insert(error);
+            }
         }
     }
     store.flush()?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::PipelineError;
 use crate::config::SourceSettings;
 use crate::events::Events;
 use crate::queue::RouteQueue;
@@ -20,7 +21,8 @@ pub enum ReadMode {
 }
 
 /// Runs until `stop` fires (or, with [`ReadMode::UntilCaughtUp`], until caught up), then fires
-/// `input_closed`, which tells the route's flusher that no more chunks will come.
+/// `input_closed`, which tells the route's flusher that no more chunks will come. A storage I/O
+/// error ends it with [`PipelineError::StorageFailed`].
 pub async fn run_reader(
     source: SourceSettings,
     read_ahead_bytes: u64,
@@ -29,7 +31,7 @@ pub async fn run_reader(
     mode: ReadMode,
     stop: CancellationToken,
     input_closed: CancellationToken,
-) {
+) -> Result<(), PipelineError> {
     let poll_interval = source.poll_interval;
     let changes = Arc::new(ChangeSignal::default());
     let _watcher = watch_changes(&source.paths, changes.clone());
@@ -62,7 +64,11 @@ pub async fn run_reader(
             Ok(outcome) if mode == ReadMode::UntilCaughtUp && outcome.caught_up => break,
             Ok(outcome) if outcome.bytes_read > 0 && !outcome.queue_full => continue,
             Ok(_) => {}
-            Err(error) => events.queue_failed(queue.name(), "append", &error),
+            Err(error) => {
+                events.queue_failed(queue.name(), "append", &error);
+                input_closed.cancel();
+                return Err(super::storage_failure(queue.name(), "append", error));
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(poll_interval) => {}
@@ -71,4 +77,5 @@ pub async fn run_reader(
         }
     }
     input_closed.cancel();
+    Ok(())
 }

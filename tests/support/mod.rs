@@ -296,6 +296,18 @@ impl Daemon {
         }
     }
 
+    /// Waits for the daemon to exit on its own (fails the test after `timeout`).
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "tailhose did not exit within {timeout:?}; log: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// kill -9.
     pub fn kill(mut self) {
         self.child.kill().expect("SIGKILL");
