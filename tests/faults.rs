@@ -66,6 +66,28 @@ fn connections_reset_before_the_answer_are_retried_until_accepted() {
 }
 
 #[test]
+fn answers_cut_off_mid_response_lead_to_resends_and_at_most_those_duplicates() {
+    let fake = FakeFirehose::start(Faults { tear_every_nth_call: Some(3), ..Faults::default() });
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", FAST_RETRIES);
+    let records = 3_000u64;
+    support::write_seed_records(&workspace.log_file(), 0..records, records, Duration::ZERO);
+    let config = workspace.config();
+    let output = workspace.run(&["run", "--config", config.to_str().expect("utf-8"), "--once"]);
+    assert!(output.status.success(), "run --once: {}", String::from_utf8_lossy(&output.stderr));
+    let seen = fake.seen();
+    let counts = seq_counts(&seen);
+    assert_eq!(counts.len() as u64, records, "every record delivered at least once");
+    let duplicates: u64 = counts.values().map(|&count| u64::from(count) - 1).sum();
+    assert!(seen.accepted_in_torn_calls > 0, "answers were cut off");
+    assert!(
+        duplicates <= seen.accepted_in_torn_calls,
+        "only records of cut-off calls are sent twice ({duplicates} > {})",
+        seen.accepted_in_torn_calls
+    );
+}
+
+#[test]
 fn slow_answers_are_waited_for() {
     let seen = delivers_everything_exactly_once_despite(
         Faults { latency: Duration::from_millis(300), fail_every_nth_record: Some(50), ..Faults::default() },
@@ -281,4 +303,82 @@ fn a_full_disk_stops_tailhose_with_status_74_and_a_restart_once_space_returns_de
     let daemon = workspace.start_daemon();
     wait_until("every record arrives after the restart", Duration::from_secs(120), || seq_counts(&fake.seen()).len() as u64 == written);
     assert!(daemon.terminate(Duration::from_secs(15)).success());
+}
+
+/// Offsets of every chunk header (`THCK` magic) in the files under `dir`.
+fn chunk_magic_offsets(dir: &std::path::Path) -> Vec<(std::path::PathBuf, usize)> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).expect("read");
+            found.extend(bytes.windows(4).enumerate().filter(|(_, window)| *window == b"THCK").map(|(at, _)| (path.clone(), at)));
+        }
+    }
+    found
+}
+
+/// Fills the queue while Firehose refuses everything, stops cleanly, damages the queue's files
+/// with `damage`, and starts again with Firehose accepting: returns the fake and the daemon log.
+fn restart_after_damaging_the_queue(damage: impl FnOnce(&std::path::Path)) -> (FakeFirehose, String, u64) {
+    let fake = FakeFirehose::start(Faults { refuse_all: Some(Refusal::StreamNotFound), ..Faults::default() });
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", FAST_RETRIES);
+    let written = 20_000u64;
+    support::write_seed_records(&workspace.log_file(), 0..written, written, Duration::ZERO);
+    let daemon = workspace.start_daemon();
+    wait_until("Firehose refuses the first batch", Duration::from_secs(30), || fake.seen().refused_calls > 0);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    damage(&workspace.path().join("state/queue"));
+    fake.set_faults(Faults::default());
+    let mut daemon = workspace.start_daemon();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (seq_counts(&fake.seen()).len() as u64) < written && Instant::now() < deadline {
+        if let Some(status) = daemon.try_exit_status() {
+            panic!("tailhose stopped ({status}) after the damage: {}", daemon.log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = daemon.log();
+    assert!(daemon.terminate(Duration::from_secs(15)).success(), "{log}");
+    assert!(!log.contains("panicked"), "no panic: {log}");
+    (fake, log, written)
+}
+
+#[test]
+fn flipped_bytes_in_the_queue_files_never_panic_and_every_record_is_still_delivered() {
+    let (fake, log, written) = restart_after_damaging_the_queue(|queue_dir| {
+        let magics = chunk_magic_offsets(queue_dir);
+        assert!(magics.len() >= 3, "chunks are on disk: {magics:?}");
+        for (path, at) in magics.iter().step_by(3) {
+            let mut bytes = std::fs::read(path).expect("read");
+            let target = (at + 300).min(bytes.len() - 1);
+            bytes[target] ^= 0x5a;
+            bytes[*at + 5] ^= 0x01; // the chunk header's version field
+            std::fs::write(path, bytes).expect("write");
+        }
+    });
+    assert_eq!(seq_counts(&fake.seen()).len() as u64, written, "every record delivered, re-read from the source where needed: {log}");
+    assert!(log.contains("crc"), "the damage is reported: {log}");
+}
+
+#[test]
+fn truncated_queue_files_never_panic_and_every_record_is_still_delivered() {
+    let (fake, log, written) = restart_after_damaging_the_queue(|queue_dir| {
+        for entry in std::fs::read_dir(queue_dir.join("blobs")).expect("blobs").flatten() {
+            let file = std::fs::OpenOptions::new().write(true).open(entry.path()).expect("open");
+            let len = file.metadata().expect("stat").len();
+            file.set_len(len / 2).expect("truncate");
+        }
+        let db = std::fs::OpenOptions::new().write(true).open(queue_dir.join("db")).expect("open db");
+        let len = db.metadata().expect("stat").len();
+        db.set_len(len * 3 / 4).expect("truncate db");
+    });
+    assert_eq!(seq_counts(&fake.seen()).len() as u64, written, "every record delivered: {log}");
 }

@@ -139,3 +139,6 @@ pub async fn recover(
     .map_err(|error| PipelineError::Task(format!("recovery: {error}")))??;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

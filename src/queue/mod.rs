@@ -529,6 +529,20 @@ impl RouteQueue {
     }
 }
 
+impl RouteQueue {
+    /// Test support: damages a pending chunk's stored bytes the way a bit flip that sled did not
+    /// catch would.
+    #[cfg(test)]
+    pub(crate) fn flip_a_byte_of_pending_chunk(&self, seq: ChunkSeq) {
+        let key = keys::seq_key(KeyKind::PendingChunk, seq);
+        let mut bytes = self.inner.tree.get(key).expect("read").expect("chunk exists").to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        self.inner.tree.insert(key, bytes).expect("write");
+        self.inner.tree.flush().expect("flush");
+    }
+}
+
 fn remove_file_positions(batch: &mut sled::Batch, file: &FileIdentity) {
     batch.remove(keys::file_key(KeyKind::FileRead, file));
     batch.remove(keys::file_key(KeyKind::FileAcked, file));

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 
 /// A call refused whole, every time, until the faults change: a stream that does not exist,
@@ -31,8 +32,11 @@ pub struct Faults {
     pub limit_exceeded_every_nth_call: Option<u64>,
     /// Every n-th call gets this HTTP status (500 or 503) with an `InternalFailure` body.
     pub http_error_every_nth_call: Option<(u64, u16)>,
-    /// Every n-th call has its connection closed without an answer.
+    /// Every n-th call has its connection closed without an answer (the records are not taken).
     pub reset_every_nth_call: Option<u64>,
+    /// Every n-th call is accepted, but its connection is cut in the middle of the answer: the
+    /// records are taken and the client cannot know it.
+    pub tear_every_nth_call: Option<u64>,
     /// Every call waits this long before it is answered.
     pub latency: Duration,
     /// Every call is refused this way.
@@ -51,6 +55,8 @@ pub struct Seen {
     pub calls: u64,
     pub call_times: Vec<Instant>,
     pub refused_calls: u64,
+    /// Records accepted in calls whose answer was cut off.
+    pub accepted_in_torn_calls: u64,
     pub record_attempts: u64,
     pub failed_entries: u64,
     pub max_records_in_call: usize,
@@ -81,10 +87,32 @@ pub struct FakeFirehose {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
+type Body = BoxBody<Bytes, std::io::Error>;
+
 /// What the fake does with one call.
 enum Answer {
-    Reply(Response<Full<Bytes>>),
+    Reply(Response<Body>),
     Reset,
+}
+
+/// An answer body that sends its first bytes and then fails, cutting the connection.
+struct TornBody {
+    first: Option<Bytes>,
+}
+
+impl hyper::body::Body for TornBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(Some(match self.first.take() {
+            Some(bytes) => Ok(Frame::data(bytes)),
+            None => Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "fault: answer torn")),
+        }))
+    }
 }
 
 impl FakeFirehose {
@@ -249,6 +277,14 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
     }
     state.seen.failed_entries += failed;
     let reply = serde_json::json!({"FailedPutCount": failed, "Encrypted": false, "RequestResponses": responses});
+    if every(faults.tear_every_nth_call) {
+        state.seen.accepted_in_torn_calls += responses.len() as u64 - failed;
+        let text = reply.to_string();
+        let torn = TornBody { first: Some(Bytes::from(text[..text.len() / 2].to_owned())) };
+        let mut response = Response::new(BoxBody::new(torn));
+        response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/x-amz-json-1.1"));
+        return Answer::Reply(response);
+    }
     Answer::Reply(json(StatusCode::OK, reply.to_string()))
 }
 
@@ -260,14 +296,14 @@ fn next_random(state: &mut u64) -> u64 {
     *state
 }
 
-fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
     response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/x-amz-json-1.1"));
     response
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let mut response = json(status, serde_json::json!({"__type": code, "message": message}).to_string());
     if let Ok(value) = hyper::header::HeaderValue::from_str(code) {
         response.headers_mut().insert("x-amzn-errortype", value);

@@ -308,6 +308,11 @@ impl Daemon {
         }
     }
 
+    /// The exit status if the daemon has exited.
+    pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait")
+    }
+
     /// kill -9.
     pub fn kill(mut self) {
         self.child.kill().expect("SIGKILL");

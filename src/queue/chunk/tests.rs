@@ -94,15 +94,32 @@ proptest! {
         prop_assert!(decode_chunk(ChunkSeq(3), &bytes).is_err(), "flip of {:#04x} at {} went unnoticed", flip, at);
     }
 
-    #[test]
-    fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512), seq in any::<u64>()) {
-        let _ = decode_chunk(ChunkSeq(seq), &bytes);
-    }
 
     #[test]
     fn truncated_chunks_are_errors(cut in 0usize..200) {
         let bytes = encode_chunk(ChunkSeq(1), &draft(&[b"{\"a\":1}", b"{\"b\":2}"]));
         let cut = cut.min(bytes.len() - 1);
         prop_assert!(decode_chunk(ChunkSeq(1), &bytes[..cut]).is_err());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+    /// At scale: random bytes, and valid chunks with random damage, never panic the decoder.
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512), seq in any::<u64>()) {
+        let _ = decode_chunk(ChunkSeq(seq), &bytes);
+    }
+
+    #[test]
+    fn damaged_valid_chunks_never_panic_the_decoder(damage in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
+        let mut bytes = encode_chunk(ChunkSeq(5), &draft(&[b"{\"a\":1}", b"{\"b\":[2,3]}", b"x"]));
+        for (at, value) in damage {
+            let at = at.index(bytes.len());
+            bytes[at] = value;
+        }
+        let keep = cut.index(bytes.len() + 1);
+        let _ = decode_chunk(ChunkSeq(5), &bytes[..keep]);
     }
 }

@@ -1,0 +1,85 @@
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::config::LineFormat;
+use crate::queue::chunk::decode_chunk;
+use crate::queue::{ChunkSeq, DeadLetterReason};
+use crate::source::Tailer;
+
+fn source(dir: &Path) -> SourceSettings {
+    SourceSettings {
+        name: "logs".into(),
+        paths: vec![dir.join("*.log").to_string_lossy().into_owned()],
+        exclude: Vec::new(),
+        ignore_older_than: None,
+        max_open_files: 16,
+        format: LineFormat::Json,
+        read_from_head: true,
+        refresh_interval: Duration::ZERO,
+        poll_interval: Duration::from_millis(10),
+        max_line_bytes: 1 << 20,
+    }
+}
+
+/// Reads 100 lines into a queue, flips a byte of the chunk, and reopens the queue: start-up
+/// verification sets the chunk aside and reports its range missing.
+fn queue_with_a_corrupt_chunk(logs: &Path, state: &Path) -> (QueueStore, RouteQueue, RecoveryReport) {
+    let mut file = std::fs::File::create(logs.join("app.log")).expect("create");
+    for seq in 0..100 {
+        writeln!(file, "{{\"seq\": {seq}}}").expect("write");
+    }
+    {
+        let store = QueueStore::open(state, 1 << 20).expect("store");
+        let (queue, _) = store.open_route("logs->sink", 1 << 30).expect("route");
+        Tailer::new(source(logs), 1 << 30, queue.clone(), Arc::new(Events::default())).pass().expect("pass");
+        queue.flip_a_byte_of_pending_chunk(ChunkSeq(0));
+    }
+    let store = QueueStore::open(state, 1 << 20).expect("store");
+    let (queue, report) = store.open_route("logs->sink", 1 << 30).expect("route");
+    (store, queue, report)
+}
+
+fn pending_records(queue: &RouteQueue) -> usize {
+    let mut records = 0;
+    let mut next = ChunkSeq(0);
+    while let Some(stored) = queue.read_pending(next, ChunkSeq(u64::MAX)).expect("read") {
+        next = ChunkSeq(stored.seq.0 + 1);
+        records += decode_chunk(stored.seq, &stored.bytes).expect("only valid chunks are pending").records().count();
+    }
+    records
+}
+
+#[tokio::test]
+async fn a_corrupt_chunk_is_recovered_from_its_source_file_at_start_up() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let (_store, queue, report) = queue_with_a_corrupt_chunk(logs.path(), state.path());
+    assert_eq!(report.set_aside.len(), 1, "the bad chunk is reported");
+    assert_eq!(pending_records(&queue), 0, "and never offered for sending");
+    let events = Arc::new(Events::default());
+    recover(&queue, &source(logs.path()), &events, report).await.expect("recover");
+    assert_eq!(pending_records(&queue), 100, "its records are read again from the source");
+    let counts = events.snapshot();
+    assert_eq!((counts.chunks_set_aside, counts.ranges_recovered, counts.dead_unrecoverable), (1, 1, 0));
+}
+
+#[tokio::test]
+async fn a_corrupt_chunk_whose_source_is_gone_becomes_an_unrecoverable_dead_letter() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let (_store, queue, report) = queue_with_a_corrupt_chunk(logs.path(), state.path());
+    std::fs::remove_file(logs.path().join("app.log")).expect("delete the source");
+    let events = Arc::new(Events::default());
+    recover(&queue, &source(logs.path()), &events, report.clone()).await.expect("recover");
+    let letters: Vec<_> = queue.dead_letters().map(|entry| entry.expect("read").1.expect("decodes")).collect();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].reason, DeadLetterReason::Unrecoverable);
+    assert_eq!(
+        (letters[0].offset, letters[0].offset + letters[0].record_len),
+        (report.missing[0].start, report.missing[0].end),
+        "the dead letter names the lost range"
+    );
+    assert_eq!(events.snapshot().dead_unrecoverable, 1);
+}
