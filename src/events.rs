@@ -30,6 +30,7 @@ pub struct Events {
     dead_rejected_by_sink: AtomicU64,
     dead_unrecoverable: AtomicU64,
     batches_acked: AtomicU64,
+    batches_abandoned: AtomicU64,
     records_acked: AtomicU64,
     bytes_acked: AtomicU64,
     failed_entries: AtomicU64,
@@ -60,6 +61,7 @@ pub struct EventCounts {
     pub dead_rejected_by_sink: u64,
     pub dead_unrecoverable: u64,
     pub batches_acked: u64,
+    pub batches_abandoned: u64,
     pub records_acked: u64,
     pub bytes_acked: u64,
     pub failed_entries: u64,
@@ -173,6 +175,11 @@ impl Events {
         tracing::debug!(route, records, bytes, elapsed_ms = elapsed.as_millis() as u64, "batch delivered and acknowledged");
     }
 
+    pub fn batch_abandoned(&self, route: &str, records: u64) {
+        bump(&self.batches_abandoned, 1);
+        tracing::warn!(route, records, "shutdown timeout reached; batch abandoned: it stays queued and is sent again at the next start");
+    }
+
     pub fn entries_failed(&self, route: &str, failed: u64, of: u64, code: &str, message: &str) {
         bump(&self.failed_entries, failed);
         tracing::warn!(route, failed, of, code, message, "the sink refused some records of a call; resending only those");
@@ -236,6 +243,7 @@ impl Events {
             dead_rejected_by_sink: load(&self.dead_rejected_by_sink),
             dead_unrecoverable: load(&self.dead_unrecoverable),
             batches_acked: load(&self.batches_acked),
+            batches_abandoned: load(&self.batches_abandoned),
             records_acked: load(&self.records_acked),
             bytes_acked: load(&self.bytes_acked),
             failed_entries: load(&self.failed_entries),

@@ -51,6 +51,11 @@ pub struct Config {
     /// Memory sled may use for its page cache; part of the daemon's memory budget.
     #[serde(default = "default_queue_cache_bytes")]
     pub queue_cache_bytes: ByteSize,
+    /// A queue operation (a read pass, an acknowledgement) that takes longer is a storage
+    /// failure: tailhose stops with status 74 so its supervisor restarts it (sled can block
+    /// instead of failing after an I/O error such as a full disk).
+    #[serde(default = "default_storage_stall_timeout", with = "humantime_serde")]
+    pub storage_stall_timeout: Duration,
     /// How long a stopping daemon may spend finishing the batch in flight before it abandons it
     /// (an abandoned batch stays queued and is sent again on the next start).
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
@@ -463,6 +468,9 @@ fn default_max_read_ahead_bytes() -> ByteSize {
 }
 fn default_queue_cache_bytes() -> ByteSize {
     ByteSize(16 * 1024 * 1024)
+}
+fn default_storage_stall_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)

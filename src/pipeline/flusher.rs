@@ -41,6 +41,8 @@ pub struct Flusher {
     limits: BatchLimits,
     events: Arc<Events>,
     stopping: FlusherStop,
+    /// An acknowledgement that takes longer is a storage failure.
+    storage_stall_timeout: Duration,
     /// The next chunk to read is the first pending one at or after this.
     next_seq: ChunkSeq,
     /// The chunk being packed, when a batch filled up in its middle.
@@ -129,9 +131,16 @@ enum Delivery {
 }
 
 impl Flusher {
-    pub fn new(queue: RouteQueue, sink: Arc<Sink>, settings: SinkSettings, events: Arc<Events>, stopping: FlusherStop) -> Flusher {
+    pub fn new(
+        queue: RouteQueue,
+        sink: Arc<Sink>,
+        settings: SinkSettings,
+        events: Arc<Events>,
+        stopping: FlusherStop,
+        storage_stall_timeout: Duration,
+    ) -> Flusher {
         let limits = sink.limits(&settings);
-        Flusher { queue, sink, settings, limits, events, stopping, next_seq: ChunkSeq(0), current: None }
+        Flusher { queue, sink, settings, limits, events, stopping, storage_stall_timeout, next_seq: ChunkSeq(0), current: None }
     }
 
     pub async fn run(mut self) -> Result<(), super::PipelineError> {
@@ -167,14 +176,10 @@ impl Flusher {
             }
             let started = Instant::now();
             if !batch.records.is_empty() && self.deliver(&mut batch).await == Delivery::Abandoned {
-                tracing::warn!(
-                    route = self.queue.name(),
-                    records = batch.records.len(),
-                    "shutdown timeout reached; batch abandoned, it stays queued and is sent again at the next start"
-                );
+                self.events.batch_abandoned(self.queue.name(), batch.records.len() as u64);
                 return Ok(());
             }
-            if let Err(error) = self.queue.acknowledge(&batch.acks, &batch.dead_letters).await {
+            if let Err(error) = self.acknowledge(&batch).await {
                 self.events.queue_failed(self.queue.name(), "acknowledge", &error);
                 return Err(super::storage_failure(self.queue.name(), "acknowledge", error));
             }
@@ -186,6 +191,21 @@ impl Flusher {
                 return Ok(());
             }
         }
+    }
+
+    /// Records the batch's acknowledgement and makes it durable. The sled write runs on a
+    /// blocking thread, and both steps are bounded by `storage_stall_timeout`, because sled can
+    /// block instead of failing after an I/O error.
+    async fn acknowledge(&self, batch: &PendingBatch) -> Result<(), QueueError> {
+        let stalled = QueueError::Stalled { operation: "acknowledge", after: self.storage_stall_timeout };
+        let queue = self.queue.clone();
+        let (acks, dead_letters) = (batch.acks.clone(), batch.dead_letters.clone());
+        let write = tokio::task::spawn_blocking(move || queue.record_acknowledgement(&acks, &dead_letters));
+        match tokio::time::timeout(self.storage_stall_timeout, write).await {
+            Ok(Ok(written)) => written?,
+            Ok(Err(_)) | Err(_) => return Err(stalled),
+        }
+        tokio::time::timeout(self.storage_stall_timeout, self.queue.make_durable()).await.map_err(|_| stalled)?
     }
 
     /// True when every committed chunk has been packed and the reader has committed all it appended.

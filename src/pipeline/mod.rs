@@ -23,13 +23,15 @@ use crate::sink::Sink;
 use crate::source::{recover_range, RecoveryOutcome};
 
 pub use flusher::{Flusher, FlusherStop};
-pub use reader::{run_reader, ReadMode};
+pub use reader::{run_reader, ReadMode, ReaderLimits};
 
 /// Classifies a queue error met while running: storage I/O failures stop tailhose (see
 /// [`PipelineError::StorageFailed`]); anything else is returned as it is.
 fn storage_failure(route: &str, operation: &'static str, error: QueueError) -> PipelineError {
     match error {
-        QueueError::Storage(sled::Error::Io(_)) => PipelineError::StorageFailed { route: route.to_owned(), operation, source: error },
+        QueueError::Storage(sled::Error::Io(_)) | QueueError::Stalled { .. } => {
+            PipelineError::StorageFailed { route: route.to_owned(), operation, source: error }
+        }
         other => PipelineError::Queue(other),
     }
 }
@@ -74,10 +76,13 @@ pub async fn run(config: &Config, mode: ReadMode, stop: CancellationToken) -> Re
             let input_closed = CancellationToken::new();
             let stopping =
                 FlusherStop { stop: stop.clone(), input_closed: input_closed.clone(), shutdown_timeout: config.shutdown_timeout };
-            let flusher = Flusher::new(queue.clone(), sink.clone(), sink_settings.clone(), events.clone(), stopping);
+            let flusher =
+                Flusher::new(queue.clone(), sink.clone(), sink_settings.clone(), events.clone(), stopping, config.storage_stall_timeout);
             tracing::info!(route, "route started");
             tasks.spawn(flusher.run());
-            tasks.spawn(run_reader(source, config.max_read_ahead_bytes.0, queue, events.clone(), mode, stop.clone(), input_closed));
+            let limits =
+                ReaderLimits { read_ahead_bytes: config.max_read_ahead_bytes.0, storage_stall_timeout: config.storage_stall_timeout };
+            tasks.spawn(run_reader(source, limits, queue, events.clone(), mode, stop.clone(), input_closed));
         }
     }
     let mut failure = None;
@@ -86,9 +91,13 @@ pub async fn run(config: &Config, mode: ReadMode, stop: CancellationToken) -> Re
         match result {
             Ok(()) => {}
             Err(error @ PipelineError::StorageFailed { .. }) => {
-                // Other tasks may be blocked inside sled: do not wait for them, nor flush.
+                // Other tasks may be blocked inside sled: do not wait for them, nor flush. sled
+                // flushes when its last handle is dropped, and that flush would block too, so the
+                // handle is leaked: the process exits next, as after a crash, which the queue is
+                // built to survive.
                 tracing::error!(%error, "stopping at once");
                 stop.cancel();
+                std::mem::forget(store);
                 return Err(error);
             }
             Err(error) => {

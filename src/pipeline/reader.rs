@@ -9,8 +9,17 @@ use tokio_util::sync::CancellationToken;
 use super::PipelineError;
 use crate::config::SourceSettings;
 use crate::events::Events;
-use crate::queue::RouteQueue;
+use crate::queue::{QueueError, RouteQueue};
 use crate::source::{watch_changes, ChangeSignal, Tailer};
+
+/// Bounds on a reader.
+#[derive(Debug, Clone, Copy)]
+pub struct ReaderLimits {
+    /// See `Config::max_read_ahead_bytes`.
+    pub read_ahead_bytes: u64,
+    /// A read pass that takes longer is a storage failure (see `Config::storage_stall_timeout`).
+    pub storage_stall_timeout: std::time::Duration,
+}
 
 /// Whether the reader follows its files forever or stops once they are read to their end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +34,7 @@ pub enum ReadMode {
 /// error ends it with [`PipelineError::StorageFailed`].
 pub async fn run_reader(
     source: SourceSettings,
-    read_ahead_bytes: u64,
+    limits: ReaderLimits,
     queue: RouteQueue,
     events: Arc<Events>,
     mode: ReadMode,
@@ -35,7 +44,7 @@ pub async fn run_reader(
     let poll_interval = source.poll_interval;
     let changes = Arc::new(ChangeSignal::default());
     let _watcher = watch_changes(&source.paths, changes.clone());
-    let mut tailer = Some(Tailer::new(source, read_ahead_bytes, queue.clone(), events.clone()).with_change_signal(changes.clone()));
+    let mut tailer = Some(Tailer::new(source, limits.read_ahead_bytes, queue.clone(), events.clone()).with_change_signal(changes.clone()));
     while !stop.is_cancelled() {
         if !queue.has_space() {
             events.backpressure(queue.name(), queue.pending_bytes());
@@ -48,8 +57,13 @@ pub async fn run_reader(
         let pass = tokio::task::spawn_blocking(move || {
             let outcome = owned.pass();
             (owned, outcome)
-        })
-        .await;
+        });
+        let Ok(pass) = tokio::time::timeout(limits.storage_stall_timeout, pass).await else {
+            input_closed.cancel();
+            let error = QueueError::Stalled { operation: "read pass", after: limits.storage_stall_timeout };
+            events.queue_failed(queue.name(), "read pass", &error);
+            return Err(super::storage_failure(queue.name(), "read pass", error));
+        };
         let outcome = match pass {
             Ok((returned, outcome)) => {
                 tailer = Some(returned);

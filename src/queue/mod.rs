@@ -59,6 +59,10 @@ pub enum QueueError {
     Open { path: PathBuf, source: sled::Error },
     #[error("queue storage failed: {0}; check the disk holding data_dir (space, permissions)")]
     Storage(#[from] sled::Error),
+    /// A queue operation did not finish in time: sled blocks instead of failing after some I/O
+    /// errors (a full disk), so a stall is a storage failure too.
+    #[error("queue storage did not answer within {after:?} during {operation}; check the disk holding data_dir (space, health)")]
+    Stalled { operation: &'static str, after: std::time::Duration },
 }
 
 /// The sled database of one `data_dir`.

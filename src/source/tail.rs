@@ -232,7 +232,7 @@ impl Tailer {
     fn forget(&mut self, key: DevIno) {
         if let Some(identity) = self.files.remove(&key).and_then(|watched| watched.chunker.map(|chunker| chunker.file())) {
             if let Err(error) = self.queue.release_file(&identity) {
-                tracing::warn!(%error, "cannot release a finished file's position; it stays stored");
+                self.events.queue_failed(self.queue.name(), "release a finished file's position", &error);
             }
         }
     }
@@ -344,7 +344,11 @@ impl Tailer {
         let stored = match self.queue.stored_file_states() {
             Ok(stored) => stored,
             Err(error) => {
-                tracing::warn!(%error, "cannot list stored file positions; files rotated while stopped are not looked for");
+                self.events.queue_failed(
+                    self.queue.name(),
+                    "list stored positions (files rotated while stopped are not looked for)",
+                    &error,
+                );
                 return;
             }
         };
@@ -357,7 +361,7 @@ impl Tailer {
             let Some(path) = locate(key, last_path) else {
                 // Deleted while stopped: nothing more can be read; forget it once delivered.
                 if let Err(error) = self.queue.release_file(&identity) {
-                    tracing::warn!(%error, "cannot release the position of a deleted file");
+                    self.events.queue_failed(self.queue.name(), "release a deleted file's position", &error);
                 }
                 continue;
             };
