@@ -217,7 +217,7 @@ impl Events {
 
     pub fn queue_failed(&self, route: &str, operation: &str, error: &dyn std::fmt::Display) {
         bump(&self.queue_errors, 1);
-        tracing::error!(route, operation, %error, "queue storage failed; retrying (check free space and permissions of data_dir)");
+        tracing::error!(route, operation, %error, "queue storage failed (check free space and permissions of data_dir)");
     }
 
     pub fn backpressure(&self, route: &str, queued_bytes: u64) {

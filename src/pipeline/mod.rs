@@ -7,6 +7,11 @@
 //! Shutdown: when the stop token fires, readers stop at the end of their pass (what they read is
 //! committed), flushers deliver the batch they hold for at most `shutdown_timeout` (or abandon
 //! it: it stays queued), and the queue is flushed before [`run`] returns.
+//!
+//! Storage failure: an I/O error of the queue, or a queue operation stalled past
+//! `storage_stall_timeout`, ends [`run`] at once with [`PipelineError::StorageFailed`] (exit
+//! status 74). sled does not recover from such errors in-process, so nothing waits for the other
+//! tasks or touches sled again: the queue is left as after a crash, which it is built to survive.
 
 mod flusher;
 mod reader;
