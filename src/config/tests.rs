@@ -112,6 +112,8 @@ fn a_directory_sink_rejects_firehose_keys() {
 }
 
 proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5_000))]
+
     /// Whatever the text, parsing answers with a configuration or an error: never a panic.
     #[test]
     fn any_text_parses_or_fails_without_panicking(text in "\\PC{0,400}") {
