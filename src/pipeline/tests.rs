@@ -31,12 +31,12 @@ fn queue_with_a_corrupt_chunk(logs: &Path, state: &Path) -> (QueueStore, RouteQu
         writeln!(file, "{{\"seq\": {seq}}}").expect("write");
     }
     {
-        let store = QueueStore::open(state, 1 << 20).expect("store");
+        let store = QueueStore::reopen_for_test(state);
         let (queue, _) = store.open_route("logs->sink", 1 << 30).expect("route");
         Tailer::new(source(logs), 1 << 30, queue.clone(), Arc::new(Events::default())).pass().expect("pass");
         queue.flip_a_byte_of_pending_chunk(ChunkSeq(0));
     }
-    let store = QueueStore::open(state, 1 << 20).expect("store");
+    let store = QueueStore::reopen_for_test(state);
     let (queue, report) = store.open_route("logs->sink", 1 << 30).expect("route");
     (store, queue, report)
 }

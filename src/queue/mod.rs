@@ -533,6 +533,24 @@ impl RouteQueue {
     }
 }
 
+#[cfg(test)]
+impl QueueStore {
+    /// Test support: opens `data_dir` again, right after a previous handle in this process was
+    /// dropped. sled releases its file lock once its background threads let go of the database,
+    /// which can take a moment on a loaded machine.
+    pub(crate) fn reopen_for_test(data_dir: &Path) -> QueueStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match QueueStore::open(data_dir, 1 << 20) {
+                Err(QueueError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                result => return result.expect("queue opens"),
+            }
+        }
+    }
+}
+
 impl RouteQueue {
     /// Test support: damages a pending chunk's stored bytes the way a bit flip that sled did not
     /// catch would.

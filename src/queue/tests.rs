@@ -14,7 +14,7 @@ fn draft(file_id: FileIdentity, start: u64, records: &[&str]) -> ChunkDraft {
 }
 
 fn open(dir: &Path) -> (RouteQueue, recovery::RecoveryReport) {
-    let store = QueueStore::open(dir, 1 << 20).expect("open store");
+    let store = QueueStore::reopen_for_test(dir);
     store.open_route("a->b", 1 << 30).expect("open route")
 }
 
@@ -135,7 +135,7 @@ async fn dead_letters_are_stored_with_the_chunk_that_skips_them() {
 #[tokio::test]
 async fn the_queue_reports_full_at_max_queue_bytes_and_frees_space_on_acknowledgement() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = QueueStore::open(dir.path(), 1 << 20).expect("open store");
+    let store = QueueStore::reopen_for_test(dir.path());
     let (queue, _) = store.open_route("a->b", 100).expect("open route");
     let big = "x".repeat(200);
     let chunk = draft(file(1), 0, &[&big]);

@@ -45,7 +45,7 @@ fn queued_seqs(queue: &RouteQueue) -> Vec<u64> {
 }
 
 fn open_queue(state: &Path, max_queue_bytes: u64) -> (QueueStore, RouteQueue) {
-    let store = QueueStore::open(state, 1 << 20).expect("store");
+    let store = QueueStore::reopen_for_test(state);
     let (queue, _) = store.open_route("logs->sink", max_queue_bytes).expect("route");
     (store, queue)
 }
