@@ -281,13 +281,7 @@ impl Flusher {
             self.next_seq = ChunkSeq(stored.seq.0 + 1);
             match decode_chunk(stored.seq, &stored.bytes) {
                 Ok(decoded) => {
-                    let base = stored.bytes.len() - decoded_body_len(&decoded);
-                    let mut records = Vec::with_capacity(decoded.meta.record_count as usize);
-                    let mut at = base;
-                    for record in decoded.records() {
-                        records.push(at + 4..at + 4 + record.len());
-                        at += 4 + record.len();
-                    }
+                    let records = decoded.record_ranges().collect();
                     let meta = decoded.meta.clone();
                     return Ok(Some(LoadedChunk {
                         seq: stored.seq,
@@ -395,10 +389,6 @@ impl Flusher {
             .without_max_times()
             .build()
     }
-}
-
-fn decoded_body_len(decoded: &crate::queue::DecodedChunk<'_>) -> usize {
-    decoded.records().map(|record| 4 + record.len()).sum()
 }
 
 /// Completes when `stop` has fired and `grace` has passed since.

@@ -171,12 +171,25 @@ pub struct DecodedChunk<'a> {
     pub seq: ChunkSeq,
     pub meta: ChunkMeta,
     body: &'a [u8],
+    /// Where `body` starts in the stored bytes.
+    body_offset: usize,
 }
 
 impl<'a> DecodedChunk<'a> {
     /// The records in order.
     pub fn records(&self) -> RecordIter<'a> {
         RecordIter { rest: self.body }
+    }
+
+    /// Where each record lies in the stored bytes the chunk was decoded from, in order: lets a
+    /// caller keep the stored bytes and drop the borrow.
+    pub fn record_ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+        let mut at = self.body_offset;
+        self.records().map(move |record| {
+            let range = at + 4..at + 4 + record.len();
+            at = range.end;
+            range
+        })
     }
 }
 
@@ -236,7 +249,7 @@ pub fn decode_chunk(seq: ChunkSeq, bytes: &[u8]) -> Result<DecodedChunk<'_>, Chu
     if !body_holds_exactly(body, meta.record_count) {
         return Err(ChunkError::BadBody { seq, expected: meta.record_count });
     }
-    Ok(DecodedChunk { seq, meta, body })
+    Ok(DecodedChunk { seq, meta, body, body_offset: CHUNK_HEADER_LEN + meta_len })
 }
 
 fn body_holds_exactly(mut body: &[u8], record_count: u32) -> bool {

@@ -24,6 +24,8 @@ fn a_chunk_round_trips() {
     assert_eq!(decoded.meta, draft.meta);
     let records: Vec<&[u8]> = decoded.records().collect();
     assert_eq!(records, vec![&b"{\"board_id\":1}"[..], b"", b"{\"x\":[1,2]}"]);
+    let by_range: Vec<&[u8]> = decoded.record_ranges().map(|range| &bytes[range]).collect();
+    assert_eq!(by_range, records, "record ranges point at the same bytes in the stored chunk");
 }
 
 /// Guards the on-disk layout: these bytes are what version 1 writes, and what every later build
