@@ -13,12 +13,7 @@ use support::Workspace;
 const FAST_RETRIES: &str = "retry_initial_backoff = \"20ms\"\nretry_max_backoff = \"300ms\"\nrequest_timeout = \"2s\"";
 
 fn seq_counts(seen: &Seen) -> BTreeMap<u64, u32> {
-    let mut counts = BTreeMap::new();
-    for record in &seen.accepted {
-        let value: serde_json::Value = serde_json::from_slice(record).expect("accepted record is JSON");
-        *counts.entry(value["seq"].as_u64().expect("seq")).or_insert(0) += 1;
-    }
-    counts
+    support::count_seqs(seen.accepted.iter().map(Vec::as_slice))
 }
 
 /// Writes `records` seed records, runs `tailhose run --once` against a fake with `faults`, and
@@ -241,12 +236,7 @@ fn a_long_outage_with_rotations_is_absorbed_by_the_queue_and_drained_in_order_af
     fake.set_faults(Faults::default());
     wait_until("everything drains after the outage", Duration::from_secs(90), || seq_counts(&fake.seen()).len() as u64 == 4 * per_file);
     assert!(daemon.terminate(Duration::from_secs(15)).success());
-    let arrival: Vec<u64> = fake
-        .seen()
-        .accepted
-        .iter()
-        .map(|record| serde_json::from_slice::<serde_json::Value>(record).expect("json")["seq"].as_u64().expect("seq"))
-        .collect();
+    let arrival: Vec<u64> = fake.seen().accepted.iter().map(|record| support::seq_of(record)).collect();
     for hour in 0..4u64 {
         let of_file: Vec<u64> = arrival.iter().copied().filter(|seq| seq / per_file == hour).collect();
         assert!(of_file.windows(2).all(|pair| pair[0] < pair[1]), "file {hour} delivered in the order it was written");

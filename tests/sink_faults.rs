@@ -15,11 +15,6 @@ fn run_once(workspace: &Workspace) -> std::process::Output {
     output
 }
 
-fn seq_of(record: &[u8]) -> u64 {
-    let value: serde_json::Value = serde_json::from_slice(record).expect("accepted record is JSON");
-    value["seq"].as_u64().expect("seq")
-}
-
 #[test]
 fn partly_failed_calls_resend_only_the_failed_entries_until_all_are_accepted() {
     let fake = FakeFirehose::start(Faults { fail_every_nth_record: Some(7), throttle_every_nth_call: Some(5), ..Faults::default() });
@@ -28,7 +23,7 @@ fn partly_failed_calls_resend_only_the_failed_entries_until_all_are_accepted() {
     support::write_seed_records(&workspace.log_file(), 0..3_000, 3_000, Duration::ZERO);
     run_once(&workspace);
     let seen = fake.seen();
-    let mut seqs: Vec<u64> = seen.accepted.iter().map(|record| seq_of(record)).collect();
+    let mut seqs: Vec<u64> = seen.accepted.iter().map(|record| support::seq_of(record)).collect();
     let accepted_in_order = seqs.clone();
     seqs.sort_unstable();
     assert_eq!(seqs, (0..3_000).collect::<Vec<_>>(), "every record accepted exactly once: accepted ones were never resent");

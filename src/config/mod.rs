@@ -210,6 +210,25 @@ pub struct SourceSettings {
     pub max_line_bytes: u64,
 }
 
+#[cfg(test)]
+impl SourceSettings {
+    /// Test support: a JSON source reading `folder/*.log` from the head, re-scanning on every pass.
+    pub(crate) fn for_test_folder(folder: &Path) -> SourceSettings {
+        SourceSettings {
+            name: "logs".into(),
+            paths: vec![folder.join("*.log").to_string_lossy().into_owned()],
+            exclude: Vec::new(),
+            ignore_older_than: None,
+            max_open_files: 64,
+            format: LineFormat::Json,
+            read_from_head: true,
+            refresh_interval: Duration::ZERO,
+            poll_interval: Duration::from_millis(10),
+            max_line_bytes: 1 << 20,
+        }
+    }
+}
+
 /// Where a sink delivers, with what that destination needs.
 #[derive(Debug, Clone)]
 pub enum SinkDestination {

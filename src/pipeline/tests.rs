@@ -1,26 +1,13 @@
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
 
 use super::*;
-use crate::config::LineFormat;
 use crate::queue::chunk::decode_chunk;
 use crate::queue::{ChunkSeq, DeadLetterReason};
 use crate::source::Tailer;
 
 fn source(dir: &Path) -> SourceSettings {
-    SourceSettings {
-        name: "logs".into(),
-        paths: vec![dir.join("*.log").to_string_lossy().into_owned()],
-        exclude: Vec::new(),
-        ignore_older_than: None,
-        max_open_files: 16,
-        format: LineFormat::Json,
-        read_from_head: true,
-        refresh_interval: Duration::ZERO,
-        poll_interval: Duration::from_millis(10),
-        max_line_bytes: 1 << 20,
-    }
+    SourceSettings::for_test_folder(dir)
 }
 
 /// Reads 100 lines into a queue, flips a byte of the chunk, and reopens the queue: start-up

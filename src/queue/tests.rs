@@ -95,12 +95,7 @@ fn a_chunk_that_fails_verification_is_set_aside_and_its_range_reported_missing()
         let seq = queue.append(&first, &[], ReadProgress::Advance).expect("append");
         queue.append(&second, &[], ReadProgress::Advance).expect("append");
         queue.commit().expect("commit");
-        let key = keys::seq_key(KeyKind::PendingChunk, seq);
-        let mut bytes = queue.inner.tree.get(key).expect("get").expect("present").to_vec();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0x01;
-        queue.inner.tree.insert(key, bytes).expect("damage");
-        queue.inner.tree.flush().expect("flush");
+        queue.flip_a_byte_of_pending_chunk(seq);
     }
     let (reopened, report) = open(dir.path());
     assert_eq!(report.set_aside.len(), 1);

@@ -121,14 +121,7 @@ pub struct Delivered {
 impl Delivered {
     /// How many times each `seq` arrived.
     pub fn seq_counts(&self) -> BTreeMap<u64, u32> {
-        let mut counts = BTreeMap::new();
-        for record in &self.records {
-            let value: serde_json::Value =
-                serde_json::from_str(record).unwrap_or_else(|error| panic!("delivered record is not JSON ({error}): {record}"));
-            let seq = value["seq"].as_u64().unwrap_or_else(|| panic!("delivered record has no seq: {record}"));
-            *counts.entry(seq).or_insert(0) += 1;
-        }
-        counts
+        count_seqs(self.records.iter().map(String::as_bytes))
     }
 
     pub fn distinct(&self) -> usize {
@@ -139,6 +132,23 @@ impl Delivered {
     pub fn duplicates(&self) -> u64 {
         self.seq_counts().values().map(|&count| u64::from(count) - 1).sum()
     }
+}
+
+/// The `seq` of a delivered seed record.
+pub fn seq_of(record: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(record);
+    let value: serde_json::Value =
+        serde_json::from_slice(record).unwrap_or_else(|error| panic!("delivered record is not JSON ({error}): {text}"));
+    value["seq"].as_u64().unwrap_or_else(|| panic!("delivered record has no seq: {text}"))
+}
+
+/// How many times each `seq` appears among `records`.
+pub fn count_seqs<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> BTreeMap<u64, u32> {
+    let mut counts = BTreeMap::new();
+    for record in records {
+        *counts.entry(seq_of(record)).or_insert(0) += 1;
+    }
+    counts
 }
 
 /// One record of the seed's generator (`data_generator.py`), with a unique `seq`, written the way
@@ -286,14 +296,7 @@ impl Daemon {
     pub fn terminate(mut self, timeout: Duration) -> ExitStatus {
         let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
         assert!(sent.success(), "kill -TERM failed");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "tailhose did not stop within {timeout:?} of SIGTERM; log: {}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_for_exit(timeout)
     }
 
     /// Waits for the daemon to exit on its own (fails the test after `timeout`).

@@ -8,18 +8,7 @@ use crate::queue::chunk::decode_chunk;
 use crate::queue::{ChunkSeq, QueueStore};
 
 fn source(dir: &Path) -> SourceSettings {
-    SourceSettings {
-        name: "logs".into(),
-        paths: vec![dir.join("*.log").to_string_lossy().into_owned()],
-        exclude: Vec::new(),
-        ignore_older_than: None,
-        max_open_files: 64,
-        format: LineFormat::Json,
-        read_from_head: true,
-        refresh_interval: Duration::ZERO,
-        poll_interval: Duration::from_millis(10),
-        max_line_bytes: 1 << 20,
-    }
+    SourceSettings::for_test_folder(dir)
 }
 
 fn append_lines(path: &Path, range: std::ops::Range<u64>) {
