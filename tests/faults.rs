@@ -134,37 +134,39 @@ fn refused_credentials_are_reported_with_their_fix_retried_slowly_and_nothing_is
 }
 
 fn refusal_keeps_the_data_until_fixed(refusal: Refusal, fix: &str) {
-    let fake = FakeFirehose::start(Faults { refuse_all: Some(refusal), ..Faults::default() });
-    let workspace = Workspace::new();
-    workspace.write_config_for_endpoint(&fake.endpoint, "", "retry_initial_backoff = \"20ms\"\nretry_max_backoff = \"1s\"");
-    let daemon = workspace.start_daemon();
-    support::write_seed_records(&workspace.log_file(), 0..500, 500, Duration::ZERO);
-    wait_until("the first refusal", Duration::from_secs(30), || fake.seen().refused_calls > 0);
-    let window_start = Instant::now();
-    std::thread::sleep(Duration::from_secs(4));
-    let calls_in_window = fake.seen().calls_between(window_start, Instant::now());
-    assert!(calls_in_window <= 6, "{calls_in_window} calls in 4 s: a refusing destination is retried at the slowest pace");
-    assert!(daemon.log().contains(fix), "the log says what to do: {}", daemon.log());
-    fake.set_faults(Faults::default());
-    wait_until("every record arrives once the cause is fixed", Duration::from_secs(30), || seq_counts(&fake.seen()).len() == 500);
-    assert!(daemon.terminate(Duration::from_secs(15)).success(), "tailhose kept running through the refusals");
+    let outage = Faults { refuse_all: Some(refusal), ..Faults::default() };
+    let (calls, log) =
+        calls_during_an_outage(outage, "retry_initial_backoff = \"20ms\"\nretry_max_backoff = \"1s\"", 500, Duration::from_secs(4));
+    assert!(calls <= 6, "{calls} calls in 4 s: a refusing destination is retried at the slowest pace");
+    assert!(log.contains(fix), "the log says what to do: {log}");
 }
 
 #[test]
 fn a_throttling_outage_is_retried_with_growing_delays() {
-    let fake = FakeFirehose::start(Faults { throttle_every_nth_call: Some(1), ..Faults::default() });
-    let workspace = Workspace::new();
-    workspace.write_config_for_endpoint(&fake.endpoint, "", "retry_initial_backoff = \"100ms\"\nretry_max_backoff = \"30s\"");
-    let daemon = workspace.start_daemon();
-    support::write_seed_records(&workspace.log_file(), 0..100, 100, Duration::ZERO);
-    wait_until("the first throttled call", Duration::from_secs(30), || fake.seen().calls > 0);
-    let window_start = Instant::now();
-    std::thread::sleep(Duration::from_secs(5));
-    let calls = fake.seen().calls_between(window_start, Instant::now());
+    let outage = Faults { throttle_every_nth_call: Some(1), ..Faults::default() };
+    let (calls, _) =
+        calls_during_an_outage(outage, "retry_initial_backoff = \"100ms\"\nretry_max_backoff = \"30s\"", 100, Duration::from_secs(5));
     assert!(calls <= 10, "{calls} calls in 5 s of throttling: back-off is exponential");
+}
+
+/// Runs the daemon with `records` to send while the fake answers with `outage`; counts the calls
+/// made during `window` once the first has arrived; then ends the outage and checks that every
+/// record arrives and that tailhose kept running throughout. Returns the count and the log.
+fn calls_during_an_outage(outage: Faults, sink_lines: &str, records: u64, window: Duration) -> (usize, String) {
+    let fake = FakeFirehose::start(outage);
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", sink_lines);
+    let daemon = workspace.start_daemon();
+    support::write_seed_records(&workspace.log_file(), 0..records, records, Duration::ZERO);
+    wait_until("the first call of the outage", Duration::from_secs(30), || fake.seen().calls > 0);
+    let window_start = Instant::now();
+    std::thread::sleep(window);
+    let calls = fake.seen().calls_between(window_start, Instant::now());
+    let log = daemon.log();
     fake.set_faults(Faults::default());
-    wait_until("every record arrives after the throttling", Duration::from_secs(60), || seq_counts(&fake.seen()).len() == 100);
-    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    wait_until("every record arrives after the outage", Duration::from_secs(60), || seq_counts(&fake.seen()).len() as u64 == records);
+    assert!(daemon.terminate(Duration::from_secs(15)).success(), "tailhose kept running through the outage");
+    (calls, log)
 }
 
 #[test]
