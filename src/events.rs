@@ -3,17 +3,22 @@
 //! Each event has one method here: it bumps its counter and writes its log line. Stages never
 //! log an event themselves, so "every such event is counted and logged" (invariant 5) is checked
 //! by reading this file. [`Events::snapshot`] gives the counters for the exit summary, the
-//! status output and (later) metrics.
+//! status output and the metrics.
+//!
+//! Warnings that can repeat many times a second (failed entries, throttling, retries, read
+//! errors) pass a [`LogGate`]: the first is logged, then at most one per [`REPEAT_LOG_PERIOD`]
+//! with the number held back since. Every occurrence is still counted.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::queue::{ChunkError, ChunkSeq, DeadLetter, DeadLetterReason};
 use crate::source::SealedChunk;
 
 /// Counters of one daemon run. Shared by all tasks through an `Arc`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Events {
     files_added: AtomicU64,
     files_closed: AtomicU64,
@@ -41,10 +46,159 @@ pub struct Events {
     ranges_recovered: AtomicU64,
     backpressure_pauses: AtomicU64,
     queue_errors: AtomicU64,
+    records_read: AtomicU64,
+    calls: AtomicU64,
+    /// Seconds from sending a call to its answer.
+    pub call_latency: Histogram,
+    /// Records per call.
+    pub call_records: Histogram,
+    last_sink_problem: Mutex<Option<SinkProblem>>,
+    gates: Gates,
+}
+
+/// One gate per repeatable warning.
+#[derive(Debug, Default)]
+struct Gates {
+    entries_failed: LogGate,
+    call_throttled: LogGate,
+    call_failed: LogGate,
+    sink_unavailable: LogGate,
+    retry: LogGate,
+    read_failed: LogGate,
+    backpressure: LogGate,
+}
+
+/// The latest trouble with a sink, for `/health` and `tailhose status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SinkProblem {
+    pub route: String,
+    pub message: String,
+    pub at_ms: u64,
+}
+
+/// How often a repeated warning is logged at most.
+pub const REPEAT_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// Lets a repeated warning through at most once per [`REPEAT_LOG_PERIOD`].
+#[derive(Debug, Default)]
+pub struct LogGate {
+    state: Mutex<GateState>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    last_logged: Option<Instant>,
+    held_back: u64,
+}
+
+/// Whether to log an occurrence now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateDecision {
+    /// Log it, saying how many occurrences were held back since the last line.
+    Log {
+        held_back: u64,
+    },
+    HoldBack,
+}
+
+impl LogGate {
+    pub fn admit(&self, now: Instant) -> GateDecision {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let due = state.last_logged.is_none_or(|last| now.saturating_duration_since(last) >= REPEAT_LOG_PERIOD);
+        if !due {
+            state.held_back += 1;
+            return GateDecision::HoldBack;
+        }
+        state.last_logged = Some(now);
+        GateDecision::Log { held_back: std::mem::take(&mut state.held_back) }
+    }
+}
+
+/// Upper bounds of a histogram's buckets, ascending; a last `+Inf` bucket is implied.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    /// Sum of observations, in millionths of the unit, so it fits an atomic integer.
+    sum_micros: AtomicU64,
+}
+
+/// A histogram's state at one instant: cumulative counts per bound, as Prometheus wants them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum: f64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram { bounds, counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(), sum_micros: AtomicU64::new(0) }
+    }
+
+    pub fn observe(&self, value: f64) {
+        let bucket = self.bounds.iter().position(|&bound| value <= bound).unwrap_or(self.bounds.len());
+        bump(&self.counts[bucket], 1);
+        bump(&self.sum_micros, (value * 1e6) as u64);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.bounds.len());
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            cumulative += count.load(Ordering::Relaxed);
+            buckets.push((*bound, cumulative));
+        }
+        let count = cumulative + self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        HistogramSnapshot { buckets, count, sum: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6 }
+    }
+}
+
+const LATENCY_SECONDS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const RECORDS_PER_CALL: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0];
+
+impl Default for Events {
+    fn default() -> Events {
+        Events {
+            files_added: AtomicU64::default(),
+            files_closed: AtomicU64::default(),
+            files_truncated: AtomicU64::default(),
+            read_errors: AtomicU64::default(),
+            bytes_read: AtomicU64::default(),
+            records_queued: AtomicU64::default(),
+            chunks_queued: AtomicU64::default(),
+            blank_lines: AtomicU64::default(),
+            dead_letters: AtomicU64::default(),
+            dead_invalid_json: AtomicU64::default(),
+            dead_line_too_long: AtomicU64::default(),
+            dead_record_too_large: AtomicU64::default(),
+            dead_rejected_by_sink: AtomicU64::default(),
+            dead_unrecoverable: AtomicU64::default(),
+            batches_acked: AtomicU64::default(),
+            batches_abandoned: AtomicU64::default(),
+            records_acked: AtomicU64::default(),
+            bytes_acked: AtomicU64::default(),
+            failed_entries: AtomicU64::default(),
+            throttled_calls: AtomicU64::default(),
+            failed_calls: AtomicU64::default(),
+            retries: AtomicU64::default(),
+            chunks_set_aside: AtomicU64::default(),
+            ranges_recovered: AtomicU64::default(),
+            backpressure_pauses: AtomicU64::default(),
+            queue_errors: AtomicU64::default(),
+            records_read: AtomicU64::default(),
+            calls: AtomicU64::default(),
+            call_latency: Histogram::new(LATENCY_SECONDS),
+            call_records: Histogram::new(RECORDS_PER_CALL),
+            last_sink_problem: Mutex::new(None),
+            gates: Gates::default(),
+        }
+    }
 }
 
 /// A copy of the counters at one instant.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct EventCounts {
     pub files_added: u64,
     pub files_closed: u64,
@@ -72,6 +226,10 @@ pub struct EventCounts {
     pub ranges_recovered: u64,
     pub backpressure_pauses: u64,
     pub queue_errors: u64,
+    /// Records taken from files: queued, or dead-lettered as they were read.
+    pub records_read: u64,
+    /// Calls answered by a sink (accepted in whole or in part).
+    pub calls: u64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -118,12 +276,16 @@ impl Events {
 
     pub fn file_open_failed(&self, path: &Path, error: &dyn std::fmt::Display) {
         bump(&self.read_errors, 1);
-        tracing::warn!(path = %path.display(), %error, "cannot open file; will try again at the next scan");
+        if let GateDecision::Log { held_back } = self.gates.read_failed.admit(Instant::now()) {
+            tracing::warn!(path = %path.display(), %error, held_back, "cannot open file; will try again at the next scan");
+        }
     }
 
     pub fn file_read_failed(&self, path: &Path, error: &std::io::Error) {
         bump(&self.read_errors, 1);
-        tracing::warn!(path = %path.display(), %error, "cannot read file; will try again");
+        if let GateDecision::Log { held_back } = self.gates.read_failed.admit(Instant::now()) {
+            tracing::warn!(path = %path.display(), %error, held_back, "cannot read file; will try again");
+        }
     }
 
     pub fn glob_failed(&self, pattern: &str, error: &str) {
@@ -138,6 +300,7 @@ impl Events {
     pub fn chunk_appended(&self, route: &str, chunk: &SealedChunk) {
         bump(&self.chunks_queued, 1);
         bump(&self.records_queued, u64::from(chunk.draft.meta.record_count));
+        bump(&self.records_read, u64::from(chunk.draft.meta.record_count) + chunk.dead_letters.len() as u64);
         if chunk.blank_lines > 0 {
             bump(&self.blank_lines, chunk.blank_lines);
             tracing::debug!(route, blank_lines = chunk.blank_lines, "blank lines skipped (they carry no record)");
@@ -180,29 +343,60 @@ impl Events {
         tracing::warn!(route, records, "shutdown timeout reached; batch abandoned: it stays queued and is sent again at the next start");
     }
 
+    /// A sink answered a call carrying `records` records (whatever it answered).
+    pub fn call_answered(&self, records: u64, elapsed: Duration) {
+        bump(&self.calls, 1);
+        self.call_latency.observe(elapsed.as_secs_f64());
+        self.call_records.observe(records as f64);
+    }
+
     pub fn entries_failed(&self, route: &str, failed: u64, of: u64, code: &str, message: &str) {
         bump(&self.failed_entries, failed);
-        tracing::warn!(route, failed, of, code, message, "the sink refused some records of a call; resending only those");
+        self.note_sink_problem(route, &format!("{failed} of {of} records refused: {code}: {message}"));
+        if let GateDecision::Log { held_back } = self.gates.entries_failed.admit(Instant::now()) {
+            tracing::warn!(route, failed, of, code, message, held_back, "the sink refused some records of a call; resending only those");
+        }
     }
 
     pub fn call_throttled(&self, route: &str, message: &str) {
         bump(&self.throttled_calls, 1);
-        tracing::warn!(route, message, "the sink throttled a call");
+        self.note_sink_problem(route, &format!("throttled: {message}"));
+        if let GateDecision::Log { held_back } = self.gates.call_throttled.admit(Instant::now()) {
+            tracing::warn!(route, message, held_back, "the sink throttled a call");
+        }
     }
 
     pub fn call_failed(&self, route: &str, message: &str) {
         bump(&self.failed_calls, 1);
-        tracing::warn!(route, message, "a call to the sink failed");
+        self.note_sink_problem(route, message);
+        if let GateDecision::Log { held_back } = self.gates.call_failed.admit(Instant::now()) {
+            tracing::warn!(route, message, held_back, "a call to the sink failed");
+        }
     }
 
     pub fn sink_unavailable(&self, route: &str, message: &str, fix: &str) {
         bump(&self.failed_calls, 1);
-        tracing::error!(route, message, fix, "the sink refuses every call; records stay queued and tailhose keeps retrying");
+        self.note_sink_problem(route, &format!("{message} ({fix})"));
+        if let GateDecision::Log { held_back } = self.gates.sink_unavailable.admit(Instant::now()) {
+            tracing::error!(route, message, fix, held_back, "the sink refuses every call; records stay queued and tailhose keeps retrying");
+        }
     }
 
     pub fn retry_scheduled(&self, route: &str, cause: RetryCause, attempt: u64, delay: Duration) {
         bump(&self.retries, 1);
-        tracing::info!(route, ?cause, attempt, delay_ms = delay.as_millis() as u64, "retrying");
+        if let GateDecision::Log { held_back } = self.gates.retry.admit(Instant::now()) {
+            tracing::info!(route, ?cause, attempt, delay_ms = delay.as_millis() as u64, held_back, "retrying");
+        }
+    }
+
+    fn note_sink_problem(&self, route: &str, message: &str) {
+        let problem = SinkProblem { route: route.to_owned(), message: message.to_owned(), at_ms: crate::queue::now_ms() };
+        *self.last_sink_problem.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(problem);
+    }
+
+    /// The latest sink trouble of this run, if any.
+    pub fn last_sink_problem(&self) -> Option<SinkProblem> {
+        self.last_sink_problem.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     pub fn chunk_set_aside(&self, route: &str, seq: ChunkSeq, error: &ChunkError) {
@@ -220,9 +414,17 @@ impl Events {
         tracing::error!(route, operation, %error, "queue storage failed (check free space and permissions of data_dir)");
     }
 
+    pub fn retained_pruned(&self, route: &str, chunks: u64) {
+        if chunks > 0 {
+            tracing::debug!(route, chunks, "retained chunks past their retention deleted");
+        }
+    }
+
     pub fn backpressure(&self, route: &str, queued_bytes: u64) {
         bump(&self.backpressure_pauses, 1);
-        tracing::warn!(route, queued_bytes, "queue is full (max_queue_bytes); reading paused until the sink catches up");
+        if let GateDecision::Log { held_back } = self.gates.backpressure.admit(Instant::now()) {
+            tracing::warn!(route, queued_bytes, held_back, "queue is full (max_queue_bytes); reading paused until the sink catches up");
+        }
     }
 
     pub fn snapshot(&self) -> EventCounts {
@@ -254,6 +456,41 @@ impl Events {
             ranges_recovered: load(&self.ranges_recovered),
             backpressure_pauses: load(&self.backpressure_pauses),
             queue_errors: load(&self.queue_errors),
+            records_read: load(&self.records_read),
+            calls: load(&self.calls),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{GateDecision, Histogram, LogGate, REPEAT_LOG_PERIOD};
+
+    #[test]
+    fn a_repeated_warning_is_logged_once_per_period_with_the_count_held_back() {
+        let gate = LogGate::default();
+        let start = Instant::now();
+        assert_eq!(gate.admit(start), GateDecision::Log { held_back: 0 });
+        for second in 1..10 {
+            assert_eq!(gate.admit(start + Duration::from_secs(second)), GateDecision::HoldBack);
+        }
+        assert_eq!(gate.admit(start + REPEAT_LOG_PERIOD), GateDecision::Log { held_back: 9 });
+        assert_eq!(gate.admit(start + REPEAT_LOG_PERIOD + Duration::from_millis(1)), GateDecision::HoldBack);
+        assert_eq!(gate.admit(start + 3 * REPEAT_LOG_PERIOD), GateDecision::Log { held_back: 1 });
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_count_values_above_the_last_bound() {
+        static BOUNDS: &[f64] = &[1.0, 10.0];
+        let histogram = Histogram::new(BOUNDS);
+        for value in [0.5, 1.0, 5.0, 50.0] {
+            histogram.observe(value);
+        }
+        let snapshot = histogram.snapshot();
+        assert_eq!(snapshot.buckets, vec![(1.0, 2), (10.0, 3)]);
+        assert_eq!(snapshot.count, 4);
+        assert!((snapshot.sum - 56.5).abs() < 1e-6);
     }
 }

@@ -9,8 +9,10 @@
 //! - [`pipeline`]: wires one reader and one flusher per route, acknowledgements and shutdown.
 //! - [`cli`]: the command line.
 //!
-//! [`events`] counts and logs everything that happens on the way.
+//! [`events`] counts and logs everything that happens on the way; [`admin`] shows it over HTTP
+//! (`/metrics`, `/health`, `/status`).
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod events;

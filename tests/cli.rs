@@ -109,6 +109,7 @@ fn queue_commands_refuse_a_data_dir_in_use_by_a_running_daemon() {
     assert!(!output.status.success(), "a second process must not open the queue");
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains("in use by another process"), "{message}");
+    assert!(message.contains(&format!("PID {}", daemon.pid())), "the refusal names the running daemon: {message}");
     assert!(daemon.terminate(Duration::from_secs(15)).success());
     let output = workspace.run(&["queue", "stats", "--config", "tailhose.toml"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

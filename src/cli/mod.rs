@@ -1,16 +1,24 @@
-//! The command line: `tailhose run`, `tailhose check-config`, `tailhose queue ...`.
+//! The command line: `tailhose run`, `check-config`, `status` and `queue ...`.
 //!
 //! This is the binary's edge: errors become `anyhow` messages with what to do, and exit codes.
+//!
+//! One process per data_dir: sled locks its database, so `tailhose queue ...` opens the queue
+//! only while no daemon runs on it, and otherwise refuses, naming the running PID. A running
+//! daemon is observed with `tailhose status` (its admin endpoint) instead.
 
-use std::path::PathBuf;
+mod queue;
+mod status;
+
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin;
 use crate::config::Config;
 use crate::pipeline::{self, ReadMode};
-use crate::queue::QueueStore;
+use crate::queue::{QueueError, QueueStore};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,25 +55,33 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Inspect the queue of a data_dir (the daemon must not be running on it).
+    /// Health, queue and counters of the running daemon (from its admin endpoint), or of the
+    /// stored queue when no daemon runs.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the JSON of `/status` instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect, verify, replay, export and purge the queue of a data_dir. The daemon must not be
+    /// running on it (use `tailhose status` for a running daemon).
     Queue {
         #[command(subcommand)]
-        command: QueueCommand,
+        command: queue::QueueCommand,
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum QueueCommand {
-    /// Pending chunks and bytes, dead letters, set-aside chunks and file positions per route, as JSON.
-    Stats {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
-    /// Every dead letter as one JSON object per line.
-    DeadLetters {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+/// Which queue a `tailhose queue` command works on.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct QueueTarget {
+    /// The configuration whose data_dir holds the queue.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The data_dir itself (commands that deliver need --config).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -85,12 +101,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             println!("{}: valid", config.display());
             Ok(())
         }
-        Command::Queue { command: QueueCommand::Stats { config } } => queue_stats(&config),
-        Command::Queue { command: QueueCommand::DeadLetters { config } } => dead_letters(&config),
+        Command::Status { config, json } => status::show(&config, json).await,
+        Command::Queue { command } => queue::execute(command).await,
     }
 }
 
-async fn run(config_path: &std::path::Path, once: bool) -> anyhow::Result<()> {
+async fn run(config_path: &Path, once: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let stop = CancellationToken::new();
     let signals = tokio::spawn(stop_on_signal(stop.clone()));
@@ -119,44 +135,21 @@ async fn stop_on_signal(stop: CancellationToken) {
     stop.cancel();
 }
 
-fn open_store(config_path: &std::path::Path) -> anyhow::Result<QueueStore> {
-    let config = Config::load(config_path)?;
-    Ok(QueueStore::open(&config.data_dir, config.queue_cache_bytes.0)?)
-}
-
-fn queue_stats(config_path: &std::path::Path) -> anyhow::Result<()> {
-    let store = open_store(config_path)?;
-    let mut routes = Vec::new();
-    for name in store.route_names() {
-        let (queue, _) = store.open_route(&name, u64::MAX)?;
-        routes.push(queue.stats()?);
-    }
-    println!("{}", serde_json::to_string_pretty(&routes)?);
-    Ok(())
-}
-
-fn dead_letters(config_path: &std::path::Path) -> anyhow::Result<()> {
-    let store = open_store(config_path)?;
-    for name in store.route_names() {
-        let (queue, _) = store.open_route(&name, u64::MAX)?;
-        for entry in queue.dead_letters() {
-            let (id, letter) = entry?;
-            let line = match letter {
-                Ok(letter) => serde_json::json!({
-                    "route": name,
-                    "id": id,
-                    "reason": letter.reason.code(),
-                    "detail": letter.detail,
-                    "path": String::from_utf8_lossy(&letter.path),
-                    "offset": letter.offset,
-                    "length": letter.record_len,
-                    "record": String::from_utf8_lossy(&letter.record),
-                    "recorded_at_ms": letter.recorded_at_ms,
-                }),
-                Err(error) => serde_json::json!({ "route": name, "id": id, "error": error.to_string() }),
+/// Opens the queue of `data_dir` for a command, or explains who holds it.
+fn open_store(data_dir: &Path, cache_bytes: u64) -> anyhow::Result<QueueStore> {
+    match QueueStore::open(data_dir, cache_bytes) {
+        Ok(store) => Ok(store),
+        Err(QueueError::Locked { .. }) => {
+            let holder = match admin::running_pid(data_dir) {
+                Some(pid) => format!("tailhose (PID {pid})"),
+                None => "another process".to_owned(),
             };
-            println!("{line}");
+            anyhow::bail!(
+                "{holder} is running on data_dir {}: the queue is in use by another process and only one may open it. \
+                 `tailhose status` shows a running daemon's queue; stop the daemon first to inspect, replay or purge it",
+                data_dir.display()
+            )
         }
+        Err(error) => Err(error.into()),
     }
-    Ok(())
 }

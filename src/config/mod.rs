@@ -60,10 +60,35 @@ pub struct Config {
     /// (an abandoned batch stays queued and is sent again on the next start).
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// The admin HTTP endpoint: `/metrics`, `/health`, `/status`.
+    #[serde(default)]
+    pub admin: AdminConfig,
     #[serde(default)]
     pub sources: BTreeMap<String, Spanned<SourceConfig>>,
     #[serde(default)]
     pub sinks: BTreeMap<String, Spanned<SinkConfig>>,
+}
+
+/// The `[admin]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Off switch for the endpoint.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Where the endpoint listens. Keep it on loopback or a management network: it is not
+    /// authenticated. Port 0 picks a free port (written to `data_dir/admin-address`).
+    #[serde(default = "default_admin_address")]
+    pub address: std::net::SocketAddr,
+    /// `/health` answers 503 when records are pending and none was acknowledged for this long.
+    #[serde(default = "default_unhealthy_after", with = "humantime_serde")]
+    pub unhealthy_after: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> AdminConfig {
+        AdminConfig { enabled: true, address: default_admin_address(), unhealthy_after: default_unhealthy_after() }
+    }
 }
 
 /// How the lines of a source are checked before they are queued.
@@ -147,6 +172,14 @@ pub struct SinkConfig {
     pub retry_initial_backoff: Duration,
     #[serde(default = "default_retry_max", with = "humantime_serde")]
     pub retry_max_backoff: Duration,
+    /// Keep acknowledged chunks this long after their acknowledgement, for `tailhose queue
+    /// replay` (a downstream that lost data). Off when neither this nor `retain_acked_bytes` is set.
+    #[serde(default, with = "humantime_serde")]
+    pub retain_acked: Option<Duration>,
+    /// Keep at most this many bytes of acknowledged chunks per route (oldest go first). Retained
+    /// chunks live on disk in the queue and do not count towards `max_queue_bytes`.
+    #[serde(default)]
+    pub retain_acked_bytes: Option<ByteSize>,
 
     // type = "firehose"
     pub delivery_stream: Option<String>,
@@ -248,6 +281,20 @@ pub struct SinkSettings {
     pub max_batch_bytes: u64,
     pub retry_initial_backoff: Duration,
     pub retry_max_backoff: Duration,
+    pub retention: Retention,
+}
+
+/// How long acknowledged chunks are kept for replay. Both limits apply when both are set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age: Option<Duration>,
+    pub max_bytes: Option<u64>,
+}
+
+impl Retention {
+    pub fn is_enabled(&self) -> bool {
+        self.max_age.is_some() || self.max_bytes.is_some()
+    }
 }
 
 impl Config {
@@ -366,6 +413,13 @@ impl Config {
                     format!("must be between 1000KiB (one record) and 4MiB (the PutRecordBatch limit), not {}", settings.max_batch_bytes.0),
                 );
             }
+            if settings.retain_acked.is_some_and(|age| age.is_zero()) || settings.retain_acked_bytes.is_some_and(|size| size.0 == 0) {
+                report(
+                    format!("{key}.retain_acked"),
+                    sink.span(),
+                    "retain_acked and retain_acked_bytes must be above 0 (leave both out to keep nothing)".into(),
+                );
+            }
             if settings.retry_initial_backoff.is_zero() || settings.retry_max_backoff < settings.retry_initial_backoff {
                 report(
                     format!("{key}.retry_max_backoff"),
@@ -452,6 +506,7 @@ impl Config {
                     max_batch_bytes: sink.max_batch_bytes.0,
                     retry_initial_backoff: sink.retry_initial_backoff,
                     retry_max_backoff: sink.retry_max_backoff,
+                    retention: Retention { max_age: sink.retain_acked, max_bytes: sink.retain_acked_bytes.map(|size| size.0) },
                 })
             })
             .collect()
@@ -473,6 +528,12 @@ fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..end].iter().filter(|&&byte| byte == b'\n').count() + 1
 }
 
+fn default_admin_address() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 8686))
+}
+fn default_unhealthy_after() -> Duration {
+    Duration::from_secs(300)
+}
 fn default_true() -> bool {
     true
 }

@@ -70,6 +70,8 @@ struct PendingBatch {
     acks: Vec<ChunkAck>,
     chunk_paths: Vec<Vec<u8>>,
     dead_letters: Vec<DeadLetter>,
+    /// Records of `records` the destination refused as invalid (dead-lettered, not delivered).
+    rejected_records: u64,
     opened_at: Instant,
 }
 
@@ -82,6 +84,7 @@ impl PendingBatch {
             acks: Vec::new(),
             chunk_paths: Vec::new(),
             dead_letters: Vec::new(),
+            rejected_records: 0,
             opened_at: Instant::now(),
         }
     }
@@ -186,7 +189,8 @@ impl Flusher {
             for letter in &batch.dead_letters {
                 self.events.dead_lettered(self.queue.name(), letter);
             }
-            self.events.batch_acknowledged(self.queue.name(), batch.records.len() as u64, batch.bytes(), started.elapsed());
+            let delivered = batch.records.len() as u64 - batch.rejected_records;
+            self.events.batch_acknowledged(self.queue.name(), delivered, batch.bytes(), started.elapsed());
             if self.stopping.stop.is_cancelled() {
                 return Ok(());
             }
@@ -248,7 +252,7 @@ impl Flusher {
                     Offer::TooLarge => {
                         let limit = self.limits.max_record_bytes.unwrap_or(self.limits.max_bytes);
                         let detail = format!(
-                            "record {} of chunk {} is {} bytes; the destination takes at most {limit}",
+                            "record {} of chunk {} is {} bytes as sent; the destination takes at most {limit}",
                             chunk.next_record,
                             chunk.seq,
                             data.len()
@@ -259,7 +263,7 @@ impl Flusher {
                             chunk.meta.start_offset,
                             DeadLetterReason::RecordTooLarge,
                             detail,
-                            data,
+                            self.record_as_read(data),
                         ));
                     }
                 }
@@ -311,10 +315,12 @@ impl Flusher {
         while let Some(mut group) = groups.pop_front() {
             loop {
                 attempt += 1;
+                let call_started = Instant::now();
                 let answer = tokio::select! {
                     answer = self.sink.put(&batch.records, &group) => answer,
                     _ = &mut abandon => return Delivery::Abandoned,
                 };
+                self.events.call_answered(group.len() as u64, call_started.elapsed());
                 let (cause, delay) = match answer {
                     Ok(outcomes) => {
                         let mut failed = Vec::new();
@@ -350,7 +356,8 @@ impl Flusher {
                             let chunk = batch.record_chunk[index];
                             let ack = &batch.acks[chunk];
                             let detail = format!("a record of chunk {}: {code}: {message}", ack.seq);
-                            let data = batch.records[index].data.clone();
+                            let data = self.record_as_read(batch.records[index].data.clone());
+                            batch.rejected_records += 1;
                             let letter = record_dead_letter(
                                 ack.file,
                                 &batch.chunk_paths[chunk],
@@ -378,6 +385,15 @@ impl Flusher {
             }
         }
         Delivery::Accepted
+    }
+
+    /// A record as it was read: without the newline added for sending. Dead letters keep this,
+    /// so that a replay sends exactly what a first delivery would.
+    fn record_as_read(&self, mut data: Vec<u8>) -> Vec<u8> {
+        if self.settings.append_newline {
+            data.pop();
+        }
+        data
     }
 
     fn backoff(&self) -> backon::ExponentialBackoff {

@@ -8,6 +8,9 @@
 //! committed), flushers deliver the batch they hold for at most `shutdown_timeout` (or abandon
 //! it: it stays queued), and the queue is flushed before [`run`] returns.
 //!
+//! Around the routes: the admin endpoint (see [`crate::admin`]) and, for sinks that retain
+//! acknowledged chunks, a task that prunes them past their retention.
+//!
 //! Storage failure: an I/O error of the queue, or a queue operation stalled past
 //! `storage_stall_timeout`, ends [`run`] at once with [`PipelineError::StorageFailed`] (exit
 //! status 74). sled does not recover from such errors in-process, so nothing waits for the other
@@ -17,13 +20,15 @@ mod flusher;
 mod reader;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminError, AdminState};
 use crate::config::{Config, SourceSettings};
 use crate::events::{EventCounts, Events};
 use crate::queue::recovery::RecoveryReport;
-use crate::queue::{route_name, QueueError, QueueStore, RouteQueue};
+use crate::queue::{now_ms, route_name, QueueError, QueueStore, RouteQueue};
 use crate::sink::Sink;
 use crate::source::{recover_range, RecoveryOutcome};
 
@@ -47,6 +52,8 @@ pub enum PipelineError {
     Queue(#[from] QueueError),
     #[error("a pipeline task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     /// sled does not recover from an I/O error (a full disk, say) in the same process: its next
     /// write blocks. tailhose stops as after a crash, which the queue is built to survive, so
     /// that its supervisor restarts it once `data_dir` is usable again.
@@ -59,24 +66,54 @@ impl PipelineError {
     pub fn exit_code(&self) -> u8 {
         match self {
             PipelineError::StorageFailed { .. } => 74,
-            PipelineError::Queue(_) | PipelineError::Task(_) => 1,
+            PipelineError::Queue(_) | PipelineError::Task(_) | PipelineError::Admin(_) => 1,
         }
     }
 }
 
+/// How often retained chunks are checked against their retention.
+const RETENTION_CHECK_PERIOD: Duration = Duration::from_secs(10);
+
 /// Runs every route until `stop` fires (or, with [`ReadMode::UntilCaughtUp`], until every file
-/// is read and everything read is delivered). Returns the run's event counts.
+/// is read and everything read is delivered; with [`ReadMode::DeliverQueued`], until what is
+/// queued is delivered). Returns the run's event counts.
 pub async fn run(config: &Config, mode: ReadMode, stop: CancellationToken) -> Result<EventCounts, PipelineError> {
     let store = QueueStore::open(&config.data_dir, config.queue_cache_bytes.0)?;
+    run_with_store(config, store, mode, stop).await
+}
+
+/// [`run`] on a queue the caller has already opened (sled allows one handle per process at a
+/// time, and releases its lock only some time after the last handle is dropped).
+pub async fn run_with_store(
+    config: &Config,
+    store: QueueStore,
+    mode: ReadMode,
+    stop: CancellationToken,
+) -> Result<EventCounts, PipelineError> {
     let events = Arc::new(Events::default());
+    let started_at_ms = now_ms();
+    let is_daemon = mode != ReadMode::DeliverQueued;
+    // Bound before any work, so that a taken port stops start-up with a clear message.
+    let admin_listener = match is_daemon && config.admin.enabled {
+        true => Some(admin::bind(config.admin.address)?),
+        false => None,
+    };
     let sources = config.source_settings();
     let mut tasks = tokio::task::JoinSet::new();
+    // Tasks around the routes; aborted when the routes are done.
+    let mut helpers = Vec::new();
+    let mut route_queues = Vec::new();
     for sink_settings in config.sink_settings() {
         let sink = Arc::new(Sink::connect(&sink_settings).await);
         for input in &sink_settings.inputs {
             let Some(source) = sources.iter().find(|source| &source.name == input).cloned() else { continue };
             let route = route_name(input, &sink_settings.name);
             let (queue, report) = store.open_route(&route, config.max_queue_bytes.0)?;
+            queue.set_retention(sink_settings.retention);
+            if sink_settings.retention.is_enabled() {
+                helpers.push(tokio::spawn(prune_retained_periodically(queue.clone(), events.clone())));
+            }
+            route_queues.push(queue.clone());
             recover(&queue, &source, &events, report).await?;
             let input_closed = CancellationToken::new();
             let stopping =
@@ -85,11 +122,50 @@ pub async fn run(config: &Config, mode: ReadMode, stop: CancellationToken) -> Re
                 Flusher::new(queue.clone(), sink.clone(), sink_settings.clone(), events.clone(), stopping, config.storage_stall_timeout);
             tracing::info!(route, "route started");
             tasks.spawn(flusher.run());
+            if mode == ReadMode::DeliverQueued {
+                input_closed.cancel();
+                continue;
+            }
             let limits =
                 ReaderLimits { read_ahead_bytes: config.max_read_ahead_bytes.0, storage_stall_timeout: config.storage_stall_timeout };
             tasks.spawn(run_reader(source, limits, queue, events.clone(), mode, stop.clone(), input_closed));
         }
     }
+    if is_daemon {
+        let admin_address = match admin_listener {
+            Some(listener) => {
+                let address = listener.local_addr().map_err(|source| AdminError::Bind { address: config.admin.address, source })?;
+                let state = AdminState {
+                    events: events.clone(),
+                    routes: route_queues,
+                    started_at_ms,
+                    unhealthy_after: config.admin.unhealthy_after,
+                };
+                helpers.push(tokio::spawn(admin::serve(listener, Arc::new(state), stop.clone())));
+                tracing::info!(%address, "admin endpoint listening: /metrics, /health, /status");
+                Some(address)
+            }
+            None => None,
+        };
+        admin::write_daemon_files(&config.data_dir, admin_address)?;
+    }
+    let result = join_routes(tasks, &store, &events, &stop).await;
+    for helper in helpers {
+        helper.abort();
+    }
+    if is_daemon && !matches!(result, Err(PipelineError::StorageFailed { .. })) {
+        admin::remove_daemon_files(&config.data_dir);
+    }
+    result
+}
+
+/// Waits for every route task. On a storage failure, returns at once without touching sled again.
+async fn join_routes(
+    mut tasks: tokio::task::JoinSet<Result<(), PipelineError>>,
+    store: &QueueStore,
+    events: &Events,
+    stop: &CancellationToken,
+) -> Result<EventCounts, PipelineError> {
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
         let result = joined.map_err(|error| PipelineError::Task(error.to_string())).and_then(|result| result);
@@ -102,7 +178,7 @@ pub async fn run(config: &Config, mode: ReadMode, stop: CancellationToken) -> Re
                 // built to survive.
                 tracing::error!(%error, "stopping at once");
                 stop.cancel();
-                std::mem::forget(store);
+                std::mem::forget(store.clone());
                 return Err(error);
             }
             Err(error) => {
@@ -118,6 +194,20 @@ pub async fn run(config: &Config, mode: ReadMode, stop: CancellationToken) -> Re
     match failure {
         Some(error) => Err(error),
         None => Ok(counts),
+    }
+}
+
+/// Deletes retained chunks past their route's retention, every [`RETENTION_CHECK_PERIOD`].
+async fn prune_retained_periodically(queue: RouteQueue, events: Arc<Events>) {
+    let mut ticks = tokio::time::interval(RETENTION_CHECK_PERIOD);
+    loop {
+        ticks.tick().await;
+        let pruning = queue.clone();
+        match tokio::task::spawn_blocking(move || pruning.prune_retained(now_ms())).await {
+            Ok(Ok(pruned)) => events.retained_pruned(queue.name(), pruned),
+            Ok(Err(error)) => events.queue_failed(queue.name(), "prune retained chunks", &error),
+            Err(_) => return,
+        }
     }
 }
 

@@ -27,6 +27,9 @@ pub enum ReadMode {
     Follow,
     /// Stop after a pass that found every file at its end (`tailhose run --once`).
     UntilCaughtUp,
+    /// Read nothing: deliver what is queued, then stop (`tailhose queue replay`). No admin
+    /// endpoint: this is a command, not the daemon.
+    DeliverQueued,
 }
 
 /// Runs until `stop` fires (or, with [`ReadMode::UntilCaughtUp`], until caught up), then fires

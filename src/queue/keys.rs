@@ -27,6 +27,9 @@ pub enum KeyKind {
     ChunkProgress = 0x06,
     /// `[0x07] seq:u64` → a chunk that failed verification, set aside, never sent.
     SetAsideChunk = 0x07,
+    /// `[0x08] seq:u64` → marks a pending chunk as a replay (`tailhose queue replay`): its
+    /// acknowledgement moves no file position and it is not retained again.
+    ReplayMarker = 0x08,
 }
 
 /// Meta entry: the next chunk sequence number, `u64` big-endian.

@@ -30,13 +30,22 @@
 //! # Reading and deleting acknowledged
 //! The flusher reads committed chunks in sequence order with [`RouteQueue::read_pending`] and,
 //! once the sink has accepted a batch, calls [`RouteQueue::acknowledge`], which deletes completed
-//! chunks, records partial progress and advances file positions in one batch, then flushes.
+//! chunks (or moves them to the retained area, when the route retains acknowledged chunks),
+//! records partial progress and advances file positions in one batch, then flushes.
+//!
+//! # Replay
+//! [`RouteQueue::append_replay`] queues records again (retained chunks, dead letters) as pending
+//! chunks marked as replays, in the same batch that consumes a replayed dead letter. A replay's
+//! acknowledgement moves no file position: the file's bytes were acknowledged long ago.
 
 pub mod chunk;
 pub mod dead_letter;
+pub mod inspect;
 pub mod keys;
 pub mod positions;
 pub mod recovery;
+pub mod replay;
+pub mod retained;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -44,6 +53,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{watch, Notify};
+
+use crate::config::Retention;
 
 pub use chunk::{ChunkDraft, ChunkError, ChunkMeta, ChunkSeq, DecodedChunk};
 pub use dead_letter::{DeadLetter, DeadLetterReason};
@@ -116,7 +127,7 @@ impl QueueStore {
                 db: self.db.clone(),
                 tree,
                 next_seq: AtomicU64::new(scan.next_seq.0),
-                accounting: Mutex::new(scan.accounting),
+                accounting: Mutex::new(Accounting { retention: Retention::default(), ..scan.accounting }),
                 committed: watch::Sender::new(scan.next_seq),
                 space_freed: Notify::new(),
                 max_queue_bytes,
@@ -133,6 +144,11 @@ impl QueueStore {
 }
 
 const ROUTE_TREE_PREFIX: &str = "route:";
+
+/// Wall-clock milliseconds since the Unix epoch, for timestamps stored in the queue.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
+}
 
 /// The route name of a source feeding a sink.
 pub fn route_name(source: &str, sink: &str) -> String {
@@ -163,8 +179,39 @@ struct RouteInner {
 #[derive(Debug, Default)]
 pub(crate) struct Accounting {
     pending_bytes: u64,
-    pending_chunks: u64,
+    /// Records of pending chunks not yet acknowledged.
+    pending_records: u64,
+    pending: BTreeMap<ChunkSeq, PendingChunk>,
     files: HashMap<FileIdentity, FileTrack>,
+    retained: RetainedTally,
+    /// Set by the pipeline from the sink's settings; the default keeps nothing.
+    retention: Retention,
+    /// When the sink last acknowledged records of this route (Unix ms), in this process.
+    last_ack_ms: Option<u64>,
+}
+
+/// What the accounting keeps of one pending chunk.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PendingChunk {
+    records_left: u32,
+    created_at_ms: u64,
+    origin: ChunkOrigin,
+}
+
+/// Where a pending chunk's records came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkOrigin {
+    /// Read from a source file; its acknowledgement advances that file's position.
+    Read,
+    /// Queued again by `tailhose queue replay`; its acknowledgement moves no position.
+    Replay,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RetainedTally {
+    chunks: u64,
+    bytes: u64,
 }
 
 /// What the queue knows of one source file.
@@ -223,23 +270,45 @@ impl ChunkAck {
     }
 }
 
-/// Counts shown by `tailhose queue stats`.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+/// Counts shown by `tailhose queue stats`, `tailhose status` and `/status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueStats {
     pub route: String,
     pub pending_chunks: u64,
+    pub pending_records: u64,
     pub pending_bytes: u64,
+    /// Age of the oldest pending chunk (since it was read), when one is pending.
+    pub oldest_pending_age_ms: Option<u64>,
     pub dead_letters: u64,
+    pub retained_chunks: u64,
+    pub retained_bytes: u64,
     pub set_aside_chunks: u64,
     pub files: Vec<FileStats>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileStats {
     pub path: String,
     pub identity: String,
+    /// Everything before this offset is in the queue (or dead-lettered).
     pub queued_offset: u64,
+    /// Everything before this offset is acknowledged by the sink.
     pub acked_offset: u64,
+    /// Bytes of the file past its acknowledged offset: what is still to be delivered. `None`
+    /// when the file is no longer at its path (rotated away or deleted).
+    pub bytes_behind: Option<u64>,
+}
+
+/// The one-line summary of a route that `/health` and metrics need, without touching disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingSummary {
+    pub chunks: u64,
+    pub records: u64,
+    pub bytes: u64,
+    pub oldest_created_at_ms: Option<u64>,
+    pub last_ack_ms: Option<u64>,
+    pub retained_chunks: u64,
+    pub retained_bytes: u64,
 }
 
 impl RouteQueue {
@@ -289,8 +358,27 @@ impl RouteQueue {
             track.queued_offset = track.queued_offset.max(meta.end_offset);
         }
         track.outstanding.insert(meta.start_offset, meta.end_offset);
-        accounting.pending_bytes += stored_len;
-        accounting.pending_chunks += 1;
+        accounting.add_pending(seq, meta, stored_len, ChunkOrigin::Read);
+        Ok(seq)
+    }
+
+    /// Queues records again as a pending chunk marked as a replay, removing the dead letter it
+    /// replays (if any) in the same atomic batch, so a crash neither loses nor doubles it. Not
+    /// visible to the flusher until [`RouteQueue::commit`].
+    pub fn append_replay(&self, draft: &ChunkDraft, replayed_dead_letter: Option<u64>) -> Result<ChunkSeq, QueueError> {
+        let seq = ChunkSeq(self.inner.next_seq.fetch_add(1, Ordering::SeqCst));
+        let encoded = chunk::encode_chunk(seq, draft);
+        let stored_len = encoded.len() as u64;
+        let mut batch = sled::Batch::default();
+        batch.insert(&keys::seq_key(KeyKind::PendingChunk, seq), encoded);
+        batch.insert(&keys::seq_key(KeyKind::ReplayMarker, seq), &[][..]);
+        batch.insert(keys::meta_key(keys::NEXT_SEQ), &(seq.0 + 1).to_be_bytes()[..]);
+        if let Some(id) = replayed_dead_letter {
+            batch.remove(&keys::id_key(KeyKind::DeadLetter, id));
+        }
+        let mut accounting = self.accounting();
+        self.inner.tree.apply_batch(batch)?;
+        accounting.add_pending(seq, &draft.meta, stored_len, ChunkOrigin::Replay);
         Ok(seq)
     }
 
@@ -341,10 +429,10 @@ impl RouteQueue {
         let mut batch = sled::Batch::default();
         batch.remove(&pending_key);
         batch.remove(&keys::seq_key(KeyKind::ChunkProgress, seq));
+        batch.remove(&keys::seq_key(KeyKind::ReplayMarker, seq));
         batch.insert(&keys::seq_key(KeyKind::SetAsideChunk, seq), recovery::encode_set_aside(error, &bytes));
         self.inner.tree.apply_batch(batch)?;
-        accounting.pending_bytes = accounting.pending_bytes.saturating_sub(bytes.len() as u64);
-        accounting.pending_chunks = accounting.pending_chunks.saturating_sub(1);
+        accounting.remove_pending(seq, bytes.len() as u64);
         drop(accounting);
         self.inner.db.flush()?;
         self.inner.space_freed.notify_waiters();
@@ -362,16 +450,33 @@ impl RouteQueue {
             let id = self.inner.db.generate_id()?;
             batch.insert(&keys::id_key(KeyKind::DeadLetter, id), dead_letter.encode());
         }
+        let now_ms = now_ms();
         let mut accounting = self.accounting();
         // What each touched file will look like once the batch is written.
         let mut planned: HashMap<FileIdentity, FileTrack> = HashMap::new();
+        let mut newly_retained = RetainedTally::default();
         for ack in acks {
             if !ack.is_complete() {
                 batch.insert(&keys::seq_key(KeyKind::ChunkProgress, ack.seq), &positions::encode_progress(ack.acked_records)[..]);
                 continue;
             }
-            batch.remove(&keys::seq_key(KeyKind::PendingChunk, ack.seq));
+            let pending_key = keys::seq_key(KeyKind::PendingChunk, ack.seq);
+            batch.remove(&pending_key);
             batch.remove(&keys::seq_key(KeyKind::ChunkProgress, ack.seq));
+            let origin = accounting.pending.get(&ack.seq).map_or(ChunkOrigin::Read, |pending| pending.origin);
+            if origin == ChunkOrigin::Replay {
+                // A replay is neither retained again nor part of any file's position.
+                batch.remove(&keys::seq_key(KeyKind::ReplayMarker, ack.seq));
+                continue;
+            }
+            if accounting.retention.is_enabled() {
+                if let Some(bytes) = self.inner.tree.get(pending_key)? {
+                    let value = retained::encode(now_ms, &bytes);
+                    newly_retained.chunks += 1;
+                    newly_retained.bytes += value.len() as u64;
+                    batch.insert(&keys::seq_key(KeyKind::RetainedChunk, ack.seq), value);
+                }
+            }
             if let Some(track) = accounting.files.get(&ack.file) {
                 planned.entry(ack.file).or_insert_with(|| track.clone()).outstanding.remove(&ack.start_offset);
             }
@@ -396,13 +501,61 @@ impl RouteQueue {
         for file in finished_files {
             accounting.files.remove(&file);
         }
-        for ack in acks.iter().filter(|ack| ack.is_complete()) {
-            accounting.pending_bytes = accounting.pending_bytes.saturating_sub(ack.stored_len);
-            accounting.pending_chunks = accounting.pending_chunks.saturating_sub(1);
+        for ack in acks {
+            if ack.is_complete() {
+                accounting.remove_pending(ack.seq, ack.stored_len);
+            } else {
+                accounting.set_records_left(ack.seq, ack.record_count.saturating_sub(ack.acked_records));
+            }
         }
+        accounting.retained.chunks += newly_retained.chunks;
+        accounting.retained.bytes += newly_retained.bytes;
+        accounting.last_ack_ms = Some(now_ms);
+        let over_byte_cap = accounting.retention.max_bytes.is_some_and(|cap| accounting.retained.bytes > cap);
         drop(accounting);
         self.inner.space_freed.notify_waiters();
+        if over_byte_cap {
+            self.prune_retained(now_ms)?;
+        }
         Ok(())
+    }
+
+    /// Sets how long this route keeps acknowledged chunks (see [`Retention`]).
+    pub fn set_retention(&self, retention: Retention) {
+        self.accounting().retention = retention;
+    }
+
+    /// Deletes retained chunks past the route's retention (age or byte cap), oldest first.
+    /// Does nothing when retention is off: chunks retained under an earlier configuration stay
+    /// until `tailhose queue purge --retained` removes them, as nothing is deleted unasked.
+    /// Returns how many chunks were deleted.
+    pub fn prune_retained(&self, now_ms: u64) -> Result<u64, QueueError> {
+        let mut accounting = self.accounting();
+        let retention = accounting.retention;
+        if !retention.is_enabled() {
+            return Ok(0);
+        }
+        let mut tally = accounting.retained;
+        let mut batch = sled::Batch::default();
+        let mut pruned = 0;
+        for entry in self.inner.tree.range(keys::kind_range(KeyKind::RetainedChunk)) {
+            let (key, value) = entry?;
+            let acked_at_ms = retained::decode(&value).map_or(0, |chunk| chunk.acked_at_ms);
+            let expired = retention.max_age.is_some_and(|age| acked_at_ms.saturating_add(age.as_millis() as u64) <= now_ms);
+            let over_cap = retention.max_bytes.is_some_and(|cap| tally.bytes > cap);
+            if !expired && !over_cap {
+                break;
+            }
+            batch.remove(key);
+            tally.chunks = tally.chunks.saturating_sub(1);
+            tally.bytes = tally.bytes.saturating_sub(value.len() as u64);
+            pruned += 1;
+        }
+        if pruned > 0 {
+            self.inner.tree.apply_batch(batch)?;
+            accounting.retained = tally;
+        }
+        Ok(pruned)
     }
 
     /// Flushes everything written so far to disk (fsync).
@@ -502,6 +655,20 @@ impl RouteQueue {
         })
     }
 
+    /// Counts kept in memory: cheap enough for every metrics scrape and health check.
+    pub fn pending_summary(&self) -> PendingSummary {
+        let accounting = self.accounting();
+        PendingSummary {
+            chunks: accounting.pending.len() as u64,
+            records: accounting.pending_records,
+            bytes: accounting.pending_bytes,
+            oldest_created_at_ms: accounting.pending.values().next().map(|pending| pending.created_at_ms),
+            last_ack_ms: accounting.last_ack_ms,
+            retained_chunks: accounting.retained.chunks,
+            retained_bytes: accounting.retained.bytes,
+        }
+    }
+
     pub fn stats(&self) -> Result<QueueStats, QueueError> {
         let tree = &self.inner.tree;
         let dead_letters = tree.range(keys::kind_range(KeyKind::DeadLetter)).count() as u64;
@@ -519,14 +686,19 @@ impl RouteQueue {
                 identity: identity.to_string(),
                 queued_offset: state.queued_offset,
                 acked_offset,
+                bytes_behind: bytes_behind(&identity, &state.path, acked_offset),
             });
         }
-        let accounting = self.accounting();
+        let summary = self.pending_summary();
         Ok(QueueStats {
             route: self.inner.name.clone(),
-            pending_chunks: accounting.pending_chunks,
-            pending_bytes: accounting.pending_bytes,
+            pending_chunks: summary.chunks,
+            pending_records: summary.records,
+            pending_bytes: summary.bytes,
+            oldest_pending_age_ms: summary.oldest_created_at_ms.map(|created| now_ms().saturating_sub(created)),
             dead_letters,
+            retained_chunks: summary.retained_chunks,
+            retained_bytes: summary.retained_bytes,
             set_aside_chunks,
             files,
         })
@@ -563,6 +735,37 @@ impl RouteQueue {
         self.inner.tree.insert(key, bytes).expect("write");
         self.inner.tree.flush().expect("flush");
     }
+}
+
+impl Accounting {
+    fn add_pending(&mut self, seq: ChunkSeq, meta: &ChunkMeta, stored_len: u64, origin: ChunkOrigin) {
+        self.pending.insert(seq, PendingChunk { records_left: meta.record_count, created_at_ms: meta.created_at_ms, origin });
+        self.pending_records += u64::from(meta.record_count);
+        self.pending_bytes += stored_len;
+    }
+
+    fn remove_pending(&mut self, seq: ChunkSeq, stored_len: u64) {
+        if let Some(pending) = self.pending.remove(&seq) {
+            self.pending_records = self.pending_records.saturating_sub(u64::from(pending.records_left));
+            self.pending_bytes = self.pending_bytes.saturating_sub(stored_len);
+        }
+    }
+
+    fn set_records_left(&mut self, seq: ChunkSeq, records_left: u32) {
+        if let Some(pending) = self.pending.get_mut(&seq) {
+            self.pending_records = self.pending_records.saturating_sub(u64::from(pending.records_left)) + u64::from(records_left);
+            pending.records_left = records_left;
+        }
+    }
+}
+
+/// Bytes of the file at `path` past `acked_offset`, if `path` still holds the file `identity`.
+fn bytes_behind(identity: &FileIdentity, path: &[u8], acked_offset: u64) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(std::ffi::OsStr::from_bytes(path)).ok()?;
+    let same_file = metadata.dev() == identity.device && metadata.ino() == identity.inode;
+    same_file.then(|| metadata.len().saturating_sub(acked_offset))
 }
 
 fn remove_file_positions(batch: &mut sled::Batch, file: &FileIdentity) {

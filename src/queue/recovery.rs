@@ -3,7 +3,8 @@
 //! What it does:
 //! - verifies every pending chunk (magic, version, lengths, checksum); a chunk that fails is
 //!   moved to the set-aside area with the reason, and listed in the [`RecoveryReport`];
-//! - rebuilds the in-memory accounting (queue bytes, outstanding ranges per file);
+//! - rebuilds the in-memory accounting (queue bytes and records, outstanding ranges per file,
+//!   retained chunks);
 //! - finds, for each file, the byte ranges between its acknowledged and its read position that
 //!   no valid pending chunk covers: the ranges whose chunks were set aside, now or earlier.
 //!
@@ -16,7 +17,7 @@
 use super::chunk::{self, ChunkError, ChunkSeq};
 use super::keys::{self, KeyKind};
 use super::positions::{self, FileIdentity, FileReadState};
-use super::{Accounting, QueueError};
+use super::{Accounting, ChunkOrigin, QueueError};
 
 /// What start-up found.
 #[derive(Debug, Default, Clone)]
@@ -58,14 +59,21 @@ pub(crate) fn scan_route(tree: &sled::Tree) -> Result<ScanResult, QueueError> {
         let Some(seq) = keys::seq_of(&key) else { continue };
         match chunk::decode_chunk(seq, &bytes) {
             Ok(decoded) => {
-                let track = accounting.files.entry(decoded.meta.file).or_default();
-                track.outstanding.insert(decoded.meta.start_offset, decoded.meta.end_offset);
-                accounting.pending_bytes += bytes.len() as u64;
-                accounting.pending_chunks += 1;
+                let is_replay = tree.contains_key(keys::seq_key(KeyKind::ReplayMarker, seq))?;
+                let origin = if is_replay { ChunkOrigin::Replay } else { ChunkOrigin::Read };
+                if origin == ChunkOrigin::Read {
+                    let track = accounting.files.entry(decoded.meta.file).or_default();
+                    track.outstanding.insert(decoded.meta.start_offset, decoded.meta.end_offset);
+                }
+                accounting.add_pending(seq, &decoded.meta, bytes.len() as u64, origin);
+                let acked_records =
+                    tree.get(keys::seq_key(KeyKind::ChunkProgress, seq))?.and_then(|value| positions::decode_progress(&value)).unwrap_or(0);
+                accounting.set_records_left(seq, decoded.meta.record_count.saturating_sub(acked_records));
             }
             Err(error) => {
                 set_aside.remove(&key);
                 set_aside.remove(&keys::seq_key(KeyKind::ChunkProgress, seq));
+                set_aside.remove(&keys::seq_key(KeyKind::ReplayMarker, seq));
                 set_aside.insert(&keys::seq_key(KeyKind::SetAsideChunk, seq), encode_set_aside(&error, &bytes));
                 report.set_aside.push(SetAsideChunk { seq, error });
             }
@@ -73,6 +81,11 @@ pub(crate) fn scan_route(tree: &sled::Tree) -> Result<ScanResult, QueueError> {
     }
     tree.apply_batch(set_aside)?;
     tree.flush()?;
+    for entry in tree.range(keys::kind_range(KeyKind::RetainedChunk)) {
+        let (_, value) = entry?;
+        accounting.retained.chunks += 1;
+        accounting.retained.bytes += value.len() as u64;
+    }
 
     for entry in tree.range(keys::kind_range(KeyKind::FileRead)) {
         let (key, value) = entry?;
@@ -116,7 +129,7 @@ pub fn uncovered_ranges(from: u64, to: u64, covered: &std::collections::BTreeMap
 fn next_free_seq(tree: &sled::Tree) -> Result<ChunkSeq, QueueError> {
     let stored = tree.get(keys::meta_key(keys::NEXT_SEQ))?;
     let mut next = stored.and_then(|value| value.as_ref().try_into().ok().map(u64::from_be_bytes)).unwrap_or(0);
-    for kind in [KeyKind::PendingChunk, KeyKind::RetainedChunk, KeyKind::SetAsideChunk, KeyKind::ChunkProgress] {
+    for kind in [KeyKind::PendingChunk, KeyKind::RetainedChunk, KeyKind::SetAsideChunk, KeyKind::ChunkProgress, KeyKind::ReplayMarker] {
         if let Some((key, _)) = tree.range(keys::kind_range(kind)).next_back().transpose()? {
             if let Some(seq) = keys::seq_of(&key) {
                 next = next.max(seq.0 + 1);

@@ -163,3 +163,161 @@ async fn sequence_numbers_are_not_reused_after_the_queue_empties() {
     let second = queue.append(&draft(file(1), chunk.meta.end_offset, &["{}"]), &[], ReadProgress::Advance).expect("append");
     assert!(second > first, "{second} after {first}");
 }
+
+fn retention(max_age: Option<std::time::Duration>, max_bytes: Option<u64>) -> Retention {
+    Retention { max_age, max_bytes }
+}
+
+#[tokio::test]
+async fn with_retention_an_acknowledged_chunk_is_kept_verifiable_and_counted_until_its_age_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chunk = draft(file(1), 0, &["{\"a\":1}", "{\"a\":2}"]);
+    let (queue, _) = open(dir.path());
+    queue.set_retention(retention(Some(std::time::Duration::from_secs(60)), None));
+    let seq = queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
+    queue.commit().expect("commit");
+    let ack = ack_all(&queue, seq, &chunk, 2);
+    queue.acknowledge(&[ack], &[]).await.expect("ack");
+
+    let stats = queue.stats().expect("stats");
+    assert_eq!((stats.pending_chunks, stats.pending_records, stats.retained_chunks), (0, 0, 1));
+    assert_eq!(stats.files[0].acked_offset, chunk.meta.end_offset, "retention does not hold positions back");
+    let retained = queue.stored_chunk(inspect::ChunkState::Retained, seq).expect("read").expect("retained");
+    let decoded = retained.decode().expect("a retained chunk still verifies under its sequence number");
+    assert_eq!(decoded.records().count(), 2);
+
+    assert_eq!(queue.prune_retained(now_ms()).expect("prune"), 0, "younger than its retention");
+    assert_eq!(queue.prune_retained(now_ms() + 61_000).expect("prune"), 1);
+    assert_eq!(queue.stats().expect("stats").retained_chunks, 0);
+}
+
+#[tokio::test]
+async fn the_retention_byte_cap_deletes_the_oldest_retained_chunks_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (queue, _) = open(dir.path());
+    let mut offset = 0;
+    let mut seqs = Vec::new();
+    let mut one_chunk_bytes = 0;
+    for round in 0..5 {
+        let chunk = draft(file(1), offset, &["{\"padding\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}"]);
+        offset = chunk.meta.end_offset;
+        let seq = queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
+        queue.commit().expect("commit");
+        let ack = ack_all(&queue, seq, &chunk, 1);
+        if round == 0 {
+            one_chunk_bytes = ack.stored_len + retained::RETAINED_PREFIX_LEN as u64;
+            queue.set_retention(retention(None, Some(2 * one_chunk_bytes)));
+        }
+        queue.acknowledge(&[ack], &[]).await.expect("ack");
+        seqs.push(seq);
+    }
+    let kept: Vec<ChunkSeq> = queue.stored_chunks(inspect::ChunkState::Retained).map(|stored| stored.expect("read").seq).collect();
+    assert_eq!(kept, seqs[3..].to_vec(), "the two newest fit the cap");
+    assert_eq!(queue.stats().expect("stats").retained_bytes, 2 * one_chunk_bytes);
+}
+
+#[tokio::test]
+async fn a_replayed_retained_chunk_is_delivered_again_without_moving_any_position_and_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chunk = draft(file(1), 0, &["{\"a\":1}", "{\"a\":2}"]);
+    let replay_seq = {
+        let (queue, _) = open(dir.path());
+        queue.set_retention(retention(Some(std::time::Duration::from_secs(3600)), None));
+        let seq = queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
+        queue.commit().expect("commit");
+        queue.acknowledge(&[ack_all(&queue, seq, &chunk, 2)], &[]).await.expect("ack");
+        let dry = queue.replay_retained(&replay::RetainedSelection::default(), replay::ReplayMode::DryRun).expect("dry run");
+        assert_eq!((dry.chunks, dry.records), (1, 2));
+        assert_eq!(queue.stats().expect("stats").pending_chunks, 0, "a dry run changes nothing");
+        queue.replay_retained(&replay::RetainedSelection::default(), replay::ReplayMode::Enqueue).expect("replay");
+        queue.commit().expect("commit");
+        let pending = queue.read_pending(ChunkSeq(0), ChunkSeq(u64::MAX)).expect("read").expect("replayed chunk");
+        pending.seq
+    };
+    let (queue, report) = open(dir.path());
+    assert!(report.missing.is_empty(), "a replay is no hole in any file's range: {:?}", report.missing);
+    let stats = queue.stats().expect("stats");
+    assert_eq!((stats.pending_chunks, stats.pending_records, stats.retained_chunks), (1, 2, 1));
+    let acked_before = stats.files[0].acked_offset;
+    let listing = queue.describe(&queue.find_chunk(replay_seq).expect("read").expect("present")).expect("describe");
+    assert_eq!(listing.origin, Some(ChunkOrigin::Replay));
+    queue.set_retention(retention(Some(std::time::Duration::from_secs(3600)), None));
+    queue.acknowledge(&[ack_all(&queue, replay_seq, &chunk, 2)], &[]).await.expect("ack replay");
+    let stats = queue.stats().expect("stats");
+    assert_eq!((stats.pending_chunks, stats.retained_chunks), (0, 1), "a replay is not retained twice");
+    assert_eq!(stats.files[0].acked_offset, acked_before);
+    assert!(queue.verify().expect("verify").faults.is_empty());
+}
+
+#[test]
+fn replaying_a_dead_letter_queues_its_record_and_removes_it_in_one_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (queue, _) = open(dir.path());
+    let letter = |reason, record: &[u8], record_len| DeadLetter {
+        reason,
+        detail: "test".into(),
+        file: file(1),
+        path: b"/logs/a.log".to_vec(),
+        offset: 0,
+        record_len,
+        record: record.to_vec(),
+        recorded_at_ms: 1,
+    };
+    let letters = [
+        letter(DeadLetterReason::RejectedBySink, b"{\"ok\":1}", 8),
+        letter(DeadLetterReason::InvalidJson, b"nope", 4),
+        letter(DeadLetterReason::RejectedBySink, b"{\"cut", 5_000_000),
+    ];
+    queue.append(&draft(file(1), 0, &[]), &letters, ReadProgress::Advance).expect("append");
+    let selection = inspect::DeadLetterSelection { reasons: vec!["rejected_by_sink".into()], ids: None };
+    let summary = queue.replay_dead_letters(&selection, replay::ReplayMode::Enqueue).expect("replay");
+    assert_eq!((summary.records, summary.skipped.len()), (1, 1), "a record not kept whole is never replayed: {summary:?}");
+    let remaining: Vec<DeadLetterReason> = queue.dead_letters().map(|entry| entry.expect("read").1.expect("decodes").reason).collect();
+    assert_eq!(remaining, vec![DeadLetterReason::InvalidJson, DeadLetterReason::RejectedBySink]);
+    let stats = queue.stats().expect("stats");
+    assert_eq!((stats.pending_records, stats.dead_letters), (1, 2));
+}
+
+#[test]
+fn verify_reports_a_flipped_byte_and_a_clean_queue_has_no_faults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (queue, _) = open(dir.path());
+    let first = draft(file(1), 0, &["{\"a\":1}"]);
+    let second = draft(file(1), first.meta.end_offset, &["{\"a\":2}"]);
+    queue.append(&first, &[], ReadProgress::Advance).expect("append");
+    let damaged = queue.append(&second, &[], ReadProgress::Advance).expect("append");
+    queue.commit().expect("commit");
+    let clean = queue.verify().expect("verify");
+    assert!(clean.faults.is_empty(), "{:?}", clean.faults);
+    assert_eq!((clean.chunks_checked, clean.records_checked, clean.files_checked), (2, 2, 1));
+    queue.flip_a_byte_of_pending_chunk(damaged);
+    let report = queue.verify().expect("verify");
+    let codes: Vec<&str> = report.faults.iter().map(|fault| fault.code.as_str()).collect();
+    assert!(codes.contains(&"checksum_mismatch"), "{:?}", report.faults);
+    assert!(codes.contains(&"uncovered_range"), "its bytes are covered by no readable chunk: {:?}", report.faults);
+}
+
+#[tokio::test]
+async fn purging_retained_chunks_removes_only_the_selected_range_and_never_a_pending_chunk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (queue, _) = open(dir.path());
+    queue.set_retention(retention(Some(std::time::Duration::from_secs(3600)), None));
+    let mut offset = 0;
+    let mut seqs = Vec::new();
+    for _ in 0..4 {
+        let chunk = draft(file(1), offset, &["{}"]);
+        offset = chunk.meta.end_offset;
+        let seq = queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
+        queue.commit().expect("commit");
+        queue.acknowledge(&[ack_all(&queue, seq, &chunk, 1)], &[]).await.expect("ack");
+        seqs.push(seq.0);
+    }
+    let pending = queue.append(&draft(file(1), offset, &["{}"]), &[], ReadProgress::Advance).expect("append");
+    let purged = queue.purge_chunks(inspect::ChunkState::Retained, &(seqs[1]..=seqs[2])).expect("purge");
+    assert_eq!(purged, 2);
+    let kept: Vec<u64> = queue.stored_chunks(inspect::ChunkState::Retained).map(|stored| stored.expect("read").seq.0).collect();
+    assert_eq!(kept, vec![seqs[0], seqs[3]]);
+    assert_eq!(queue.purge_chunks(inspect::ChunkState::Pending, &(0..=u64::MAX)).expect("purge"), 0, "pending is never purged");
+    assert!(queue.find_chunk(pending).expect("read").is_some());
+    assert_eq!(queue.stats().expect("stats").retained_chunks, 2);
+}

@@ -185,10 +185,7 @@ fn json_problem(line: &[u8]) -> Option<String> {
     serde_json::from_str::<serde::de::IgnoredAny>(text).err().map(|error| error.to_string())
 }
 
-/// Wall-clock milliseconds since the Unix epoch, for timestamps stored in the queue.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
-}
+pub use crate::queue::now_ms;
 
 #[cfg(test)]
 mod tests {

@@ -44,6 +44,9 @@ pub struct Faults {
     /// Each call and record fails at random with this seed: 10% of calls throttled, 5% answered
     /// 500, 5% reset, 10% of records failed.
     pub random_seed: Option<u64>,
+    /// A call holding a record that contains these bytes is refused whole with
+    /// `InvalidArgumentException`, as Firehose refuses a record it will never take.
+    pub reject_records_containing: Option<&'static str>,
 }
 
 /// What the fake saw.
@@ -221,6 +224,13 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
     if records.is_empty() || records.len() > 500 || bytes > 4 * 1024 * 1024 || largest > 1000 * 1024 {
         seen.limit_violations += 1;
         return Answer::Reply(error(StatusCode::BAD_REQUEST, "InvalidArgumentException", "PutRecordBatch limits exceeded"));
+    }
+    if let Some(marker) = faults.reject_records_containing {
+        if let Some(index) = records.iter().position(|record| record.windows(marker.len()).any(|window| window == marker.as_bytes())) {
+            seen.refused_calls += 1;
+            let message = format!("Records[{index}] is not valid for this stream");
+            return Answer::Reply(error(StatusCode::BAD_REQUEST, "InvalidArgumentException", &message));
+        }
     }
     let every = |n: Option<u64>| n.is_some_and(|n| calls % n == 0);
     let refusal = match faults.refuse_all {

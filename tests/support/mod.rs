@@ -188,6 +188,9 @@ pub fn write_seed_records(path: &Path, range: std::ops::Range<u64>, burst: u64, 
     }
 }
 
+/// How long the test daemons' `/health` waits before calling a stalled route unhealthy.
+pub const UNHEALTHY_AFTER: &str = "2s";
+
 /// A folder with a tailhose configuration, its data_dir and its log folder.
 pub struct Workspace {
     pub dir: tempfile::TempDir,
@@ -222,6 +225,10 @@ impl Workspace {
         let text = format!(
             r#"data_dir = "state"
 shutdown_timeout = "5s"
+
+[admin]
+address = "127.0.0.1:0"
+unhealthy_after = "{UNHEALTHY_AFTER}"
 
 [sources.conect]
 paths = ["source/*.log"]
@@ -331,5 +338,40 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, failing the test with `what` after `timeout`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: `(status, body)`, or `None` when nothing answers.
+pub fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+impl Workspace {
+    /// The admin endpoint's address, once the daemon has written it to its data_dir.
+    pub fn admin_address(&self) -> String {
+        let path = self.path().join("state/admin-address");
+        wait_until(Duration::from_secs(20), "the admin endpoint's address", || {
+            std::fs::read_to_string(&path).ok().map(|text| text.trim().to_owned()).filter(|text| !text.is_empty())
+        })
     }
 }

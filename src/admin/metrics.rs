@@ -1,0 +1,154 @@
+//! `/metrics` in the Prometheus text exposition format (version 0.0.4).
+//!
+//! Counters are totals since the daemon started; gauges are read from the queue at scrape time.
+//! For a daemon started on an empty queue, at any quiet moment:
+//! `tailhose_records_read_total = tailhose_records_acked_total + sum(tailhose_queue_records)
+//! + sum(tailhose_dead_letters_total)`: every record read is delivered, pending or dead-lettered.
+
+use std::fmt::Write;
+
+use super::AdminState;
+use crate::events::HistogramSnapshot;
+use crate::queue::{QueueError, QueueStats};
+
+/// Renders every metric. Reads the queue: call from a blocking thread.
+pub fn render(state: &AdminState) -> Result<String, QueueError> {
+    let counts = state.events.snapshot();
+    let mut out = Exposition::default();
+    let counters: [(&str, &str, u64); 22] = [
+        ("tailhose_records_read_total", "Records taken from files: queued, or dead-lettered as read.", counts.records_read),
+        ("tailhose_records_queued_total", "Records appended to the queue.", counts.records_queued),
+        ("tailhose_records_acked_total", "Records the sink acknowledged.", counts.records_acked),
+        ("tailhose_bytes_read_total", "Bytes read from files.", counts.bytes_read),
+        ("tailhose_bytes_acked_total", "Bytes of records the sink acknowledged (as sent).", counts.bytes_acked),
+        ("tailhose_batches_acked_total", "Batches delivered and acknowledged.", counts.batches_acked),
+        ("tailhose_batches_abandoned_total", "Batches left queued at a shutdown deadline.", counts.batches_abandoned),
+        ("tailhose_calls_total", "Calls the sink answered.", counts.calls),
+        ("tailhose_failed_entries_total", "Records a sink refused inside an answered call (resent).", counts.failed_entries),
+        ("tailhose_throttled_calls_total", "Calls the sink throttled as a whole.", counts.throttled_calls),
+        ("tailhose_failed_calls_total", "Calls that failed (network, timeouts, 5xx, refusals).", counts.failed_calls),
+        ("tailhose_retries_total", "Retries scheduled.", counts.retries),
+        ("tailhose_files_added_total", "Files followed.", counts.files_added),
+        ("tailhose_files_closed_total", "Files closed after being read to their end.", counts.files_closed),
+        ("tailhose_files_truncated_total", "Files found truncated and read again from their start.", counts.files_truncated),
+        ("tailhose_read_errors_total", "Errors opening or reading files.", counts.read_errors),
+        ("tailhose_blank_lines_total", "Blank lines skipped.", counts.blank_lines),
+        ("tailhose_chunks_set_aside_total", "Queue chunks that failed verification.", counts.chunks_set_aside),
+        ("tailhose_ranges_recovered_total", "Ranges of set-aside chunks re-read from their source.", counts.ranges_recovered),
+        ("tailhose_backpressure_pauses_total", "Times reading paused for a full queue.", counts.backpressure_pauses),
+        ("tailhose_queue_errors_total", "Queue storage errors.", counts.queue_errors),
+        ("tailhose_chunks_queued_total", "Chunks appended to the queue.", counts.chunks_queued),
+    ];
+    for (name, help, value) in counters {
+        out.header(name, help, "counter");
+        out.sample(name, &[], value as f64);
+    }
+    out.header("tailhose_dead_letters_total", "Records moved to the dead-letter area, by reason.", "counter");
+    for (reason, value) in [
+        ("invalid_json", counts.dead_invalid_json),
+        ("line_too_long", counts.dead_line_too_long),
+        ("record_too_large", counts.dead_record_too_large),
+        ("rejected_by_sink", counts.dead_rejected_by_sink),
+        ("unrecoverable", counts.dead_unrecoverable),
+    ] {
+        out.sample("tailhose_dead_letters_total", &[("reason", reason)], value as f64);
+    }
+    out.histogram("tailhose_call_duration_seconds", "Seconds from sending a call to its answer.", &state.events.call_latency.snapshot());
+    out.histogram("tailhose_call_records", "Records per call.", &state.events.call_records.snapshot());
+
+    let now_ms = crate::queue::now_ms();
+    let stats = state.routes.iter().map(|queue| queue.stats()).collect::<Result<Vec<_>, _>>()?;
+    let gauges: [(&str, &str, RouteGauge); 7] = [
+        ("tailhose_queue_records", "Records pending delivery.", |stats: &QueueStats| stats.pending_records as f64),
+        ("tailhose_queue_bytes", "Bytes of chunks pending delivery.", |stats: &QueueStats| stats.pending_bytes as f64),
+        ("tailhose_queue_chunks", "Chunks pending delivery.", |stats: &QueueStats| stats.pending_chunks as f64),
+        ("tailhose_queue_oldest_pending_age_seconds", "Age of the oldest pending chunk; 0 when none.", |stats| {
+            stats.oldest_pending_age_ms.unwrap_or(0) as f64 / 1000.0
+        }),
+        ("tailhose_queue_dead_letters", "Dead letters stored.", |stats: &QueueStats| stats.dead_letters as f64),
+        ("tailhose_queue_retained_bytes", "Bytes of acknowledged chunks kept for replay.", |stats: &QueueStats| {
+            stats.retained_bytes as f64
+        }),
+        ("tailhose_queue_set_aside_chunks", "Chunks set aside after failing verification.", |stats: &QueueStats| {
+            stats.set_aside_chunks as f64
+        }),
+    ];
+    for (name, help, value) in gauges {
+        out.header(name, help, "gauge");
+        for route in &stats {
+            out.sample(name, &[("route", &route.route)], value(route));
+        }
+    }
+    out.header("tailhose_source_lag_bytes", "Bytes of a file not yet acknowledged, for files still at their path.", "gauge");
+    for route in &stats {
+        for file in &route.files {
+            if let Some(behind) = file.bytes_behind {
+                out.sample("tailhose_source_lag_bytes", &[("route", &route.route), ("path", &file.path)], behind as f64);
+            }
+        }
+    }
+    let health = state.health();
+    out.header("tailhose_healthy", "1 when every route is delivering or idle (see /health).", "gauge");
+    out.sample("tailhose_healthy", &[], if health.healthy { 1.0 } else { 0.0 });
+    out.header("tailhose_uptime_seconds", "Seconds since the daemon started.", "gauge");
+    out.sample("tailhose_uptime_seconds", &[], now_ms.saturating_sub(state.started_at_ms) as f64 / 1000.0);
+    Ok(out.text)
+}
+
+/// Reads one gauge's value from a route's stats.
+type RouteGauge = fn(&QueueStats) -> f64;
+
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn header(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            let rendered: Vec<String> = labels.iter().map(|(key, value)| format!("{key}=\"{}\"", escape_label(value))).collect();
+            let _ = write!(self.text, "{{{}}}", rendered.join(","));
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, snapshot: &HistogramSnapshot) {
+        self.header(name, help, "histogram");
+        let bucket = format!("{name}_bucket");
+        for (bound, count) in &snapshot.buckets {
+            self.sample(&bucket, &[("le", &bound.to_string())], *count as f64);
+        }
+        self.sample(&bucket, &[("le", "+Inf")], snapshot.count as f64);
+        self.sample(&format!("{name}_sum"), &[], snapshot.sum);
+        self.sample(&format!("{name}_count"), &[], snapshot.count as f64);
+    }
+}
+
+/// Label values escape `\`, `"` and newlines (the exposition format's rule).
+fn escape_label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{escape_label, Exposition};
+    use crate::events::HistogramSnapshot;
+
+    #[test]
+    fn label_values_escape_quotes_backslashes_and_newlines() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn histograms_end_with_an_infinite_bucket_a_sum_and_a_count() {
+        let mut out = Exposition::default();
+        out.histogram("h", "help", &HistogramSnapshot { buckets: vec![(0.5, 1), (1.0, 3)], count: 4, sum: 2.5 });
+        let expected = "# HELP h help\n# TYPE h histogram\nh_bucket{le=\"0.5\"} 1\nh_bucket{le=\"1\"} 3\nh_bucket{le=\"+Inf\"} 4\nh_sum 2.5\nh_count 4\n";
+        assert_eq!(out.text, expected);
+    }
+}
