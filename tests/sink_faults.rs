@@ -60,5 +60,13 @@ fn batches_never_exceed_500_records_or_4_mib_and_oversized_records_are_dead_lett
         String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).expect("json")).collect();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0]["reason"], "record_too_large");
-    assert_eq!(letters[0]["length"].as_u64(), Some(oversized.len() as u64), "the record with its newline");
+    assert_eq!(
+        letters[0]["length"].as_u64(),
+        Some(oversized.len() as u64 - 1),
+        "the record as read, without the newline added for sending"
+    );
+    assert!(
+        letters[0]["detail"].as_str().is_some_and(|detail| detail.contains(&format!("{} bytes as sent", oversized.len()))),
+        "{letters:?}"
+    );
 }
