@@ -6,7 +6,7 @@
 //! status output and the metrics.
 //!
 //! Warnings that can repeat many times a second (failed entries, throttling, retries, read
-//! errors) pass a [`LogGate`]: the first is logged, then at most one per [`REPEAT_LOG_PERIOD`]
+//! errors, dead letters) pass a [`LogGate`]: the first is logged, then at most one per [`REPEAT_LOG_PERIOD`]
 //! with the number held back since. Every occurrence is still counted.
 
 use std::path::Path;
@@ -66,6 +66,7 @@ struct Gates {
     retry: LogGate,
     read_failed: LogGate,
     backpressure: LogGate,
+    dead_letter: LogGate,
 }
 
 /// The latest trouble with a sink, for `/health` and `tailhose status`.
@@ -320,15 +321,20 @@ impl Events {
             DeadLetterReason::Unrecoverable => &self.dead_unrecoverable,
         };
         bump(counter, 1);
-        tracing::warn!(
-            route,
-            reason = letter.reason.code(),
-            path = %String::from_utf8_lossy(&letter.path),
-            offset = letter.offset,
-            length = letter.record_len,
-            detail = %letter.detail,
-            "record moved to the dead-letter area"
-        );
+        // Each dead letter is stored with all of this; the log line is the alert, so a file full
+        // of malformed lines does not flood the log.
+        if let GateDecision::Log { held_back } = self.gates.dead_letter.admit(Instant::now()) {
+            tracing::warn!(
+                route,
+                reason = letter.reason.code(),
+                path = %String::from_utf8_lossy(&letter.path),
+                offset = letter.offset,
+                length = letter.record_len,
+                detail = %letter.detail,
+                held_back,
+                "record moved to the dead-letter area (`tailhose queue dead-letters` lists them all)"
+            );
+        }
     }
 
     pub fn batch_acknowledged(&self, route: &str, records: u64, bytes: u64, elapsed: Duration) {
