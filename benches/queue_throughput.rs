@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use tailhose::config::LineFormat;
+use tailhose::config::{LineFormat, Retention};
 use tailhose::queue::chunk::{decode_chunk, encode_chunk};
 use tailhose::queue::{ChunkAck, ChunkSeq, FileIdentity, QueueStore, ReadProgress};
 use tailhose::source::{LineChunker, SealedChunk};
@@ -110,32 +110,39 @@ fn queue(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
-    group.bench_function("drain_acknowledge", |b| {
-        b.iter_custom(|iterations| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iterations {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let store = QueueStore::open(dir.path(), 16 << 20).expect("store");
-                let (queue, mut acks) = fill_queue(&store, &sealed);
-                let started = Instant::now();
-                let mut next = ChunkSeq(0);
-                let mut records = 0u64;
-                for ack in acks.iter_mut() {
-                    let stored = queue.read_pending(next, ChunkSeq(u64::MAX)).expect("read").expect("chunk");
-                    next = ChunkSeq(stored.seq.0 + 1);
-                    let decoded = decode_chunk(stored.seq, &stored.bytes).expect("valid");
-                    records += decoded.records().count() as u64;
-                    ack.stored_len = stored.bytes.len() as u64;
+    for (name, retention) in [
+        ("drain_acknowledge", Retention::default()),
+        // The same with every acknowledged chunk moved to the retained area (`retain_acked`).
+        ("drain_acknowledge_retaining", Retention { max_age: Some(Duration::from_secs(3600)), max_bytes: None }),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iterations| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let store = QueueStore::open(dir.path(), 16 << 20).expect("store");
+                    let (queue, mut acks) = fill_queue(&store, &sealed);
+                    queue.set_retention(retention);
+                    let started = Instant::now();
+                    let mut next = ChunkSeq(0);
+                    let mut records = 0u64;
+                    for ack in acks.iter_mut() {
+                        let stored = queue.read_pending(next, ChunkSeq(u64::MAX)).expect("read").expect("chunk");
+                        next = ChunkSeq(stored.seq.0 + 1);
+                        let decoded = decode_chunk(stored.seq, &stored.bytes).expect("valid");
+                        records += decoded.records().count() as u64;
+                        ack.stored_len = stored.bytes.len() as u64;
+                    }
+                    for batch in acks.chunks(8) {
+                        runtime.block_on(queue.acknowledge(batch, &[])).expect("acknowledge");
+                    }
+                    assert_eq!(records, RECORDS);
+                    total += started.elapsed();
                 }
-                for batch in acks.chunks(8) {
-                    runtime.block_on(queue.acknowledge(batch, &[])).expect("acknowledge");
-                }
-                assert_eq!(records, RECORDS);
-                total += started.elapsed();
-            }
-            total
-        })
-    });
+                total
+            })
+        });
+    }
     group.finish();
     eprintln!("queue benchmark: {RECORDS} seed records, {bytes} bytes in {} chunks", sealed.len());
 }
