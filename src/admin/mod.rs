@@ -44,6 +44,7 @@ pub const ADDRESS_FILE: &str = "admin-address";
 
 /// What the endpoint reads from.
 pub struct AdminState {
+    pub data_dir: PathBuf,
     pub events: Arc<Events>,
     pub routes: Vec<RouteQueue>,
     pub started_at_ms: u64,
@@ -55,6 +56,7 @@ pub struct AdminState {
 pub struct StatusReport {
     pub version: String,
     pub pid: u32,
+    pub data_dir: PathBuf,
     pub uptime_seconds: u64,
     pub health: HealthReport,
     pub routes: Vec<QueueStats>,
@@ -103,6 +105,7 @@ impl AdminState {
         Ok(StatusReport {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
+            data_dir: self.data_dir.clone(),
             uptime_seconds: now_ms().saturating_sub(self.started_at_ms) / 1000,
             health: self.health(),
             routes,

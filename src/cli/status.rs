@@ -12,21 +12,36 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn show(config_path: &Path, json: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    let recorded_address =
+    // The daemon of this data_dir writes where its endpoint listens; the configured address could
+    // belong to another tailhose on the same host.
+    let recorded_address: Option<std::net::SocketAddr> =
         std::fs::read_to_string(config.data_dir.join(admin::ADDRESS_FILE)).ok().and_then(|text| text.trim().parse().ok());
-    let address = recorded_address.unwrap_or(config.admin.address);
-    let report = match client::get(address, "/status", ANSWER_TIMEOUT).await {
-        Ok(body) => serde_json::from_str::<StatusReport>(&body)
-            .map_err(|error| anyhow::anyhow!("{address}/status answered unreadable JSON: {error}"))?,
-        Err(client::ClientError::Unreachable { reason, .. }) => {
+    let answer = match recorded_address {
+        Some(address) => client::get(address, "/status", ANSWER_TIMEOUT).await.map(|body| (address, body)),
+        None => Err(client::ClientError::Unreachable { address: config.admin.address, reason: "no admin-address file in data_dir".into() }),
+    };
+    let report = match answer {
+        Ok((address, body)) => {
+            let report = serde_json::from_str::<StatusReport>(&body)
+                .map_err(|error| anyhow::anyhow!("{address}/status answered unreadable JSON: {error}"))?;
+            if report.data_dir != config.data_dir {
+                anyhow::bail!(
+                    "{address} belongs to the tailhose of data_dir {}, not {}",
+                    report.data_dir.display(),
+                    config.data_dir.display()
+                );
+            }
+            report
+        }
+        Err(client::ClientError::Unreachable { address, reason }) => {
             if let Some(pid) = admin::running_pid(&config.data_dir) {
-                anyhow::bail!("tailhose (PID {pid}) runs on this data_dir but its admin endpoint at {address} does not answer ({reason}); is [admin] enabled?");
+                anyhow::bail!("tailhose (PID {pid}) runs on this data_dir but its admin endpoint does not answer ({address}: {reason}); is [admin] enabled?");
             }
             let routes = stored_routes(&config)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&routes)?);
             } else {
-                print!("tailhose is not running (no answer at {address}); the queue as stored:\n\n{}", render_routes(&routes));
+                print!("tailhose is not running ({reason}); the queue as stored:\n\n{}", render_routes(&routes));
             }
             return Ok(());
         }

@@ -136,6 +136,7 @@ pub async fn run_with_store(
             Some(listener) => {
                 let address = listener.local_addr().map_err(|source| AdminError::Bind { address: config.admin.address, source })?;
                 let state = AdminState {
+                    data_dir: config.data_dir.clone(),
                     events: events.clone(),
                     routes: route_queues,
                     started_at_ms,
