@@ -48,6 +48,8 @@ pub struct Events {
     queue_errors: AtomicU64,
     records_read: AtomicU64,
     calls: AtomicU64,
+    sink_records_acked: AtomicU64,
+    billed_units: AtomicU64,
     /// Seconds from sending a call to its answer.
     pub call_latency: Histogram,
     /// Records per call.
@@ -189,6 +191,8 @@ impl Default for Events {
             queue_errors: AtomicU64::default(),
             records_read: AtomicU64::default(),
             calls: AtomicU64::default(),
+            sink_records_acked: AtomicU64::default(),
+            billed_units: AtomicU64::default(),
             call_latency: Histogram::new(LATENCY_SECONDS),
             call_records: Histogram::new(RECORDS_PER_CALL),
             last_sink_problem: Mutex::new(None),
@@ -231,10 +235,26 @@ pub struct EventCounts {
     pub records_read: u64,
     /// Calls answered by a sink (accepted in whole or in part).
     pub calls: u64,
+    /// Records the sink acknowledged as it counts them: one per line, or per packed record.
+    pub sink_records_acked: u64,
+    /// Firehose billing units (each record rounded up to 5 KB) of acknowledged records.
+    pub billed_units: u64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// What a sink accepted of one batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchDelivery {
+    /// Lines read from files.
+    pub lines: u64,
+    /// Records as the destination counts them (several lines each when packed).
+    pub sink_records: u64,
+    pub bytes: u64,
+    /// Firehose's 5 KB billing units.
+    pub billed_units: u64,
 }
 
 /// Why a retry was scheduled.
@@ -337,11 +357,21 @@ impl Events {
         }
     }
 
-    pub fn batch_acknowledged(&self, route: &str, records: u64, bytes: u64, elapsed: Duration) {
+    pub fn batch_acknowledged(&self, route: &str, delivery: &BatchDelivery, elapsed: Duration) {
         bump(&self.batches_acked, 1);
-        bump(&self.records_acked, records);
-        bump(&self.bytes_acked, bytes);
-        tracing::debug!(route, records, bytes, elapsed_ms = elapsed.as_millis() as u64, "batch delivered and acknowledged");
+        bump(&self.records_acked, delivery.lines);
+        bump(&self.bytes_acked, delivery.bytes);
+        bump(&self.sink_records_acked, delivery.sink_records);
+        bump(&self.billed_units, delivery.billed_units);
+        tracing::debug!(
+            route,
+            records = delivery.lines,
+            sink_records = delivery.sink_records,
+            bytes = delivery.bytes,
+            billed_units = delivery.billed_units,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "batch delivered and acknowledged"
+        );
     }
 
     pub fn batch_abandoned(&self, route: &str, records: u64) {
@@ -420,6 +450,14 @@ impl Events {
         tracing::error!(route, operation, %error, "queue storage failed (check free space and permissions of data_dir)");
     }
 
+    pub fn packing_unchecked(&self, sink: &str, reason: &str) {
+        tracing::warn!(
+            sink,
+            reason,
+            "cannot describe the delivery stream to check that packing suits its destination; packing anyway (allow firehose:DescribeDeliveryStream to have it checked)"
+        );
+    }
+
     pub fn retained_pruned(&self, route: &str, chunks: u64) {
         if chunks > 0 {
             tracing::debug!(route, chunks, "retained chunks past their retention deleted");
@@ -464,6 +502,8 @@ impl Events {
             queue_errors: load(&self.queue_errors),
             records_read: load(&self.records_read),
             calls: load(&self.calls),
+            sink_records_acked: load(&self.sink_records_acked),
+            billed_units: load(&self.billed_units),
         }
     }
 }

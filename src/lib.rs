@@ -16,6 +16,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod migrate;
 pub mod pipeline;
 pub mod queue;
 pub mod sink;

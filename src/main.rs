@@ -21,6 +21,10 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `tailhose queue show … | head`: the reader went away; that is not a failure.
+        Err(error) if error.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(error.downcast_ref::<PipelineError>().map_or(1, PipelineError::exit_code))

@@ -8,19 +8,6 @@ use std::time::Duration;
 
 use support::Workspace;
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).expect("copy");
-        }
-    }
-}
-
 fn lines_under(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -39,7 +26,11 @@ fn lines_under(dir: &Path) -> Vec<String> {
 #[test]
 fn the_quickstart_delivers_the_bundled_sample_to_a_local_folder_once() {
     let workspace = Workspace::new();
-    copy_dir(&support::repo_root().join("data"), &workspace.path().join("data"));
+    // The bundled files only: a developer's checkout may hold the README demo's generated log.
+    std::fs::create_dir_all(workspace.path().join("data/sample")).expect("mkdir");
+    for file in ["quickstart.toml", "sample/test_fluentd_firehose.log"] {
+        std::fs::copy(support::repo_root().join("data").join(file), workspace.path().join("data").join(file)).expect("copy");
+    }
     let sample_lines =
         std::fs::read_to_string(workspace.path().join("data/sample/test_fluentd_firehose.log")).expect("sample").lines().count();
     for _ in 0..2 {
@@ -56,6 +47,16 @@ fn the_quickstart_delivers_the_bundled_sample_to_a_local_folder_once() {
     delivered.sort();
     expected.sort();
     assert_eq!(delivered, expected, "byte-identical records");
+    let verified = workspace.run(&["verify-delivery", "--dir", "target/quickstart/out", "--expect", &sample_lines.to_string()]);
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&verified.stdout).expect("a JSON report");
+    assert_eq!(
+        (report["distinct"].as_u64(), report["duplicates"].as_u64(), report["missing"].as_u64()),
+        (Some(sample_lines as u64), Some(0), Some(0))
+    );
+    std::fs::write(workspace.path().join("target/quickstart/out/extra"), "{\"seq\": 0}\n").expect("a duplicate");
+    let verified = workspace.run(&["verify-delivery", "--dir", "target/quickstart/out", "--expect", &sample_lines.to_string()]);
+    assert!(!verified.status.success(), "a duplicate fails verify-delivery");
 }
 
 #[test]

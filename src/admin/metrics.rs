@@ -15,7 +15,7 @@ use crate::queue::{QueueError, QueueStats};
 pub fn render(state: &AdminState) -> Result<String, QueueError> {
     let counts = state.events.snapshot();
     let mut out = Exposition::default();
-    let counters: [(&str, &str, u64); 22] = [
+    let counters: [(&str, &str, u64); 24] = [
         ("tailhose_records_read_total", "Records taken from files: queued, or dead-lettered as read.", counts.records_read),
         ("tailhose_records_queued_total", "Records appended to the queue.", counts.records_queued),
         ("tailhose_records_acked_total", "Records the sink acknowledged.", counts.records_acked),
@@ -38,6 +38,12 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
         ("tailhose_backpressure_pauses_total", "Times reading paused for a full queue.", counts.backpressure_pauses),
         ("tailhose_queue_errors_total", "Queue storage errors.", counts.queue_errors),
         ("tailhose_chunks_queued_total", "Chunks appended to the queue.", counts.chunks_queued),
+        (
+            "tailhose_sink_records_acked_total",
+            "Records as the sink counts them (several lines each when packed).",
+            counts.sink_records_acked,
+        ),
+        ("tailhose_billed_units_total", "Firehose billing units (records rounded up to 5 KB) acknowledged.", counts.billed_units),
     ];
     for (name, help, value) in counters {
         out.header(name, help, "counter");

@@ -1,4 +1,5 @@
-//! The command line: `tailhose run`, `check-config`, `status` and `queue ...`.
+//! The command line: `tailhose run`, `check-config`, `status`, `queue ...`, `import fluentd`,
+//! `generate` and `verify-delivery`.
 //!
 //! This is the binary's edge: errors become `anyhow` messages with what to do, and exit codes.
 //!
@@ -6,6 +7,8 @@
 //! only while no daemon runs on it, and otherwise refuses, naming the running PID. A running
 //! daemon is observed with `tailhose status` (its admin endpoint) instead.
 
+mod generate;
+mod import;
 mod queue;
 mod status;
 
@@ -64,11 +67,68 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Translate another forwarder's set-up into tailhose's (configuration and file positions).
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
+    },
+    /// Append records of the seed's shape (with a unique `seq`) to a log file, at a given rate.
+    Generate {
+        /// The log file to append to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// The first record's `seq`; the next run can continue where one ended.
+        #[arg(long, default_value_t = 0)]
+        first_seq: u64,
+        /// Records per second, as in `100/s`; as fast as possible when absent.
+        #[arg(long)]
+        rate: Option<generate::Rate>,
+        /// Lines per write.
+        #[arg(long, default_value_t = 100)]
+        burst: u64,
+        /// Seed of the record contents (the same seed writes the same records).
+        #[arg(long, default_value_t = 2019)]
+        seed: u64,
+    },
+    /// Count delivered records by `seq` in a directory (a directory sink's output, or an S3 bucket
+    /// synced with `aws s3 sync`): delivered, distinct, duplicates, missing. Exit 1 when any record
+    /// is missing or duplicated.
+    VerifyDelivery {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Expect exactly the seqs `0..N`.
+        #[arg(long)]
+        expect: Option<u64>,
+    },
     /// Inspect, verify, replay, export and purge the queue of a data_dir. The daemon must not be
     /// running on it (use `tailhose status` for a running daemon).
     Queue {
         #[command(subcommand)]
         command: queue::QueueCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// A Fluentd configuration (in_tail → kinesis_firehose, as in the seed) and its pos_file
+    /// positions. Lists every key it cannot carry over; exits 1 when one would change what is
+    /// delivered (positions are then not imported).
+    Fluentd {
+        /// The Fluentd configuration (td-agent.conf, fluent.conf); @include is followed.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Where to write the tailhose configuration; printed to stdout when absent (and then no
+        /// positions are imported).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The data_dir written into the configuration, where positions are imported.
+        #[arg(long, default_value = "/var/lib/tailhose")]
+        data_dir: PathBuf,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -103,6 +163,20 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { config, json } => status::show(&config, json).await,
         Command::Queue { command } => queue::execute(command).await,
+        Command::Import { command: ImportCommand::Fluentd { config, out, data_dir, force } } => {
+            import::fluentd(import::ImportRequest { fluentd_config: &config, out: out.as_deref(), data_dir: &data_dir, overwrite: force })
+        }
+        Command::Generate { out, count, first_seq, rate, burst, seed } => {
+            generate::generate(generate::GenerateRequest { out: &out, count, first_seq, rate, burst, seed })
+        }
+        Command::VerifyDelivery { dir, expect } => {
+            let report = generate::verify_delivery(&dir, expect)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report.duplicates > 0 || report.missing.is_some_and(|missing| missing > 0) {
+                anyhow::bail!("{} duplicate(s), {} missing", report.duplicates, report.missing.unwrap_or(0));
+            }
+            Ok(())
+        }
     }
 }
 

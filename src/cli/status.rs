@@ -76,10 +76,12 @@ fn render(report: &StatusReport) -> String {
     let events = &report.events;
     let _ = writeln!(
         out,
-        "\nsince start: {} records read, {} acknowledged ({} bytes) in {} calls; {} dead-lettered; {} failed entries, {} throttled calls, {} failed calls, {} retries",
+        "\nsince start: {} records read, {} acknowledged ({} bytes, as {} sink records billed as {} units of 5 KB) in {} calls; {} dead-lettered; {} failed entries, {} throttled calls, {} failed calls, {} retries",
         events.records_read,
         events.records_acked,
         events.bytes_acked,
+        events.sink_records_acked,
+        events.billed_units,
         events.calls,
         events.dead_letters,
         events.failed_entries,

@@ -135,3 +135,38 @@ proptest::proptest! {
         let _ = parse(&text);
     }
 }
+
+#[test]
+fn packing_needs_newlines_a_firehose_sink_and_a_record_sized_limit() {
+    let packed = SEED_LIKE.replace("append_newline = true", "append_newline = true\npack_records = true");
+    let sink = &parse(&packed).expect("valid").sink_settings()[0];
+    assert_eq!(sink.pack_max_bytes, Some(5_000), "the default stays within one 5 KB billing unit");
+    assert_eq!(parse(SEED_LIKE).expect("valid").sink_settings()[0].pack_max_bytes, None, "off unless asked");
+
+    let without_newlines = SEED_LIKE.replace("append_newline = true", "append_newline = false\npack_records = true");
+    assert!(problems(&without_newlines).iter().any(|problem| problem.key == "sinks.events.pack_records"));
+    let too_large = packed.replace("pack_records = true", "pack_records = true\npack_max_bytes = \"2MiB\"");
+    assert!(problems(&too_large).iter().any(|problem| problem.key == "sinks.events.pack_max_bytes"));
+    let directory = "data_dir = \"d\"\n[sources.s]\npaths = [\"*.log\"]\n[sinks.out]\ntype = \"directory\"\ninputs = [\"s\"]\npath = \"out\"\npack_records = true\n";
+    assert!(problems(directory).iter().any(|problem| problem.key == "sinks.out.pack_records"));
+}
+
+#[test]
+fn retention_limits_must_be_above_zero() {
+    let retained = SEED_LIKE.replace("append_newline = true", "append_newline = true\nretain_acked = \"24h\"\nretain_acked_bytes = \"512MiB\"");
+    let sink = &parse(&retained).expect("valid").sink_settings()[0];
+    assert_eq!(sink.retention, Retention { max_age: Some(Duration::from_secs(86_400)), max_bytes: Some(512 << 20) });
+    let zero = SEED_LIKE.replace("append_newline = true", "append_newline = true\nretain_acked_bytes = 0");
+    assert!(problems(&zero).iter().any(|problem| problem.key == "sinks.events.retain_acked"));
+}
+
+#[test]
+fn the_admin_endpoint_is_on_loopback_by_default_and_can_be_turned_off() {
+    let config = parse(SEED_LIKE).expect("valid");
+    assert!(config.admin.enabled);
+    assert_eq!(config.admin.address.to_string(), "127.0.0.1:8686");
+    let rest = SEED_LIKE.replace("data_dir = \"/var/lib/tailhose\"", "");
+    let off = parse(&format!("data_dir = \"d\"\n[admin]\nenabled = false\naddress = \"0.0.0.0:9000\"\n{rest}")).expect("valid");
+    assert!(!off.admin.enabled);
+    assert_eq!(off.admin.address.to_string(), "0.0.0.0:9000");
+}

@@ -19,7 +19,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SinkSettings;
-use crate::events::{Events, RetryCause};
+use crate::events::{BatchDelivery, Events, RetryCause};
 use crate::queue::chunk::decode_chunk;
 use crate::queue::{ChunkAck, ChunkMeta, ChunkSeq, DeadLetter, DeadLetterReason, FileIdentity, QueueError, RouteQueue};
 use crate::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecord, RecordOutcome, Sink, SinkError};
@@ -70,8 +70,8 @@ struct PendingBatch {
     acks: Vec<ChunkAck>,
     chunk_paths: Vec<Vec<u8>>,
     dead_letters: Vec<DeadLetter>,
-    /// Records of `records` the destination refused as invalid (dead-lettered, not delivered).
-    rejected_records: u64,
+    /// Indices into `records` the destination refused as invalid (dead-lettered, not delivered).
+    rejected: Vec<usize>,
     opened_at: Instant,
 }
 
@@ -84,7 +84,7 @@ impl PendingBatch {
             acks: Vec::new(),
             chunk_paths: Vec::new(),
             dead_letters: Vec::new(),
-            rejected_records: 0,
+            rejected: Vec::new(),
             opened_at: Instant::now(),
         }
     }
@@ -93,8 +93,16 @@ impl PendingBatch {
         self.acks.is_empty()
     }
 
-    fn bytes(&self) -> u64 {
-        self.packer.bytes()
+    /// What the destination took of this batch, once it is accepted.
+    fn delivery(&self) -> BatchDelivery {
+        let mut delivery = BatchDelivery::default();
+        for (_, record) in self.records.iter().enumerate().filter(|(index, _)| !self.rejected.contains(index)) {
+            delivery.lines += u64::from(record.lines);
+            delivery.sink_records += 1;
+            delivery.bytes += record.data.len() as u64;
+            delivery.billed_units += record.billed_units();
+        }
+        delivery
     }
 
     /// The ack entry for `chunk`, added on first use.
@@ -189,8 +197,7 @@ impl Flusher {
             for letter in &batch.dead_letters {
                 self.events.dead_lettered(self.queue.name(), letter);
             }
-            let delivered = batch.records.len() as u64 - batch.rejected_records;
-            self.events.batch_acknowledged(self.queue.name(), delivered, batch.bytes(), started.elapsed());
+            self.events.batch_acknowledged(self.queue.name(), &batch.delivery(), started.elapsed());
             if self.stopping.stop.is_cancelled() {
                 return Ok(());
             }
@@ -235,6 +242,21 @@ impl Flusher {
             let ack = batch.ack_for(&chunk);
             while chunk.next_record < chunk.meta.record_count {
                 let range = chunk.records[chunk.next_record as usize].clone();
+                let piece_len = (range.len() + usize::from(self.settings.append_newline)) as u64;
+                if self.packs_into_last(batch, piece_len) {
+                    if batch.packer.extend_last(piece_len) == Offer::Full {
+                        self.current = Some(chunk);
+                        return Ok(Fill::Full);
+                    }
+                    if let Some(last) = batch.records.last_mut() {
+                        last.data.extend_from_slice(&chunk.bytes[range]);
+                        last.data.push(b'\n');
+                        last.lines += 1;
+                    }
+                    chunk.next_record += 1;
+                    batch.acks[ack].acked_records = chunk.next_record;
+                    continue;
+                }
                 let mut data = Vec::with_capacity(range.len() + 1);
                 data.extend_from_slice(&chunk.bytes[range]);
                 if self.settings.append_newline {
@@ -242,7 +264,7 @@ impl Flusher {
                 }
                 match batch.packer.offer(data.len() as u64) {
                     Offer::Added => {
-                        batch.records.push(OutgoingRecord { data });
+                        batch.records.push(OutgoingRecord { data, lines: 1 });
                         batch.record_chunk.push(ack);
                     }
                     Offer::Full => {
@@ -357,7 +379,7 @@ impl Flusher {
                             let ack = &batch.acks[chunk];
                             let detail = format!("a record of chunk {}: {code}: {message}", ack.seq);
                             let data = self.record_as_read(batch.records[index].data.clone());
-                            batch.rejected_records += 1;
+                            batch.rejected.push(index);
                             let letter = record_dead_letter(
                                 ack.file,
                                 &batch.chunk_paths[chunk],
@@ -385,6 +407,12 @@ impl Flusher {
             }
         }
         Delivery::Accepted
+    }
+
+    /// Whether the next line joins the batch's last record: packing is on and it fits.
+    fn packs_into_last(&self, batch: &PendingBatch, piece_len: u64) -> bool {
+        let Some(max) = self.settings.pack_max_bytes else { return false };
+        batch.records.last().is_some_and(|last| last.data.len() as u64 + piece_len <= max)
     }
 
     /// A record as it was read: without the newline added for sending. Dead letters keep this,

@@ -29,7 +29,7 @@ use crate::config::{Config, SourceSettings};
 use crate::events::{EventCounts, Events};
 use crate::queue::recovery::RecoveryReport;
 use crate::queue::{now_ms, route_name, QueueError, QueueStore, RouteQueue};
-use crate::sink::Sink;
+use crate::sink::{PackingVerdict, Sink};
 use crate::source::{recover_range, RecoveryOutcome};
 
 pub use flusher::{Flusher, FlusherStop};
@@ -54,6 +54,8 @@ pub enum PipelineError {
     Task(String),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error("sink {sink}: pack_records = true would change what the destination stores: {reason}; set pack_records = false for this sink")]
+    PackingRefused { sink: String, reason: String },
     /// sled does not recover from an I/O error (a full disk, say) in the same process: its next
     /// write blocks. tailhose stops as after a crash, which the queue is built to survive, so
     /// that its supervisor restarts it once `data_dir` is usable again.
@@ -66,7 +68,7 @@ impl PipelineError {
     pub fn exit_code(&self) -> u8 {
         match self {
             PipelineError::StorageFailed { .. } => 74,
-            PipelineError::Queue(_) | PipelineError::Task(_) | PipelineError::Admin(_) => 1,
+            PipelineError::Queue(_) | PipelineError::Task(_) | PipelineError::Admin(_) | PipelineError::PackingRefused { .. } => 1,
         }
     }
 }
@@ -105,6 +107,13 @@ pub async fn run_with_store(
     let mut route_queues = Vec::new();
     for sink_settings in config.sink_settings() {
         let sink = Arc::new(Sink::connect(&sink_settings).await);
+        if sink_settings.pack_max_bytes.is_some() {
+            match sink.packing_verdict().await {
+                PackingVerdict::Allowed => {}
+                PackingVerdict::Refused(reason) => return Err(PipelineError::PackingRefused { sink: sink_settings.name.clone(), reason }),
+                PackingVerdict::Unchecked(reason) => events.packing_unchecked(&sink_settings.name, &reason),
+            }
+        }
         for input in &sink_settings.inputs {
             let Some(source) = sources.iter().find(|source| &source.name == input).cloned() else { continue };
             let route = route_name(input, &sink_settings.name);

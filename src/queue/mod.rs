@@ -587,6 +587,24 @@ impl RouteQueue {
         Ok(())
     }
 
+    /// Takes over a position another forwarder recorded (a Fluentd `pos_file`): the file counts
+    /// as read and acknowledged up to `offset`. Refused (`false`) when the queue already has a
+    /// position for a file with this device and inode: its own record wins. Durable on return.
+    pub fn adopt_position(&self, file: FileIdentity, path: Vec<u8>, offset: u64) -> Result<bool, QueueError> {
+        if !self.stored_files(file.device, file.inode)?.is_empty() {
+            return Ok(false);
+        }
+        let mut accounting = self.accounting();
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::file_key(KeyKind::FileRead, &file), FileReadState { queued_offset: offset, path }.encode());
+        batch.insert(keys::file_key(KeyKind::FileAcked, &file), &positions::encode_acked_offset(offset)[..]);
+        self.inner.tree.apply_batch(batch)?;
+        accounting.files.insert(file, FileTrack { queued_offset: offset, acked_offset: offset, ..FileTrack::default() });
+        drop(accounting);
+        self.inner.db.flush()?;
+        Ok(true)
+    }
+
     /// Files the queue keeps positions for.
     pub fn tracked_files(&self) -> usize {
         self.accounting().files.len()

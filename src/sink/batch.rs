@@ -49,6 +49,16 @@ impl BatchPacker {
         Offer::Added
     }
 
+    /// Adds `piece_len` bytes to the last record (record packing): refused as [`Offer::Full`]
+    /// when the batch's byte limit would be passed.
+    pub fn extend_last(&mut self, piece_len: u64) -> Offer {
+        if self.records == 0 || self.bytes + piece_len > self.limits.max_bytes {
+            return Offer::Full;
+        }
+        self.bytes += piece_len;
+        Offer::Added
+    }
+
     pub fn is_full(&self) -> bool {
         self.records >= self.limits.max_records || self.bytes >= self.limits.max_bytes
     }
@@ -124,6 +134,40 @@ mod tests {
             prop_assert!(in_batch_order.windows(2).all(|pair| pair[0] < pair[1]), "order kept");
             seen.sort_unstable();
             prop_assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+        }
+
+        /// Record packing as the flusher does it: a line joins the last record while that stays
+        /// within `pack_max`, otherwise it starts a record of its own.
+        #[test]
+        fn packed_batches_respect_the_call_limits_and_the_packed_record_size(
+            lengths in proptest::collection::vec(1u64..6_000, 0..3_000),
+            pack_max in 1u64..=10_000,
+            max_records in 1usize..=500,
+        ) {
+            let limits = BatchLimits { max_records, ..FIREHOSE };
+            let mut packer = BatchPacker::new(limits);
+            // (bytes, lines) of each record.
+            let mut records: Vec<(u64, u32)> = Vec::new();
+            let mut packed_lines = 0;
+            for &len in &lengths {
+                let joins_last = records.last().is_some_and(|(bytes, _)| bytes + len <= pack_max);
+                let offer = if joins_last { packer.extend_last(len) } else { packer.offer(len) };
+                match (offer, records.last_mut()) {
+                    (Offer::Added, Some((bytes, lines))) if joins_last => {
+                        *bytes += len;
+                        *lines += 1;
+                    }
+                    (Offer::Added, _) => records.push((len, 1)),
+                    (Offer::Full | Offer::TooLarge, _) => break,
+                }
+                packed_lines += 1;
+                let total: u64 = records.iter().map(|(bytes, _)| bytes).sum();
+                prop_assert!(records.len() <= max_records);
+                prop_assert!(total <= limits.max_bytes);
+                prop_assert_eq!(total, packer.bytes());
+                prop_assert!(records.iter().all(|&(bytes, lines)| lines == 1 || bytes <= pack_max), "only a lone line may pass pack_max");
+            }
+            prop_assert!(packed_lines == lengths.len() || records.len() == max_records || packer.bytes() + 6_000 > limits.max_bytes, "packing stops only at a call limit");
         }
     }
 }

@@ -71,6 +71,65 @@ impl FirehoseSink {
     }
 }
 
+impl FirehoseSink {
+    /// Whether packing several lines into one record keeps what the stream's destination stores
+    /// the same, from `DescribeDeliveryStream`.
+    pub async fn packing_verdict(&self) -> PackingVerdict {
+        let answer = self.client.describe_delivery_stream().delivery_stream_name(&self.delivery_stream).send().await;
+        let output = match answer {
+            Ok(output) => output,
+            Err(error) => return PackingVerdict::Unchecked(DisplayErrorContext(&error).to_string()),
+        };
+        let Some(description) = output.delivery_stream_description() else {
+            return PackingVerdict::Unchecked("DescribeDeliveryStream gave no description".into());
+        };
+        match description.destinations().iter().find_map(packing_breaks) {
+            Some(reason) => PackingVerdict::Refused(reason),
+            None => PackingVerdict::Allowed,
+        }
+    }
+}
+
+/// What a destination makes of a packed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackingVerdict {
+    /// The destination writes records' bytes one after the other (S3, Redshift through S3):
+    /// packed lines land as they would unpacked.
+    Allowed,
+    /// The destination makes one document (or one transformed row) of each record.
+    Refused(String),
+    /// The stream could not be described (no permission, say): packing goes ahead, with a warning.
+    Unchecked(String),
+}
+
+/// Why packing would change what `destination` stores, if it would.
+fn packing_breaks(destination: &aws_sdk_firehose::types::DestinationDescription) -> Option<String> {
+    let one_document_per_record = [
+        (destination.elasticsearch_destination_description().is_some(), "Elasticsearch"),
+        (destination.amazonopensearchservice_destination_description().is_some(), "OpenSearch Service"),
+        (destination.amazon_open_search_serverless_destination_description().is_some(), "OpenSearch Serverless"),
+        (destination.splunk_destination_description().is_some(), "Splunk"),
+        (destination.http_endpoint_destination_description().is_some(), "an HTTP endpoint"),
+        (destination.snowflake_destination_description().is_some(), "Snowflake"),
+        (destination.iceberg_destination_description().is_some(), "Apache Iceberg tables"),
+    ];
+    if let Some((_, name)) = one_document_per_record.iter().find(|(present, _)| *present) {
+        return Some(format!("the stream delivers to {name}, which makes one document of each Firehose record"));
+    }
+    let s3 = destination.extended_s3_destination_description()?;
+    let enabled = |flag: Option<bool>| flag.unwrap_or(false);
+    if enabled(s3.processing_configuration().and_then(|processing| processing.enabled())) {
+        return Some("the stream transforms each record (a Lambda processor)".into());
+    }
+    if enabled(s3.data_format_conversion_configuration().and_then(|conversion| conversion.enabled())) {
+        return Some("the stream converts each record to Parquet/ORC".into());
+    }
+    if enabled(s3.dynamic_partitioning_configuration().and_then(|partitioning| partitioning.enabled())) {
+        return Some("the stream partitions by each record's content (dynamic partitioning)".into());
+    }
+    None
+}
+
 /// Sorts a failed call into what the flusher can do about it.
 fn classify(error: SdkError<PutRecordBatchError>) -> SinkError {
     let message = DisplayErrorContext(&error).to_string();

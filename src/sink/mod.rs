@@ -13,12 +13,25 @@ use crate::config::{firehose_limits, SinkDestination, SinkSettings};
 
 pub use batch::{BatchLimits, BatchPacker, Offer};
 pub use directory::DirectorySink;
-pub use firehose::FirehoseSink;
+pub use firehose::{FirehoseSink, PackingVerdict};
 
-/// One record as it goes to the destination (with its trailing newline when configured).
+/// One record as it goes to the destination (with its trailing newline when configured): one
+/// line read, or several when records are packed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingRecord {
     pub data: Vec<u8>,
+    /// How many lines read from files it carries.
+    pub lines: u32,
+}
+
+/// Firehose bills each record rounded up to this many bytes (5 KB).
+pub const BILLING_UNIT_BYTES: u64 = 5 * 1024;
+
+impl OutgoingRecord {
+    /// Firehose billing units this record costs.
+    pub fn billed_units(&self) -> u64 {
+        (self.data.len() as u64).div_ceil(BILLING_UNIT_BYTES).max(1)
+    }
 }
 
 /// What the destination said of one record of an accepted call.
@@ -64,6 +77,14 @@ impl Sink {
                 Sink::Firehose(FirehoseSink::connect(delivery_stream, region.as_deref(), endpoint_url.as_deref(), *request_timeout).await)
             }
             SinkDestination::Directory { path } => Sink::Directory(DirectorySink::new(path.clone(), settings.name.clone())),
+        }
+    }
+
+    /// Whether the destination stores packed records as it would the lines one by one.
+    pub async fn packing_verdict(&self) -> PackingVerdict {
+        match self {
+            Sink::Firehose(sink) => sink.packing_verdict().await,
+            Sink::Directory(_) => PackingVerdict::Allowed,
         }
     }
 

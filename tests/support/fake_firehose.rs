@@ -67,6 +67,8 @@ pub struct Seen {
     pub max_record_bytes: usize,
     /// Calls refused for breaking a Firehose limit; must stay 0.
     pub limit_violations: u64,
+    /// What Firehose would bill for the accepted records: each rounded up to 5 KB (5,120 bytes).
+    pub billed_units: u64,
 }
 
 impl Seen {
@@ -282,6 +284,7 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
             responses.push(serde_json::json!({"ErrorCode": "ServiceUnavailableException", "ErrorMessage": "Slow down."}));
         } else {
             responses.push(serde_json::json!({"RecordId": format!("{:056}", seen.accepted.len())}));
+            seen.billed_units += (data.len() as u64).div_ceil(5120).max(1);
             seen.accepted.push(data);
         }
     }

@@ -71,6 +71,11 @@ impl Moto {
         moto
     }
 
+    /// Creates a delivery stream named `stream` that delivers to Elasticsearch.
+    pub fn create_elasticsearch_stream(&self, stream: &str) {
+        self.peer(&["setup-es", "--bucket", BUCKET, "--stream", stream]);
+    }
+
     fn peer(&self, args: &[&str]) -> String {
         let output = Command::new(venv_program("python"))
             .arg(repo_root().join("tests/support/moto_peer.py"))

@@ -1,9 +1,11 @@
 """Talks to a moto server for the end-to-end tests, through boto3 (protocol truth).
 
-    moto_peer.py setup   --endpoint URL --region R --bucket B --stream S
-    moto_peer.py records --endpoint URL --region R --bucket B
+    moto_peer.py setup    --endpoint URL --region R --bucket B --stream S
+    moto_peer.py setup-es --endpoint URL --region R --bucket B --stream S
+    moto_peer.py records  --endpoint URL --region R --bucket B
 
-`setup` creates the bucket and a Direct PUT delivery stream that writes to it. `records` prints
+`setup` creates the bucket and a Direct PUT delivery stream that writes to it; `setup-es` a stream
+that delivers to an Elasticsearch domain (one document per record), backed up to the bucket. `records` prints
 one JSON document: {"objects": N, "records": [...]}, where records are the newline-separated
 lines of every object in the bucket, in key order.
 """
@@ -38,6 +40,31 @@ def setup(args):
             "RoleARN": "arn:aws:iam::123456789012:role/firehose-test",
             "BucketARN": f"arn:aws:s3:::{args.bucket}",
             "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60},
+            # Given in full so that DescribeDeliveryStream answers with every field the AWS SDKs
+            # require (moto echoes only what it was given).
+            "CompressionFormat": "UNCOMPRESSED",
+            "EncryptionConfiguration": {"NoEncryptionConfig": "NoEncryption"},
+        },
+    )
+
+
+def setup_es(args):
+    client("firehose", args).create_delivery_stream(
+        DeliveryStreamName=args.stream,
+        DeliveryStreamType="DirectPut",
+        ElasticsearchDestinationConfiguration={
+            "RoleARN": "arn:aws:iam::123456789012:role/firehose-test",
+            "DomainARN": "arn:aws:es:ap-northeast-2:123456789012:domain/conect",
+            "IndexName": "conect",
+            "IndexRotationPeriod": "OneHour",
+            "S3BackupMode": "FailedDocumentsOnly",
+            "S3Configuration": {
+                "RoleARN": "arn:aws:iam::123456789012:role/firehose-test",
+                "BucketARN": f"arn:aws:s3:::{args.bucket}",
+                "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60},
+                "CompressionFormat": "UNCOMPRESSED",
+                "EncryptionConfiguration": {"NoEncryptionConfig": "NoEncryption"},
+            },
         },
     )
 
@@ -57,13 +84,13 @@ def records(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["setup", "records"])
+    parser.add_argument("command", choices=["setup", "setup-es", "records"])
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--region", required=True)
     parser.add_argument("--bucket", required=True)
     parser.add_argument("--stream")
     args = parser.parse_args()
-    {"setup": setup, "records": records}[args.command](args)
+    {"setup": setup, "setup-es": setup_es, "records": records}[args.command](args)
 
 
 if __name__ == "__main__":

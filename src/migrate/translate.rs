@@ -1,0 +1,586 @@
+//! From a Fluentd configuration (`in_tail` → `kinesis_firehose`) to the tailhose configuration
+//! that delivers the same records.
+//!
+//! Every parameter is accounted for: mapped to a tailhose key, or listed in a [`Note`] with its
+//! reason. A note of [`Severity::ChangesDelivery`] means the translated configuration would
+//! deliver something else than Fluentd did (another input type, a filter that rewrites records,
+//! an output tailhose does not have): the caller exits non-zero.
+
+use super::fluentd_syntax::{Directive, Location};
+use crate::config::{firehose_limits, LineFormat};
+
+/// How much a note matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Not carried over, and no effect on what is delivered.
+    Info,
+    /// Delivery is the same, but the operator has something to do (credentials, say).
+    ActionNeeded,
+    /// The translation would deliver something else than Fluentd did.
+    ChangesDelivery,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub severity: Severity,
+    pub location: Location,
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let label = match self.severity {
+            Severity::Info => "note",
+            Severity::ActionNeeded => "action needed",
+            Severity::ChangesDelivery => "changes delivery",
+        };
+        write!(f, "{}: {label}: `{}`: {}", self.location, self.key, self.message)
+    }
+}
+
+/// An `in_tail` source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailSource {
+    pub name: String,
+    pub tag: String,
+    pub paths: Vec<String>,
+    pub exclude: Vec<String>,
+    pub pos_file: Option<String>,
+    pub read_from_head: bool,
+    pub refresh_interval: String,
+    pub format: LineFormat,
+    pub ignore_older_than: Option<String>,
+    pub location: Location,
+}
+
+/// A `kinesis_firehose` output, with the sources routed to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirehoseOutput {
+    pub name: String,
+    pub delivery_stream: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub append_newline: bool,
+    pub flush_interval: String,
+    pub max_batch_records: Option<u32>,
+    pub max_batch_bytes: Option<u64>,
+    pub inputs: Vec<String>,
+    pub location: Location,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Translation {
+    pub sources: Vec<TailSource>,
+    pub outputs: Vec<FirehoseOutput>,
+    pub notes: Vec<Note>,
+}
+
+impl Translation {
+    pub fn changes_delivery(&self) -> bool {
+        self.notes.iter().any(|note| note.severity == Severity::ChangesDelivery)
+    }
+}
+
+/// Fluentd's `in_tail` default `refresh_interval`.
+const FLUENTD_REFRESH_INTERVAL: &str = "60s";
+
+pub fn translate(root: &Directive) -> Translation {
+    let mut translation = Translation::default();
+    let mut notes = Notes::default();
+    let mut sections = Vec::new();
+    flatten(root, &mut sections, &mut notes);
+    let matches: Vec<&Directive> = sections.iter().copied().filter(|section| section.name == "match").collect();
+    let filters: Vec<&Directive> = sections.iter().copied().filter(|section| section.name == "filter").collect();
+    for section in sections.iter().filter(|section| section.name == "source") {
+        let Some(source) = tail_source(section, translation.sources.len(), &mut notes) else { continue };
+        for filter in filters.iter().filter(|filter| tag_matches(&filter.argument, &source.tag)) {
+            notes.push(
+                Severity::ChangesDelivery,
+                &filter.location,
+                "<filter>",
+                format!(
+                    "`{}` filter ({}) changes records of tag {}; tailhose delivers lines as written",
+                    filter.argument,
+                    filter.value("@type").unwrap_or("?"),
+                    source.tag
+                ),
+            );
+        }
+        // Fluentd routes each event to the first <match> whose pattern matches its tag.
+        match matches.iter().find(|matched| tag_matches(&matched.argument, &source.tag)) {
+            None => notes.push(
+                Severity::Info,
+                &source.location,
+                "tag",
+                format!("no <match> takes tag {}: Fluentd discards these records, so the source is not imported", source.tag),
+            ),
+            Some(matched) => match matched.value("@type").unwrap_or_default() {
+                "kinesis_firehose" => {
+                    let output = match translation.outputs.iter().position(|output| output.location == matched.location) {
+                        Some(index) => index,
+                        None => {
+                            let Some(output) = firehose_output(matched, translation.outputs.len(), &mut notes) else { continue };
+                            translation.outputs.push(output);
+                            translation.outputs.len() - 1
+                        }
+                    };
+                    translation.outputs[output].inputs.push(source.name.clone());
+                    translation.sources.push(source);
+                }
+                "null" => notes.push(
+                    Severity::Info,
+                    &matched.location,
+                    "@type",
+                    format!("tag {} goes to `null` (discarded) in Fluentd; the source is not imported", source.tag),
+                ),
+                other => notes.push(
+                    Severity::ChangesDelivery,
+                    type_location(matched),
+                    "@type",
+                    format!("tag {} goes to `{other}`, which tailhose does not deliver to (only kinesis_firehose)", source.tag),
+                ),
+            },
+        }
+    }
+    translation.notes = notes.0;
+    translation.notes.sort_by(|a, b| (&a.location.file, a.location.line).cmp(&(&b.location.file, b.location.line)));
+    translation
+}
+
+#[derive(Default)]
+struct Notes(Vec<Note>);
+
+impl Notes {
+    fn push(&mut self, severity: Severity, location: &Location, key: &str, message: String) {
+        self.0.push(Note { severity, location: location.clone(), key: key.to_owned(), message });
+    }
+}
+
+/// Top-level sections, with `<label>` sections opened up (a label only names a route).
+fn flatten<'a>(root: &'a Directive, sections: &mut Vec<&'a Directive>, notes: &mut Notes) {
+    for child in &root.children {
+        match child.name.as_str() {
+            "source" | "match" | "filter" => sections.push(child),
+            "label" => {
+                notes.push(
+                    Severity::ChangesDelivery,
+                    &child.location,
+                    "<label>",
+                    format!("label routing ({}) is not translated; route by tag with <match> instead", child.argument),
+                );
+            }
+            "system" => {
+                notes.push(Severity::Info, &child.location, "<system>", "Fluentd's own process settings; nothing to carry over".into())
+            }
+            other => notes.push(Severity::Info, &child.location, other, "unknown top-level section; ignored".into()),
+        }
+    }
+}
+
+fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<TailSource> {
+    let kind = section.value("@type").unwrap_or_default();
+    if kind != "tail" {
+        notes.push(
+            Severity::ChangesDelivery,
+            type_location(section),
+            "@type",
+            format!("input `{kind}` is not translated: tailhose only tails files (in_tail)"),
+        );
+        return None;
+    }
+    let Some(path) = section.param("path") else {
+        notes.push(Severity::ChangesDelivery, &section.location, "path", "an in_tail source without `path`".into());
+        return None;
+    };
+    let tag = section.value("tag").unwrap_or_default().to_owned();
+    let mut source = TailSource {
+        name: name_from(&tag, "source", index),
+        tag,
+        paths: path.value.split(',').map(|pattern| pattern.trim().to_owned()).filter(|pattern| !pattern.is_empty()).collect(),
+        exclude: Vec::new(),
+        pos_file: None,
+        // in_tail's default: files found at start-up with no stored position are read from their end.
+        read_from_head: false,
+        refresh_interval: FLUENTD_REFRESH_INTERVAL.into(),
+        format: LineFormat::Json,
+        ignore_older_than: None,
+        location: section.location.clone(),
+    };
+    for param in &section.params {
+        let location = &param.location;
+        match param.key.as_str() {
+            "@type" | "path" | "tag" => {}
+            "pos_file" => source.pos_file = Some(param.value.clone()),
+            "read_from_head" => source.read_from_head = param.value == "true",
+            "refresh_interval" => source.refresh_interval = fluentd_duration(&param.value),
+            "exclude_path" => match serde_json::from_str::<Vec<String>>(&param.value) {
+                Ok(patterns) => source.exclude = patterns,
+                Err(error) => {
+                    notes.push(Severity::ChangesDelivery, location, "exclude_path", format!("not a JSON array of globs: {error}"))
+                }
+            },
+            "limit_recently_modified" => source.ignore_older_than = Some(fluentd_duration(&param.value)),
+            "rotate_wait" => notes.push(
+                Severity::Info,
+                location,
+                "rotate_wait",
+                "tailhose reads a rotated file to its end and closes it once it has not grown for one refresh_interval".into(),
+            ),
+            "follow_inodes" => {
+                notes.push(Severity::Info, location, "follow_inodes", "tailhose always knows files by inode and first bytes".into())
+            }
+            "enable_watch_timer"
+            | "enable_stat_watcher"
+            | "pos_file_compaction_interval"
+            | "open_on_every_update"
+            | "skip_refresh_on_startup"
+            | "read_lines_limit"
+            | "read_bytes_limit_per_second"
+            | "max_line_size"
+            | "emit_unmatched_lines"
+            | "encoding"
+            | "from_encoding" => notes.push(
+                Severity::Info,
+                location,
+                &param.key,
+                "tuning of Fluentd's reader; tailhose has its own (see docs/tailing.md)".into(),
+            ),
+            "format" => source.format = line_format(&param.value, location, notes),
+            "path_key" | "multiline_flush_interval" => notes.push(
+                Severity::ChangesDelivery,
+                location,
+                &param.key,
+                "adds to or reshapes records; tailhose delivers lines as written".into(),
+            ),
+            other => notes.push(Severity::ChangesDelivery, location, other, "an in_tail parameter tailhose does not know".into()),
+        }
+    }
+    for parse in section.children_named("parse") {
+        let kind = parse.value("@type").unwrap_or_default();
+        source.format = line_format(kind, type_location(parse), notes);
+        for param in parse.params.iter().filter(|param| param.key != "@type") {
+            notes.push(
+                Severity::Info,
+                &param.location,
+                &param.key,
+                "parser option: tailhose checks that each line is JSON and sends it as written".into(),
+            );
+        }
+    }
+    for child in section.children.iter().filter(|child| child.name != "parse") {
+        notes.push(Severity::ChangesDelivery, &child.location, &child.name, "a section of in_tail tailhose does not translate".into());
+    }
+    Some(source)
+}
+
+/// Where a section's `@type` is written (the section's own line when it has none).
+fn type_location(section: &Directive) -> &Location {
+    section.param("@type").map_or(&section.location, |param| &param.location)
+}
+
+/// `<parse> @type` (or the legacy `format`) as tailhose's line format.
+fn line_format(kind: &str, location: &Location, notes: &mut Notes) -> LineFormat {
+    match kind {
+        "json" => {
+            notes.push(
+                Severity::Info,
+                location,
+                "@type json",
+                "tailhose checks each line is one JSON value and delivers it as written; Fluentd re-serialized it (same values, \
+                 its own spacing) and moved a `time` key into the event time"
+                    .into(),
+            );
+            LineFormat::Json
+        }
+        "none" => {
+            notes.push(
+                Severity::ChangesDelivery,
+                location,
+                "@type none",
+                "Fluentd wraps each line as {\"message\": line}; tailhose (format = \"raw\") delivers the line itself".into(),
+            );
+            LineFormat::Raw
+        }
+        other => {
+            notes.push(
+                Severity::ChangesDelivery,
+                location,
+                "@type",
+                format!("parser `{other}` builds records from fields; tailhose delivers lines as written (json or raw)"),
+            );
+            LineFormat::Raw
+        }
+    }
+}
+
+fn firehose_output(section: &Directive, index: usize, notes: &mut Notes) -> Option<FirehoseOutput> {
+    let Some(stream) = section.value("delivery_stream_name") else {
+        notes.push(
+            Severity::ChangesDelivery,
+            &section.location,
+            "delivery_stream_name",
+            "a kinesis_firehose output without a stream".into(),
+        );
+        return None;
+    };
+    let mut output = FirehoseOutput {
+        name: name_from(stream, "firehose", index),
+        delivery_stream: stream.to_owned(),
+        region: None,
+        endpoint: None,
+        append_newline: true,
+        flush_interval: "1s".into(),
+        max_batch_records: None,
+        max_batch_bytes: None,
+        inputs: Vec::new(),
+        location: section.location.clone(),
+    };
+    for param in &section.params {
+        let location = &param.location;
+        match param.key.as_str() {
+            "@type" | "delivery_stream_name" => {}
+            "region" => output.region = Some(param.value.clone()),
+            "endpoint" => output.endpoint = Some(param.value.clone()),
+            "append_new_line" => output.append_newline = param.value != "false",
+            "batch_request_max_count" => match param.value.parse::<u32>() {
+                Ok(count) => output.max_batch_records = Some(count.clamp(1, firehose_limits::MAX_BATCH_RECORDS)),
+                Err(_) => {
+                    notes.push(Severity::Info, location, "batch_request_max_count", "not a number; tailhose's default (500) is used".into())
+                }
+            },
+            "batch_request_max_size" => match fluentd_size(&param.value) {
+                Some(size) => {
+                    output.max_batch_bytes = Some(size.clamp(firehose_limits::MAX_RECORD_BYTES, firehose_limits::MAX_BATCH_BYTES))
+                }
+                None => {
+                    notes.push(Severity::Info, location, "batch_request_max_size", "not a size; tailhose's default (4MiB) is used".into())
+                }
+            },
+            "retries_on_batch_request" | "reset_backoff_if_success" => notes.push(
+                Severity::Info,
+                location,
+                &param.key,
+                "tailhose retries failed records until they are accepted, with capped back-off; it never gives a batch up".into(),
+            ),
+            "aws_key_id" | "aws_sec_key" | "aws_ses_token" => notes.push(
+                Severity::ActionNeeded,
+                location,
+                &param.key,
+                "credentials are never written to tailhose's configuration: provide them through the AWS default chain \
+                 (instance role, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the service's environment)"
+                    .into(),
+            ),
+            "profile" | "credentials_path" => notes.push(
+                Severity::ActionNeeded,
+                location,
+                &param.key,
+                "set AWS_PROFILE / AWS_SHARED_CREDENTIALS_FILE in tailhose's environment instead".into(),
+            ),
+            "log_truncate_max_size" | "max_record_size" | "debug" => {
+                notes.push(Severity::Info, location, &param.key, "a Fluentd plugin setting with no effect on what is delivered".into())
+            }
+            other => {
+                notes.push(Severity::ChangesDelivery, location, other, "a kinesis_firehose parameter tailhose does not translate".into())
+            }
+        }
+    }
+    for child in &section.children {
+        match child.name.as_str() {
+            "buffer" => {
+                for param in &child.params {
+                    match param.key.as_str() {
+                        "flush_interval" => output.flush_interval = fluentd_duration(&param.value),
+                        _ => notes.push(
+                            Severity::Info,
+                            &param.location,
+                            &param.key,
+                            "Fluentd buffer setting; tailhose's queue is on disk (data_dir, max_queue_bytes)".into(),
+                        ),
+                    }
+                }
+            }
+            "format" if matches!(child.value("@type"), None | Some("json")) => {}
+            _ => notes.push(
+                Severity::ChangesDelivery,
+                &child.location,
+                &child.name,
+                "changes how records are written (formatting, injected fields); tailhose sends lines as written".into(),
+            ),
+        }
+    }
+    Some(output)
+}
+
+/// A Fluentd duration (`5s`, `1m`, `0.5`, a bare number of seconds) as a humantime string.
+fn fluentd_duration(value: &str) -> String {
+    match value.parse::<f64>() {
+        Ok(seconds) => format!("{}ms", (seconds * 1000.0).round() as u64),
+        Err(_) => value.to_owned(),
+    }
+}
+
+/// A Fluentd size: bytes, or a number with `k`, `m`, `g` or `t` (powers of 1024).
+fn fluentd_size(value: &str) -> Option<u64> {
+    let value = value.trim().to_ascii_lowercase();
+    let (number, multiplier) = match value.char_indices().last()? {
+        (at, 'k') => (&value[..at], 1u64 << 10),
+        (at, 'm') => (&value[..at], 1 << 20),
+        (at, 'g') => (&value[..at], 1 << 30),
+        (at, 't') => (&value[..at], 1 << 40),
+        _ => (value.as_str(), 1),
+    };
+    number.trim().parse::<u64>().ok()?.checked_mul(multiplier)
+}
+
+/// A TOML-friendly name from a tag or stream name.
+fn name_from(text: &str, fallback: &str, index: usize) -> String {
+    let name: String = text.chars().map(|character| if character.is_ascii_alphanumeric() { character } else { '_' }).collect();
+    let name = name.trim_matches('_').to_owned();
+    if name.is_empty() {
+        format!("{fallback}_{}", index + 1)
+    } else {
+        name
+    }
+}
+
+/// Whether a `<match>`/`<filter>` argument (space-separated patterns) matches `tag`, with
+/// Fluentd's rules: `*` one tag part, `**` zero or more parts, `{a,b}` either.
+pub fn tag_matches(patterns: &str, tag: &str) -> bool {
+    let tag_parts: Vec<&str> = tag.split('.').collect();
+    patterns.split_whitespace().flat_map(expand_braces).any(|pattern| {
+        let parts: Vec<&str> = pattern.split('.').collect();
+        parts_match(&parts, &tag_parts)
+    })
+}
+
+fn parts_match(pattern: &[&str], tag: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => tag.is_empty(),
+        Some((&"**", rest)) => (0..=tag.len()).any(|skip| parts_match(rest, &tag[skip..])),
+        Some((part, rest)) => tag.split_first().is_some_and(|(first, tag_rest)| wildcard(part, first) && parts_match(rest, tag_rest)),
+    }
+}
+
+/// `*` within one tag part.
+fn wildcard(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((prefix, rest)) => {
+            text.starts_with(prefix)
+                && (0..=text.len() - prefix.len())
+                    .any(|at| text.is_char_boundary(prefix.len() + at) && wildcard(rest, &text[prefix.len() + at..]))
+        }
+    }
+}
+
+fn expand_braces(pattern: &str) -> Vec<String> {
+    let (Some(open), Some(close)) = (pattern.find('{'), pattern.find('}')) else { return vec![pattern.to_owned()] };
+    if close < open {
+        return vec![pattern.to_owned()];
+    }
+    let (head, tail) = (&pattern[..open], &pattern[close + 1..]);
+    pattern[open + 1..close].split(',').flat_map(|choice| expand_braces(&format!("{head}{choice}{tail}"))).collect()
+}
+
+/// The tailhose configuration text for a translation, with where each part came from.
+pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path::Path) -> String {
+    let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
+    let mut out = String::new();
+    out.push_str(&format!("# Translated from the Fluentd configuration {} by `tailhose import fluentd`.\n", origin.display()));
+    out.push_str("# Check it with `tailhose check-config --config FILE`.\n\n");
+    out.push_str(&format!("data_dir = {}\n", quote(data_dir)));
+    for source in &translation.sources {
+        out.push_str(&format!("\n# <source> at {} (tag {})\n[sources.{}]\n", source.location, source.tag, source.name));
+        let paths: Vec<String> = source.paths.iter().map(|path| quote(path)).collect();
+        out.push_str(&format!("paths = [{}]\n", paths.join(", ")));
+        if !source.exclude.is_empty() {
+            let exclude: Vec<String> = source.exclude.iter().map(|path| quote(path)).collect();
+            out.push_str(&format!("exclude = [{}]\n", exclude.join(", ")));
+        }
+        let format = match source.format {
+            LineFormat::Json => "json",
+            LineFormat::Raw => "raw",
+        };
+        out.push_str(&format!("format = \"{format}\"\n"));
+        out.push_str(&format!("read_from_head = {}\n", source.read_from_head));
+        out.push_str(&format!("refresh_interval = {}\n", quote(&source.refresh_interval)));
+        if let Some(age) = &source.ignore_older_than {
+            out.push_str(&format!("ignore_older_than = {}\n", quote(age)));
+        }
+    }
+    for output in &translation.outputs {
+        out.push_str(&format!("\n# <match> at {}\n[sinks.{}]\ntype = \"firehose\"\n", output.location, output.name));
+        let inputs: Vec<String> = output.inputs.iter().map(|input| quote(input)).collect();
+        out.push_str(&format!("inputs = [{}]\n", inputs.join(", ")));
+        out.push_str(&format!("delivery_stream = {}\n", quote(&output.delivery_stream)));
+        if let Some(region) = &output.region {
+            out.push_str(&format!("region = {}\n", quote(region)));
+        }
+        if let Some(endpoint) = &output.endpoint {
+            out.push_str(&format!("endpoint_url = {}\n", quote(endpoint)));
+        }
+        out.push_str(&format!("flush_interval = {}\n", quote(&output.flush_interval)));
+        out.push_str(&format!("append_newline = {}\n", output.append_newline));
+        if let Some(records) = output.max_batch_records {
+            out.push_str(&format!("max_batch_records = {records}\n"));
+        }
+        if let Some(bytes) = output.max_batch_bytes {
+            out.push_str(&format!("max_batch_bytes = {bytes}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::migrate::fluentd_syntax::parse_text;
+
+    #[test]
+    fn tags_match_with_fluentds_wildcards() {
+        assert!(tag_matches("kinesis.*", "kinesis.test"));
+        assert!(!tag_matches("kinesis.*", "kinesis.test.more"));
+        assert!(!tag_matches("kinesis.*", "kinesis"));
+        assert!(tag_matches("kinesis.**", "kinesis"));
+        assert!(tag_matches("kinesis.**", "kinesis.a.b"));
+        assert!(tag_matches("other kinesis.{test,prod}", "kinesis.prod"));
+        assert!(tag_matches("app.log*", "app.log2"));
+        assert!(tag_matches("**", "anything.at.all"));
+        assert!(!tag_matches("a.b", "a.c"));
+    }
+
+    fn translated(text: &str) -> Translation {
+        translate(&parse_text(text, Path::new("td-agent.conf")).expect("parses"))
+    }
+
+    #[test]
+    fn unknown_inputs_filters_and_outputs_are_listed_as_changing_delivery() {
+        let translation = translated(
+            "<source>\n  @type forward\n</source>\n<source>\n  @type tail\n  path /a/*.log\n  tag app.a\n  format none\n</source>\n<filter app.**>\n  @type record_transformer\n</filter>\n<match app.**>\n  @type s3\n</match>\n",
+        );
+        assert!(translation.changes_delivery());
+        let keys: Vec<(usize, &str)> = translation
+            .notes
+            .iter()
+            .filter(|note| note.severity == Severity::ChangesDelivery)
+            .map(|note| (note.location.line, note.key.as_str()))
+            .collect();
+        assert_eq!(keys, vec![(2, "@type"), (8, "@type none"), (10, "<filter>"), (14, "@type")]);
+    }
+
+    #[test]
+    fn credentials_are_never_copied_and_retries_are_explained() {
+        let translation = translated(
+            "<source>\n  @type tail\n  path /a/*.log, /b/*.log\n  tag a\n  read_from_head true\n  <parse>\n    @type json\n  </parse>\n</source>\n<match a>\n  @type kinesis_firehose\n  delivery_stream_name s\n  aws_key_id AKIA\n  aws_sec_key secret\n  retries_on_batch_request 3\n</match>\n",
+        );
+        assert!(!translation.changes_delivery(), "{:?}", translation.notes);
+        let toml = render_toml(&translation, "/var/lib/tailhose", Path::new("td-agent.conf"));
+        assert!(!toml.contains("AKIA") && !toml.contains("secret"), "{toml}");
+        assert!(toml.contains("paths = [\"/a/*.log\", \"/b/*.log\"]") && toml.contains("read_from_head = true"), "{toml}");
+        assert_eq!(translation.notes.iter().filter(|note| note.severity == Severity::ActionNeeded).count(), 2);
+        assert!(translation.notes.iter().any(|note| note.key == "retries_on_batch_request" && note.message.contains("never gives")));
+    }
+}

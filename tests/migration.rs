@@ -1,0 +1,233 @@
+//! From the seed's Fluentd set-up to tailhose: the seed's configuration imported and run against
+//! moto, Fluentd's pos_file positions taken over, record packing for the 5 KB bill, and the
+//! seed's load generator.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::fake_firehose::{FakeFirehose, Faults};
+use support::{seq_of, wait_until, write_seed_records, Moto, Workspace};
+
+/// Where the seed's published configuration keeps its project.
+const SEED_PROJECT: &str = "/Users/st/test/conect_data_poc";
+
+/// The seed's Fluentd configuration (data/fluentd/kinesis_test.config, as published), moved into
+/// the workspace and pointed at a local endpoint, with the seed's folders (`pos/`, `source/`).
+fn seed_fluentd_setup(workspace: &Workspace, endpoint: &str) -> PathBuf {
+    let seed = std::fs::read_to_string(support::repo_root().join("data/fluentd/kinesis_test.config")).expect("seed config");
+    assert!(seed.contains(SEED_PROJECT) && seed.contains("  region ap-northeast-2\n"), "the fixture is the seed's configuration");
+    let text = seed
+        .replace(SEED_PROJECT, &workspace.path().to_string_lossy())
+        .replace("  region ap-northeast-2\n", &format!("  region ap-northeast-2\n  endpoint {endpoint}\n"));
+    std::fs::create_dir_all(workspace.path().join("pos")).expect("pos folder");
+    let path = workspace.path().join("kinesis_test.config");
+    std::fs::write(&path, text).expect("write fluentd config");
+    path
+}
+
+/// Imports the Fluentd set-up into `tailhose.toml` with data_dir `state`; returns what it printed.
+fn import(workspace: &Workspace, fluentd: &Path) -> std::process::Output {
+    workspace.run(&["import", "fluentd", "--config", fluentd.to_str().expect("utf-8"), "--out", "tailhose.toml", "--data-dir", "state"])
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Test daemons run side by side: their admin endpoints take a free port instead of 8686.
+fn allow_parallel_daemons(workspace: &Workspace) {
+    let mut config = std::fs::read_to_string(workspace.config()).expect("config");
+    config.push_str("\n[admin]\naddress = \"127.0.0.1:0\"\n");
+    std::fs::write(workspace.config(), config).expect("config");
+}
+
+fn accepted_seqs(fake: &FakeFirehose) -> Vec<u64> {
+    fake.seen()
+        .accepted
+        .iter()
+        .flat_map(|record| record.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()).map(seq_of).collect::<Vec<_>>())
+        .collect()
+}
+
+#[test]
+fn the_seeds_fluentd_configuration_imports_and_delivers_the_seeds_ten_thousand_records_once() {
+    let moto = Moto::start();
+    let workspace = Workspace::new();
+    let fluentd = seed_fluentd_setup(&workspace, &moto.endpoint);
+    // The seed's layout: the log file is there before the forwarder starts.
+    std::fs::write(workspace.log_file(), "").expect("log file");
+    let output = import(&workspace, &fluentd);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let imported = std::fs::read_to_string(workspace.config()).expect("imported config");
+    for expected in [
+        "delivery_stream = \"test-fluentd-firehose\"",
+        "region = \"ap-northeast-2\"",
+        "flush_interval = \"1s\"",
+        "refresh_interval = \"5s\"",
+        "read_from_head = false",
+        "append_newline = true",
+        "format = \"json\"",
+    ] {
+        assert!(imported.contains(expected), "missing {expected:?} in\n{imported}");
+    }
+    allow_parallel_daemons(&workspace);
+
+    let daemon = workspace.start_daemon();
+    workspace.admin_address();
+    let log = workspace.log_file();
+    let generated =
+        workspace.run(&["generate", "--out", log.to_str().expect("utf-8"), "--count", "10000", "--rate", "5000/s", "--burst", "100"]);
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    let delivered = moto.wait_for(Duration::from_secs(90), |delivered| delivered.records.len() >= 10_000);
+    assert_eq!(delivered.distinct(), 10_000, "every generated record arrived");
+    std::thread::sleep(Duration::from_secs(2));
+    let delivered = moto.delivered();
+    assert_eq!((delivered.records.len(), delivered.duplicates()), (10_000, 0), "each exactly once");
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn fluentds_positions_make_tailhose_resume_where_fluentd_stopped_and_a_changed_file_is_reported() {
+    let fake = FakeFirehose::start(Faults::default());
+    let workspace = Workspace::new();
+    let fluentd = seed_fluentd_setup(&workspace, &fake.endpoint);
+    let log = workspace.log_file();
+    write_seed_records(&log, 0..1000, 1000, Duration::ZERO);
+    let text = std::fs::read_to_string(&log).expect("log");
+    let stopped_at: usize = text.lines().take(400).map(|line| line.len() + 1).sum();
+    let other = workspace.path().join("source/other.log");
+    write_seed_records(&other, 5000..5050, 50, Duration::ZERO);
+    let gone = workspace.path().join("source/gone.log");
+    use std::os::unix::fs::MetadataExt;
+    let inode = |path: &Path| std::fs::metadata(path).expect("metadata").ino();
+    let pos_file = format!(
+        "{}\t{stopped_at:016x}\t{:016x}\n{}\t{:016x}\t{:016x}\n{}\t{:016x}\t{:016x}\n",
+        log.display(),
+        inode(&log),
+        other.display(),
+        100,
+        inode(&other) + 12_345,
+        gone.display(),
+        10,
+        7
+    );
+    std::fs::create_dir_all(workspace.path().join("pos")).expect("pos");
+    std::fs::write(workspace.path().join("pos/pos_file.pos"), pos_file).expect("pos file");
+
+    let output = import(&workspace, &fluentd);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = stderr(&output);
+    assert!(report.contains(&format!("imported: tailhose starts at byte {stopped_at}")), "{report}");
+    assert!(report.contains("other.log") && report.contains("rotated since?"), "{report}");
+    assert!(report.contains("gone.log") && report.contains("no longer exists"), "{report}");
+    allow_parallel_daemons(&workspace);
+
+    let daemon = workspace.start_daemon();
+    workspace.admin_address();
+    wait_until(Duration::from_secs(30), "the 600 records after Fluentd's position", || (fake.seen().accepted.len() >= 600).then_some(()));
+    write_seed_records(&log, 1000..1100, 100, Duration::ZERO);
+    write_seed_records(&other, 5050..5060, 10, Duration::ZERO);
+    wait_until(Duration::from_secs(30), "the records written after the start", || (fake.seen().accepted.len() >= 710).then_some(()));
+    std::thread::sleep(Duration::from_millis(1500));
+    let seqs = accepted_seqs(&fake);
+    let expected: Vec<u64> = (400..1100).chain(5050..5060).collect();
+    assert_eq!(
+        seqs.iter().copied().collect::<BTreeSet<u64>>(),
+        expected.iter().copied().collect(),
+        "nothing before the positions, all after"
+    );
+    assert_eq!(seqs.len(), expected.len(), "none twice");
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn an_import_that_would_change_delivery_lists_every_point_with_its_line_and_exits_non_zero() {
+    let workspace = Workspace::new();
+    let fluentd = workspace.path().join("td-agent.conf");
+    std::fs::write(
+        &fluentd,
+        "<source>\n  @type forward\n</source>\n<source>\n  @type tail\n  path /var/log/app/*.log\n  pos_file /var/log/td-agent/app.pos\n  tag app.web\n  <parse>\n    @type regexp\n  </parse>\n</source>\n<filter app.**>\n  @type record_transformer\n</filter>\n<match app.**>\n  @type kinesis_firehose\n  delivery_stream_name web\n  aws_key_id AKIAEXAMPLE\n  compression gzip\n</match>\n",
+    )
+    .expect("write");
+    let output = import(&workspace, &fluentd);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let report = stderr(&output);
+    for expected in [
+        "td-agent.conf:2: changes delivery: `@type`",
+        "td-agent.conf:10: changes delivery: `@type`",
+        "td-agent.conf:13: changes delivery: `<filter>`",
+        "td-agent.conf:19: action needed: `aws_key_id`",
+        "td-agent.conf:20: changes delivery: `compression`",
+        "positions not imported",
+    ] {
+        assert!(report.contains(expected), "missing {expected:?} in\n{report}");
+    }
+    let written = std::fs::read_to_string(workspace.config()).expect("the configuration is written for review");
+    assert!(!written.contains("AKIAEXAMPLE"), "credentials are never copied");
+    assert!(!workspace.path().join("state/queue").exists(), "no positions imported");
+}
+
+/// Runs `records` seed records through `tailhose run --once` to `endpoint`, packed or not;
+/// returns its log.
+fn deliver_once(endpoint: &str, records: u64, sink_lines: &str) -> String {
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(endpoint, "", sink_lines);
+    let log = workspace.log_file();
+    let generated = workspace.run(&["generate", "--out", log.to_str().expect("utf-8"), "--count", &records.to_string(), "--burst", "1000"]);
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    let output = workspace.run(&["run", "--config", "tailhose.toml", "--once"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    stderr(&output)
+}
+
+#[test]
+fn packed_records_land_in_s3_as_the_same_bytes_as_unpacked_ones() {
+    let mut lines = Vec::new();
+    for sink_lines in ["", "pack_records = true"] {
+        let moto = Moto::start();
+        let log = deliver_once(&moto.endpoint, 3000, sink_lines);
+        assert!(!log.contains("cannot describe the delivery stream"), "the destination was checked through DescribeDeliveryStream: {log}");
+        let mut sorted = moto.delivered().records;
+        sorted.sort();
+        lines.push(sorted);
+    }
+    assert_eq!(lines[0].len(), 3000);
+    assert_eq!(lines[0], lines[1], "the same lines, byte for byte");
+}
+
+#[test]
+fn packing_cuts_the_billed_units_more_than_thirtyfold_and_tailhose_counts_them() {
+    let mut billed = Vec::new();
+    for sink_lines in ["", "pack_records = true"] {
+        let fake = FakeFirehose::start(Faults::default());
+        let log = deliver_once(&fake.endpoint, 5000, sink_lines);
+        let seen = fake.seen();
+        let seqs = accepted_seqs(&fake);
+        assert_eq!((seqs.len(), seqs.iter().collect::<BTreeSet<_>>().len()), (5000, 5000), "every record once");
+        assert!(seen.max_record_bytes <= 5000, "a packed record stays in one billing unit: {}", seen.max_record_bytes);
+        assert!(log.contains(&format!("\"billed_units\":{}", seen.billed_units)), "tailhose counts what Firehose bills: {log}");
+        billed.push((seen.accepted.len(), seen.billed_units));
+    }
+    let (unpacked, packed) = (billed[0], billed[1]);
+    eprintln!("Firehose records and billed 5 KB units for 5,000 seed records: unpacked {unpacked:?}, packed {packed:?}");
+    assert_eq!(unpacked, (5000, 5000), "one unit per unpacked seed record");
+    assert!(packed.1 * 30 <= unpacked.1, "packed: {packed:?}, unpacked: {unpacked:?}");
+}
+
+#[test]
+fn packing_is_refused_for_a_stream_that_makes_one_document_per_record() {
+    let moto = Moto::start();
+    moto.create_elasticsearch_stream("conect-es");
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&moto.endpoint, "", "pack_records = true");
+    let config = std::fs::read_to_string(workspace.config()).expect("config").replace(support::STREAM, "conect-es");
+    std::fs::write(workspace.config(), config).expect("config");
+    write_seed_records(&workspace.log_file(), 0..10, 10, Duration::ZERO);
+    let output = workspace.run(&["run", "--config", "tailhose.toml", "--once"]);
+    assert!(!output.status.success(), "packing into Elasticsearch must not start");
+    let message = stderr(&output);
+    assert!(message.contains("Elasticsearch") && message.contains("pack_records = false"), "{message}");
+}
