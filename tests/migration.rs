@@ -86,6 +86,17 @@ fn the_seeds_fluentd_configuration_imports_and_delivers_the_seeds_ten_thousand_r
     std::thread::sleep(Duration::from_secs(2));
     let delivered = moto.delivered();
     assert_eq!((delivered.records.len(), delivered.duplicates()), (10_000, 0), "each exactly once");
+    // The repository's own check of a bucket agrees.
+    let verified = std::process::Command::new(support::repo_root().join("scripts/verify-delivery-s3"))
+        .args(["--bucket", support::BUCKET, "--endpoint", &moto.endpoint, "--region", support::REGION, "--expect", "10000"])
+        .env("TAILHOSE", env!("CARGO_BIN_EXE_tailhose"))
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .output()
+        .expect("verify-delivery-s3 runs");
+    assert!(verified.status.success(), "{}{}", String::from_utf8_lossy(&verified.stdout), stderr(&verified));
+    let report: serde_json::Value = serde_json::from_slice(&verified.stdout).expect("a JSON report");
+    assert_eq!((report["distinct"].as_u64(), report["duplicates"].as_u64(), report["missing"].as_u64()), (Some(10_000), Some(0), Some(0)));
     assert!(daemon.terminate(Duration::from_secs(15)).success());
 }
 
@@ -209,11 +220,13 @@ fn packing_cuts_the_billed_units_more_than_thirtyfold_and_tailhose_counts_them()
         assert_eq!((seqs.len(), seqs.iter().collect::<BTreeSet<_>>().len()), (5000, 5000), "every record once");
         assert!(seen.max_record_bytes <= 5000, "a packed record stays in one billing unit: {}", seen.max_record_bytes);
         assert!(log.contains(&format!("\"billed_units\":{}", seen.billed_units)), "tailhose counts what Firehose bills: {log}");
-        billed.push((seen.accepted.len(), seen.billed_units));
+        let bytes: usize = seen.accepted.iter().map(Vec::len).sum();
+        billed.push((seen.accepted.len(), seen.billed_units, bytes));
     }
     let (unpacked, packed) = (billed[0], billed[1]);
-    eprintln!("Firehose records and billed 5 KB units for 5,000 seed records: unpacked {unpacked:?}, packed {packed:?}");
-    assert_eq!(unpacked, (5000, 5000), "one unit per unpacked seed record");
+    eprintln!("(Firehose records, billed 5 KB units, bytes) for 5,000 seed records: unpacked {unpacked:?}, packed {packed:?}");
+    assert_eq!((unpacked.0, unpacked.1), (5000, 5000), "one unit per unpacked seed record");
+    assert_eq!(packed.2, unpacked.2, "the same bytes sent");
     assert!(packed.1 * 30 <= unpacked.1, "packed: {packed:?}, unpacked: {unpacked:?}");
 }
 

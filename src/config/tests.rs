@@ -153,7 +153,8 @@ fn packing_needs_newlines_a_firehose_sink_and_a_record_sized_limit() {
 
 #[test]
 fn retention_limits_must_be_above_zero() {
-    let retained = SEED_LIKE.replace("append_newline = true", "append_newline = true\nretain_acked = \"24h\"\nretain_acked_bytes = \"512MiB\"");
+    let retained =
+        SEED_LIKE.replace("append_newline = true", "append_newline = true\nretain_acked = \"24h\"\nretain_acked_bytes = \"512MiB\"");
     let sink = &parse(&retained).expect("valid").sink_settings()[0];
     assert_eq!(sink.retention, Retention { max_age: Some(Duration::from_secs(86_400)), max_bytes: Some(512 << 20) });
     let zero = SEED_LIKE.replace("append_newline = true", "append_newline = true\nretain_acked_bytes = 0");
