@@ -93,7 +93,8 @@ pub fn translate(root: &Directive) -> Translation {
     let matches: Vec<&Directive> = sections.iter().copied().filter(|section| section.name == "match").collect();
     let filters: Vec<&Directive> = sections.iter().copied().filter(|section| section.name == "filter").collect();
     for section in sections.iter().filter(|section| section.name == "source") {
-        let Some(source) = tail_source(section, translation.sources.len(), &mut notes) else { continue };
+        let Some(mut source) = tail_source(section, translation.sources.len(), &mut notes) else { continue };
+        source.name = unique_name(source.name, translation.sources.iter().map(|source| source.name.as_str()));
         for filter in filters.iter().filter(|filter| tag_matches(&filter.argument, &source.tag)) {
             notes.push(
                 Severity::ChangesDelivery,
@@ -120,7 +121,8 @@ pub fn translate(root: &Directive) -> Translation {
                     let output = match translation.outputs.iter().position(|output| output.location == matched.location) {
                         Some(index) => index,
                         None => {
-                            let Some(output) = firehose_output(matched, translation.outputs.len(), &mut notes) else { continue };
+                            let Some(mut output) = firehose_output(matched, translation.outputs.len(), &mut notes) else { continue };
+                            output.name = unique_name(output.name, translation.outputs.iter().map(|output| output.name.as_str()));
                             translation.outputs.push(output);
                             translation.outputs.len() - 1
                         }
@@ -444,6 +446,15 @@ fn name_from(text: &str, fallback: &str, index: usize) -> String {
     }
 }
 
+/// `name`, or `name_2`, `name_3`, … when it is taken already (two sources with one tag, say).
+fn unique_name<'a>(name: String, taken: impl Iterator<Item = &'a str> + Clone) -> String {
+    let is_free = |candidate: &str| !taken.clone().any(|used| used == candidate);
+    if is_free(&name) {
+        return name;
+    }
+    (2..).map(|suffix| format!("{name}_{suffix}")).find(|candidate| is_free(candidate)).unwrap_or(name)
+}
+
 /// Whether a `<match>`/`<filter>` argument (space-separated patterns) matches `tag`, with
 /// Fluentd's rules: `*` one tag part, `**` zero or more parts, `{a,b}` either.
 pub fn tag_matches(patterns: &str, tag: &str) -> bool {
@@ -537,6 +548,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::config::Config;
     use crate::migrate::fluentd_syntax::parse_text;
 
     #[test]
@@ -569,6 +581,49 @@ mod tests {
             .map(|note| (note.location.line, note.key.as_str()))
             .collect();
         assert_eq!(keys, vec![(2, "@type"), (8, "@type none"), (10, "<filter>"), (14, "@type")]);
+    }
+
+    #[test]
+    fn two_sources_with_one_tag_get_distinct_names_and_share_their_output() {
+        let source = |path: &str| format!("<source>\n  @type tail\n  path {path}\n  tag app\n</source>\n");
+        let text = format!(
+            "{}{}<match app>\n  @type kinesis_firehose\n  delivery_stream_name s\n</match>\n",
+            source("/a/*.log"),
+            source("/b/*.log")
+        );
+        let translation = translated(&text);
+        let names: Vec<&str> = translation.sources.iter().map(|source| source.name.as_str()).collect();
+        assert_eq!(names, vec!["app", "app_2"]);
+        assert_eq!(translation.outputs.len(), 1);
+        assert_eq!(translation.outputs[0].inputs, vec!["app".to_owned(), "app_2".to_owned()]);
+        let toml = render_toml(&translation, "/var/lib/tailhose", Path::new("td-agent.conf"));
+        Config::parse(&toml, Path::new("/etc/tailhose/tailhose.toml")).expect("the rendered configuration is valid");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// Whatever names, paths and values a Fluentd configuration holds, the translation is a
+        /// valid tailhose configuration (quoting, names, durations).
+        #[test]
+        fn any_translated_configuration_is_valid(
+            tag in "[a-z][a-z0-9._-]{0,12}",
+            path in r"/[^\x00\n\r#\[\]{}*?,]{1,30}",
+            stream in "[A-Za-z0-9_.-]{1,20}",
+            region in "[a-z0-9-]{0,12}",
+            flush in proptest::prop_oneof!["[1-9][0-9]{0,2}s", "[0-9]\\.[0-9]", "[1-9]m"],
+        ) {
+            let text = format!(
+                "<source>\n  @type tail\n  path \"{}\"\n  tag {tag}\n</source>\n<match {tag}>\n  @type kinesis_firehose\n  delivery_stream_name {stream}\n  region \"{region}\"\n  <buffer>\n    flush_interval {flush}\n  </buffer>\n</match>\n",
+                path.replace('\\', "\\\\").replace('"', "\\\"")
+            );
+            let translation = translated(&text);
+            proptest::prop_assert_eq!(translation.sources.len(), 1, "{:?}", translation.notes);
+            proptest::prop_assert_eq!(&translation.sources[0].paths, &vec![path.trim().to_owned()]);
+            let toml = render_toml(&translation, "/var/lib/tailhose", Path::new("td-agent.conf"));
+            let parsed = Config::parse(&toml, Path::new("/etc/tailhose/tailhose.toml"));
+            proptest::prop_assert!(parsed.is_ok(), "{:?}\n{}", parsed.err(), toml);
+        }
     }
 
     #[test]
