@@ -50,6 +50,7 @@ pub struct Events {
     calls: AtomicU64,
     sink_records_acked: AtomicU64,
     billed_units: AtomicU64,
+    rate_decreases: AtomicU64,
     /// Seconds from sending a call to its answer.
     pub call_latency: Histogram,
     /// Records per call.
@@ -193,6 +194,7 @@ impl Default for Events {
             calls: AtomicU64::default(),
             sink_records_acked: AtomicU64::default(),
             billed_units: AtomicU64::default(),
+            rate_decreases: AtomicU64::default(),
             call_latency: Histogram::new(LATENCY_SECONDS),
             call_records: Histogram::new(RECORDS_PER_CALL),
             last_sink_problem: Mutex::new(None),
@@ -239,6 +241,8 @@ pub struct EventCounts {
     pub sink_records_acked: u64,
     /// Firehose billing units (each record rounded up to 5 KB) of acknowledged records.
     pub billed_units: u64,
+    /// Times the send rate was lowered to what the destination took (see `sink::rate`).
+    pub rate_decreases: u64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -425,6 +429,17 @@ impl Events {
         }
     }
 
+    pub fn rate_learned(&self, route: &str, rates: &crate::sink::rate::Rates) {
+        bump(&self.rate_decreases, 1);
+        tracing::info!(
+            route,
+            bytes_per_sec = rates.bytes.map(|rate| rate as u64),
+            records_per_sec = rates.records.map(|rate| rate as u64),
+            calls_per_sec = rates.calls.map(|rate| rate as u64),
+            "the destination throttled: sending at the rate it took over the last second, then probing for more"
+        );
+    }
+
     fn note_sink_problem(&self, route: &str, message: &str) {
         let problem = SinkProblem { route: route.to_owned(), message: message.to_owned(), at_ms: crate::queue::now_ms() };
         *self.last_sink_problem.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(problem);
@@ -504,6 +519,7 @@ impl Events {
             calls: load(&self.calls),
             sink_records_acked: load(&self.sink_records_acked),
             billed_units: load(&self.billed_units),
+            rate_decreases: load(&self.rate_decreases),
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::queue::{QueueError, QueueStats};
 pub fn render(state: &AdminState) -> Result<String, QueueError> {
     let counts = state.events.snapshot();
     let mut out = Exposition::default();
-    let counters: [(&str, &str, u64); 24] = [
+    let counters: [(&str, &str, u64); 25] = [
         ("tailhose_records_read_total", "Records taken from files: queued, or dead-lettered as read.", counts.records_read),
         ("tailhose_records_queued_total", "Records appended to the queue.", counts.records_queued),
         ("tailhose_records_acked_total", "Records the sink acknowledged.", counts.records_acked),
@@ -44,6 +44,7 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
             counts.sink_records_acked,
         ),
         ("tailhose_billed_units_total", "Firehose billing units (records rounded up to 5 KB) acknowledged.", counts.billed_units),
+        ("tailhose_rate_decreases_total", "Times the send rate was lowered to what the destination took.", counts.rate_decreases),
     ];
     for (name, help, value) in counters {
         out.header(name, help, "counter");

@@ -199,6 +199,13 @@ pub struct SinkConfig {
     /// Largest packed record. The default keeps each packed record in one 5 KB billing unit.
     #[serde(default = "default_pack_max_bytes")]
     pub pack_max_bytes: ByteSize,
+    /// Never send faster than this (bytes of record data per second), e.g. to leave part of a
+    /// shared stream's quota to other writers. Below it, the rate is learned from throttling.
+    #[serde(default)]
+    pub max_bytes_per_sec: Option<ByteSize>,
+    /// Never send more records per second than this (packed records count as one).
+    #[serde(default)]
+    pub max_records_per_sec: Option<u64>,
 
     // type = "directory"
     pub path: Option<PathBuf>,
@@ -293,6 +300,8 @@ pub struct SinkSettings {
     pub retention: Retention,
     /// `Some(max bytes of a packed record)` when records are packed.
     pub pack_max_bytes: Option<u64>,
+    /// `max_bytes_per_sec` and `max_records_per_sec`.
+    pub rate_ceiling: crate::sink::rate::Rates,
 }
 
 /// How long acknowledged chunks are kept for replay. Both limits apply when both are set.
@@ -438,6 +447,13 @@ impl Config {
                     "retry_initial_backoff must be above 0 and at most retry_max_backoff".into(),
                 );
             }
+            if settings.max_bytes_per_sec.is_some_and(|size| size.0 < 1024) || settings.max_records_per_sec == Some(0) {
+                report(
+                    format!("{key}.max_bytes_per_sec"),
+                    sink.span(),
+                    "max_bytes_per_sec must be at least 1KiB and max_records_per_sec at least 1".into(),
+                );
+            }
             if settings.pack_records {
                 if !settings.append_newline {
                     report(
@@ -536,6 +552,11 @@ impl Config {
                     retry_max_backoff: sink.retry_max_backoff,
                     retention: Retention { max_age: sink.retain_acked, max_bytes: sink.retain_acked_bytes.map(|size| size.0) },
                     pack_max_bytes: sink.pack_records.then_some(sink.pack_max_bytes.0),
+                    rate_ceiling: crate::sink::rate::Rates {
+                        bytes: sink.max_bytes_per_sec.map(|size| size.0 as f64),
+                        records: sink.max_records_per_sec.map(|records| records as f64),
+                        calls: None,
+                    },
                 })
             })
             .collect()

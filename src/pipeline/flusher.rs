@@ -9,6 +9,8 @@
 //!   exponential, jittered, capped back-off, without limit of time.
 //! - Batches are delivered one at a time, in queue order, so acknowledgements always cover a
 //!   contiguous prefix of each chunk.
+//! - Calls are paced by a rate learned from throttling ([`crate::sink::rate`]), within the
+//!   sink's `max_bytes_per_sec` / `max_records_per_sec`.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -22,6 +24,7 @@ use crate::config::SinkSettings;
 use crate::events::{BatchDelivery, Events, RetryCause};
 use crate::queue::chunk::decode_chunk;
 use crate::queue::{ChunkAck, ChunkMeta, ChunkSeq, DeadLetter, DeadLetterReason, FileIdentity, QueueError, RouteQueue};
+use crate::sink::rate::{CallSize, RateGovernor};
 use crate::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecord, RecordOutcome, Sink, SinkError};
 
 /// When a flusher stops.
@@ -47,6 +50,8 @@ pub struct Flusher {
     next_seq: ChunkSeq,
     /// The chunk being packed, when a batch filled up in its middle.
     current: Option<LoadedChunk>,
+    /// The pace of calls, learned from throttling (see [`crate::sink::rate`]).
+    governor: std::sync::Mutex<RateGovernor>,
 }
 
 /// A verified chunk with the place of each record in its stored bytes.
@@ -151,7 +156,8 @@ impl Flusher {
         storage_stall_timeout: Duration,
     ) -> Flusher {
         let limits = sink.limits(&settings);
-        Flusher { queue, sink, settings, limits, events, stopping, storage_stall_timeout, next_seq: ChunkSeq(0), current: None }
+        let governor = std::sync::Mutex::new(RateGovernor::new(settings.rate_ceiling));
+        Flusher { queue, sink, settings, limits, events, stopping, storage_stall_timeout, next_seq: ChunkSeq(0), current: None, governor }
     }
 
     pub async fn run(mut self) -> Result<(), super::PipelineError> {
@@ -337,6 +343,14 @@ impl Flusher {
         while let Some(mut group) = groups.pop_front() {
             loop {
                 attempt += 1;
+                let size = call_size(&batch.records, &group);
+                let pace = self.lock_governor().reserve(size, Instant::now());
+                if !pace.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(pace) => {}
+                        _ = &mut abandon => return Delivery::Abandoned,
+                    }
+                }
                 let call_started = Instant::now();
                 let answer = tokio::select! {
                     answer = self.sink.put(&batch.records, &group) => answer,
@@ -347,22 +361,36 @@ impl Flusher {
                     Ok(outcomes) => {
                         let mut failed = Vec::new();
                         let mut first_failure = None;
+                        let mut throttled = false;
                         for (&index, outcome) in group.iter().zip(&outcomes) {
                             if let RecordOutcome::Failed { code, message } = outcome {
                                 failed.push(index);
+                                throttled |= is_throttling(code);
                                 first_failure.get_or_insert((code.clone(), message.clone()));
                             }
                         }
+                        let accepted = CallSize {
+                            bytes: size.bytes - call_size(&batch.records, &failed).bytes,
+                            records: (group.len() - failed.len()) as u64,
+                        };
+                        self.lock_governor().accepted(accepted, Instant::now());
                         let Some((code, message)) = first_failure else {
                             backoff = self.backoff();
                             break;
                         };
                         self.events.entries_failed(route, failed.len() as u64, group.len() as u64, &code, &message);
                         group = failed;
-                        (RetryCause::FailedEntries, backoff.next())
+                        if throttled {
+                            self.learn_from_throttling();
+                        }
+                        // Part of the call went through: the destination is up and near its quota,
+                        // which the governor's pace now respects; waiting longer only wastes quota.
+                        let delay = if throttled && accepted.records > 0 { Some(Duration::ZERO) } else { backoff.next() };
+                        (RetryCause::FailedEntries, delay)
                     }
                     Err(SinkError::Throttled { message }) => {
                         self.events.call_throttled(route, &message);
+                        self.learn_from_throttling();
                         (RetryCause::Throttled, backoff.next())
                     }
                     Err(SinkError::Transient { message }) => {
@@ -409,6 +437,18 @@ impl Flusher {
         Delivery::Accepted
     }
 
+    fn lock_governor(&self) -> std::sync::MutexGuard<'_, RateGovernor> {
+        // The governor holds plain numbers; after a panic elsewhere they are still usable.
+        self.governor.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Lowers the send rate to what the destination took over the last second, if it took any.
+    fn learn_from_throttling(&self) {
+        if let Some(rates) = self.lock_governor().throttled(Instant::now()) {
+            self.events.rate_learned(self.queue.name(), &rates);
+        }
+    }
+
     /// Whether the next line joins the batch's last record: packing is on and it fits.
     fn packs_into_last(&self, batch: &PendingBatch, piece_len: u64) -> bool {
         let Some(max) = self.settings.pack_max_bytes else { return false };
@@ -433,6 +473,16 @@ impl Flusher {
             .without_max_times()
             .build()
     }
+}
+
+/// Bytes and records of the records `which` of `records`.
+fn call_size(records: &[OutgoingRecord], which: &[usize]) -> CallSize {
+    CallSize { bytes: which.iter().map(|&index| records[index].data.len() as u64).sum(), records: which.len() as u64 }
+}
+
+/// Per-record error codes that mean "over the stream's quota".
+fn is_throttling(code: &str) -> bool {
+    matches!(code, "ServiceUnavailableException" | "ThrottlingException" | "LimitExceededException")
 }
 
 /// Completes when `stop` has fired and `grace` has passed since.

@@ -8,6 +8,7 @@
 pub mod batch;
 mod directory;
 mod firehose;
+pub mod rate;
 
 use crate::config::{firehose_limits, SinkDestination, SinkSettings};
 

@@ -47,6 +47,27 @@ pub struct Faults {
     /// A call holding a record that contains these bytes is refused whole with
     /// `InvalidArgumentException`, as Firehose refuses a record it will never take.
     pub reject_records_containing: Option<&'static str>,
+    /// A Direct PUT stream's quota, counted in fixed one-second windows: a call past the calls
+    /// budget is throttled whole; records past the records or bytes budget are answered with
+    /// per-record `ServiceUnavailableException` entries, as Firehose does.
+    pub quota: Option<Quota>,
+}
+
+/// Per-second budgets of a stream (ap-northeast-2's defaults: 1 MiB, 1,000 calls, 100,000 records).
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub bytes_per_sec: u64,
+    pub records_per_sec: u64,
+    pub calls_per_sec: u64,
+}
+
+/// What the current one-second window has taken.
+#[derive(Debug, Default, Clone, Copy)]
+struct WindowUse {
+    index: u64,
+    bytes: u64,
+    records: u64,
+    calls: u64,
 }
 
 /// What the fake saw.
@@ -69,6 +90,10 @@ pub struct Seen {
     pub limit_violations: u64,
     /// What Firehose would bill for the accepted records: each rounded up to 5 KB (5,120 bytes).
     pub billed_units: u64,
+    /// Calls that met the quota: throttled whole, or with entries refused for it.
+    pub quota_throttled_calls: u64,
+    /// When the last record was accepted.
+    pub last_accepted_at: Option<Instant>,
 }
 
 impl Seen {
@@ -82,6 +107,8 @@ struct State {
     faults: Faults,
     seen: Seen,
     random: u64,
+    started: Instant,
+    window: WindowUse,
 }
 
 pub struct FakeFirehose {
@@ -123,7 +150,13 @@ impl hyper::body::Body for TornBody {
 impl FakeFirehose {
     pub fn start(faults: Faults) -> FakeFirehose {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-        let state = Arc::new(Mutex::new(State { faults, seen: Seen::default(), random: faults.random_seed.unwrap_or(1) | 1 }));
+        let state = Arc::new(Mutex::new(State {
+            faults,
+            seen: Seen::default(),
+            random: faults.random_seed.unwrap_or(1) | 1,
+            started: Instant::now(),
+            window: WindowUse::default(),
+        }));
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
         let address = listener.local_addr().expect("address");
         let server = runtime.spawn(serve(listener, state.clone()));
@@ -273,22 +306,47 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
         seen.refused_calls += 1;
         return Answer::Reply(error(StatusCode::BAD_REQUEST, "LimitExceededException", "Rate exceeded."));
     }
+    if let Some(quota) = faults.quota {
+        let index = state.started.elapsed().as_secs();
+        if state.window.index != index {
+            state.window = WindowUse { index, ..WindowUse::default() };
+        }
+        if state.window.calls >= quota.calls_per_sec {
+            state.seen.refused_calls += 1;
+            state.seen.quota_throttled_calls += 1;
+            return Answer::Reply(error(StatusCode::BAD_REQUEST, "ServiceUnavailableException", "Slow down."));
+        }
+        state.window.calls += 1;
+    }
     let mut responses = Vec::with_capacity(records.len());
     let mut failed = 0;
+    let mut over_quota = false;
     for data in records {
         state.seen.record_attempts += 1;
         let random_failure = faults.random_seed.is_some() && next_random(&mut state.random) % 10 == 0;
+        let past_quota = faults.quota.is_some_and(|quota| {
+            state.window.records + 1 > quota.records_per_sec || state.window.bytes + data.len() as u64 > quota.bytes_per_sec
+        });
+        if !past_quota && faults.quota.is_some() {
+            state.window.records += 1;
+            state.window.bytes += data.len() as u64;
+        }
+        over_quota |= past_quota;
         let seen = &mut state.seen;
-        if faults.fail_every_nth_record.is_some_and(|n| seen.record_attempts % n == 0) || random_failure {
+        if faults.fail_every_nth_record.is_some_and(|n| seen.record_attempts % n == 0) || random_failure || past_quota {
             failed += 1;
             responses.push(serde_json::json!({"ErrorCode": "ServiceUnavailableException", "ErrorMessage": "Slow down."}));
         } else {
             responses.push(serde_json::json!({"RecordId": format!("{:056}", seen.accepted.len())}));
             seen.billed_units += (data.len() as u64).div_ceil(5120).max(1);
+            seen.last_accepted_at = Some(Instant::now());
             seen.accepted.push(data);
         }
     }
     state.seen.failed_entries += failed;
+    if over_quota {
+        state.seen.quota_throttled_calls += 1;
+    }
     let reply = serde_json::json!({"FailedPutCount": failed, "Encrypted": false, "RequestResponses": responses});
     if every(faults.tear_every_nth_call) {
         state.seen.accepted_in_torn_calls += responses.len() as u64 - failed;

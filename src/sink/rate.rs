@@ -1,0 +1,274 @@
+//! Living at the stream's quota: a send rate learned from throttling.
+//!
+//! A Direct PUT stream takes a fixed number of bytes, records and calls per second (1 MiB/s,
+//! 1,000 records... in ap-northeast-2 by default) and answers the excess with
+//! `ServiceUnavailableException` entries. Sending as fast as possible and backing off after each
+//! refusal wastes most of the quota on refused records and retries (Fluent Bit used under a third
+//! of it here). The [`RateGovernor`] instead paces calls:
+//!
+//! - **Learn from throttling (multiplicative decrease).** When the destination throttles while it
+//!   is accepting records, what it accepted over the last second is, by definition, about its
+//!   quota: the rates become 95 % of that (bytes, records and calls per second).
+//! - **Probe for more (additive increase).** Every second without throttling, each rate grows by
+//!   1 % of the rate learned at the last throttle, so a quota raised by AWS is found again.
+//! - **Pace, do not burst.** Calls are spaced so that no 100 ms holds more than its share: a
+//!   quota counted per second is never exceeded by a burst at a window's edge.
+//! - **Ceilings.** `max_bytes_per_sec` and `max_records_per_sec` are never passed.
+//!
+//! A call throttled as a whole, with nothing accepted over the last second (an outage, or a
+//! quota shared with another writer at its limit), teaches nothing about the rate: the flusher's
+//! exponential back-off handles it, and the learned rate stays.
+//!
+//! Time is passed in (`Instant`), so the arithmetic is tested without clocks.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// What one call carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallSize {
+    pub bytes: u64,
+    pub records: u64,
+}
+
+/// Rates per second; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Rates {
+    pub bytes: Option<f64>,
+    pub records: Option<f64>,
+    pub calls: Option<f64>,
+}
+
+/// Rates are never lowered below these (bytes, records, calls per second): a signal that is not
+/// about the rate (random refusals) must not starve delivery. Below them, the flusher's back-off
+/// still slows a destination that refuses everything.
+const FLOOR: Rates = Rates { bytes: Some(256.0 * 1024.0), records: Some(256.0), calls: Some(10.0) };
+
+/// Fraction of the accepted rate taken after a throttle.
+const DECREASE_TO: f64 = 0.95;
+/// Growth per second without throttling, as a fraction of the rate learned at the last throttle.
+const INCREASE_PER_SECOND: f64 = 0.01;
+/// How far ahead of the pace calls may be sent (a burst allowance).
+const BURST: Duration = Duration::from_millis(100);
+/// The window over which accepted traffic is measured: quotas are per second.
+const WINDOW: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct RateGovernor {
+    ceiling: Rates,
+    current: Rates,
+    /// The rates set at the last throttle: the step of additive increase.
+    learned: Rates,
+    last_throttle: Option<Instant>,
+    last_increase: Option<Instant>,
+    /// When the next call may go (virtual scheduling).
+    next_send: Option<Instant>,
+    /// Accepted calls of the last [`WINDOW`].
+    accepted: VecDeque<(Instant, CallSize)>,
+}
+
+impl RateGovernor {
+    pub fn new(ceiling: Rates) -> RateGovernor {
+        RateGovernor {
+            ceiling,
+            current: ceiling,
+            learned: Rates::default(),
+            last_throttle: None,
+            last_increase: None,
+            next_send: None,
+            accepted: VecDeque::new(),
+        }
+    }
+
+    /// The rates in force.
+    pub fn rates(&self) -> Rates {
+        self.current
+    }
+
+    /// How long to wait before sending a call of `size` at `now`; the call is booked.
+    pub fn reserve(&mut self, size: CallSize, now: Instant) -> Duration {
+        self.increase(now);
+        let cost = [
+            self.current.bytes.map(|rate| size.bytes as f64 / rate),
+            self.current.records.map(|rate| size.records as f64 / rate),
+            self.current.calls.map(|rate| 1.0 / rate),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(0.0, f64::max);
+        let earliest = now.checked_sub(BURST).unwrap_or(now);
+        let start = self.next_send.map_or(now, |next| next.max(earliest));
+        self.next_send = Some(start + Duration::from_secs_f64(cost.min(3600.0)));
+        start.saturating_duration_since(now)
+    }
+
+    /// The destination accepted `size` of a call.
+    pub fn accepted(&mut self, size: CallSize, now: Instant) {
+        self.forget_before(now);
+        if size.records > 0 {
+            self.accepted.push_back((now, size));
+        }
+    }
+
+    /// The destination throttled (a whole call, or entries of one). Returns the new rates when
+    /// they were lowered.
+    pub fn throttled(&mut self, now: Instant) -> Option<Rates> {
+        self.forget_before(now);
+        // One overload shows as several refusals in a row: lower once per window.
+        if self.last_throttle.is_some_and(|last| now.saturating_duration_since(last) < WINDOW) {
+            return None;
+        }
+        let total = self.accepted.iter().fold(CallSize { bytes: 0, records: 0 }, |sum, (_, size)| CallSize {
+            bytes: sum.bytes + size.bytes,
+            records: sum.records + size.records,
+        });
+        if total.records == 0 {
+            return None;
+        }
+        let calls = self.accepted.len() as f64;
+        let lowered = |current: Option<f64>, measured: f64, ceiling: Option<f64>, floor: Option<f64>| {
+            let target = (measured * DECREASE_TO).max(floor.unwrap_or(1.0));
+            Some(current.map_or(target, |current| current.min(target)).min(ceiling.unwrap_or(f64::MAX)))
+        };
+        self.current = Rates {
+            bytes: lowered(self.current.bytes, total.bytes as f64, self.ceiling.bytes, FLOOR.bytes),
+            records: lowered(self.current.records, total.records as f64, self.ceiling.records, FLOOR.records),
+            calls: lowered(self.current.calls, calls, self.ceiling.calls, FLOOR.calls),
+        };
+        // What the last second carried already spent the budget from its first call on: the
+        // next call waits until that traffic is paid for at the new rate.
+        let spent = [
+            self.current.bytes.map(|rate| total.bytes as f64 / rate),
+            self.current.records.map(|rate| total.records as f64 / rate),
+            self.current.calls.map(|rate| calls / rate),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(0.0, f64::max);
+        if let Some(&(oldest, _)) = self.accepted.front() {
+            let paid_until = oldest + Duration::from_secs_f64(spent.min(3600.0));
+            self.next_send = Some(self.next_send.map_or(paid_until, |next| next.max(paid_until)));
+        }
+        self.learned = self.current;
+        self.last_throttle = Some(now);
+        self.last_increase = Some(now);
+        Some(self.current)
+    }
+
+    /// Additive increase: every whole second since the last throttle or increase.
+    fn increase(&mut self, now: Instant) {
+        let Some(since) = self.last_increase else { return };
+        let seconds = now.saturating_duration_since(since).as_secs();
+        if seconds == 0 {
+            return;
+        }
+        let grow = |current: Option<f64>, learned: Option<f64>, ceiling: Option<f64>| match (current, learned) {
+            (Some(current), Some(step)) => {
+                let grown = current + step * INCREASE_PER_SECOND * seconds as f64;
+                Some(ceiling.map_or(grown, |ceiling| grown.min(ceiling)))
+            }
+            (current, _) => current,
+        };
+        self.current = Rates {
+            bytes: grow(self.current.bytes, self.learned.bytes, self.ceiling.bytes),
+            records: grow(self.current.records, self.learned.records, self.ceiling.records),
+            calls: grow(self.current.calls, self.learned.calls, self.ceiling.calls),
+        };
+        self.last_increase = Some(since + Duration::from_secs(seconds));
+    }
+
+    fn forget_before(&mut self, now: Instant) {
+        while self.accepted.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) >= WINDOW) {
+            self.accepted.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CALL: CallSize = CallSize { bytes: 73_000, records: 500 };
+
+    /// Runs a governor against a destination that takes `quota_bytes` per fixed one-second
+    /// window, for `seconds`; returns (bytes accepted, calls, throttled calls).
+    fn simulate(quota_bytes: u64, seconds: u64, ceiling: Rates) -> (u64, u64, u64) {
+        let start = Instant::now();
+        let mut governor = RateGovernor::new(ceiling);
+        let mut now = start;
+        let (mut accepted, mut calls, mut throttled) = (0, 0, 0);
+        let mut window = 0;
+        let mut used = 0;
+        while now < start + Duration::from_secs(seconds) {
+            now += governor.reserve(CALL, now) + Duration::from_millis(2);
+            let this_window = now.duration_since(start).as_secs();
+            if this_window != window {
+                (window, used) = (this_window, 0);
+            }
+            calls += 1;
+            let taken = CALL.bytes.min(quota_bytes.saturating_sub(used));
+            used += taken;
+            accepted += taken;
+            governor.accepted(CallSize { bytes: taken, records: taken * CALL.records / CALL.bytes }, now);
+            if taken < CALL.bytes {
+                throttled += 1;
+                governor.throttled(now);
+            }
+        }
+        (accepted, calls, throttled)
+    }
+
+    #[test]
+    fn at_a_per_second_quota_the_learned_rate_uses_most_of_it_with_few_throttled_calls() {
+        let quota = 1 << 20;
+        let (accepted, calls, throttled) = simulate(quota, 60, Rates::default());
+        let used = accepted as f64 / (60.0 * quota as f64);
+        assert!(used >= 0.9, "used {:.1} % of the quota", used * 100.0);
+        assert!(throttled * 20 <= calls, "{throttled} of {calls} calls throttled");
+    }
+
+    #[test]
+    fn a_ceiling_is_never_passed() {
+        let ceiling = Rates { bytes: Some(200_000.0), ..Rates::default() };
+        let (accepted, _, throttled) = simulate(u64::MAX, 10, ceiling);
+        assert_eq!(throttled, 0);
+        assert!(accepted as f64 <= 200_000.0 * 10.0 + CALL.bytes as f64 * 2.0, "{accepted}");
+    }
+
+    #[test]
+    fn refusals_that_are_not_about_the_rate_never_push_it_below_the_floor() {
+        let start = Instant::now();
+        let mut governor = RateGovernor::new(Rates::default());
+        let mut now = start;
+        // One record in ten refused whatever the rate: each second looks like a throttle.
+        for _ in 0..600 {
+            now += governor.reserve(CALL, now) + Duration::from_millis(1);
+            governor.accepted(CallSize { bytes: CALL.bytes * 9 / 10, records: CALL.records * 9 / 10 }, now);
+            governor.throttled(now);
+        }
+        let rates = governor.rates();
+        assert!(rates.bytes.is_some_and(|rate| rate >= 256.0 * 1024.0), "{rates:?}");
+        assert!(rates.calls.is_some_and(|rate| rate >= 10.0), "{rates:?}");
+    }
+
+    #[test]
+    fn a_throttle_with_nothing_accepted_lately_teaches_nothing() {
+        let now = Instant::now();
+        let mut governor = RateGovernor::new(Rates::default());
+        assert_eq!(governor.throttled(now), None);
+        assert_eq!(governor.rates(), Rates::default());
+        assert_eq!(governor.reserve(CALL, now), Duration::ZERO, "unlimited until something is learned");
+    }
+
+    #[test]
+    fn after_a_throttle_the_rate_grows_back_by_one_percent_of_it_per_second() {
+        let start = Instant::now();
+        let mut governor = RateGovernor::new(Rates::default());
+        governor.accepted(CallSize { bytes: 1_000_000, records: 1_000 }, start);
+        let lowered = governor.throttled(start).expect("lowered");
+        assert_eq!((lowered.bytes, lowered.records), (Some(950_000.0), Some(950.0)));
+        governor.reserve(CallSize { bytes: 0, records: 0 }, start + Duration::from_secs(10));
+        let grown = governor.rates().bytes.expect("a rate");
+        assert!((grown - 950_000.0 * 1.1).abs() < 1.0, "{grown}");
+    }
+}
