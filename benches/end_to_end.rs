@@ -1,0 +1,163 @@
+//! End to end: the release `tailhose` binary reads a file of seed records and delivers it to the
+//! project's fake Firehose on loopback, in three situations:
+//!
+//! 1. unthrottled: records/s, MB/s, tailhose's CPU seconds and peak RSS;
+//! 2. at the quota of an ap-northeast-2 Direct PUT stream (1 MiB/s, 1,000 calls/s, 100,000
+//!    records/s): time to the last accepted record, share of the byte quota used, throttled calls,
+//!    duplicates;
+//! 3. far from the region (30 ms added to every call): records/s.
+//!
+//! `cargo bench --bench end_to_end` prints one table row per situation. Under `cargo test
+//! --bench end_to_end` (CI), each situation runs with a few thousand records, as a smoke test.
+//!
+//! CPU and memory are read from `/proc/PID/stat` and `/proc/PID/status` (`VmHWM`) while tailhose
+//! runs, sampled every 20 ms; the last sample before it exits is reported.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use support::fake_firehose::{FakeFirehose, Faults, Quota};
+use support::{count_seqs, Workspace};
+
+struct Situation {
+    name: &'static str,
+    records: u64,
+    faults: Faults,
+    sink_lines: &'static str,
+}
+
+#[derive(Default)]
+struct Measured {
+    seconds: f64,
+    cpu_seconds: f64,
+    peak_rss_mib: f64,
+    calls: u64,
+    throttled_calls: u64,
+    delivered: usize,
+    duplicates: u64,
+    last_accepted_after: f64,
+    bytes: u64,
+}
+
+fn main() {
+    let full = std::env::args().any(|arg| arg == "--bench");
+    let scale = |records: u64| if full { records } else { 3_000 };
+    let situations = [
+        Situation { name: "unthrottled", records: scale(1_000_000), faults: Faults::default(), sink_lines: "" },
+        Situation {
+            name: "at the quota (1 MiB/s, 1,000 calls/s, 100k records/s)",
+            records: scale(100_000),
+            faults: Faults {
+                quota: Some(Quota { bytes_per_sec: 1 << 20, records_per_sec: 100_000, calls_per_sec: 1_000 }),
+                ..Faults::default()
+            },
+            sink_lines: "",
+        },
+        Situation {
+            name: "30 ms per call",
+            records: scale(100_000),
+            faults: Faults { latency: Duration::from_millis(30), ..Faults::default() },
+            sink_lines: "",
+        },
+    ];
+    println!(
+        "| situation | records | seconds | records/s | MB/s | tailhose CPU s | peak RSS MiB | calls | throttled calls | duplicates | byte quota used |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for situation in &situations {
+        let measured = run(situation);
+        assert_eq!(measured.delivered as u64, situation.records, "{}: every record delivered", situation.name);
+        let quota_used = situation.faults.quota.map_or("-".to_owned(), |quota| {
+            format!("{:.0} %", 100.0 * measured.bytes as f64 / (measured.last_accepted_after * quota.bytes_per_sec as f64))
+        });
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {:.1} | {:.2} | {:.1} | {} | {} ({:.1} %) | {} | {} |",
+            situation.name,
+            situation.records,
+            measured.seconds,
+            situation.records as f64 / measured.seconds,
+            measured.bytes as f64 / measured.seconds / 1e6,
+            measured.cpu_seconds,
+            measured.peak_rss_mib,
+            measured.calls,
+            measured.throttled_calls,
+            100.0 * measured.throttled_calls as f64 / measured.calls.max(1) as f64,
+            measured.duplicates,
+            quota_used
+        );
+    }
+}
+
+fn run(situation: &Situation) -> Measured {
+    let fake = FakeFirehose::start(situation.faults);
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", situation.sink_lines);
+    let log = workspace.log_file();
+    let generated = workspace.run(&[
+        "generate",
+        "--out",
+        log.to_str().expect("utf-8 path"),
+        "--count",
+        &situation.records.to_string(),
+        "--burst",
+        "10000",
+    ]);
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    let bytes = std::fs::metadata(&log).expect("log").len();
+    let started = Instant::now();
+    let mut child = workspace
+        .tailhose(&["run", "--config", "tailhose.toml", "--once"])
+        .env("TAILHOSE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tailhose starts");
+    let pid = child.id();
+    let mut last = ProcSample::default();
+    let status = loop {
+        if let Some(sample) = ProcSample::read(pid) {
+            last = sample;
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(status.success(), "{}: tailhose failed", situation.name);
+    let seen = fake.seen();
+    let counts: BTreeMap<u64, u32> = count_seqs(seen.accepted.iter().map(Vec::as_slice));
+    Measured {
+        seconds,
+        cpu_seconds: last.cpu_seconds,
+        peak_rss_mib: last.peak_rss_kib as f64 / 1024.0,
+        calls: seen.calls,
+        throttled_calls: seen.quota_throttled_calls,
+        delivered: counts.len(),
+        duplicates: counts.values().map(|&count| u64::from(count) - 1).sum(),
+        last_accepted_after: seen.last_accepted_at.map_or(seconds, |at| at.duration_since(started).as_secs_f64()),
+        bytes,
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct ProcSample {
+    cpu_seconds: f64,
+    peak_rss_kib: u64,
+}
+
+impl ProcSample {
+    fn read(pid: u32) -> Option<ProcSample> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces) start after its closing ')'.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let peak_rss_kib = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?.split_whitespace().next()?.parse().ok()?;
+        // Linux reports CPU time in USER_HZ, 100 per second on every mainstream architecture.
+        Some(ProcSample { cpu_seconds: ticks as f64 / 100.0, peak_rss_kib })
+    }
+}
