@@ -10,6 +10,10 @@
 //! `cargo bench --bench end_to_end` prints one table row per situation. Under `cargo test
 //! --bench end_to_end` (CI), each situation runs with a few thousand records, as a smoke test.
 //!
+//! `END_TO_END_SINK_LINES` adds lines to the sink's configuration, e.g.
+//! `END_TO_END_SINK_LINES='max_in_flight = 1' cargo bench --bench end_to_end` (how the default
+//! `max_in_flight` was chosen).
+//!
 //! CPU and memory are read from `/proc/PID/stat` and `/proc/PID/status` (`VmHWM`) while tailhose
 //! runs, sampled every 20 ms; the last sample before it exits is reported.
 
@@ -94,7 +98,8 @@ fn main() {
 fn run(situation: &Situation) -> Measured {
     let fake = FakeFirehose::start(situation.faults);
     let workspace = Workspace::new();
-    workspace.write_config_for_endpoint(&fake.endpoint, "", situation.sink_lines);
+    let extra = std::env::var("END_TO_END_SINK_LINES").unwrap_or_default();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", &format!("{}\n{extra}", situation.sink_lines));
     let log = workspace.log_file();
     let generated = workspace.run(&[
         "generate",

@@ -7,25 +7,29 @@
 //! - A batch is acknowledged only after every record in it was accepted, or dead-lettered as one
 //!   the destination can never take (invariants 2 and 5). Failed entries are resent alone, with
 //!   exponential, jittered, capped back-off, without limit of time.
-//! - Batches are delivered one at a time, in queue order, so acknowledgements always cover a
-//!   contiguous prefix of each chunk.
+//! - Up to `max_in_flight` batches are in delivery at once (a far region's round trip no longer
+//!   caps throughput), but they are acknowledged strictly in queue order: a batch's
+//!   acknowledgement waits for every earlier one, so positions and each chunk's acknowledged
+//!   count always cover a contiguous prefix. A batch abandoned at shutdown stops all later ones
+//!   from being acknowledged: only batches in flight may be sent twice after a restart.
 //! - Calls are paced by a rate learned from throttling ([`crate::sink::rate`]), within the
 //!   sink's `max_bytes_per_sec` / `max_records_per_sec`.
 
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::courier::{record_as_read, record_dead_letter, Courier, Delivery};
 use crate::config::SinkSettings;
-use crate::events::{BatchDelivery, Events, RetryCause};
+use crate::events::{BatchDelivery, Events};
 use crate::queue::chunk::decode_chunk;
-use crate::queue::{ChunkAck, ChunkMeta, ChunkSeq, DeadLetter, DeadLetterReason, FileIdentity, QueueError, RouteQueue};
-use crate::sink::rate::{CallSize, RateGovernor};
-use crate::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecord, RecordOutcome, Sink, SinkError};
+use crate::queue::{ChunkAck, ChunkMeta, ChunkSeq, DeadLetter, DeadLetterReason, QueueError, RouteQueue};
+use crate::sink::rate::RateGovernor;
+use crate::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecord, Sink};
 
 /// When a flusher stops.
 #[derive(Clone)]
@@ -39,7 +43,6 @@ pub struct FlusherStop {
 
 pub struct Flusher {
     queue: RouteQueue,
-    sink: Arc<Sink>,
     settings: SinkSettings,
     limits: BatchLimits,
     events: Arc<Events>,
@@ -50,8 +53,21 @@ pub struct Flusher {
     next_seq: ChunkSeq,
     /// The chunk being packed, when a batch filled up in its middle.
     current: Option<LoadedChunk>,
-    /// The pace of calls, learned from throttling (see [`crate::sink::rate`]).
-    governor: std::sync::Mutex<RateGovernor>,
+    /// Shared with every delivery task of this route.
+    courier: Arc<Courier>,
+}
+
+/// A batch in delivery on its own task. Dropping it aborts the task: a flusher that returns
+/// leaves no call behind.
+struct InFlight {
+    task: JoinHandle<(PendingBatch, Delivery)>,
+    sent_at: Instant,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A verified chunk with the place of each record in its stored bytes.
@@ -66,17 +82,17 @@ struct LoadedChunk {
 }
 
 /// A batch under construction, with what acknowledging it will record.
-struct PendingBatch {
-    records: Vec<OutgoingRecord>,
+pub(super) struct PendingBatch {
+    pub(super) records: Vec<OutgoingRecord>,
     /// Index into `acks` of the chunk each record came from.
-    record_chunk: Vec<usize>,
+    pub(super) record_chunk: Vec<usize>,
     packer: BatchPacker,
     /// One entry per chunk touched, in queue order.
-    acks: Vec<ChunkAck>,
-    chunk_paths: Vec<Vec<u8>>,
-    dead_letters: Vec<DeadLetter>,
+    pub(super) acks: Vec<ChunkAck>,
+    pub(super) chunk_paths: Vec<Vec<u8>>,
+    pub(super) dead_letters: Vec<DeadLetter>,
     /// Indices into `records` the destination refused as invalid (dead-lettered, not delivered).
-    rejected: Vec<usize>,
+    pub(super) rejected: Vec<usize>,
     opened_at: Instant,
 }
 
@@ -138,12 +154,11 @@ enum Fill {
     Drained,
 }
 
-/// How delivering a batch ended.
+/// Whether the flusher goes on after a batch's acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Delivery {
-    Accepted,
-    /// Shutdown's deadline passed first: nothing is acknowledged; the batch is sent again after restart.
-    Abandoned,
+enum Next {
+    Continue,
+    Stop,
 }
 
 impl Flusher {
@@ -156,58 +171,108 @@ impl Flusher {
         storage_stall_timeout: Duration,
     ) -> Flusher {
         let limits = sink.limits(&settings);
-        let governor = std::sync::Mutex::new(RateGovernor::new(settings.rate_ceiling));
-        Flusher { queue, sink, settings, limits, events, stopping, storage_stall_timeout, next_seq: ChunkSeq(0), current: None, governor }
+        let courier = Arc::new(Courier {
+            route: queue.name().to_owned(),
+            sink,
+            settings: settings.clone(),
+            events: events.clone(),
+            stop: stopping.stop.clone(),
+            shutdown_timeout: stopping.shutdown_timeout,
+            governor: Mutex::new(RateGovernor::new(settings.rate_ceiling)),
+        });
+        Flusher { queue, settings, limits, events, stopping, storage_stall_timeout, next_seq: ChunkSeq(0), current: None, courier }
     }
 
     pub async fn run(mut self) -> Result<(), super::PipelineError> {
         let mut committed = self.queue.committed();
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut batch = PendingBatch::new(self.limits);
+        let max_in_flight = self.settings.max_in_flight.max(1);
         loop {
-            let mut batch = PendingBatch::new(self.limits);
-            loop {
+            let stopping = self.stopping.stop.is_cancelled();
+            // After a stop, the batch being built still leaves; nothing more is packed.
+            if in_flight.len() < max_in_flight && !(stopping && batch.is_empty()) {
                 let below = *committed.borrow_and_update();
-                if self.fill(&mut batch, below)? == Fill::Full {
-                    break;
+                let fill = if stopping { Fill::Drained } else { self.fill(&mut batch, below)? };
+                if self.ready_to_send(&batch, fill, &committed) {
+                    let full = std::mem::replace(&mut batch, PendingBatch::new(self.limits));
+                    in_flight.push_back(self.send(full));
+                    continue;
                 }
-                if batch.is_empty() {
-                    if self.stopping.stop.is_cancelled() || self.stopping.input_closed.is_cancelled() && self.drained(&committed) {
+            }
+            if in_flight.is_empty() && batch.is_empty() {
+                let nothing_more_comes = self.stopping.input_closed.is_cancelled() && self.drained(&committed);
+                if stopping || nothing_more_comes {
+                    return Ok(());
+                }
+            }
+            let room = in_flight.len() < max_in_flight && !stopping;
+            let deadline = (!batch.is_empty()).then(|| batch.opened_at + self.settings.flush_interval);
+            let front = async {
+                match in_flight.front_mut() {
+                    Some(front) => Some((&mut front.task).await),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                finished = front => {
+                    let sent = in_flight.pop_front();
+                    let elapsed = sent.as_ref().map_or(Duration::ZERO, |sent| sent.sent_at.elapsed());
+                    let finished = finished.and_then(Result::ok);
+                    let Some((done, delivery)) = finished else {
+                        return Err(super::PipelineError::Task(format!("route {}: a delivery task failed", self.queue.name())));
+                    };
+                    if self.complete(done, delivery, elapsed).await? == Next::Stop {
                         return Ok(());
                     }
-                    tokio::select! {
-                        _ = committed.changed() => continue,
-                        _ = self.stopping.stop.cancelled() => return Ok(()),
-                        _ = self.stopping.input_closed.cancelled() => continue,
-                    }
                 }
-                let deadline = batch.opened_at + self.settings.flush_interval;
-                let nothing_more_comes = self.stopping.input_closed.is_cancelled() && self.drained(&committed);
-                if batch.records.is_empty() || self.stopping.stop.is_cancelled() || nothing_more_comes || Instant::now() >= deadline {
-                    break;
-                }
-                tokio::select! {
-                    _ = committed.changed() => {}
-                    _ = tokio::time::sleep_until(deadline.into()) => break,
-                    _ = self.stopping.stop.cancelled() => break,
-                    _ = self.stopping.input_closed.cancelled() => {}
-                }
-            }
-            let started = Instant::now();
-            if !batch.records.is_empty() && self.deliver(&mut batch).await == Delivery::Abandoned {
-                self.events.batch_abandoned(self.queue.name(), batch.records.len() as u64);
-                return Ok(());
-            }
-            if let Err(error) = self.acknowledge(&batch).await {
-                self.events.queue_failed(self.queue.name(), "acknowledge", &error);
-                return Err(super::storage_failure(self.queue.name(), "acknowledge", error));
-            }
-            for letter in &batch.dead_letters {
-                self.events.dead_lettered(self.queue.name(), letter);
-            }
-            self.events.batch_acknowledged(self.queue.name(), &batch.delivery(), started.elapsed());
-            if self.stopping.stop.is_cancelled() {
-                return Ok(());
+                _ = committed.changed(), if room => {}
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if room && deadline.is_some() => {}
+                _ = self.stopping.stop.cancelled(), if !stopping => {}
+                _ = self.stopping.input_closed.cancelled(), if !self.stopping.input_closed.is_cancelled() => {}
             }
         }
+    }
+
+    /// Whether `batch` leaves now: full, only acknowledgements (no records), or no reason to wait
+    /// (stopping, nothing more will come, its flush_interval has passed).
+    fn ready_to_send(&self, batch: &PendingBatch, fill: Fill, committed: &tokio::sync::watch::Receiver<ChunkSeq>) -> bool {
+        if batch.is_empty() {
+            return false;
+        }
+        let nothing_more_comes = self.stopping.input_closed.is_cancelled() && self.drained(committed);
+        fill == Fill::Full
+            || batch.records.is_empty()
+            || self.stopping.stop.is_cancelled()
+            || nothing_more_comes
+            || Instant::now() >= batch.opened_at + self.settings.flush_interval
+    }
+
+    /// Starts delivering `batch` on its own task.
+    fn send(&self, mut batch: PendingBatch) -> InFlight {
+        let courier = self.courier.clone();
+        let task = tokio::spawn(async move {
+            let delivery = if batch.records.is_empty() { Delivery::Accepted } else { courier.deliver(&mut batch).await };
+            (batch, delivery)
+        });
+        InFlight { task, sent_at: Instant::now() }
+    }
+
+    /// Acknowledges a delivered batch: called in queue order.
+    async fn complete(&self, batch: PendingBatch, delivery: Delivery, elapsed: Duration) -> Result<Next, super::PipelineError> {
+        if delivery == Delivery::Abandoned {
+            self.events.batch_abandoned(self.queue.name(), batch.records.len() as u64);
+            return Ok(Next::Stop);
+        }
+        if let Err(error) = self.acknowledge(&batch).await {
+            self.events.queue_failed(self.queue.name(), "acknowledge", &error);
+            return Err(super::storage_failure(self.queue.name(), "acknowledge", error));
+        }
+        for letter in &batch.dead_letters {
+            self.events.dead_lettered(self.queue.name(), letter);
+        }
+        self.events.batch_acknowledged(self.queue.name(), &batch.delivery(), elapsed);
+        Ok(Next::Continue)
     }
 
     /// Records the batch's acknowledgement and makes it durable. The sled write runs on a
@@ -291,7 +356,7 @@ impl Flusher {
                             chunk.meta.start_offset,
                             DeadLetterReason::RecordTooLarge,
                             detail,
-                            self.record_as_read(data),
+                            record_as_read(self.settings.append_newline, data),
                         ));
                     }
                 }
@@ -332,176 +397,9 @@ impl Flusher {
         }
     }
 
-    /// Sends the batch until every record is accepted or dead-lettered, or shutdown's deadline passes.
-    async fn deliver(&self, batch: &mut PendingBatch) -> Delivery {
-        let route = self.queue.name();
-        let abandon = abandon_after(self.stopping.stop.clone(), self.stopping.shutdown_timeout);
-        tokio::pin!(abandon);
-        let mut groups: VecDeque<Vec<usize>> = VecDeque::from([(0..batch.records.len()).collect()]);
-        let mut backoff = self.backoff();
-        let mut attempt = 0u64;
-        while let Some(mut group) = groups.pop_front() {
-            loop {
-                attempt += 1;
-                let size = call_size(&batch.records, &group);
-                let pace = self.lock_governor().reserve(size, Instant::now());
-                if !pace.is_zero() {
-                    tokio::select! {
-                        _ = tokio::time::sleep(pace) => {}
-                        _ = &mut abandon => return Delivery::Abandoned,
-                    }
-                }
-                let call_started = Instant::now();
-                let answer = tokio::select! {
-                    answer = self.sink.put(&batch.records, &group) => answer,
-                    _ = &mut abandon => return Delivery::Abandoned,
-                };
-                self.events.call_answered(group.len() as u64, call_started.elapsed());
-                let (cause, delay) = match answer {
-                    Ok(outcomes) => {
-                        let mut failed = Vec::new();
-                        let mut first_failure = None;
-                        let mut throttled = false;
-                        for (&index, outcome) in group.iter().zip(&outcomes) {
-                            if let RecordOutcome::Failed { code, message } = outcome {
-                                failed.push(index);
-                                throttled |= is_throttling(code);
-                                first_failure.get_or_insert((code.clone(), message.clone()));
-                            }
-                        }
-                        let accepted = CallSize {
-                            bytes: size.bytes - call_size(&batch.records, &failed).bytes,
-                            records: (group.len() - failed.len()) as u64,
-                        };
-                        self.lock_governor().accepted(accepted, Instant::now());
-                        let Some((code, message)) = first_failure else {
-                            backoff = self.backoff();
-                            break;
-                        };
-                        self.events.entries_failed(route, failed.len() as u64, group.len() as u64, &code, &message);
-                        group = failed;
-                        if throttled {
-                            self.learn_from_throttling();
-                        }
-                        // Part of the call went through: the destination is up and near its quota,
-                        // which the governor's pace now respects; waiting longer only wastes quota.
-                        let delay = if throttled && accepted.records > 0 { Some(Duration::ZERO) } else { backoff.next() };
-                        (RetryCause::FailedEntries, delay)
-                    }
-                    Err(SinkError::Throttled { message }) => {
-                        self.events.call_throttled(route, &message);
-                        self.learn_from_throttling();
-                        (RetryCause::Throttled, backoff.next())
-                    }
-                    Err(SinkError::Transient { message }) => {
-                        self.events.call_failed(route, &message);
-                        (RetryCause::Transient, backoff.next())
-                    }
-                    Err(SinkError::Unavailable { message, fix, .. }) => {
-                        self.events.sink_unavailable(route, &message, &fix);
-                        (RetryCause::Unavailable, Some(self.settings.retry_max_backoff))
-                    }
-                    Err(SinkError::InvalidRecords { code, message }) => {
-                        if let [index] = group[..] {
-                            let chunk = batch.record_chunk[index];
-                            let ack = &batch.acks[chunk];
-                            let detail = format!("a record of chunk {}: {code}: {message}", ack.seq);
-                            let data = self.record_as_read(batch.records[index].data.clone());
-                            batch.rejected.push(index);
-                            let letter = record_dead_letter(
-                                ack.file,
-                                &batch.chunk_paths[chunk],
-                                ack.start_offset,
-                                DeadLetterReason::RejectedBySink,
-                                detail,
-                                data,
-                            );
-                            batch.dead_letters.push(letter);
-                        } else {
-                            // Halve the group until the record the destination refuses is alone.
-                            let second = group.split_off(group.len() / 2);
-                            groups.push_front(second);
-                            groups.push_front(group);
-                        }
-                        break;
-                    }
-                };
-                let delay = delay.unwrap_or(self.settings.retry_max_backoff);
-                self.events.retry_scheduled(route, cause, attempt, delay);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = &mut abandon => return Delivery::Abandoned,
-                }
-            }
-        }
-        Delivery::Accepted
-    }
-
-    fn lock_governor(&self) -> std::sync::MutexGuard<'_, RateGovernor> {
-        // The governor holds plain numbers; after a panic elsewhere they are still usable.
-        self.governor.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Lowers the send rate to what the destination took over the last second, if it took any.
-    fn learn_from_throttling(&self) {
-        if let Some(rates) = self.lock_governor().throttled(Instant::now()) {
-            self.events.rate_learned(self.queue.name(), &rates);
-        }
-    }
-
     /// Whether the next line joins the batch's last record: packing is on and it fits.
     fn packs_into_last(&self, batch: &PendingBatch, piece_len: u64) -> bool {
         let Some(max) = self.settings.pack_max_bytes else { return false };
         batch.records.last().is_some_and(|last| last.data.len() as u64 + piece_len <= max)
     }
-
-    /// A record as it was read: without the newline added for sending. Dead letters keep this,
-    /// so that a replay sends exactly what a first delivery would.
-    fn record_as_read(&self, mut data: Vec<u8>) -> Vec<u8> {
-        if self.settings.append_newline {
-            data.pop();
-        }
-        data
-    }
-
-    fn backoff(&self) -> backon::ExponentialBackoff {
-        ExponentialBuilder::new()
-            .with_min_delay(self.settings.retry_initial_backoff)
-            .with_max_delay(self.settings.retry_max_backoff)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build()
-    }
-}
-
-/// Bytes and records of the records `which` of `records`.
-fn call_size(records: &[OutgoingRecord], which: &[usize]) -> CallSize {
-    CallSize { bytes: which.iter().map(|&index| records[index].data.len() as u64).sum(), records: which.len() as u64 }
-}
-
-/// Per-record error codes that mean "over the stream's quota".
-fn is_throttling(code: &str) -> bool {
-    matches!(code, "ServiceUnavailableException" | "ThrottlingException" | "LimitExceededException")
-}
-
-/// Completes when `stop` has fired and `grace` has passed since.
-async fn abandon_after(stop: CancellationToken, grace: Duration) {
-    stop.cancelled().await;
-    tokio::time::sleep(grace).await;
-}
-
-/// A dead letter for a record that was already packed; `offset` is its chunk's start (records
-/// do not carry their own offsets), `detail` says which record of the chunk it is.
-fn record_dead_letter(
-    file: FileIdentity,
-    path: &[u8],
-    offset: u64,
-    reason: DeadLetterReason,
-    detail: String,
-    mut data: Vec<u8>,
-) -> DeadLetter {
-    let record_len = data.len() as u64;
-    data.truncate(crate::queue::dead_letter::MAX_KEPT_RECORD_BYTES);
-    DeadLetter { reason, detail, file, path: path.to_vec(), offset, record_len, record: data, recorded_at_ms: crate::source::now_ms() }
 }

@@ -1,0 +1,210 @@
+//! Delivering one batch: calls to the sink until every record is accepted or dead-lettered, with
+//! back-off, pacing by the learned rate ([`crate::sink::rate`]) and the shutdown deadline.
+//!
+//! Several batches of a route may be in delivery at once (`max_in_flight`); the flusher
+//! acknowledges them in queue order whatever order they finish in. A courier never touches the
+//! queue.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio_util::sync::CancellationToken;
+
+use super::flusher::PendingBatch;
+use crate::config::SinkSettings;
+use crate::events::{Events, RetryCause};
+use crate::queue::{DeadLetter, DeadLetterReason, FileIdentity};
+use crate::sink::rate::{CallSize, RateGovernor};
+use crate::sink::{OutgoingRecord, RecordOutcome, Sink, SinkError};
+
+/// How delivering a batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delivery {
+    Accepted,
+    /// Shutdown's deadline passed first: nothing is acknowledged; the batch is sent again after restart.
+    Abandoned,
+}
+
+/// What every delivery of a route shares: the sink, its settings and the learned pace.
+pub(super) struct Courier {
+    pub(super) route: String,
+    pub(super) sink: Arc<Sink>,
+    pub(super) settings: SinkSettings,
+    pub(super) events: Arc<Events>,
+    /// After this fires, a delivery has `shutdown_timeout` to finish.
+    pub(super) stop: CancellationToken,
+    pub(super) shutdown_timeout: Duration,
+    /// The pace of calls, learned from throttling (see [`crate::sink::rate`]).
+    pub(super) governor: Mutex<RateGovernor>,
+}
+
+impl Courier {
+    /// Sends the batch until every record is accepted or dead-lettered, or shutdown's deadline passes.
+    pub(super) async fn deliver(&self, batch: &mut PendingBatch) -> Delivery {
+        let route = self.route.as_str();
+        let abandon = abandon_after(self.stop.clone(), self.shutdown_timeout);
+        tokio::pin!(abandon);
+        let mut groups: VecDeque<Vec<usize>> = VecDeque::from([(0..batch.records.len()).collect()]);
+        let mut backoff = self.backoff();
+        let mut attempt = 0u64;
+        while let Some(mut group) = groups.pop_front() {
+            loop {
+                attempt += 1;
+                let size = call_size(&batch.records, &group);
+                let pace = self.lock_governor().reserve(size, Instant::now());
+                if !pace.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(pace) => {}
+                        _ = &mut abandon => return Delivery::Abandoned,
+                    }
+                }
+                let call_started = Instant::now();
+                let answer = tokio::select! {
+                    answer = self.sink.put(&batch.records, &group) => answer,
+                    _ = &mut abandon => return Delivery::Abandoned,
+                };
+                self.events.call_answered(group.len() as u64, call_started.elapsed());
+                let (cause, delay) = match answer {
+                    Ok(outcomes) => {
+                        let mut failed = Vec::new();
+                        let mut first_failure = None;
+                        let mut throttled = false;
+                        for (&index, outcome) in group.iter().zip(&outcomes) {
+                            if let RecordOutcome::Failed { code, message } = outcome {
+                                failed.push(index);
+                                throttled |= is_throttling(code);
+                                first_failure.get_or_insert((code.clone(), message.clone()));
+                            }
+                        }
+                        let accepted = CallSize {
+                            bytes: size.bytes - call_size(&batch.records, &failed).bytes,
+                            records: (group.len() - failed.len()) as u64,
+                        };
+                        self.lock_governor().accepted(accepted, Instant::now());
+                        let Some((code, message)) = first_failure else {
+                            backoff = self.backoff();
+                            break;
+                        };
+                        self.events.entries_failed(route, failed.len() as u64, group.len() as u64, &code, &message);
+                        group = failed;
+                        if throttled {
+                            self.learn_from_throttling();
+                        }
+                        // Part of the call went through: the destination is up and near its quota,
+                        // which the governor's pace now respects; waiting longer only wastes quota.
+                        let delay = if throttled && accepted.records > 0 { Some(Duration::ZERO) } else { backoff.next() };
+                        (RetryCause::FailedEntries, delay)
+                    }
+                    Err(SinkError::Throttled { message }) => {
+                        self.events.call_throttled(route, &message);
+                        self.learn_from_throttling();
+                        (RetryCause::Throttled, backoff.next())
+                    }
+                    Err(SinkError::Transient { message }) => {
+                        self.events.call_failed(route, &message);
+                        (RetryCause::Transient, backoff.next())
+                    }
+                    Err(SinkError::Unavailable { message, fix, .. }) => {
+                        self.events.sink_unavailable(route, &message, &fix);
+                        (RetryCause::Unavailable, Some(self.settings.retry_max_backoff))
+                    }
+                    Err(SinkError::InvalidRecords { code, message }) => {
+                        if let [index] = group[..] {
+                            let chunk = batch.record_chunk[index];
+                            let ack = &batch.acks[chunk];
+                            let detail = format!("a record of chunk {}: {code}: {message}", ack.seq);
+                            let data = record_as_read(self.settings.append_newline, batch.records[index].data.clone());
+                            batch.rejected.push(index);
+                            let letter = record_dead_letter(
+                                ack.file,
+                                &batch.chunk_paths[chunk],
+                                ack.start_offset,
+                                DeadLetterReason::RejectedBySink,
+                                detail,
+                                data,
+                            );
+                            batch.dead_letters.push(letter);
+                        } else {
+                            // Halve the group until the record the destination refuses is alone.
+                            let second = group.split_off(group.len() / 2);
+                            groups.push_front(second);
+                            groups.push_front(group);
+                        }
+                        break;
+                    }
+                };
+                let delay = delay.unwrap_or(self.settings.retry_max_backoff);
+                self.events.retry_scheduled(route, cause, attempt, delay);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = &mut abandon => return Delivery::Abandoned,
+                }
+            }
+        }
+        Delivery::Accepted
+    }
+
+    fn lock_governor(&self) -> MutexGuard<'_, RateGovernor> {
+        // The governor holds plain numbers; after a panic elsewhere they are still usable.
+        self.governor.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Lowers the send rate to what the destination took over the last second, if it took any.
+    fn learn_from_throttling(&self) {
+        if let Some(rates) = self.lock_governor().throttled(Instant::now()) {
+            self.events.rate_learned(&self.route, &rates);
+        }
+    }
+
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        ExponentialBuilder::new()
+            .with_min_delay(self.settings.retry_initial_backoff)
+            .with_max_delay(self.settings.retry_max_backoff)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
+/// A record as it was read: without the newline added for sending. Dead letters keep this, so
+/// that a replay sends exactly what a first delivery would.
+pub(super) fn record_as_read(append_newline: bool, mut data: Vec<u8>) -> Vec<u8> {
+    if append_newline {
+        data.pop();
+    }
+    data
+}
+
+/// Bytes and records of the records `which` of `records`.
+fn call_size(records: &[OutgoingRecord], which: &[usize]) -> CallSize {
+    CallSize { bytes: which.iter().map(|&index| records[index].data.len() as u64).sum(), records: which.len() as u64 }
+}
+
+/// Per-record error codes that mean "over the stream's quota".
+fn is_throttling(code: &str) -> bool {
+    matches!(code, "ServiceUnavailableException" | "ThrottlingException" | "LimitExceededException")
+}
+
+/// Completes when `stop` has fired and `grace` has passed since.
+async fn abandon_after(stop: CancellationToken, grace: Duration) {
+    stop.cancelled().await;
+    tokio::time::sleep(grace).await;
+}
+
+/// A dead letter for a record that was already packed; `offset` is its chunk's start (records
+/// do not carry their own offsets), `detail` says which record of the chunk it is.
+pub(super) fn record_dead_letter(
+    file: FileIdentity,
+    path: &[u8],
+    offset: u64,
+    reason: DeadLetterReason,
+    detail: String,
+    mut data: Vec<u8>,
+) -> DeadLetter {
+    let record_len = data.len() as u64;
+    data.truncate(crate::queue::dead_letter::MAX_KEPT_RECORD_BYTES);
+    DeadLetter { reason, detail, file, path: path.to_vec(), offset, record_len, record: data, recorded_at_ms: crate::source::now_ms() }
+}
