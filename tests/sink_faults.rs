@@ -101,3 +101,26 @@ fn at_the_streams_quota_every_record_arrives_once_and_few_calls_are_throttled() 
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("sending at the rate it took over the last second"), "the rate was learned from throttling");
 }
+
+#[test]
+fn several_batches_are_in_flight_at_once_and_every_record_still_arrives_once() {
+    let fake = FakeFirehose::start(Faults { latency: std::time::Duration::from_millis(50), ..Faults::default() });
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "max_in_flight = 4");
+    support::write_seed_records(&workspace.log_file(), 0..8_000, 8_000, std::time::Duration::ZERO);
+    let output = workspace.run(&["run", "--config", "tailhose.toml", "--once"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let seen = fake.seen();
+    let counts = support::count_seqs(seen.accepted.iter().map(Vec::as_slice));
+    assert_eq!((counts.len(), seen.accepted.len()), (8_000, 8_000), "every record, once");
+    assert!(seen.max_concurrent_calls >= 2, "calls overlapped: at most {} at once", seen.max_concurrent_calls);
+    assert!(seen.max_concurrent_calls <= 4, "never more than max_in_flight: {}", seen.max_concurrent_calls);
+    let stats = workspace.run(&["queue", "stats", "--config", "tailhose.toml"]);
+    let routes: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats JSON");
+    let file_len = std::fs::metadata(workspace.log_file()).expect("log").len();
+    assert_eq!(
+        routes[0]["files"][0]["acked_offset"].as_u64(),
+        Some(file_len),
+        "positions reached the end through in-order acknowledgements"
+    );
+}

@@ -94,6 +94,9 @@ pub struct Seen {
     pub quota_throttled_calls: u64,
     /// When the last record was accepted.
     pub last_accepted_at: Option<Instant>,
+    /// Most calls being answered at the same moment (calls in flight from the client's side).
+    pub max_concurrent_calls: u64,
+    in_progress: u64,
 }
 
 impl Seen {
@@ -221,11 +224,14 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Answer 
     let latency = {
         let mut state = state.lock().expect("state");
         state.seen.arrived += 1;
+        state.seen.in_progress += 1;
+        state.seen.max_concurrent_calls = state.seen.max_concurrent_calls.max(state.seen.in_progress);
         state.faults.latency
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    state.lock().expect("state").seen.in_progress -= 1;
     let body = collected.to_bytes();
     if target != "Firehose_20150804.PutRecordBatch" {
         return Answer::Reply(error(StatusCode::BAD_REQUEST, "UnknownOperationException", &target));
