@@ -243,7 +243,17 @@ fn a_long_outage_with_rotations_is_absorbed_by_the_queue_and_drained_in_order_af
     assert!(daemon.log().contains("queue is full"), "back-pressure engaged: {}", daemon.log());
     assert!(seq_counts(&fake.seen()).is_empty());
     fake.set_faults(Faults::default());
-    wait_until("everything drains after the outage", Duration::from_secs(90), || seq_counts(&fake.seen()).len() as u64 == 4 * per_file);
+    let drained = Instant::now() + Duration::from_secs(90);
+    while seq_counts(&fake.seen()).len() as u64 != 4 * per_file {
+        assert!(
+            Instant::now() < drained,
+            "not drained: {} of {} arrived; log: {}",
+            seq_counts(&fake.seen()).len(),
+            4 * per_file,
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(daemon.terminate(Duration::from_secs(15)).success());
     let arrival: Vec<u64> = fake.seen().accepted.iter().map(|record| support::seq_of(record)).collect();
     for hour in 0..4u64 {

@@ -48,15 +48,39 @@ pub async fn run_reader(
     let changes = Arc::new(ChangeSignal::default());
     let _watcher = watch_changes(&source.paths, changes.clone());
     let mut tailer = Some(Tailer::new(source, limits.read_ahead_bytes, queue.clone(), events.clone()).with_change_signal(changes.clone()));
-    while !stop.is_cancelled() {
+    'reading: while !stop.is_cancelled() {
         if !queue.has_space() {
             events.backpressure(queue.name(), queue.pending_bytes());
-            tokio::select! {
-                _ = queue.wait_for_space() => {}
-                _ = stop.cancelled() => break,
+            // Paused, but still looking for new files: one created and rotated away during the
+            // pause would otherwise never be seen.
+            loop {
+                tokio::select! {
+                    _ = queue.wait_for_space() => break,
+                    _ = tokio::time::sleep(poll_interval) => {}
+                    _ = changes.wake.notified() => {}
+                    _ = stop.cancelled() => break 'reading,
+                }
+                let Some(mut owned) = tailer.take() else { break 'reading };
+                let discovery = tokio::task::spawn_blocking(move || {
+                    owned.discover();
+                    owned
+                });
+                match tokio::time::timeout(limits.storage_stall_timeout, discovery).await {
+                    Ok(Ok(returned)) => tailer = Some(returned),
+                    Ok(Err(error)) => {
+                        tracing::error!(route = queue.name(), %error, "reader thread failed; reading of this route stops, queued records are still delivered");
+                        break 'reading;
+                    }
+                    Err(_) => {
+                        input_closed.cancel();
+                        let error = QueueError::Stalled { operation: "discovery", after: limits.storage_stall_timeout };
+                        events.queue_failed(queue.name(), "discovery", &error);
+                        return Err(super::storage_failure(queue.name(), "discovery", error));
+                    }
+                }
             }
         }
-        let Some(mut owned) = tailer.take() else { break };
+        let Some(mut owned) = tailer.take() else { break 'reading };
         let pass = tokio::task::spawn_blocking(move || {
             let outcome = owned.pass();
             (owned, outcome)

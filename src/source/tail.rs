@@ -117,12 +117,7 @@ impl Tailer {
     /// Scans the globs when due, reads every file up to its budget, appends what was read and
     /// commits it (fsync). Blocking.
     pub fn pass(&mut self) -> Result<PassOutcome, QueueError> {
-        let now = Instant::now();
-        let rescan_requested = self.changes.rescan.swap(false, std::sync::atomic::Ordering::Relaxed);
-        if rescan_requested || self.next_scan.is_none_or(|due| now >= due) {
-            self.scan();
-            self.next_scan = Some(now + self.source.refresh_interval);
-        }
+        self.discover();
         let mut outcome = PassOutcome { caught_up: true, ..PassOutcome::default() };
         let mut order: Vec<DevIno> = self.files.keys().copied().collect();
         order.sort_unstable();
@@ -158,6 +153,19 @@ impl Tailer {
         self.close_idle_files();
         self.queue.commit()?;
         Ok(outcome)
+    }
+
+    /// Scans the globs when due (every `refresh_interval`, or at once after a change
+    /// notification) without reading. While reading is paused for back-pressure this still runs,
+    /// so that a file created and rotated away during the pause is found and held open, and
+    /// read once there is room. Blocking.
+    pub fn discover(&mut self) {
+        let now = Instant::now();
+        let rescan_requested = self.changes.rescan.swap(false, std::sync::atomic::Ordering::Relaxed);
+        if rescan_requested || self.next_scan.is_none_or(|due| now >= due) {
+            self.scan();
+            self.next_scan = Some(now + self.source.refresh_interval);
+        }
     }
 
     /// Makes sure a file is open when it has bytes to read. A closed file is reopened only when

@@ -458,3 +458,43 @@ fn raw_format_delivers_lines_that_are_not_json_or_utf8_from_a_file() {
     let records: Vec<&[u8]> = chunk.records().collect();
     assert_eq!(records, vec![&b"plain text"[..], &b"\xff\xfe binary"[..]]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_created_and_rotated_away_while_reading_is_paused_is_still_read() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    append_lines(&logs.path().join("a.log"), 0..2_000);
+    let max_queue_bytes = 64 * 1024;
+    let (_store, queue) = open_queue(state.path(), max_queue_bytes);
+    let limits = crate::pipeline::ReaderLimits { read_ahead_bytes: max_queue_bytes, storage_stall_timeout: Duration::from_secs(30) };
+    let (stop, input_closed) = (tokio_util::sync::CancellationToken::new(), tokio_util::sync::CancellationToken::new());
+    let reader = tokio::spawn(crate::pipeline::run_reader(
+        source(logs.path()),
+        limits,
+        queue.clone(),
+        Arc::new(Events::default()),
+        crate::pipeline::ReadMode::Follow,
+        stop.clone(),
+        input_closed,
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while queue.has_space() {
+        assert!(std::time::Instant::now() < deadline, "the queue fills up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // While reading is paused: a new file appears and is rotated out of the glob.
+    let rotated = logs.path().join("b.log");
+    append_lines(&rotated, 10_000..10_100);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::rename(&rotated, logs.path().join("b.log.1")).expect("rotate");
+    let mut seen = Vec::new();
+    while !(10_000..10_100).all(|seq| seen.contains(&seq)) {
+        assert!(std::time::Instant::now() < deadline + Duration::from_secs(20), "b.log's records were never read");
+        seen.extend(queued_seqs(&queue));
+        let queue = queue.clone();
+        tokio::task::spawn_blocking(move || acknowledge_everything(&queue)).await.expect("ack");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    reader.await.expect("reader task").expect("reader");
+}
