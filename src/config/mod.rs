@@ -56,7 +56,7 @@ pub struct Config {
     /// instead of failing after an I/O error such as a full disk).
     #[serde(default = "default_storage_stall_timeout", with = "humantime_serde")]
     pub storage_stall_timeout: Duration,
-    /// How long a stopping daemon may spend finishing the batch in flight before it abandons it
+    /// How long a stopping daemon may spend finishing the batches in flight before it abandons them
     /// (an abandoned batch stays queued and is sent again on the next start).
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,

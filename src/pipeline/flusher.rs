@@ -34,7 +34,8 @@ use crate::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecord, Sink};
 /// When a flusher stops.
 #[derive(Clone)]
 pub struct FlusherStop {
-    /// Stop soon: deliver the batch being built (for at most `shutdown_timeout`), then exit.
+    /// Stop soon: send nothing new, let the batches in flight finish (for at most
+    /// `shutdown_timeout`), then exit.
     pub stop: CancellationToken,
     /// No more chunks will be appended: exit once everything committed is delivered.
     pub input_closed: CancellationToken,
@@ -190,18 +191,19 @@ impl Flusher {
         let max_in_flight = self.settings.max_in_flight.max(1);
         loop {
             let stopping = self.stopping.stop.is_cancelled();
-            // After a stop, the batch being built still leaves; nothing more is packed.
-            if in_flight.len() < max_in_flight && !(stopping && batch.is_empty()) {
+            // After a stop nothing new is sent: the batches in flight finish (or are abandoned)
+            // within shutdown_timeout; what was packed but not sent stays queued.
+            if in_flight.len() < max_in_flight && !stopping {
                 let below = *committed.borrow_and_update();
-                let fill = if stopping { Fill::Drained } else { self.fill(&mut batch, below)? };
+                let fill = self.fill(&mut batch, below)?;
                 if self.ready_to_send(&batch, fill, &committed) {
                     let full = std::mem::replace(&mut batch, PendingBatch::new(self.limits));
                     in_flight.push_back(self.send(full));
                     continue;
                 }
             }
-            if in_flight.is_empty() && batch.is_empty() {
-                let nothing_more_comes = self.stopping.input_closed.is_cancelled() && self.drained(&committed);
+            if in_flight.is_empty() {
+                let nothing_more_comes = batch.is_empty() && self.stopping.input_closed.is_cancelled() && self.drained(&committed);
                 if stopping || nothing_more_comes {
                     return Ok(());
                 }
@@ -235,7 +237,7 @@ impl Flusher {
     }
 
     /// Whether `batch` leaves now: full, only acknowledgements (no records), or no reason to wait
-    /// (stopping, nothing more will come, its flush_interval has passed).
+    /// (nothing more will come, its flush_interval has passed).
     fn ready_to_send(&self, batch: &PendingBatch, fill: Fill, committed: &tokio::sync::watch::Receiver<ChunkSeq>) -> bool {
         if batch.is_empty() {
             return false;
@@ -243,7 +245,6 @@ impl Flusher {
         let nothing_more_comes = self.stopping.input_closed.is_cancelled() && self.drained(committed);
         fill == Fill::Full
             || batch.records.is_empty()
-            || self.stopping.stop.is_cancelled()
             || nothing_more_comes
             || Instant::now() >= batch.opened_at + self.settings.flush_interval
     }

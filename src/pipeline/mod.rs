@@ -5,7 +5,7 @@
 //! that were set aside ([`recover`]); only then start reading and delivering.
 //!
 //! Shutdown: when the stop token fires, readers stop at the end of their pass (what they read is
-//! committed), flushers deliver the batch they hold for at most `shutdown_timeout` (or abandon
+//! committed), flushers finish the batches in flight for at most `shutdown_timeout` (or abandon
 //! it: it stays queued), and the queue is flushed before [`run`] returns.
 //!
 //! Around the routes: the admin endpoint (see [`crate::admin`]) and, for sinks that retain
