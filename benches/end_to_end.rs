@@ -5,7 +5,9 @@
 //! 2. at the quota of an ap-northeast-2 Direct PUT stream (1 MiB/s, 1,000 calls/s, 100,000
 //!    records/s): time to the last accepted record, share of the byte quota used, throttled calls,
 //!    duplicates;
-//! 3. far from the region (30 ms added to every call): records/s.
+//! 3. far from the region (30 ms added to every call): records/s;
+//! 4. a trickle: 1,000 records/s written line by line to a followed file (default poll and
+//!    flush interval, 1 s): the time from each line's write to its acceptance, p50/p99/max.
 //!
 //! `cargo bench --bench end_to_end` prints one table row per situation. Under `cargo test
 //! --bench end_to_end` (CI), each situation runs with a few thousand records, as a smoke test.
@@ -67,6 +69,7 @@ fn main() {
             sink_lines: "",
         },
     ];
+    trickle(if full { 10_000 } else { 500 });
     println!(
         "| situation | records | seconds | records/s | MB/s | tailhose CPU s | peak RSS MiB | calls | throttled calls | duplicates | byte quota used |"
     );
@@ -93,6 +96,52 @@ fn main() {
             quota_used
         );
     }
+}
+
+/// Writes `records` lines at 1,000 a second to a file the daemon follows and reports how long
+/// each took from its write to its acceptance by the fake Firehose.
+fn trickle(records: u64) {
+    let fake = FakeFirehose::start(Faults::default());
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "");
+    // The defaults a user runs with: inotify wakes the reader, the poll is only a safety net.
+    let config = std::fs::read_to_string(workspace.config()).expect("config").replace("poll_interval = \"50ms\"", "poll_interval = \"1s\"");
+    std::fs::write(workspace.config(), config).expect("config");
+    let log = workspace.log_file();
+    std::fs::write(&log, "").expect("log file");
+    let daemon = workspace.start_daemon();
+    workspace.admin_address();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut file = std::fs::OpenOptions::new().append(true).open(&log).expect("open log");
+    let mut written_at = Vec::with_capacity(records as usize);
+    let started = Instant::now();
+    for seq in 0..records {
+        let due = started + Duration::from_millis(seq);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        std::io::Write::write_all(&mut file, format!("{}\n", support::seed_record(seq)).as_bytes()).expect("write");
+        written_at.push(Instant::now());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fake.seen().accepted.len() < records as usize {
+        assert!(Instant::now() < deadline, "trickle: not everything arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = fake.seen();
+    let mut latencies: Vec<Duration> = seen
+        .accepted
+        .iter()
+        .zip(&seen.accepted_at)
+        .map(|(record, at)| at.saturating_duration_since(written_at[support::seq_of(record) as usize]))
+        .collect();
+    latencies.sort_unstable();
+    let at = |fraction: f64| latencies[((latencies.len() - 1) as f64 * fraction) as usize].as_millis();
+    println!(
+        "trickle, 1,000 records/s, {records} records, flush_interval 1 s: write → accepted p50 {} ms, p99 {} ms, max {} ms",
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+    drop(daemon);
 }
 
 fn run(situation: &Situation) -> Measured {

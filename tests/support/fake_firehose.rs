@@ -94,6 +94,8 @@ pub struct Seen {
     pub quota_throttled_calls: u64,
     /// When the last record was accepted.
     pub last_accepted_at: Option<Instant>,
+    /// When each record of `accepted` was accepted.
+    pub accepted_at: Vec<Instant>,
     /// Most calls being answered at the same moment (calls in flight from the client's side).
     pub max_concurrent_calls: u64,
     in_progress: u64,
@@ -346,6 +348,7 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
             responses.push(serde_json::json!({"RecordId": format!("{:056}", seen.accepted.len())}));
             seen.billed_units += (data.len() as u64).div_ceil(5120).max(1);
             seen.last_accepted_at = Some(Instant::now());
+            seen.accepted_at.push(Instant::now());
             seen.accepted.push(data);
         }
     }
