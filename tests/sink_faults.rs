@@ -124,3 +124,45 @@ fn several_batches_are_in_flight_at_once_and_every_record_still_arrives_once() {
         "positions reached the end through in-order acknowledgements"
     );
 }
+
+#[test]
+fn an_endpoint_signed_by_a_private_ca_is_trusted_through_ca_file_or_ssl_cert_file_and_not_otherwise() {
+    use support::fake_firehose::TestCertificate;
+    let certificate = TestCertificate::new();
+    let fake = FakeFirehose::start_tls(Faults::default(), &certificate);
+    let workspace = Workspace::new();
+    std::fs::write(workspace.path().join("private-ca.pem"), &certificate.ca_pem).expect("CA file");
+    support::write_seed_records(&workspace.log_file(), 0..100, 100, std::time::Duration::ZERO);
+
+    // Not trusted: the handshake fails, records stay queued, and the failure says why.
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "retry_initial_backoff = \"50ms\"\nretry_max_backoff = \"200ms\"");
+    let daemon = workspace.start_daemon();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !daemon.log().contains("a call to the sink failed") {
+        assert!(std::time::Instant::now() < deadline, "an untrusted certificate is reported: {}", daemon.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(daemon.terminate(std::time::Duration::from_secs(15)).success());
+    assert!(fake.seen().accepted.is_empty(), "nothing is sent to an endpoint that is not trusted");
+
+    // Trusted through the sink's ca_file (relative to the configuration file).
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "ca_file = \"private-ca.pem\"");
+    let output = workspace.run(&["run", "--config", "tailhose.toml", "--once"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(support::count_seqs(fake.seen().accepted.iter().map(Vec::as_slice)).len(), 100);
+
+    // Trusted through SSL_CERT_FILE, as the AWS SDKs do.
+    support::write_seed_records(&workspace.log_file(), 100..150, 50, std::time::Duration::ZERO);
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "");
+    let ca_path = workspace.path().join("private-ca.pem");
+    let output = workspace.tailhose(&["run", "--config", "tailhose.toml", "--once"]).env("SSL_CERT_FILE", &ca_path).output().expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(support::count_seqs(fake.seen().accepted.iter().map(Vec::as_slice)).len(), 150);
+
+    // A ca_file that is not a certificate stops start-up with the file named.
+    std::fs::write(workspace.path().join("broken.pem"), "not a certificate").expect("write");
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "ca_file = \"broken.pem\"");
+    let output = workspace.run(&["run", "--config", "tailhose.toml", "--once"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("broken.pem"), "{}", String::from_utf8_lossy(&output.stderr));
+}

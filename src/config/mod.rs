@@ -190,6 +190,10 @@ pub struct SinkConfig {
     /// A call that has not answered by then is abandoned and retried.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// PEM file of certificate authorities to trust for the endpoint, on top of the system's
+    /// (`SSL_CERT_FILE` / `SSL_CERT_DIR` also name the system's): a VPC endpoint or a
+    /// TLS-inspecting proxy signed by a private CA.
+    pub ca_file: Option<PathBuf>,
     /// Put several lines in one Firehose record (up to `pack_max_bytes`): Firehose bills each
     /// record rounded up to 5 KB, so packed seed records cost ~35 times less. The bytes written to
     /// S3 are the same; a destination that makes one document of each record (Elasticsearch,
@@ -285,8 +289,16 @@ impl SourceSettings {
 /// Where a sink delivers, with what that destination needs.
 #[derive(Debug, Clone)]
 pub enum SinkDestination {
-    Firehose { delivery_stream: String, region: Option<String>, endpoint_url: Option<String>, request_timeout: Duration },
-    Directory { path: PathBuf },
+    Firehose {
+        delivery_stream: String,
+        region: Option<String>,
+        endpoint_url: Option<String>,
+        request_timeout: Duration,
+        ca_file: Option<PathBuf>,
+    },
+    Directory {
+        path: PathBuf,
+    },
 }
 
 /// A sink's resolved settings, as the flusher uses them.
@@ -355,6 +367,9 @@ impl Config {
             let sink = sink.get_mut();
             if let Some(path) = sink.path.as_mut() {
                 *path = base.join(&*path);
+            }
+            if let Some(ca_file) = sink.ca_file.as_mut() {
+                *ca_file = base.join(&*ca_file);
             }
         }
         Ok(config)
@@ -494,6 +509,7 @@ impl Config {
                         ("region", settings.region.is_some()),
                         ("endpoint_url", settings.endpoint_url.is_some()),
                         ("pack_records", settings.pack_records),
+                        ("ca_file", settings.ca_file.is_some()),
                     ]
                 }
             };
@@ -545,6 +561,7 @@ impl Config {
                         region: sink.region.clone(),
                         endpoint_url: sink.endpoint_url.clone(),
                         request_timeout: sink.request_timeout,
+                        ca_file: sink.ca_file.clone(),
                     },
                     SinkType::Directory => SinkDestination::Directory { path: sink.path.clone()? },
                 };

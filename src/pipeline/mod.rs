@@ -55,6 +55,8 @@ pub enum PipelineError {
     Task(String),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error("sink {sink}: {source}")]
+    SinkSetup { sink: String, source: crate::sink::SinkSetupError },
     #[error("sink {sink}: pack_records = true would change what the destination stores: {reason}; set pack_records = false for this sink")]
     PackingRefused { sink: String, reason: String },
     /// sled does not recover from an I/O error (a full disk, say) in the same process: its next
@@ -69,7 +71,11 @@ impl PipelineError {
     pub fn exit_code(&self) -> u8 {
         match self {
             PipelineError::StorageFailed { .. } => 74,
-            PipelineError::Queue(_) | PipelineError::Task(_) | PipelineError::Admin(_) | PipelineError::PackingRefused { .. } => 1,
+            PipelineError::Queue(_)
+            | PipelineError::Task(_)
+            | PipelineError::Admin(_)
+            | PipelineError::PackingRefused { .. }
+            | PipelineError::SinkSetup { .. } => 1,
         }
     }
 }
@@ -107,7 +113,11 @@ pub async fn run_with_store(
     let mut helpers = Vec::new();
     let mut route_queues = Vec::new();
     for sink_settings in config.sink_settings() {
-        let sink = Arc::new(Sink::connect(&sink_settings).await);
+        let sink = Arc::new(
+            Sink::connect(&sink_settings)
+                .await
+                .map_err(|error| PipelineError::SinkSetup { sink: sink_settings.name.clone(), source: error })?,
+        );
         if sink_settings.pack_max_bytes.is_some() {
             match sink.packing_verdict().await {
                 PackingVerdict::Allowed => {}

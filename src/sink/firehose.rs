@@ -15,23 +15,47 @@ use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
 use aws_sdk_firehose::Client;
 
-use super::{OutgoingRecord, RecordOutcome, SinkError};
+use super::{OutgoingRecord, RecordOutcome, SinkError, SinkSetupError};
+
+/// The SDK's HTTPS client (rustls, as by default), trusting the system's authorities plus those
+/// in `ca_file`. The system's include `SSL_CERT_FILE` / `SSL_CERT_DIR` when set.
+fn https_client_trusting(ca_file: &std::path::Path) -> Result<aws_sdk_firehose::config::SharedHttpClient, SinkSetupError> {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+    let pem = std::fs::read(ca_file).map_err(|source| SinkSetupError::CaFile { path: ca_file.to_path_buf(), source })?;
+    if !pem.windows(27).any(|window| window == b"-----BEGIN CERTIFICATE-----") {
+        return Err(SinkSetupError::TlsContext { path: ca_file.to_path_buf(), reason: "no BEGIN CERTIFICATE block".into() });
+    }
+    let context = TlsContext::builder()
+        .with_trust_store(TrustStore::default().with_pem_certificate(pem))
+        .build()
+        .map_err(|error| SinkSetupError::TlsContext { path: ca_file.to_path_buf(), reason: error.to_string() })?;
+    Ok(aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc)).tls_context(context).build_https())
+}
 
 pub struct FirehoseSink {
     client: Client,
     delivery_stream: String,
 }
 
+/// Where and how a Firehose sink connects.
+pub struct Endpoint<'a> {
+    pub delivery_stream: &'a str,
+    pub region: Option<&'a str>,
+    pub endpoint_url: Option<&'a str>,
+    pub request_timeout: Duration,
+    /// Extra certificate authorities (PEM) to trust, besides the system's.
+    pub ca_file: Option<&'a std::path::Path>,
+}
+
 impl FirehoseSink {
-    pub async fn connect(
-        delivery_stream: &str,
-        region: Option<&str>,
-        endpoint_url: Option<&str>,
-        request_timeout: Duration,
-    ) -> FirehoseSink {
+    pub async fn connect(endpoint: Endpoint<'_>) -> Result<FirehoseSink, SinkSetupError> {
+        let Endpoint { delivery_stream, region, endpoint_url, request_timeout, ca_file } = endpoint;
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(region) = region {
             loader = loader.region(Region::new(region.to_owned()));
+        }
+        if let Some(path) = ca_file {
+            loader = loader.http_client(https_client_trusting(path)?);
         }
         let shared = loader.load().await;
         let mut config = aws_sdk_firehose::config::Builder::from(&shared)
@@ -40,7 +64,7 @@ impl FirehoseSink {
         if let Some(url) = endpoint_url {
             config = config.endpoint_url(url);
         }
-        FirehoseSink { client: Client::from_conf(config.build()), delivery_stream: delivery_stream.to_owned() }
+        Ok(FirehoseSink { client: Client::from_conf(config.build()), delivery_stream: delivery_stream.to_owned() })
     }
 
     pub async fn put(&self, records: &[OutgoingRecord], which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {

@@ -65,6 +65,15 @@ pub enum SinkError {
     Unavailable { code: String, message: String, fix: String },
 }
 
+/// A sink that cannot be set up: its settings point at something unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkSetupError {
+    #[error("cannot read ca_file {path}: {source}")]
+    CaFile { path: std::path::PathBuf, source: std::io::Error },
+    #[error("ca_file {path} holds no usable PEM certificate: {reason}")]
+    TlsContext { path: std::path::PathBuf, reason: String },
+}
+
 /// A configured destination.
 pub enum Sink {
     Firehose(FirehoseSink),
@@ -72,12 +81,19 @@ pub enum Sink {
 }
 
 impl Sink {
-    pub async fn connect(settings: &SinkSettings) -> Sink {
+    pub async fn connect(settings: &SinkSettings) -> Result<Sink, SinkSetupError> {
         match &settings.destination {
-            SinkDestination::Firehose { delivery_stream, region, endpoint_url, request_timeout } => {
-                Sink::Firehose(FirehoseSink::connect(delivery_stream, region.as_deref(), endpoint_url.as_deref(), *request_timeout).await)
+            SinkDestination::Firehose { delivery_stream, region, endpoint_url, request_timeout, ca_file } => {
+                let endpoint = firehose::Endpoint {
+                    delivery_stream,
+                    region: region.as_deref(),
+                    endpoint_url: endpoint_url.as_deref(),
+                    request_timeout: *request_timeout,
+                    ca_file: ca_file.as_deref(),
+                };
+                Ok(Sink::Firehose(FirehoseSink::connect(endpoint).await?))
             }
-            SinkDestination::Directory { path } => Sink::Directory(DirectorySink::new(path.clone(), settings.name.clone())),
+            SinkDestination::Directory { path } => Ok(Sink::Directory(DirectorySink::new(path.clone(), settings.name.clone()))),
         }
     }
 

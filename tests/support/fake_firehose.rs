@@ -119,6 +119,8 @@ struct State {
 pub struct FakeFirehose {
     pub endpoint: String,
     address: SocketAddr,
+    /// Serves HTTPS with this when set.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<Mutex<State>>,
     server: Mutex<Option<tokio::task::JoinHandle<()>>>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -154,6 +156,21 @@ impl hyper::body::Body for TornBody {
 
 impl FakeFirehose {
     pub fn start(faults: Faults) -> FakeFirehose {
+        FakeFirehose::start_serving(faults, None)
+    }
+
+    /// The fake behind TLS with `certificate`, reachable as `https://localhost:PORT`.
+    pub fn start_tls(faults: Faults, certificate: &TestCertificate) -> FakeFirehose {
+        let config = tokio_rustls::rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![certificate.leaf_der.clone()], certificate.key_der.clone_key())
+            .expect("server TLS configuration");
+        let mut fake = FakeFirehose::start_serving(faults, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))));
+        fake.endpoint = format!("https://localhost:{}", fake.address.port());
+        fake
+    }
+
+    fn start_serving(faults: Faults, tls: Option<tokio_rustls::TlsAcceptor>) -> FakeFirehose {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
         let state = Arc::new(Mutex::new(State {
             faults,
@@ -164,8 +181,15 @@ impl FakeFirehose {
         }));
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
         let address = listener.local_addr().expect("address");
-        let server = runtime.spawn(serve(listener, state.clone()));
-        FakeFirehose { endpoint: format!("http://{address}"), address, state, server: Mutex::new(Some(server)), runtime: Some(runtime) }
+        let server = runtime.spawn(serve(listener, state.clone(), tls.clone()));
+        FakeFirehose {
+            endpoint: format!("http://{address}"),
+            address,
+            tls,
+            state,
+            server: Mutex::new(Some(server)),
+            runtime: Some(runtime),
+        }
     }
 
     pub fn seen(&self) -> Seen {
@@ -185,7 +209,7 @@ impl FakeFirehose {
         }
         std::thread::sleep(outage);
         let listener = runtime.block_on(tokio::net::TcpListener::bind(self.address)).expect("rebind the same port");
-        *self.server.lock().expect("server") = Some(runtime.spawn(serve(listener, self.state.clone())));
+        *self.server.lock().expect("server") = Some(runtime.spawn(serve(listener, self.state.clone(), self.tls.clone())));
     }
 }
 
@@ -198,23 +222,65 @@ impl Drop for FakeFirehose {
 }
 
 /// Accepts connections until aborted; aborting it also ends every connection it serves.
-async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>) {
+async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>, tls: Option<tokio_rustls::TlsAcceptor>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let state = state.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let state = state.clone();
-                async move {
-                    match handle(state, request).await {
-                        Answer::Reply(response) => Ok::<_, std::io::Error>(response),
-                        Answer::Reset => Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "fault: reset")),
+            match tls {
+                // A client that does not trust the certificate ends the handshake: nothing to serve.
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        serve_connection(stream, state).await;
                     }
                 }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                None => serve_connection(stream, state).await,
+            }
         });
+    }
+}
+
+async fn serve_connection<IO>(stream: IO, state: Arc<Mutex<State>>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let state = state.clone();
+        async move {
+            match handle(state, request).await {
+                Answer::Reply(response) => Ok::<_, std::io::Error>(response),
+                Answer::Reset => Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "fault: reset")),
+            }
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+}
+
+/// A private certificate authority and a certificate it signed for `localhost` and 127.0.0.1,
+/// made for one test.
+pub struct TestCertificate {
+    pub ca_pem: String,
+    leaf_der: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    key_der: tokio_rustls::rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl TestCertificate {
+    pub fn new() -> TestCertificate {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "tailhose test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+        let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("leaf parameters");
+        let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).expect("leaf certificate");
+        TestCertificate {
+            ca_pem: ca.pem(),
+            leaf_der: leaf.der().clone(),
+            key_der: tokio_rustls::rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der()).into(),
+        }
     }
 }
 
