@@ -4,6 +4,10 @@
 //! call ([`SinkError`]). It never retries by itself: the flusher owns retries, back-off and
 //! acknowledgement, so that the queue and file positions advance only on what the destination
 //! accepted (invariant 2).
+//!
+//! Around the calls: [`batch`] packs records within a call's limits (and packs several lines
+//! into one record when `pack_records` is on), [`rate`] paces calls at the rate the destination
+//! takes, learned from its throttling.
 
 pub mod batch;
 mod directory;
