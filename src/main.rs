@@ -7,6 +7,7 @@ use tailhose::cli::{execute, init_logging, Cli};
 use tailhose::pipeline::PipelineError;
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -31,3 +32,21 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// glibc gives threads that allocate at the same time arenas of their own; with the runtime's,
+/// sled's and the delivery tasks' threads that fragments memory. One arena cut peak RSS from 103
+/// to 74 MiB for 1 M records (`cargo bench --bench end_to_end`) with the same throughput and CPU,
+/// so it is the default unless `MALLOC_ARENA_MAX` says otherwise.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only tunes the allocator; it runs first in main, before any other
+        // thread exists, and a refused setting leaves the default in place.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
