@@ -186,9 +186,7 @@ pub enum RecordFormat {
 pub async fn execute(command: QueueCommand) -> anyhow::Result<()> {
     match command {
         QueueCommand::Stats { target } => {
-            let routes = Routes::open(&target, None)?;
-            let stats = routes.queues.iter().map(RouteQueue::stats).collect::<Result<Vec<_>, _>>()?;
-            println!("{}", serde_json::to_string_pretty(&stats)?);
+            println!("{}", serde_json::to_string_pretty(&Routes::open(&target, None)?.stats()?)?);
             Ok(())
         }
         QueueCommand::List { target, scope, state, json } => list(&Routes::open(&target, scope.route.as_deref())?, state, json),
@@ -208,7 +206,7 @@ pub async fn execute(command: QueueCommand) -> anyhow::Result<()> {
 }
 
 /// The opened queue and the routes a command works on.
-struct Routes {
+pub(super) struct Routes {
     store: QueueStore,
     queues: Vec<RouteQueue>,
 }
@@ -229,7 +227,7 @@ impl Routes {
         Routes::open_store(super::open_store(&data_dir, cache_bytes)?, only)
     }
 
-    fn open_store(store: QueueStore, only: Option<&str>) -> anyhow::Result<Routes> {
+    pub(super) fn open_store(store: QueueStore, only: Option<&str>) -> anyhow::Result<Routes> {
         let names = store.route_names();
         if let Some(only) = only {
             if !names.iter().any(|name| name == only) {
@@ -243,6 +241,10 @@ impl Routes {
             queues.push(queue);
         }
         Ok(Routes { store, queues })
+    }
+
+    pub(super) fn stats(&self) -> anyhow::Result<Vec<crate::queue::QueueStats>> {
+        Ok(self.queues.iter().map(RouteQueue::stats).collect::<Result<Vec<_>, _>>()?)
     }
 }
 

@@ -59,13 +59,7 @@ pub async fn show(config_path: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 fn stored_routes(config: &Config) -> anyhow::Result<Vec<QueueStats>> {
-    let store = super::open_store(&config.data_dir, config.queue_cache_bytes.0)?;
-    let mut routes = Vec::new();
-    for name in store.route_names() {
-        let (queue, _) = store.open_route(&name, u64::MAX)?;
-        routes.push(queue.stats()?);
-    }
-    Ok(routes)
+    super::queue::Routes::open_store(super::open_store(&config.data_dir, config.queue_cache_bytes.0)?, None)?.stats()
 }
 
 fn render(report: &StatusReport) -> String {
