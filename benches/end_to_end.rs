@@ -105,8 +105,7 @@ fn trickle(records: u64) {
     let workspace = Workspace::new();
     workspace.write_config_for_endpoint(&fake.endpoint, "", "");
     // The defaults a user runs with: inotify wakes the reader, the poll is only a safety net.
-    let config = std::fs::read_to_string(workspace.config()).expect("config").replace("poll_interval = \"50ms\"", "poll_interval = \"1s\"");
-    std::fs::write(workspace.config(), config).expect("config");
+    workspace.rewrite_config(|config| config.replace("poll_interval = \"50ms\"", "poll_interval = \"1s\""));
     let log = workspace.log_file();
     std::fs::write(&log, "").expect("log file");
     let daemon = workspace.start_daemon();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use support::fake_firehose::{FakeFirehose, Faults, Refusal, Seen};
-use support::Workspace;
+use support::{wait_until, Workspace};
 
 const FAST_RETRIES: &str = "retry_initial_backoff = \"20ms\"\nretry_max_backoff = \"300ms\"\nrequest_timeout = \"2s\"";
 
@@ -23,9 +23,7 @@ fn delivers_everything_exactly_once_despite(faults: Faults, records: u64) -> See
     let workspace = Workspace::new();
     workspace.write_config_for_endpoint(&fake.endpoint, "", FAST_RETRIES);
     support::write_seed_records(&workspace.log_file(), 0..records, records, Duration::ZERO);
-    let config = workspace.config();
-    let output = workspace.run(&["run", "--config", config.to_str().expect("utf-8"), "--once"]);
-    assert!(output.status.success(), "run --once: {}", String::from_utf8_lossy(&output.stderr));
+    workspace.run_once();
     let seen = fake.seen();
     let counts = seq_counts(&seen);
     assert_eq!(counts.len() as u64, records, "every record delivered ({faults:?})");
@@ -67,9 +65,7 @@ fn answers_cut_off_mid_response_lead_to_resends_and_at_most_those_duplicates() {
     workspace.write_config_for_endpoint(&fake.endpoint, "", FAST_RETRIES);
     let records = 3_000u64;
     support::write_seed_records(&workspace.log_file(), 0..records, records, Duration::ZERO);
-    let config = workspace.config();
-    let output = workspace.run(&["run", "--config", config.to_str().expect("utf-8"), "--once"]);
-    assert!(output.status.success(), "run --once: {}", String::from_utf8_lossy(&output.stderr));
+    workspace.run_once();
     let seen = fake.seen();
     let counts = seq_counts(&seen);
     assert_eq!(counts.len() as u64, records, "every record delivered at least once");
@@ -98,14 +94,6 @@ fn random_mixes_of_faults_lose_nothing() {
     }
 }
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_dead_port_delays_delivery_and_loses_nothing() {
     let fake = FakeFirehose::start(Faults::default());
@@ -113,12 +101,14 @@ fn a_dead_port_delays_delivery_and_loses_nothing() {
     workspace.write_config_for_endpoint(&fake.endpoint, "", FAST_RETRIES);
     let daemon = workspace.start_daemon();
     support::write_seed_records(&workspace.log_file(), 0..1_000, 100, Duration::from_millis(10));
-    wait_until("the first records arrive", Duration::from_secs(30), || seq_counts(&fake.seen()).len() == 1_000);
+    wait_until(Duration::from_secs(30), "the first records arrive", || (seq_counts(&fake.seen()).len() == 1_000).then_some(()));
     let log_file = workspace.log_file();
     let writer = std::thread::spawn(move || support::write_seed_records(&log_file, 1_000..2_000, 100, Duration::from_millis(200)));
     fake.go_down_for(Duration::from_secs(3));
     writer.join().expect("writer");
-    wait_until("every record arrives after the outage", Duration::from_secs(60), || seq_counts(&fake.seen()).len() == 2_000);
+    wait_until(Duration::from_secs(60), "every record arrives after the outage", || {
+        (seq_counts(&fake.seen()).len() == 2_000).then_some(())
+    });
     assert!(daemon.terminate(Duration::from_secs(15)).success());
     assert!(seq_counts(&fake.seen()).values().all(|&count| count == 1));
 }
@@ -158,13 +148,15 @@ fn calls_during_an_outage(outage: Faults, sink_lines: &str, records: u64, window
     workspace.write_config_for_endpoint(&fake.endpoint, "", sink_lines);
     let daemon = workspace.start_daemon();
     support::write_seed_records(&workspace.log_file(), 0..records, records, Duration::ZERO);
-    wait_until("the first call of the outage", Duration::from_secs(30), || fake.seen().calls > 0);
+    wait_until(Duration::from_secs(30), "the first call of the outage", || (fake.seen().calls > 0).then_some(()));
     let window_start = Instant::now();
     std::thread::sleep(window);
     let calls = fake.seen().calls_between(window_start, Instant::now());
     let log = daemon.log();
     fake.set_faults(Faults::default());
-    wait_until("every record arrives after the outage", Duration::from_secs(60), || seq_counts(&fake.seen()).len() as u64 == records);
+    wait_until(Duration::from_secs(60), "every record arrives after the outage", || {
+        (seq_counts(&fake.seen()).len() as u64 == records).then_some(())
+    });
     assert!(daemon.terminate(Duration::from_secs(15)).success(), "tailhose kept running through the outage");
     (calls, log)
 }
@@ -189,7 +181,9 @@ fn a_crash_loop_under_random_faults_loses_nothing() {
     }
     writer.join().expect("writer");
     let daemon = workspace.start_daemon();
-    wait_until("every record arrives after the crash loop", Duration::from_secs(120), || seq_counts(&fake.seen()).len() as u64 == written);
+    wait_until(Duration::from_secs(120), "every record arrives after the crash loop", || {
+        (seq_counts(&fake.seen()).len() as u64 == written).then_some(())
+    });
     assert!(daemon.terminate(Duration::from_secs(15)).success());
     let counts = seq_counts(&fake.seen());
     let duplicates: u64 = counts.values().map(|&count| u64::from(count) - 1).sum();
@@ -205,7 +199,7 @@ fn a_graceful_stop_under_load_ends_within_the_shutdown_timeout_and_loses_nothing
     workspace.write_config_for_endpoint(&fake.endpoint, "", "request_timeout = \"60s\"");
     let daemon = workspace.start_daemon();
     support::write_seed_records(&workspace.log_file(), 0..2_000, 2_000, Duration::ZERO);
-    wait_until("a call is in flight", Duration::from_secs(30), || fake.seen().arrived > 0);
+    wait_until(Duration::from_secs(30), "a call is in flight", || (fake.seen().arrived > 0).then_some(()));
     let stopping = Instant::now();
     let status = daemon.terminate(Duration::from_secs(20));
     let took = stopping.elapsed();
@@ -213,7 +207,9 @@ fn a_graceful_stop_under_load_ends_within_the_shutdown_timeout_and_loses_nothing
     assert!(took < Duration::from_secs(9), "stopped in {took:?}; shutdown_timeout is 5 s");
     fake.set_faults(Faults::default());
     let daemon = workspace.start_daemon();
-    wait_until("every record arrives after the restart", Duration::from_secs(60), || seq_counts(&fake.seen()).len() == 2_000);
+    wait_until(Duration::from_secs(60), "every record arrives after the restart", || {
+        (seq_counts(&fake.seen()).len() == 2_000).then_some(())
+    });
     assert!(daemon.terminate(Duration::from_secs(15)).success());
 }
 
@@ -228,8 +224,7 @@ fn a_long_outage_with_rotations_is_absorbed_by_the_queue_and_drained_in_order_af
         "",
         "retry_initial_backoff = \"20ms\"\nretry_max_backoff = \"500ms\"\nmax_in_flight = 1",
     );
-    let config = std::fs::read_to_string(workspace.config()).expect("config");
-    std::fs::write(workspace.config(), format!("max_queue_bytes = \"1MiB\"\nmax_read_ahead_bytes = \"256KiB\"\n{config}")).expect("config");
+    workspace.rewrite_config(|config| format!("max_queue_bytes = \"1MiB\"\nmax_read_ahead_bytes = \"256KiB\"\n{config}"));
     let daemon = workspace.start_daemon();
     // Three hourly files, each rotated away (renamed out of the glob) while Firehose refuses everything.
     let per_file = 4_000u64;
@@ -299,9 +294,7 @@ fn a_full_disk_stops_tailhose_with_status_74_and_a_restart_once_space_returns_de
     let workspace = Workspace::new();
     let disk = SmallDisk::mount(&workspace.path().join("state"), "6m");
     workspace.write_config_for_endpoint(&fake.endpoint, "", "retry_initial_backoff = \"20ms\"\nretry_max_backoff = \"300ms\"");
-    let config = std::fs::read_to_string(workspace.config()).expect("config");
-    std::fs::write(workspace.config(), format!("max_read_ahead_bytes = \"64MiB\"\nstorage_stall_timeout = \"5s\"\n{config}"))
-        .expect("config");
+    workspace.rewrite_config(|config| format!("max_read_ahead_bytes = \"64MiB\"\nstorage_stall_timeout = \"5s\"\n{config}"));
     let written = 60_000u64;
     support::write_seed_records(&workspace.log_file(), 0..written, written, Duration::ZERO);
     let mut daemon = workspace.start_daemon();
@@ -312,7 +305,9 @@ fn a_full_disk_stops_tailhose_with_status_74_and_a_restart_once_space_returns_de
     disk.grow("256m");
     fake.set_faults(Faults::default());
     let daemon = workspace.start_daemon();
-    wait_until("every record arrives after the restart", Duration::from_secs(120), || seq_counts(&fake.seen()).len() as u64 == written);
+    wait_until(Duration::from_secs(120), "every record arrives after the restart", || {
+        (seq_counts(&fake.seen()).len() as u64 == written).then_some(())
+    });
     assert!(daemon.terminate(Duration::from_secs(15)).success());
 }
 
@@ -343,7 +338,7 @@ fn restart_after_damaging_the_queue(damage: impl FnOnce(&std::path::Path)) -> (F
     let written = 20_000u64;
     support::write_seed_records(&workspace.log_file(), 0..written, written, Duration::ZERO);
     let daemon = workspace.start_daemon();
-    wait_until("Firehose refuses the first batch", Duration::from_secs(30), || fake.seen().refused_calls > 0);
+    wait_until(Duration::from_secs(30), "Firehose refuses the first batch", || (fake.seen().refused_calls > 0).then_some(()));
     std::thread::sleep(Duration::from_secs(1));
     assert!(daemon.terminate(Duration::from_secs(15)).success());
     damage(&workspace.path().join("state/queue"));

@@ -39,9 +39,7 @@ fn stderr(output: &std::process::Output) -> String {
 
 /// Test daemons run side by side: their admin endpoints take a free port instead of 8686.
 fn allow_parallel_daemons(workspace: &Workspace) {
-    let mut config = std::fs::read_to_string(workspace.config()).expect("config");
-    config.push_str("\n[admin]\naddress = \"127.0.0.1:0\"\n");
-    std::fs::write(workspace.config(), config).expect("config");
+    workspace.rewrite_config(|config| config + "\n[admin]\naddress = \"127.0.0.1:0\"\n");
 }
 
 fn accepted_seqs(fake: &FakeFirehose) -> Vec<u64> {
@@ -189,9 +187,7 @@ fn deliver_once(endpoint: &str, records: u64, sink_lines: &str) -> String {
     let log = workspace.log_file();
     let generated = workspace.run(&["generate", "--out", log.to_str().expect("utf-8"), "--count", &records.to_string(), "--burst", "1000"]);
     assert!(generated.status.success(), "{}", stderr(&generated));
-    let output = workspace.run(&["run", "--config", "tailhose.toml", "--once"]);
-    assert!(output.status.success(), "{}", stderr(&output));
-    stderr(&output)
+    stderr(&workspace.run_once())
 }
 
 #[test]
@@ -236,8 +232,7 @@ fn packing_is_refused_for_a_stream_that_makes_one_document_per_record() {
     moto.create_elasticsearch_stream("conect-es");
     let workspace = Workspace::new();
     workspace.write_config_for_endpoint(&moto.endpoint, "", "pack_records = true");
-    let config = std::fs::read_to_string(workspace.config()).expect("config").replace(support::STREAM, "conect-es");
-    std::fs::write(workspace.config(), config).expect("config");
+    workspace.rewrite_config(|config| config.replace(support::STREAM, "conect-es"));
     write_seed_records(&workspace.log_file(), 0..10, 10, Duration::ZERO);
     let output = workspace.run(&["run", "--config", "tailhose.toml", "--once"]);
     assert!(!output.status.success(), "packing into Elasticsearch must not start");

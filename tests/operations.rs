@@ -278,8 +278,7 @@ fn a_taken_admin_port_stops_start_up_with_a_message_naming_it() {
     let address = taken.local_addr().expect("address").to_string();
     let workspace = Workspace::new();
     workspace.write_config_for_endpoint("http://127.0.0.1:9", "", "");
-    let config = std::fs::read_to_string(workspace.config()).expect("config").replace("127.0.0.1:0", &address);
-    std::fs::write(workspace.config(), config).expect("config");
+    workspace.rewrite_config(|config| config.replace("127.0.0.1:0", &address));
     let output = workspace.run(&["run", "--config", "tailhose.toml"]);
     assert!(!output.status.success());
     let message = String::from_utf8_lossy(&output.stderr);

@@ -113,14 +113,12 @@ fn malformed_lines_are_dead_lettered_and_good_lines_all_delivered() {
         }
     }
     std::fs::write(workspace.log_file(), &content).expect("write log");
-    let config = workspace.config();
-    let output = workspace.run(&["run", "--config", config.to_str().expect("utf-8"), "--once"]);
-    assert!(output.status.success(), "run --once: {}", String::from_utf8_lossy(&output.stderr));
+    workspace.run_once();
     let delivered = moto.delivered();
     assert_eq!(delivered.distinct(), 1_000, "every good line delivered");
     assert_eq!(delivered.records.len(), 1_000, "and nothing else");
 
-    let output = workspace.run(&["queue", "dead-letters", "--config", config.to_str().expect("utf-8")]);
+    let output = workspace.run(&["queue", "dead-letters", "--config", "tailhose.toml"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let letters: Vec<serde_json::Value> =
         String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).expect("json line")).collect();
@@ -130,7 +128,6 @@ fn malformed_lines_are_dead_lettered_and_good_lines_all_delivered() {
         assert_eq!(letter["offset"].as_u64(), Some(*offset), "dead letter names where the line is: {letter}");
     }
     let summary = String::from_utf8_lossy(&output.stderr);
-    let run_log =
-        String::from_utf8_lossy(&workspace.run(&["queue", "stats", "--config", config.to_str().expect("utf-8")]).stdout).into_owned();
+    let run_log = String::from_utf8_lossy(&workspace.run(&["queue", "stats", "--config", "tailhose.toml"]).stdout).into_owned();
     assert!(run_log.contains("\"dead_letters\": 40"), "stats count the dead letters: {run_log} {summary}");
 }

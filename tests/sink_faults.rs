@@ -8,20 +8,13 @@ use std::time::Duration;
 use support::fake_firehose::{FakeFirehose, Faults};
 use support::Workspace;
 
-fn run_once(workspace: &Workspace) -> std::process::Output {
-    let config = workspace.config();
-    let output = workspace.run(&["run", "--config", config.to_str().expect("utf-8"), "--once"]);
-    assert!(output.status.success(), "run --once failed: {}", String::from_utf8_lossy(&output.stderr));
-    output
-}
-
 #[test]
 fn partly_failed_calls_resend_only_the_failed_entries_until_all_are_accepted() {
     let fake = FakeFirehose::start(Faults { fail_every_nth_record: Some(7), throttle_every_nth_call: Some(5), ..Faults::default() });
     let workspace = Workspace::new();
     workspace.write_config_for_endpoint(&fake.endpoint, "", "retry_initial_backoff = \"10ms\"\nretry_max_backoff = \"50ms\"");
     support::write_seed_records(&workspace.log_file(), 0..3_000, 3_000, Duration::ZERO);
-    run_once(&workspace);
+    workspace.run_once();
     let seen = fake.seen();
     let mut seqs: Vec<u64> = seen.accepted.iter().map(|record| support::seq_of(record)).collect();
     let accepted_in_order = seqs.clone();
@@ -49,7 +42,7 @@ fn batches_never_exceed_500_records_or_4_mib_and_oversized_records_are_dead_lett
     let oversized = format!("{{\"seq\": 5000, \"pad\": \"{}\"}}\n", "o".repeat(1000 * 1024));
     content.push_str(&oversized);
     std::fs::write(workspace.log_file(), content).expect("write log");
-    run_once(&workspace);
+    workspace.run_once();
     let seen = fake.seen();
     assert_eq!(seen.limit_violations, 0, "no call broke a Firehose limit: {seen:?}");
     assert!(seen.max_records_in_call <= 500 && seen.max_bytes_in_call <= 4 * 1024 * 1024);
@@ -81,8 +74,7 @@ fn at_the_streams_quota_every_record_arrives_once_and_few_calls_are_throttled() 
     support::write_seed_records(&workspace.log_file(), 0..12_000, 12_000, std::time::Duration::ZERO);
     let bytes = std::fs::metadata(workspace.log_file()).expect("log").len();
     let started = std::time::Instant::now();
-    let output = workspace.run(&["run", "--config", "tailhose.toml", "--once"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = workspace.run_once();
     let seen = fake.seen();
     let counts = support::count_seqs(seen.accepted.iter().map(Vec::as_slice));
     assert_eq!((counts.len(), seen.accepted.len()), (12_000, 12_000), "every record, once");
@@ -108,8 +100,7 @@ fn several_batches_are_in_flight_at_once_and_every_record_still_arrives_once() {
     let workspace = Workspace::new();
     workspace.write_config_for_endpoint(&fake.endpoint, "", "max_in_flight = 4");
     support::write_seed_records(&workspace.log_file(), 0..8_000, 8_000, std::time::Duration::ZERO);
-    let output = workspace.run(&["run", "--config", "tailhose.toml", "--once"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    workspace.run_once();
     let seen = fake.seen();
     let counts = support::count_seqs(seen.accepted.iter().map(Vec::as_slice));
     assert_eq!((counts.len(), seen.accepted.len()), (8_000, 8_000), "every record, once");
@@ -147,8 +138,7 @@ fn an_endpoint_signed_by_a_private_ca_is_trusted_through_ca_file_or_ssl_cert_fil
 
     // Trusted through the sink's ca_file (relative to the configuration file).
     workspace.write_config_for_endpoint(&fake.endpoint, "", "ca_file = \"private-ca.pem\"");
-    let output = workspace.run(&["run", "--config", "tailhose.toml", "--once"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    workspace.run_once();
     assert_eq!(support::count_seqs(fake.seen().accepted.iter().map(Vec::as_slice)).len(), 100);
 
     // Trusted through SSL_CERT_FILE, as the AWS SDKs do.

@@ -13,12 +13,12 @@ fn a_line_written_at_idle_is_delivered_through_change_notification_without_waiti
     let workspace = Workspace::new();
     // Polling every minute: only a change notification can bring the line in quickly.
     workspace.write_config_for_endpoint(&fake.endpoint, "", "");
-    let config = std::fs::read_to_string(workspace.config())
-        .expect("config")
-        .replace("poll_interval = \"50ms\"", "poll_interval = \"60s\"")
-        .replace("refresh_interval = \"1s\"", "refresh_interval = \"60s\"")
-        .replace("flush_interval = \"1s\"", "flush_interval = \"100ms\"");
-    std::fs::write(workspace.config(), config).expect("config");
+    workspace.rewrite_config(|config| {
+        config
+            .replace("poll_interval = \"50ms\"", "poll_interval = \"60s\"")
+            .replace("refresh_interval = \"1s\"", "refresh_interval = \"60s\"")
+            .replace("flush_interval = \"1s\"", "flush_interval = \"100ms\"")
+    });
     std::fs::write(workspace.log_file(), support::seed_record(0) + "\n").expect("first line");
     let daemon = workspace.start_daemon();
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -292,6 +292,19 @@ append_newline = true
     pub fn run(&self, args: &[&str]) -> std::process::Output {
         self.tailhose(args).output().expect("tailhose runs")
     }
+
+    /// `tailhose run --once` with the workspace's configuration; fails the test unless it exits 0.
+    pub fn run_once(&self) -> std::process::Output {
+        let output = self.run(&["run", "--config", "tailhose.toml", "--once"]);
+        assert!(output.status.success(), "run --once failed: {}", String::from_utf8_lossy(&output.stderr));
+        output
+    }
+
+    /// Rewrites the configuration file through `edit`.
+    pub fn rewrite_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(self.config()).expect("read config");
+        std::fs::write(self.config(), edit(text)).expect("write config");
+    }
 }
 
 pub struct Daemon {
