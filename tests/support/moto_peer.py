@@ -27,6 +27,18 @@ def client(kind, args):
     )
 
 
+def s3_destination(args):
+    """The bucket as a delivery destination, given in full so that DescribeDeliveryStream answers
+    with every field the AWS SDKs require (moto echoes only what it was given)."""
+    return {
+        "RoleARN": "arn:aws:iam::123456789012:role/firehose-test",
+        "BucketARN": f"arn:aws:s3:::{args.bucket}",
+        "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60},
+        "CompressionFormat": "UNCOMPRESSED",
+        "EncryptionConfiguration": {"NoEncryptionConfig": "NoEncryption"},
+    }
+
+
 def setup(args):
     s3 = client("s3", args)
     if args.region == "us-east-1":
@@ -36,15 +48,7 @@ def setup(args):
     client("firehose", args).create_delivery_stream(
         DeliveryStreamName=args.stream,
         DeliveryStreamType="DirectPut",
-        ExtendedS3DestinationConfiguration={
-            "RoleARN": "arn:aws:iam::123456789012:role/firehose-test",
-            "BucketARN": f"arn:aws:s3:::{args.bucket}",
-            "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60},
-            # Given in full so that DescribeDeliveryStream answers with every field the AWS SDKs
-            # require (moto echoes only what it was given).
-            "CompressionFormat": "UNCOMPRESSED",
-            "EncryptionConfiguration": {"NoEncryptionConfig": "NoEncryption"},
-        },
+        ExtendedS3DestinationConfiguration=s3_destination(args),
     )
 
 
@@ -58,13 +62,7 @@ def setup_es(args):
             "IndexName": "conect",
             "IndexRotationPeriod": "OneHour",
             "S3BackupMode": "FailedDocumentsOnly",
-            "S3Configuration": {
-                "RoleARN": "arn:aws:iam::123456789012:role/firehose-test",
-                "BucketARN": f"arn:aws:s3:::{args.bucket}",
-                "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 60},
-                "CompressionFormat": "UNCOMPRESSED",
-                "EncryptionConfiguration": {"NoEncryptionConfig": "NoEncryption"},
-            },
+            "S3Configuration": s3_destination(args),
         },
     )
 
