@@ -12,6 +12,8 @@
 //! `cargo bench --bench end_to_end` prints one table row per situation. Under `cargo test
 //! --bench end_to_end` (CI), each situation runs with a few thousand records, as a smoke test.
 //!
+//! `END_TO_END_ONLY=unthrottled` runs only the situations whose name starts with that (no trickle);
+//! `END_TO_END_RECORDS` changes the unthrottled situation's record count (default 1,000,000).
 //! `END_TO_END_SINK_LINES` adds lines to the sink's configuration, e.g.
 //! `END_TO_END_SINK_LINES='max_in_flight = 1' cargo bench --bench end_to_end` (how the default
 //! `max_in_flight` was chosen).
@@ -51,8 +53,9 @@ struct Measured {
 fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
     let scale = |records: u64| if full { records } else { 3_000 };
+    let unthrottled_records = std::env::var("END_TO_END_RECORDS").ok().and_then(|count| count.parse().ok()).unwrap_or(1_000_000);
     let situations = [
-        Situation { name: "unthrottled", records: scale(1_000_000), faults: Faults::default(), sink_lines: "" },
+        Situation { name: "unthrottled", records: scale(unthrottled_records), faults: Faults::default(), sink_lines: "" },
         Situation {
             name: "at the quota (1 MiB/s, 1,000 calls/s, 100k records/s)",
             records: scale(100_000),
@@ -69,12 +72,16 @@ fn main() {
             sink_lines: "",
         },
     ];
-    trickle(if full { 10_000 } else { 500 });
+    // `END_TO_END_ONLY=unthrottled` runs the situations whose name starts with that, and no trickle.
+    let only = std::env::var("END_TO_END_ONLY").ok();
+    if only.is_none() {
+        trickle(if full { 10_000 } else { 500 });
+    }
     println!(
         "| situation | records | seconds | records/s | MB/s | tailhose CPU s | peak RSS MiB | calls | throttled calls | duplicates | byte quota used |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for situation in &situations {
+    for situation in situations.iter().filter(|situation| only.as_deref().is_none_or(|only| situation.name.starts_with(only))) {
         let measured = run(situation);
         assert_eq!(measured.delivered as u64, situation.records, "{}: every record delivered", situation.name);
         let quota_used = situation.faults.quota.map_or("-".to_owned(), |quota| {

@@ -620,7 +620,7 @@ fn default_max_queue_bytes() -> ByteSize {
     ByteSize(1024 * 1024 * 1024)
 }
 fn default_max_read_ahead_bytes() -> ByteSize {
-    ByteSize(32 * 1024 * 1024)
+    ByteSize(8 * 1024 * 1024)
 }
 fn default_queue_cache_bytes() -> ByteSize {
     ByteSize(16 * 1024 * 1024)

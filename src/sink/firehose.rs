@@ -11,10 +11,10 @@ use aws_sdk_firehose::config::timeout::TimeoutConfig;
 use aws_sdk_firehose::config::{BehaviorVersion, Region};
 use aws_sdk_firehose::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_firehose::operation::put_record_batch::PutRecordBatchError;
-use aws_sdk_firehose::primitives::Blob;
-use aws_sdk_firehose::types::Record;
 use aws_sdk_firehose::Client;
+use aws_smithy_types::body::SdkBody;
 
+use super::request::put_record_batch_body;
 use super::{OutgoingRecord, RecordOutcome, SinkError, SinkSetupError};
 
 /// The SDK's HTTPS client (rustls, as by default), trusting the system's authorities plus those
@@ -68,15 +68,22 @@ impl FirehoseSink {
     }
 
     pub async fn put(&self, records: &[OutgoingRecord], which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
-        let mut request = self.client.put_record_batch().delivery_stream_name(&self.delivery_stream);
-        for &index in which {
-            let record = Record::builder()
-                .data(Blob::new(records[index].data.clone()))
-                .build()
-                .map_err(|error| SinkError::InvalidRecords { code: "BuildError".into(), message: error.to_string() })?;
-            request = request.records(record);
-        }
-        let output = request.send().await.map_err(classify)?;
+        // The SDK serializes an empty record list; the body it signs and sends is ours, written
+        // in one pass (see [`super::request`]), with the same document the SDK would write.
+        let body = bytes::Bytes::from(put_record_batch_body(&self.delivery_stream, records, which));
+        let output = self
+            .client
+            .put_record_batch()
+            .delivery_stream_name(&self.delivery_stream)
+            .set_records(Some(Vec::new()))
+            .customize()
+            .mutate_request(move |request| {
+                request.headers_mut().insert("content-length", body.len().to_string());
+                *request.body_mut() = SdkBody::from(body.clone());
+            })
+            .send()
+            .await
+            .map_err(classify)?;
         let responses = output.request_responses();
         if responses.len() != which.len() {
             return Err(SinkError::Transient {

@@ -13,6 +13,7 @@ pub mod batch;
 mod directory;
 mod firehose;
 pub mod rate;
+pub mod request;
 
 use crate::config::{firehose_limits, SinkDestination, SinkSettings};
 

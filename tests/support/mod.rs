@@ -147,11 +147,13 @@ pub fn seq_of(record: &[u8]) -> u64 {
     value["seq"].as_u64().unwrap_or_else(|| panic!("delivered record has no seq: {text}"))
 }
 
-/// How many times each `seq` appears among `records`.
+/// How many times each `seq` appears among the lines of `records` (a packed record holds several).
 pub fn count_seqs<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> BTreeMap<u64, u32> {
     let mut counts = BTreeMap::new();
     for record in records {
-        *counts.entry(seq_of(record)).or_insert(0) += 1;
+        for line in record.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
+            *counts.entry(seq_of(line)).or_insert(0) += 1;
+        }
     }
     counts
 }

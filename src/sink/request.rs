@@ -1,0 +1,104 @@
+//! `PutRecordBatch` request bodies, written in one pass into one buffer.
+//!
+//! The SDK's serializer copies every record into a `Blob`, then base64-encodes each into a string
+//! of its own before writing the JSON document: three copies and several allocations per record,
+//! which made up most of the sink's CPU at 500 small records per call. This writes the same
+//! document (`awsJson1_1`, as the SDK would) straight from the records: one exact-size
+//! allocation per call, base64 written in place. The SDK still signs, sends and parses the
+//! answer; [`super::firehose`] hands it this body.
+//!
+//! Guarantee (property-tested below): the body is a JSON document whose `Records[i].Data`
+//! base64-decodes to the `i`-th selected record, and whose `DeliveryStreamName` is the stream's.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+use super::OutgoingRecord;
+
+const RECORDS_KEY: &[u8] = br#","Records":["#;
+const RECORD_OPEN: &[u8] = br#"{"Data":""#;
+const RECORD_CLOSE: &[u8] = br#""}"#;
+const DOCUMENT_CLOSE: &[u8] = b"]}";
+
+/// The JSON body of a `PutRecordBatch` call delivering `records[i]` for each `i` in `which`, in
+/// that order, to `delivery_stream`.
+pub fn put_record_batch_body(delivery_stream: &str, records: &[OutgoingRecord], which: &[usize]) -> Vec<u8> {
+    let stream_name = serde_json::to_string(delivery_stream).unwrap_or_else(|_| unreachable!("a str always serializes"));
+    let records_len: usize = which
+        .iter()
+        .map(|&index| RECORD_OPEN.len() + base64::encoded_len(records[index].data.len(), true).unwrap_or(0) + RECORD_CLOSE.len())
+        .sum::<usize>()
+        + which.len().saturating_sub(1);
+    let mut body =
+        Vec::with_capacity(br#"{"DeliveryStreamName":"#.len() + stream_name.len() + RECORDS_KEY.len() + records_len + DOCUMENT_CLOSE.len());
+    body.extend_from_slice(br#"{"DeliveryStreamName":"#);
+    body.extend_from_slice(stream_name.as_bytes());
+    body.extend_from_slice(RECORDS_KEY);
+    for (position, &index) in which.iter().enumerate() {
+        if position > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(RECORD_OPEN);
+        append_base64(&mut body, &records[index].data);
+        body.extend_from_slice(RECORD_CLOSE);
+    }
+    body.extend_from_slice(DOCUMENT_CLOSE);
+    body
+}
+
+/// Appends `data` in standard, padded base64 (what Firehose's `Data` blob takes) without an
+/// intermediate string.
+fn append_base64(body: &mut Vec<u8>, data: &[u8]) {
+    let start = body.len();
+    let encoded_len = base64::encoded_len(data.len(), true).unwrap_or_else(|| unreachable!("records are at most 4 MiB"));
+    body.resize(start + encoded_len, 0);
+    let written = STANDARD.encode_slice(data, &mut body[start..]).unwrap_or_else(|_| unreachable!("the slice has encoded_len bytes"));
+    debug_assert_eq!(written, encoded_len);
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn decoded(body: &[u8]) -> (String, Vec<Vec<u8>>) {
+        let document: serde_json::Value = serde_json::from_slice(body).expect("the body is JSON");
+        let stream = document["DeliveryStreamName"].as_str().expect("a stream name").to_owned();
+        let records = document["Records"]
+            .as_array()
+            .expect("a Records array")
+            .iter()
+            .map(|record| STANDARD.decode(record["Data"].as_str().expect("Data is a string")).expect("Data is base64"))
+            .collect();
+        (stream, records)
+    }
+
+    #[test]
+    fn the_body_is_what_the_sdk_would_send() {
+        let records = [OutgoingRecord { data: b"{\"a\":1}\n".to_vec(), lines: 1 }, OutgoingRecord { data: b"x".to_vec(), lines: 1 }];
+        let body = put_record_batch_body("test-fluentd-firehose", &records, &[0, 1]);
+        assert_eq!(
+            String::from_utf8(body).expect("ASCII"),
+            r#"{"DeliveryStreamName":"test-fluentd-firehose","Records":[{"Data":"eyJhIjoxfQo="},{"Data":"eA=="}]}"#
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn the_body_decodes_to_the_selected_records_in_order(
+            stream in "\\PC{1,64}",
+            contents in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..40),
+            picks in proptest::collection::vec(any::<prop::sample::Index>(), 1..60),
+        ) {
+            let records: Vec<OutgoingRecord> = contents.iter().map(|data| OutgoingRecord { data: data.clone(), lines: 1 }).collect();
+            let which: Vec<usize> = picks.iter().map(|pick| pick.index(records.len())).collect();
+            let body = put_record_batch_body(&stream, &records, &which);
+            prop_assert_eq!(body.capacity(), body.len(), "sized exactly, no reallocation");
+            let (decoded_stream, decoded_records) = decoded(&body);
+            prop_assert_eq!(decoded_stream, stream);
+            let expected: Vec<Vec<u8>> = which.iter().map(|&index| records[index].data.clone()).collect();
+            prop_assert_eq!(decoded_records, expected);
+        }
+    }
+}
