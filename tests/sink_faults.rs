@@ -156,3 +156,53 @@ fn an_endpoint_signed_by_a_private_ca_is_trusted_through_ca_file_or_ssl_cert_fil
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("broken.pem"), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// An edge host behind a corporate proxy: tailhose reaches Firehose through the proxy that
+/// `HTTPS_PROXY` / `HTTP_PROXY` name (a CONNECT tunnel for https, so TLS still ends at Firehose)
+/// and bypasses it for the hosts in `NO_PROXY`, as the AWS SDKs and curl do.
+#[test]
+fn calls_go_through_the_proxy_the_environment_names_unless_no_proxy_lists_the_host() {
+    use support::fake_firehose::TestCertificate;
+    use support::proxy::ForwardProxy;
+    let certificate = TestCertificate::new();
+    let fake = FakeFirehose::start_tls(Faults::default(), &certificate);
+    let proxy = ForwardProxy::start();
+    let workspace = Workspace::new();
+    std::fs::write(workspace.path().join("private-ca.pem"), &certificate.ca_pem).expect("CA file");
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "ca_file = \"private-ca.pem\"");
+    let run_with = |variables: &[(&str, &str)]| {
+        let mut command = workspace.tailhose(&["run", "--config", "tailhose.toml", "--once"]);
+        for (name, value) in variables {
+            command.env(name, value);
+        }
+        let output = command.output().expect("runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    let delivered = || support::count_seqs(fake.seen().accepted.iter().map(Vec::as_slice)).len();
+    let fake_authority = fake.endpoint.trim_start_matches("https://").to_owned();
+
+    support::write_seed_records(&workspace.log_file(), 0..100, 100, std::time::Duration::ZERO);
+    run_with(&[("HTTPS_PROXY", &proxy.url)]);
+    assert_eq!(delivered(), 100);
+    let tunnels = proxy.requests();
+    assert!(!tunnels.is_empty(), "the calls went through the proxy");
+    assert!(tunnels.iter().all(|request| *request == format!("CONNECT {fake_authority}")), "only tunnels to the endpoint: {tunnels:?}");
+
+    support::write_seed_records(&workspace.log_file(), 100..150, 50, std::time::Duration::ZERO);
+    run_with(&[("https_proxy", &proxy.url), ("NO_PROXY", "localhost,127.0.0.1")]);
+    assert_eq!(delivered(), 150);
+    assert_eq!(proxy.requests().len(), tunnels.len(), "a host in NO_PROXY is reached directly");
+
+    // A plain-http endpoint (a VPC endpoint behind TLS offload, a test peer) takes HTTP_PROXY.
+    let plain = FakeFirehose::start(Faults::default());
+    workspace.write_config_for_endpoint(&plain.endpoint, "", "");
+    support::write_seed_records(&workspace.log_file(), 150..200, 50, std::time::Duration::ZERO);
+    run_with(&[("HTTP_PROXY", &proxy.url)]);
+    assert_eq!(support::count_seqs(plain.seen().accepted.iter().map(Vec::as_slice)).len(), 50);
+    let plain_authority = plain.endpoint.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    assert!(
+        proxy.requests()[tunnels.len()..].iter().any(|request| request.starts_with("POST http://") && request.contains(&plain_authority)),
+        "the http call was relayed by the proxy: {:?}",
+        proxy.requests()
+    );
+}

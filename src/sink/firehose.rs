@@ -2,7 +2,8 @@
 //!
 //! The SDK's own retries are switched off: one `put` is one HTTP call, and the flusher decides
 //! what to resend (only the failed entries) and when (back-off). Credentials come from the AWS
-//! default chain (environment, profile, IMDS); none are ever configured in tailhose.
+//! default chain (environment, profile, IMDS); none are ever configured in tailhose. Calls go
+//! through [`super::https_client`] (extra CAs, proxies from the environment).
 
 use std::time::Duration;
 
@@ -14,23 +15,9 @@ use aws_sdk_firehose::operation::put_record_batch::PutRecordBatchError;
 use aws_sdk_firehose::Client;
 use aws_smithy_types::body::SdkBody;
 
+use super::https_client::https_client;
 use super::request::put_record_batch_body;
 use super::{OutgoingRecord, RecordOutcome, SinkError, SinkSetupError};
-
-/// The SDK's HTTPS client (rustls, as by default), trusting the system's authorities plus those
-/// in `ca_file`. The system's include `SSL_CERT_FILE` / `SSL_CERT_DIR` when set.
-fn https_client_trusting(ca_file: &std::path::Path) -> Result<aws_sdk_firehose::config::SharedHttpClient, SinkSetupError> {
-    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
-    let pem = std::fs::read(ca_file).map_err(|source| SinkSetupError::CaFile { path: ca_file.to_path_buf(), source })?;
-    if !pem.windows(27).any(|window| window == b"-----BEGIN CERTIFICATE-----") {
-        return Err(SinkSetupError::TlsContext { path: ca_file.to_path_buf(), reason: "no BEGIN CERTIFICATE block".into() });
-    }
-    let context = TlsContext::builder()
-        .with_trust_store(TrustStore::default().with_pem_certificate(pem))
-        .build()
-        .map_err(|error| SinkSetupError::TlsContext { path: ca_file.to_path_buf(), reason: error.to_string() })?;
-    Ok(aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc)).tls_context(context).build_https())
-}
 
 pub struct FirehoseSink {
     client: Client,
@@ -54,9 +41,7 @@ impl FirehoseSink {
         if let Some(region) = region {
             loader = loader.region(Region::new(region.to_owned()));
         }
-        if let Some(path) = ca_file {
-            loader = loader.http_client(https_client_trusting(path)?);
-        }
+        loader = loader.http_client(https_client(ca_file)?);
         let shared = loader.load().await;
         let mut config = aws_sdk_firehose::config::Builder::from(&shared)
             .retry_config(RetryConfig::disabled())

@@ -12,6 +12,7 @@
 pub mod batch;
 mod directory;
 mod firehose;
+mod https_client;
 pub mod rate;
 pub mod request;
 

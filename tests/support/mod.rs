@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fake_firehose;
+pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -271,6 +272,11 @@ append_newline = true
             .env("AWS_SHARED_CREDENTIALS_FILE", self.path().join("no-aws-credentials"))
             .env_remove("AWS_PROFILE")
             .env("TAILHOSE_LOG", "info");
+        // The peers are on loopback: a proxy set for the machine running the tests must not
+        // stand between them (the proxy test sets its own).
+        for variable in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"] {
+            command.env_remove(variable);
+        }
         command
     }
 
