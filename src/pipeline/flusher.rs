@@ -1,5 +1,6 @@
-//! The flusher of one route: drains committed chunks into batches, delivers them, and
-//! acknowledges exactly what the sink accepted.
+//! The flusher of one route: drains committed chunks into batches, delivers them, and hands each
+//! delivered batch, in queue order, to [`super::acknowledger`], which records exactly what the
+//! sink accepted while the next batches are packed and sent.
 //!
 //! Invariants kept here:
 //! - Only committed chunks are read (the queue's committed watermark).
@@ -20,9 +21,11 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::acknowledger::{Acknowledger, Finished};
 use super::courier::{record_as_read, record_dead_letter, Courier, Delivery};
 use crate::config::SinkSettings;
 use crate::events::{BatchDelivery, Events};
@@ -116,7 +119,7 @@ impl PendingBatch {
     }
 
     /// What the destination took of this batch, once it is accepted.
-    fn delivery(&self) -> BatchDelivery {
+    pub(super) fn delivery(&self) -> BatchDelivery {
         let mut delivery = BatchDelivery::default();
         for (_, record) in self.records.iter().enumerate().filter(|(index, _)| !self.rejected.contains(index)) {
             delivery.lines += u64::from(record.lines);
@@ -155,11 +158,12 @@ enum Fill {
     Drained,
 }
 
-/// Whether the flusher goes on after a batch's acknowledgement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Next {
-    Continue,
-    Stop,
+/// How delivering ended.
+enum Ended {
+    /// Everything that will be sent was handed to the acknowledger (or a batch was abandoned).
+    Delivered,
+    /// The acknowledger stopped first (a queue failure), with its result.
+    AcknowledgerStopped(Result<(), super::PipelineError>),
 }
 
 impl Flusher {
@@ -185,6 +189,32 @@ impl Flusher {
     }
 
     pub async fn run(mut self) -> Result<(), super::PipelineError> {
+        let max_in_flight = self.settings.max_in_flight.max(1);
+        let (finished_tx, finished_rx) = mpsc::channel(2 * max_in_flight);
+        let acknowledger =
+            Acknowledger { queue: self.queue.clone(), events: self.events.clone(), storage_stall_timeout: self.storage_stall_timeout };
+        let mut acknowledging = tokio::spawn(acknowledger.run(finished_rx));
+        match self.deliver(finished_tx, &mut acknowledging).await {
+            Ok(Ended::AcknowledgerStopped(acknowledged)) => acknowledged,
+            // The sender is gone: the acknowledger records what it was given, then returns.
+            Ok(Ended::Delivered) => acknowledging.await.unwrap_or_else(|error| {
+                Err(super::PipelineError::Task(format!("route {}: acknowledging failed: {error}", self.queue.name())))
+            }),
+            // Stopped as after a crash: what is not acknowledged stays queued.
+            Err(error) => {
+                acknowledging.abort();
+                Err(error)
+            }
+        }
+    }
+
+    /// Packs and sends batches, handing each finished one to the acknowledger in queue order.
+    /// Returns early if the acknowledger stopped (its error is returned by [`Flusher::run`]).
+    async fn deliver(
+        &mut self,
+        finished_tx: mpsc::Sender<Finished>,
+        acknowledging: &mut JoinHandle<Result<(), super::PipelineError>>,
+    ) -> Result<Ended, super::PipelineError> {
         let mut committed = self.queue.committed();
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut batch = PendingBatch::new(self.limits);
@@ -205,7 +235,7 @@ impl Flusher {
             if in_flight.is_empty() {
                 let nothing_more_comes = batch.is_empty() && self.stopping.input_closed.is_cancelled() && self.drained(&committed);
                 if stopping || nothing_more_comes {
-                    return Ok(());
+                    return Ok(Ended::Delivered);
                 }
             }
             let room = in_flight.len() < max_in_flight && !stopping;
@@ -224,9 +254,17 @@ impl Flusher {
                     let Some((done, delivery)) = finished else {
                         return Err(super::PipelineError::Task(format!("route {}: a delivery task failed", self.queue.name())));
                     };
-                    if self.complete(done, delivery, elapsed).await? == Next::Stop {
-                        return Ok(());
+                    let abandoned = delivery == Delivery::Abandoned;
+                    // Waits while the acknowledger is behind by a full channel: back-pressure.
+                    if finished_tx.send(Finished { batch: done, delivery, elapsed }).await.is_err() || abandoned {
+                        return Ok(Ended::Delivered);
                     }
+                }
+                acknowledged = &mut *acknowledging => {
+                    let acknowledged = acknowledged.unwrap_or_else(|error| {
+                        Err(super::PipelineError::Task(format!("route {}: acknowledging failed: {error}", self.queue.name())))
+                    });
+                    return Ok(Ended::AcknowledgerStopped(acknowledged));
                 }
                 _ = committed.changed(), if room => {}
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if room && deadline.is_some() => {}
@@ -257,38 +295,6 @@ impl Flusher {
             (batch, delivery)
         });
         InFlight { task, sent_at: Instant::now() }
-    }
-
-    /// Acknowledges a delivered batch: called in queue order.
-    async fn complete(&self, batch: PendingBatch, delivery: Delivery, elapsed: Duration) -> Result<Next, super::PipelineError> {
-        if delivery == Delivery::Abandoned {
-            self.events.batch_abandoned(self.queue.name(), batch.records.len() as u64);
-            return Ok(Next::Stop);
-        }
-        if let Err(error) = self.acknowledge(&batch).await {
-            self.events.queue_failed(self.queue.name(), "acknowledge", &error);
-            return Err(super::storage_failure(self.queue.name(), "acknowledge", error));
-        }
-        for letter in &batch.dead_letters {
-            self.events.dead_lettered(self.queue.name(), letter);
-        }
-        self.events.batch_acknowledged(self.queue.name(), &batch.delivery(), elapsed);
-        Ok(Next::Continue)
-    }
-
-    /// Records the batch's acknowledgement and makes it durable. The sled write runs on a
-    /// blocking thread, and both steps are bounded by `storage_stall_timeout`, because sled can
-    /// block instead of failing after an I/O error.
-    async fn acknowledge(&self, batch: &PendingBatch) -> Result<(), QueueError> {
-        let stalled = QueueError::Stalled { operation: "acknowledge", after: self.storage_stall_timeout };
-        let queue = self.queue.clone();
-        let (acks, dead_letters) = (batch.acks.clone(), batch.dead_letters.clone());
-        let write = tokio::task::spawn_blocking(move || queue.record_acknowledgement(&acks, &dead_letters));
-        match tokio::time::timeout(self.storage_stall_timeout, write).await {
-            Ok(Ok(written)) => written?,
-            Ok(Err(_)) | Err(_) => return Err(stalled),
-        }
-        tokio::time::timeout(self.storage_stall_timeout, self.queue.make_durable()).await.map_err(|_| stalled)?
     }
 
     /// True when every committed chunk has been packed and the reader has committed all it appended.

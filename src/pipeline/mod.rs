@@ -16,6 +16,7 @@
 //! status 74). sled does not recover from such errors in-process, so nothing waits for the other
 //! tasks or touches sled again: the queue is left as after a crash, which it is built to survive.
 
+mod acknowledger;
 mod courier;
 mod flusher;
 mod reader;

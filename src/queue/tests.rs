@@ -321,3 +321,44 @@ async fn purging_retained_chunks_removes_only_the_selected_range_and_never_a_pen
     assert!(queue.find_chunk(pending).expect("read").is_some());
     assert_eq!(queue.stats().expect("stats").retained_chunks, 2);
 }
+
+/// The acknowledger merges the acks of every batch waiting into one write, in queue order: a
+/// chunk may appear once per batch (part acknowledged, then the rest). The queue must end as
+/// after acknowledging the batches one by one.
+#[tokio::test]
+async fn acknowledgements_of_several_batches_in_one_write_end_as_one_by_one() {
+    let first = draft(file(1), 0, &["{\"a\":1}", "{\"a\":2}", "{\"a\":3}"]);
+    let second = draft(file(1), first.meta.end_offset, &["{\"a\":4}", "{\"a\":5}"]);
+    let third = draft(file(1), second.meta.end_offset, &["{\"a\":6}", "{\"a\":7}"]);
+    async fn outcome(merged: bool, [first, second, third]: [&ChunkDraft; 3]) -> (u64, u64, u64, u32) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (queue, _) = open(dir.path());
+            let seqs: Vec<ChunkSeq> =
+                [first, second, third].iter().map(|chunk| queue.append(chunk, &[], ReadProgress::Advance).expect("append")).collect();
+            queue.commit().expect("commit");
+            // Batch 1: two records of the first chunk; batch 2: its last and the second chunk;
+            // batch 3: one record of the third chunk.
+            let batches = [
+                vec![ack_all(&queue, seqs[0], first, 2)],
+                vec![ack_all(&queue, seqs[0], first, 3), ack_all(&queue, seqs[1], second, 2)],
+                vec![ack_all(&queue, seqs[2], third, 1)],
+            ];
+            if merged {
+                queue.acknowledge(&batches.concat(), &[]).await.expect("ack");
+            } else {
+                for acks in &batches {
+                    queue.acknowledge(acks, &[]).await.expect("ack");
+                }
+            }
+        }
+        let (reopened, _) = open(dir.path());
+        let stats = reopened.stats().expect("stats");
+        let next = reopened.read_pending(ChunkSeq(0), ChunkSeq(u64::MAX)).expect("read").expect("the third chunk is pending");
+        (stats.pending_chunks, stats.pending_records, stats.files[0].acked_offset, next.acked_records)
+    }
+    let chunks = [&first, &second, &third];
+    let one_by_one = outcome(false, chunks).await;
+    assert_eq!(one_by_one, (1, 1, second.meta.end_offset, 1));
+    assert_eq!(outcome(true, chunks).await, one_by_one);
+}

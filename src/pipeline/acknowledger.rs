@@ -1,0 +1,88 @@
+//! Recording what the sink accepted, off the flusher's path: delivered batches arrive here in
+//! queue order, and every batch waiting when the previous write finished is recorded in one
+//! queue write and one flush.
+//!
+//! Before this stage the flusher wrote and flushed each batch's acknowledgement itself, and sent
+//! nothing while it did: with the queue's write and fsync taking about as long as a call to a
+//! near Firehose, delivery stalled half of the time. Now the flusher goes on packing and sending
+//! while acknowledgements are made durable, and a burst of finished batches costs one fsync.
+//!
+//! Invariants kept here:
+//! - Batches are acknowledged in the order they arrive, which is queue order (the flusher sends
+//!   them so); a merged write holds them in that order, so the last progress written for a
+//!   chunk is the furthest.
+//! - A batch abandoned at shutdown is never acknowledged, nor is anything after it.
+//! - A failed or stalled queue write ends this stage with the error; the pipeline stops on it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::courier::Delivery;
+use super::flusher::PendingBatch;
+use crate::events::Events;
+use crate::queue::{ChunkAck, DeadLetter, QueueError, RouteQueue};
+
+/// A batch whose delivery ended.
+pub(super) struct Finished {
+    pub(super) batch: PendingBatch,
+    pub(super) delivery: Delivery,
+    /// From the start of its first call to its last answer.
+    pub(super) elapsed: Duration,
+}
+
+/// Most batches recorded in one write: bounds how long one write holds the queue's lock.
+const MAX_BATCHES_PER_WRITE: usize = 64;
+
+pub(super) struct Acknowledger {
+    pub(super) queue: RouteQueue,
+    pub(super) events: Arc<Events>,
+    /// A write or flush that takes longer is a storage failure.
+    pub(super) storage_stall_timeout: Duration,
+}
+
+impl Acknowledger {
+    /// Records each batch received until the sender is dropped or a batch was abandoned.
+    pub(super) async fn run(self, mut finished: mpsc::Receiver<Finished>) -> Result<(), super::PipelineError> {
+        let mut waiting = Vec::with_capacity(MAX_BATCHES_PER_WRITE);
+        while finished.recv_many(&mut waiting, MAX_BATCHES_PER_WRITE).await > 0 {
+            let abandoned_at = waiting.iter().position(|done| done.delivery == Delivery::Abandoned);
+            let delivered = &waiting[..abandoned_at.unwrap_or(waiting.len())];
+            if !delivered.is_empty() {
+                if let Err(error) = self.record(delivered).await {
+                    self.events.queue_failed(self.queue.name(), "acknowledge", &error);
+                    return Err(super::storage_failure(self.queue.name(), "acknowledge", error));
+                }
+                for done in delivered {
+                    for letter in &done.batch.dead_letters {
+                        self.events.dead_lettered(self.queue.name(), letter);
+                    }
+                    self.events.batch_acknowledged(self.queue.name(), &done.batch.delivery(), done.elapsed);
+                }
+            }
+            if let Some(index) = abandoned_at {
+                self.events.batch_abandoned(self.queue.name(), waiting[index].batch.records.len() as u64);
+                return Ok(());
+            }
+            waiting.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes the batches' acknowledgements in one queue write and makes them durable. The sled
+    /// write runs on a blocking thread, and both steps are bounded by `storage_stall_timeout`,
+    /// because sled can block instead of failing after an I/O error.
+    async fn record(&self, delivered: &[Finished]) -> Result<(), QueueError> {
+        let stalled = QueueError::Stalled { operation: "acknowledge", after: self.storage_stall_timeout };
+        let acks: Vec<ChunkAck> = delivered.iter().flat_map(|done| done.batch.acks.iter().cloned()).collect();
+        let dead_letters: Vec<DeadLetter> = delivered.iter().flat_map(|done| done.batch.dead_letters.iter().cloned()).collect();
+        let queue = self.queue.clone();
+        let write = tokio::task::spawn_blocking(move || queue.record_acknowledgement(&acks, &dead_letters));
+        match tokio::time::timeout(self.storage_stall_timeout, write).await {
+            Ok(Ok(written)) => written?,
+            Ok(Err(_)) | Err(_) => return Err(stalled),
+        }
+        tokio::time::timeout(self.storage_stall_timeout, self.queue.make_durable()).await.map_err(|_| stalled)?
+    }
+}
