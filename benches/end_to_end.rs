@@ -1,7 +1,9 @@
 //! End to end: the release `tailhose` binary reads a file of seed records and delivers it to the
 //! project's fake Firehose on loopback, in three situations:
 //!
-//! 1. unthrottled: records/s, MB/s, tailhose's CPU seconds and peak RSS;
+//! 1. unthrottled: records/s, MB/s, tailhose's CPU seconds and peak RSS; on plain HTTP, through
+//!    TLS (the fake behind rustls, trusted through `ca_file`, as Firehose is reached), and through
+//!    TLS with packed records (`pack_records`, for destinations that store bytes: S3);
 //! 2. at the quota of an ap-northeast-2 Direct PUT stream (1 MiB/s, 1,000 calls/s, 100,000
 //!    records/s): time to the last accepted record, share of the byte quota used, throttled calls,
 //!    duplicates;
@@ -14,6 +16,7 @@
 //!
 //! `END_TO_END_ONLY=unthrottled` runs only the situations whose name starts with that (no trickle);
 //! `END_TO_END_RECORDS` changes the unthrottled situation's record count (default 1,000,000).
+//! `END_TO_END_TOP_LINES` adds top-level settings (`queue_cache_bytes = "8MiB"`).
 //! `END_TO_END_SINK_LINES` adds lines to the sink's configuration, e.g.
 //! `END_TO_END_SINK_LINES='max_in_flight = 1' cargo bench --bench end_to_end` (how the default
 //! `max_in_flight` was chosen).
@@ -27,7 +30,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use support::fake_firehose::{FakeFirehose, Faults, Quota};
+use support::fake_firehose::{FakeFirehose, Faults, Quota, TestCertificate};
 use support::{count_seqs, Workspace};
 
 struct Situation {
@@ -35,6 +38,8 @@ struct Situation {
     records: u64,
     faults: Faults,
     sink_lines: &'static str,
+    /// The fake Firehose behind TLS with a certificate authority made for the run (`ca_file`).
+    tls: bool,
 }
 
 #[derive(Default)]
@@ -55,7 +60,15 @@ fn main() {
     let scale = |records: u64| if full { records } else { 3_000 };
     let unthrottled_records = std::env::var("END_TO_END_RECORDS").ok().and_then(|count| count.parse().ok()).unwrap_or(1_000_000);
     let situations = [
-        Situation { name: "unthrottled", records: scale(unthrottled_records), faults: Faults::default(), sink_lines: "" },
+        Situation { name: "unthrottled", records: scale(unthrottled_records), faults: Faults::default(), sink_lines: "", tls: false },
+        Situation { name: "unthrottled, TLS", records: scale(unthrottled_records), faults: Faults::default(), sink_lines: "", tls: true },
+        Situation {
+            name: "unthrottled, TLS, packed records",
+            records: scale(unthrottled_records),
+            faults: Faults::default(),
+            sink_lines: "pack_records = true",
+            tls: true,
+        },
         Situation {
             name: "at the quota (1 MiB/s, 1,000 calls/s, 100k records/s)",
             records: scale(100_000),
@@ -64,12 +77,14 @@ fn main() {
                 ..Faults::default()
             },
             sink_lines: "",
+            tls: false,
         },
         Situation {
             name: "30 ms per call",
             records: scale(100_000),
             faults: Faults { latency: Duration::from_millis(30), ..Faults::default() },
             sink_lines: "",
+            tls: false,
         },
     ];
     // `END_TO_END_ONLY=unthrottled` runs the situations whose name starts with that, and no trickle.
@@ -151,10 +166,19 @@ fn trickle(records: u64) {
 }
 
 fn run(situation: &Situation) -> Measured {
-    let fake = FakeFirehose::start(situation.faults);
     let workspace = Workspace::new();
+    let (fake, tls_lines) = if situation.tls {
+        let certificate = TestCertificate::new();
+        std::fs::write(workspace.path().join("bench-ca.pem"), &certificate.ca_pem).expect("CA file");
+        (FakeFirehose::start_tls(situation.faults, &certificate), "ca_file = \"bench-ca.pem\"")
+    } else {
+        (FakeFirehose::start(situation.faults), "")
+    };
     let extra = std::env::var("END_TO_END_SINK_LINES").unwrap_or_default();
-    workspace.write_config_for_endpoint(&fake.endpoint, "", &format!("{}\n{extra}", situation.sink_lines));
+    workspace.write_config_for_endpoint(&fake.endpoint, "", &format!("{}\n{tls_lines}\n{extra}", situation.sink_lines));
+    if let Ok(top) = std::env::var("END_TO_END_TOP_LINES") {
+        workspace.rewrite_config(|config| format!("{top}\n{config}"));
+    }
     let log = workspace.log_file();
     let generated = workspace.run(&[
         "generate",

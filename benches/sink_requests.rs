@@ -1,0 +1,81 @@
+//! The sink's CPU work per call, in records/s of seed-sized records (~145 B with the newline):
+//! - `batch/pack`: offering records to a `PutRecordBatch`-sized batch (500 records / 4 MiB);
+//! - `batch/pack_records`: packing lines into 5,000-byte Firehose records (`pack_records`);
+//! - `request/body`: writing the JSON body of a 500-record call (base64 in place).
+//!
+//! Run: `cargo bench --bench sink_requests`. Figures go in docs/performance.md.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tailhose::sink::request::put_record_batch_body;
+use tailhose::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecord};
+
+const CALL_RECORDS: usize = 500;
+const LIMITS: BatchLimits = BatchLimits { max_records: 500, max_bytes: 4 * 1024 * 1024, max_record_bytes: Some(1000 * 1024) };
+
+fn seed_record(seq: usize) -> Vec<u8> {
+    format!(
+        "{{\"board_id\": {}, \"playtime\": {}, \"user_id\": {}, \"timestamp\": \"2019-{:02}-{:02}T12:34:56Z\", \"interest\": \"test_fluentd_firehose\", \"seq\": {seq}}}\n",
+        (seq * 7919) % 1_000_001,
+        seq % 16,
+        (seq * 104_729) % 1_000_001,
+        1 + seq % 12,
+        1 + seq % 28
+    )
+    .into_bytes()
+}
+
+fn batch(c: &mut Criterion) {
+    let lengths: Vec<u64> = (0..CALL_RECORDS * 20).map(|seq| seed_record(seq).len() as u64).collect();
+    let mut group = c.benchmark_group("batch");
+    group.throughput(Throughput::Elements(lengths.len() as u64));
+    group.bench_function("pack", |b| {
+        b.iter(|| {
+            let mut packer = BatchPacker::new(LIMITS);
+            let mut batches = 1;
+            for &len in &lengths {
+                if packer.offer(len) == Offer::Full {
+                    packer = BatchPacker::new(LIMITS);
+                    packer.offer(len);
+                    batches += 1;
+                }
+            }
+            batches
+        })
+    });
+    group.bench_function("pack_records", |b| {
+        b.iter(|| {
+            let mut packer = BatchPacker::new(LIMITS);
+            let mut last_record_bytes = 0u64;
+            let mut records = 0;
+            for &len in &lengths {
+                if last_record_bytes > 0 && last_record_bytes + len <= 5_000 && packer.extend_last(len) == Offer::Added {
+                    last_record_bytes += len;
+                    continue;
+                }
+                if packer.offer(len) == Offer::Full {
+                    packer = BatchPacker::new(LIMITS);
+                    packer.offer(len);
+                }
+                last_record_bytes = len;
+                records += 1;
+            }
+            records
+        })
+    });
+    group.finish();
+}
+
+fn request(c: &mut Criterion) {
+    let records: Vec<OutgoingRecord> = (0..CALL_RECORDS).map(|seq| OutgoingRecord { data: seed_record(seq), lines: 1 }).collect();
+    let which: Vec<usize> = (0..CALL_RECORDS).collect();
+    let bytes: usize = records.iter().map(|record| record.data.len()).sum();
+    let mut group = c.benchmark_group("request");
+    group.throughput(Throughput::Elements(CALL_RECORDS as u64));
+    group.bench_function("body", |b| b.iter(|| put_record_batch_body("test-fluentd-firehose", &records, &which)));
+    group.throughput(Throughput::Bytes(bytes as u64));
+    group.bench_function("body_bytes", |b| b.iter(|| put_record_batch_body("test-fluentd-firehose", &records, &which)));
+    group.finish();
+}
+
+criterion_group!(benches, batch, request);
+criterion_main!(benches);
