@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +66,9 @@ pub struct Flusher {
 struct InFlight {
     task: JoinHandle<(PendingBatch, Delivery)>,
     sent_at: Instant,
+    /// Held until the batch's acknowledgement is recorded (see [`Flusher::deliver`]); handed to
+    /// the acknowledger with the batch.
+    unacknowledged: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for InFlight {
@@ -190,7 +193,8 @@ impl Flusher {
 
     pub async fn run(mut self) -> Result<(), super::PipelineError> {
         let max_in_flight = self.settings.max_in_flight.max(1);
-        let (finished_tx, finished_rx) = mpsc::channel(2 * max_in_flight);
+        // Never full: a batch takes a place before it is sent (see `deliver`).
+        let (finished_tx, finished_rx) = mpsc::channel(max_in_flight);
         let acknowledger =
             Acknowledger { queue: self.queue.clone(), events: self.events.clone(), storage_stall_timeout: self.storage_stall_timeout };
         let mut acknowledging = tokio::spawn(acknowledger.run(finished_rx));
@@ -210,6 +214,9 @@ impl Flusher {
 
     /// Packs and sends batches, handing each finished one to the acknowledger in queue order.
     /// Returns early if the acknowledger stopped (its error is returned by [`Flusher::run`]).
+    ///
+    /// `max_in_flight` bounds the batches sent and not yet recorded as acknowledged, those waiting
+    /// for the acknowledger included: after a `kill -9`, at most that many are sent again.
     async fn deliver(
         &mut self,
         finished_tx: mpsc::Sender<Finished>,
@@ -218,18 +225,25 @@ impl Flusher {
         let mut committed = self.queue.committed();
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut batch = PendingBatch::new(self.limits);
-        let max_in_flight = self.settings.max_in_flight.max(1);
+        let places = Arc::new(Semaphore::new(self.settings.max_in_flight.max(1)));
+        // The place the next batch will take, once one is free.
+        let mut place: Option<OwnedSemaphorePermit> = None;
         loop {
             let stopping = self.stopping.stop.is_cancelled();
+            if place.is_none() {
+                place = places.clone().try_acquire_owned().ok();
+            }
             // After a stop nothing new is sent: the batches in flight finish (or are abandoned)
             // within shutdown_timeout; what was packed but not sent stays queued.
-            if in_flight.len() < max_in_flight && !stopping {
+            if place.is_some() && !stopping {
                 let below = *committed.borrow_and_update();
                 let fill = self.fill(&mut batch, below)?;
                 if self.ready_to_send(&batch, fill, &committed) {
-                    let full = std::mem::replace(&mut batch, PendingBatch::new(self.limits));
-                    in_flight.push_back(self.send(full));
-                    continue;
+                    if let Some(unacknowledged) = place.take() {
+                        let full = std::mem::replace(&mut batch, PendingBatch::new(self.limits));
+                        in_flight.push_back(self.send(full, unacknowledged));
+                        continue;
+                    }
                 }
             }
             if in_flight.is_empty() {
@@ -238,7 +252,7 @@ impl Flusher {
                     return Ok(Ended::Delivered);
                 }
             }
-            let room = in_flight.len() < max_in_flight && !stopping;
+            let room = place.is_some() && !stopping;
             let deadline = (!batch.is_empty()).then(|| batch.opened_at + self.settings.flush_interval);
             let front = async {
                 match in_flight.front_mut() {
@@ -248,18 +262,18 @@ impl Flusher {
             };
             tokio::select! {
                 finished = front => {
-                    let sent = in_flight.pop_front();
-                    let elapsed = sent.as_ref().map_or(Duration::ZERO, |sent| sent.sent_at.elapsed());
                     let finished = finished.and_then(Result::ok);
-                    let Some((done, delivery)) = finished else {
+                    let place = in_flight.pop_front().and_then(|mut sent| Some((sent.unacknowledged.take()?, sent.sent_at)));
+                    let (Some((done, delivery)), Some((unacknowledged, sent_at))) = (finished, place) else {
                         return Err(super::PipelineError::Task(format!("route {}: a delivery task failed", self.queue.name())));
                     };
                     let abandoned = delivery == Delivery::Abandoned;
-                    // Waits while the acknowledger is behind by a full channel: back-pressure.
-                    if finished_tx.send(Finished { batch: done, delivery, elapsed }).await.is_err() || abandoned {
+                    let handed_over = Finished { batch: done, delivery, elapsed: sent_at.elapsed(), unacknowledged };
+                    if finished_tx.send(handed_over).await.is_err() || abandoned {
                         return Ok(Ended::Delivered);
                     }
                 }
+                acquired = places.clone().acquire_owned(), if place.is_none() && !stopping => place = acquired.ok(),
                 acknowledged = &mut *acknowledging => {
                     let acknowledged = acknowledged.unwrap_or_else(|error| {
                         Err(super::PipelineError::Task(format!("route {}: acknowledging failed: {error}", self.queue.name())))
@@ -287,14 +301,14 @@ impl Flusher {
             || Instant::now() >= batch.opened_at + self.settings.flush_interval
     }
 
-    /// Starts delivering `batch` on its own task.
-    fn send(&self, mut batch: PendingBatch) -> InFlight {
+    /// Starts delivering `batch` on its own task; it keeps `unacknowledged` until acknowledged.
+    fn send(&self, mut batch: PendingBatch, unacknowledged: OwnedSemaphorePermit) -> InFlight {
         let courier = self.courier.clone();
         let task = tokio::spawn(async move {
             let delivery = if batch.records.is_empty() { Delivery::Accepted } else { courier.deliver(&mut batch).await };
             (batch, delivery)
         });
-        InFlight { task, sent_at: Instant::now() }
+        InFlight { task, sent_at: Instant::now(), unacknowledged: Some(unacknowledged) }
     }
 
     /// True when every committed chunk has been packed and the reader has committed all it appended.
