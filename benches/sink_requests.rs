@@ -7,7 +7,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tailhose::sink::request::put_record_batch_body;
-use tailhose::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecord};
+use tailhose::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecords};
 
 const CALL_RECORDS: usize = 500;
 const LIMITS: BatchLimits = BatchLimits { max_records: 500, max_bytes: 4 * 1024 * 1024, max_record_bytes: Some(1000 * 1024) };
@@ -66,9 +66,12 @@ fn batch(c: &mut Criterion) {
 }
 
 fn request(c: &mut Criterion) {
-    let records: Vec<OutgoingRecord> = (0..CALL_RECORDS).map(|seq| OutgoingRecord { data: seed_record(seq), lines: 1 }).collect();
+    let mut records = OutgoingRecords::default();
+    for seq in 0..CALL_RECORDS {
+        records.push(&seed_record(seq), false);
+    }
     let which: Vec<usize> = (0..CALL_RECORDS).collect();
-    let bytes: usize = records.iter().map(|record| record.data.len()).sum();
+    let bytes: usize = which.iter().map(|&index| records.get(index).len()).sum();
     let mut group = c.benchmark_group("request");
     group.throughput(Throughput::Elements(CALL_RECORDS as u64));
     group.bench_function("body", |b| b.iter(|| put_record_batch_body("test-fluentd-firehose", &records, &which)));

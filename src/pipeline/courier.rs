@@ -17,7 +17,7 @@ use crate::config::SinkSettings;
 use crate::events::{Events, RetryCause};
 use crate::queue::{DeadLetter, DeadLetterReason, FileIdentity};
 use crate::sink::rate::{CallSize, RateGovernor};
-use crate::sink::{OutgoingRecord, RecordOutcome, Sink, SinkError};
+use crate::sink::{OutgoingRecords, RecordOutcome, Sink, SinkError};
 
 /// How delivering a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +115,7 @@ impl Courier {
                             let chunk = batch.record_chunk[index];
                             let ack = &batch.acks[chunk];
                             let detail = format!("a record of chunk {}: {code}: {message}", ack.seq);
-                            let data = record_as_read(self.settings.append_newline, batch.records[index].data.clone());
+                            let data = record_as_read(self.settings.append_newline, batch.records.get(index).to_vec());
                             batch.rejected.push(index);
                             let letter = record_dead_letter(
                                 ack.file,
@@ -171,7 +171,7 @@ impl Courier {
 
 /// A record as it was read: without the newline added for sending. Dead letters keep this, so
 /// that a replay sends exactly what a first delivery would.
-pub(super) fn record_as_read(append_newline: bool, mut data: Vec<u8>) -> Vec<u8> {
+fn record_as_read(append_newline: bool, mut data: Vec<u8>) -> Vec<u8> {
     if append_newline {
         data.pop();
     }
@@ -179,8 +179,8 @@ pub(super) fn record_as_read(append_newline: bool, mut data: Vec<u8>) -> Vec<u8>
 }
 
 /// Bytes and records of the records `which` of `records`.
-fn call_size(records: &[OutgoingRecord], which: &[usize]) -> CallSize {
-    CallSize { bytes: which.iter().map(|&index| records[index].data.len() as u64).sum(), records: which.len() as u64 }
+fn call_size(records: &OutgoingRecords, which: &[usize]) -> CallSize {
+    CallSize { bytes: which.iter().map(|&index| records.get(index).len() as u64).sum(), records: which.len() as u64 }
 }
 
 /// Per-record error codes that mean "over the stream's quota".

@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{OutgoingRecord, RecordOutcome, SinkError};
+use super::{OutgoingRecords, RecordOutcome, SinkError};
 
 pub struct DirectorySink {
     root: PathBuf,
@@ -21,10 +21,10 @@ impl DirectorySink {
         DirectorySink { root, sink_name }
     }
 
-    pub async fn put(&self, records: &[OutgoingRecord], which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
-        let mut body = Vec::with_capacity(which.iter().map(|&index| records[index].data.len()).sum());
+    pub async fn put(&self, records: &OutgoingRecords, which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
+        let mut body = Vec::with_capacity(which.iter().map(|&index| records.get(index).len()).sum());
         for &index in which {
-            body.extend_from_slice(&records[index].data);
+            body.extend_from_slice(records.get(index));
         }
         let now = chrono::Utc::now();
         let folder = self.root.join(now.format("%Y/%m/%d/%H").to_string());

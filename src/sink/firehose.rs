@@ -17,7 +17,7 @@ use aws_smithy_types::body::SdkBody;
 
 use super::https_client::https_client;
 use super::request::put_record_batch_body;
-use super::{OutgoingRecord, RecordOutcome, SinkError, SinkSetupError};
+use super::{OutgoingRecords, RecordOutcome, SinkError, SinkSetupError};
 
 pub struct FirehoseSink {
     client: Client,
@@ -52,7 +52,7 @@ impl FirehoseSink {
         Ok(FirehoseSink { client: Client::from_conf(config.build()), delivery_stream: delivery_stream.to_owned() })
     }
 
-    pub async fn put(&self, records: &[OutgoingRecord], which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
+    pub async fn put(&self, records: &OutgoingRecords, which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
         // The SDK serializes an empty record list; the body it signs and sends is ours, written
         // in one pass (see [`super::request`]), with the same document the SDK would write.
         let body = bytes::Bytes::from(put_record_batch_body(&self.delivery_stream, records, which));

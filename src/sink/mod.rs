@@ -22,22 +22,77 @@ pub use batch::{BatchLimits, BatchPacker, Offer};
 pub use directory::DirectorySink;
 pub use firehose::{FirehoseSink, PackingVerdict};
 
-/// One record as it goes to the destination (with its trailing newline when configured): one
-/// line read, or several when records are packed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutgoingRecord {
-    pub data: Vec<u8>,
-    /// How many lines read from files it carries.
-    pub lines: u32,
+/// The records of one batch as they go to the destination (each with its trailing newline when
+/// configured): one line read each, or several when records are packed. They live one after the
+/// other in one buffer, so packing a batch copies each line once and allocates only as the
+/// buffer grows, instead of once per record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutgoingRecords {
+    bytes: Vec<u8>,
+    /// Where each record ends in `bytes`; record `i` starts where record `i - 1` ends.
+    ends: Vec<usize>,
+    /// How many lines read from files each record carries.
+    lines: Vec<u32>,
 }
 
 /// Firehose bills each record rounded up to this many bytes (5 KB).
 pub const BILLING_UNIT_BYTES: u64 = 5 * 1024;
 
-impl OutgoingRecord {
-    /// Firehose billing units this record costs.
-    pub fn billed_units(&self) -> u64 {
-        (self.data.len() as u64).div_ceil(BILLING_UNIT_BYTES).max(1)
+impl OutgoingRecords {
+    /// Room for `bytes` bytes of records before the buffer grows.
+    pub fn with_capacity(bytes: usize) -> OutgoingRecords {
+        OutgoingRecords { bytes: Vec::with_capacity(bytes), ends: Vec::new(), lines: Vec::new() }
+    }
+
+    /// Adds a record made of `line`, followed by a newline when `newline` is set.
+    pub fn push(&mut self, line: &[u8], newline: bool) {
+        self.bytes.extend_from_slice(line);
+        if newline {
+            self.bytes.push(b'\n');
+        }
+        self.ends.push(self.bytes.len());
+        self.lines.push(1);
+    }
+
+    /// Appends `line` and a newline to the last record (record packing); a first line starts one.
+    pub fn pack_into_last(&mut self, line: &[u8]) {
+        if self.ends.is_empty() {
+            return self.push(line, true);
+        }
+        self.bytes.extend_from_slice(line);
+        self.bytes.push(b'\n');
+        let last = self.ends.len() - 1;
+        self.ends[last] = self.bytes.len();
+        self.lines[last] += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The bytes of record `index`.
+    pub fn get(&self, index: usize) -> &[u8] {
+        let start = if index == 0 { 0 } else { self.ends[index - 1] };
+        &self.bytes[start..self.ends[index]]
+    }
+
+    /// How many lines read from files record `index` carries.
+    pub fn lines(&self, index: usize) -> u32 {
+        self.lines[index]
+    }
+
+    /// Bytes of the last record, if any.
+    pub fn last_len(&self) -> Option<usize> {
+        self.len().checked_sub(1).map(|last| self.get(last).len())
+    }
+
+    /// Firehose billing units record `index` costs.
+    pub fn billed_units(&self, index: usize) -> u64 {
+        (self.get(index).len() as u64).div_ceil(BILLING_UNIT_BYTES).max(1)
     }
 }
 
@@ -122,10 +177,54 @@ impl Sink {
 
     /// Delivers `records[i]` for each `i` in `which`; on success the answer has one outcome per
     /// entry of `which`, in order.
-    pub async fn put(&self, records: &[OutgoingRecord], which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
+    pub async fn put(&self, records: &OutgoingRecords, which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
         match self {
             Sink::Firehose(sink) => sink.put(records, which).await,
             Sink::Directory(sink) => sink.put(records, which).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// The one-buffer records read back as a list of separately held records would.
+        #[test]
+        fn records_read_back_as_pushed_and_packed(
+            steps in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..50), any::<bool>(), any::<bool>()), 0..100),
+        ) {
+            let mut records = OutgoingRecords::default();
+            // The model: (bytes, lines) of each record.
+            let mut model: Vec<(Vec<u8>, u32)> = Vec::new();
+            for (line, pack, newline) in &steps {
+                match model.last_mut() {
+                    Some((bytes, lines)) if *pack => {
+                        records.pack_into_last(line);
+                        bytes.extend_from_slice(line);
+                        bytes.push(b'\n');
+                        *lines += 1;
+                    }
+                    _ => {
+                        records.push(line, *newline);
+                        let mut bytes = line.clone();
+                        if *newline {
+                            bytes.push(b'\n');
+                        }
+                        model.push((bytes, 1));
+                    }
+                }
+            }
+            prop_assert_eq!(records.len(), model.len());
+            prop_assert_eq!(records.last_len(), model.last().map(|(bytes, _)| bytes.len()));
+            for (index, (bytes, lines)) in model.iter().enumerate() {
+                prop_assert_eq!(records.get(index), &bytes[..]);
+                prop_assert_eq!(records.lines(index), *lines);
+                prop_assert_eq!(records.billed_units(index), (bytes.len() as u64).div_ceil(BILLING_UNIT_BYTES).max(1));
+            }
         }
     }
 }

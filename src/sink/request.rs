@@ -13,7 +13,7 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
-use super::OutgoingRecord;
+use super::OutgoingRecords;
 
 const RECORDS_KEY: &[u8] = br#","Records":["#;
 const RECORD_OPEN: &[u8] = br#"{"Data":""#;
@@ -22,11 +22,11 @@ const DOCUMENT_CLOSE: &[u8] = b"]}";
 
 /// The JSON body of a `PutRecordBatch` call delivering `records[i]` for each `i` in `which`, in
 /// that order, to `delivery_stream`.
-pub fn put_record_batch_body(delivery_stream: &str, records: &[OutgoingRecord], which: &[usize]) -> Vec<u8> {
+pub fn put_record_batch_body(delivery_stream: &str, records: &OutgoingRecords, which: &[usize]) -> Vec<u8> {
     let stream_name = serde_json::to_string(delivery_stream).unwrap_or_else(|_| unreachable!("a str always serializes"));
     let records_len: usize = which
         .iter()
-        .map(|&index| RECORD_OPEN.len() + base64::encoded_len(records[index].data.len(), true).unwrap_or(0) + RECORD_CLOSE.len())
+        .map(|&index| RECORD_OPEN.len() + base64::encoded_len(records.get(index).len(), true).unwrap_or(0) + RECORD_CLOSE.len())
         .sum::<usize>()
         + which.len().saturating_sub(1);
     let mut body =
@@ -39,7 +39,7 @@ pub fn put_record_batch_body(delivery_stream: &str, records: &[OutgoingRecord], 
             body.push(b',');
         }
         body.extend_from_slice(RECORD_OPEN);
-        append_base64(&mut body, &records[index].data);
+        append_base64(&mut body, records.get(index));
         body.extend_from_slice(RECORD_CLOSE);
     }
     body.extend_from_slice(DOCUMENT_CLOSE);
@@ -76,7 +76,9 @@ mod tests {
 
     #[test]
     fn the_body_is_what_the_sdk_would_send() {
-        let records = [OutgoingRecord { data: b"{\"a\":1}\n".to_vec(), lines: 1 }, OutgoingRecord { data: b"x".to_vec(), lines: 1 }];
+        let mut records = OutgoingRecords::default();
+        records.push(b"{\"a\":1}", true);
+        records.push(b"x", false);
         let body = put_record_batch_body("test-fluentd-firehose", &records, &[0, 1]);
         assert_eq!(
             String::from_utf8(body).expect("ASCII"),
@@ -91,13 +93,16 @@ mod tests {
             contents in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..40),
             picks in proptest::collection::vec(any::<prop::sample::Index>(), 1..60),
         ) {
-            let records: Vec<OutgoingRecord> = contents.iter().map(|data| OutgoingRecord { data: data.clone(), lines: 1 }).collect();
+            let mut records = OutgoingRecords::default();
+            for data in &contents {
+                records.push(data, false);
+            }
             let which: Vec<usize> = picks.iter().map(|pick| pick.index(records.len())).collect();
             let body = put_record_batch_body(&stream, &records, &which);
             prop_assert_eq!(body.capacity(), body.len(), "sized exactly, no reallocation");
             let (decoded_stream, decoded_records) = decoded(&body);
             prop_assert_eq!(decoded_stream, stream);
-            let expected: Vec<Vec<u8>> = which.iter().map(|&index| records[index].data.clone()).collect();
+            let expected: Vec<Vec<u8>> = which.iter().map(|&index| contents[index].clone()).collect();
             prop_assert_eq!(decoded_records, expected);
         }
     }
