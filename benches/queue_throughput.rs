@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use tailhose::cli::generate::{seed_record, SeedRandom};
 use tailhose::config::{LineFormat, Retention};
 use tailhose::queue::chunk::{decode_chunk, encode_chunk};
 use tailhose::queue::{ChunkAck, ChunkSeq, FileIdentity, QueueStore, ReadProgress};
@@ -17,17 +18,11 @@ use tailhose::source::{LineChunker, SealedChunk};
 const RECORDS: u64 = 100_000;
 
 fn seed_lines(count: u64) -> Vec<u8> {
+    let mut random = SeedRandom::new(7);
     let mut text = Vec::new();
     for seq in 0..count {
-        let line = format!(
-            "{{\"board_id\": {}, \"playtime\": {}, \"user_id\": {}, \"timestamp\": \"2019-{:02}-{:02}T12:34:56Z\", \"interest\": \"test_fluentd_firehose\", \"seq\": {seq}}}\n",
-            (seq * 7919) % 1_000_001,
-            seq % 16,
-            (seq * 104_729) % 1_000_001,
-            1 + seq % 12,
-            1 + seq % 28
-        );
-        text.extend_from_slice(line.as_bytes());
+        text.extend_from_slice(seed_record(seq, &mut random).as_bytes());
+        text.push(b'\n');
     }
     text
 }

@@ -6,26 +6,21 @@
 //! Run: `cargo bench --bench sink_requests`. Figures go in docs/performance.md.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tailhose::cli::generate::{seed_record, SeedRandom};
 use tailhose::sink::request::put_record_batch_body;
 use tailhose::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecords};
 
 const CALL_RECORDS: usize = 500;
 const LIMITS: BatchLimits = BatchLimits { max_records: 500, max_bytes: 4 * 1024 * 1024, max_record_bytes: Some(1000 * 1024) };
 
-fn seed_record(seq: usize) -> Vec<u8> {
-    format!(
-        "{{\"board_id\": {}, \"playtime\": {}, \"user_id\": {}, \"timestamp\": \"2019-{:02}-{:02}T12:34:56Z\", \"interest\": \"test_fluentd_firehose\", \"seq\": {seq}}}\n",
-        (seq * 7919) % 1_000_001,
-        seq % 16,
-        (seq * 104_729) % 1_000_001,
-        1 + seq % 12,
-        1 + seq % 28
-    )
-    .into_bytes()
+/// Seed-shaped records with their newline, as the flusher sends them.
+fn seed_records(count: usize) -> Vec<Vec<u8>> {
+    let mut random = SeedRandom::new(7);
+    (0..count as u64).map(|seq| format!("{}\n", seed_record(seq, &mut random)).into_bytes()).collect()
 }
 
 fn batch(c: &mut Criterion) {
-    let lengths: Vec<u64> = (0..CALL_RECORDS * 20).map(|seq| seed_record(seq).len() as u64).collect();
+    let lengths: Vec<u64> = seed_records(CALL_RECORDS * 20).iter().map(|record| record.len() as u64).collect();
     let mut group = c.benchmark_group("batch");
     group.throughput(Throughput::Elements(lengths.len() as u64));
     group.bench_function("pack", |b| {
@@ -67,8 +62,8 @@ fn batch(c: &mut Criterion) {
 
 fn request(c: &mut Criterion) {
     let mut records = OutgoingRecords::default();
-    for seq in 0..CALL_RECORDS {
-        records.push(&seed_record(seq), false);
+    for record in seed_records(CALL_RECORDS) {
+        records.push(&record, false);
     }
     let which: Vec<usize> = (0..CALL_RECORDS).collect();
     let bytes: usize = which.iter().map(|&index| records.get(index).len()).sum();

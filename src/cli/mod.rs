@@ -7,7 +7,7 @@
 //! only while no daemon runs on it, and otherwise refuses, naming the running PID. A running
 //! daemon is observed with `tailhose status` (its admin endpoint) instead.
 
-mod generate;
+pub mod generate;
 mod import;
 mod queue;
 mod status;
