@@ -16,6 +16,8 @@
 //!
 //! `END_TO_END_ONLY=unthrottled` runs only the situations whose name starts with that (no trickle);
 //! `END_TO_END_RECORDS` changes the unthrottled situation's record count (default 1,000,000).
+//! `TAILHOSE_BIN=path/to/tailhose` runs another build: to compare two builds, alternate them in one
+//! sitting (this machine's speed drifts by tens of percent over an hour).
 //! `END_TO_END_TOP_LINES` adds top-level settings (`queue_cache_bytes = "8MiB"`).
 //! `END_TO_END_SINK_LINES` adds lines to the sink's configuration, e.g.
 //! `END_TO_END_SINK_LINES='max_in_flight = 1' cargo bench --bench end_to_end` (how the default

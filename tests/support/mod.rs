@@ -261,7 +261,9 @@ append_newline = true
     }
 
     pub fn tailhose(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tailhose"));
+        // `TAILHOSE_BIN` runs another build (benchmarks compare two builds in one sitting).
+        let binary = std::env::var_os("TAILHOSE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_tailhose").into());
+        let mut command = Command::new(binary);
         command
             .args(args)
             .current_dir(self.path())
