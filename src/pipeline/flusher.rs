@@ -196,24 +196,35 @@ impl Flusher {
     }
 
     pub async fn run(mut self) -> Result<(), super::PipelineError> {
-        let max_in_flight = self.settings.max_in_flight.max(1);
         // Never full: a batch takes a place before it is sent (see `deliver`).
-        let (finished_tx, finished_rx) = mpsc::channel(max_in_flight);
+        let (finished_tx, finished_rx) = mpsc::channel(self.max_in_flight());
         let acknowledger =
             Acknowledger { queue: self.queue.clone(), events: self.events.clone(), storage_stall_timeout: self.storage_stall_timeout };
         let mut acknowledging = tokio::spawn(acknowledger.run(finished_rx));
         match self.deliver(finished_tx, &mut acknowledging).await {
             Ok(Ended::AcknowledgerStopped(acknowledged)) => acknowledged,
             // The sender is gone: the acknowledger records what it was given, then returns.
-            Ok(Ended::Delivered) => acknowledging.await.unwrap_or_else(|error| {
-                Err(super::PipelineError::Task(format!("route {}: acknowledging failed: {error}", self.queue.name())))
-            }),
+            Ok(Ended::Delivered) => self.acknowledger_ended(acknowledging.await),
             // Stopped as after a crash: what is not acknowledged stays queued.
             Err(error) => {
                 acknowledging.abort();
                 Err(error)
             }
         }
+    }
+
+    /// Batches sent and not yet acknowledged, at most.
+    fn max_in_flight(&self) -> usize {
+        self.settings.max_in_flight.max(1)
+    }
+
+    /// The acknowledger's result once its task has ended.
+    fn acknowledger_ended(
+        &self,
+        joined: Result<Result<(), super::PipelineError>, tokio::task::JoinError>,
+    ) -> Result<(), super::PipelineError> {
+        joined
+            .unwrap_or_else(|error| Err(super::PipelineError::Task(format!("route {}: acknowledging failed: {error}", self.queue.name()))))
     }
 
     /// Packs and sends batches, handing each finished one to the acknowledger in queue order.
@@ -229,7 +240,7 @@ impl Flusher {
         let mut committed = self.queue.committed();
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut batch = PendingBatch::new(self.limits);
-        let places = Arc::new(Semaphore::new(self.settings.max_in_flight.max(1)));
+        let places = Arc::new(Semaphore::new(self.max_in_flight()));
         // The place the next batch will take, once one is free.
         let mut place: Option<OwnedSemaphorePermit> = None;
         loop {
@@ -278,12 +289,7 @@ impl Flusher {
                     }
                 }
                 acquired = places.clone().acquire_owned(), if place.is_none() && !stopping => place = acquired.ok(),
-                acknowledged = &mut *acknowledging => {
-                    let acknowledged = acknowledged.unwrap_or_else(|error| {
-                        Err(super::PipelineError::Task(format!("route {}: acknowledging failed: {error}", self.queue.name())))
-                    });
-                    return Ok(Ended::AcknowledgerStopped(acknowledged));
-                }
+                acknowledged = &mut *acknowledging => return Ok(Ended::AcknowledgerStopped(self.acknowledger_ended(acknowledged))),
                 _ = committed.changed(), if room => {}
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if room && deadline.is_some() => {}
                 _ = self.stopping.stop.cancelled(), if !stopping => {}

@@ -3,7 +3,7 @@
 //! absolute form (`POST http://host:port/ HTTP/1.1`), is relayed to its host as it is. Every
 //! request's target is recorded. Its threads end with the test process.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
@@ -66,7 +66,7 @@ fn relay(client: TcpStream, recorded: &Mutex<Vec<String>>) -> std::io::Result<()
         // Bytes the BufReader already took from the client go first.
         let buffered = reader.buffer().to_vec();
         let _ = upstream_writer.write_all(&buffered);
-        let _ = std::io::copy(&mut reader.get_mut().take(u64::MAX), &mut upstream_writer);
+        let _ = std::io::copy(reader.get_mut(), &mut upstream_writer);
         let _ = upstream_writer.shutdown(std::net::Shutdown::Write);
     });
     let _ = std::io::copy(&mut upstream_reader, &mut client_writer);
