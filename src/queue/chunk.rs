@@ -107,6 +107,8 @@ impl ChunkDraft {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChunkError {
+    #[error("chunk {seq} has no bytes in the queue (its pending entry outlived its body)")]
+    Missing { seq: ChunkSeq },
     #[error("chunk {seq} is {len} bytes, shorter than its header says")]
     Truncated { seq: ChunkSeq, len: usize },
     #[error("chunk {seq} does not start with the chunk magic (found {found:02x?})")]
@@ -127,6 +129,7 @@ impl ChunkError {
     /// Stable name for metrics labels and reports.
     pub fn code(&self) -> &'static str {
         match self {
+            ChunkError::Missing { .. } => "chunk_missing",
             ChunkError::Truncated { .. } => "chunk_truncated",
             ChunkError::BadMagic { .. } => "chunk_bad_magic",
             ChunkError::UnknownVersion { .. } => "chunk_unknown_version",
@@ -230,6 +233,9 @@ fn read_header(seq: ChunkSeq, bytes: &[u8]) -> Result<(u16, usize, usize, u32), 
 
 /// Verifies and decodes the bytes stored under `seq`.
 pub fn decode_chunk(seq: ChunkSeq, bytes: &[u8]) -> Result<DecodedChunk<'_>, ChunkError> {
+    if bytes.is_empty() {
+        return Err(ChunkError::Missing { seq });
+    }
     let (version, meta_len, body_len, expected) = read_header(seq, bytes)?;
     match ChunkVersion::from_u16(version) {
         Some(ChunkVersion::V1) => {}

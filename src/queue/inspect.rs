@@ -152,7 +152,7 @@ impl RouteQueue {
     /// Every chunk in `state`, in sequence order.
     pub fn stored_chunks(&self, state: ChunkState) -> impl Iterator<Item = Result<StoredValue, QueueError>> + '_ {
         self.inner.tree.range(keys::kind_range(state.key_kind())).filter_map(move |entry| match entry {
-            Ok((key, value)) => keys::seq_of(&key).map(|seq| Ok(StoredValue::parse(seq, state, value))),
+            Ok((key, value)) => keys::seq_of(&key).map(|seq| self.stored_value(seq, state, value)),
             Err(error) => Some(Err(QueueError::from(error))),
         })
     }
@@ -160,7 +160,15 @@ impl RouteQueue {
     /// One chunk by state and sequence number.
     pub fn stored_chunk(&self, state: ChunkState, seq: ChunkSeq) -> Result<Option<StoredValue>, QueueError> {
         let value = self.inner.tree.get(keys::seq_key(state.key_kind(), seq))?;
-        Ok(value.map(|value| StoredValue::parse(seq, state, value)))
+        value.map(|value| self.stored_value(seq, state, value)).transpose()
+    }
+
+    fn stored_value(&self, seq: ChunkSeq, state: ChunkState, value: sled::IVec) -> Result<StoredValue, QueueError> {
+        let value = match state {
+            ChunkState::Pending => self.pending_chunk_bytes(seq, value)?,
+            ChunkState::Retained | ChunkState::SetAside => value,
+        };
+        Ok(StoredValue::parse(seq, state, value))
     }
 
     /// A chunk in whatever state it is.

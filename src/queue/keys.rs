@@ -13,7 +13,8 @@ use super::positions::FileIdentity;
 pub enum KeyKind {
     /// `[0x00] name` → queue metadata; see [`NEXT_SEQ`].
     Meta = 0x00,
-    /// `[0x01] seq:u64` → chunk waiting to be delivered.
+    /// `[0x01] seq:u64` → chunk waiting to be delivered: empty, its bytes being in its body
+    /// tree ([`super::bodies`]); the chunk itself in queues written by tailhose 0.1.
     PendingChunk = 0x01,
     /// `[0x02] seq:u64` → delivered chunk kept for replay (retention).
     RetainedChunk = 0x02,
@@ -34,6 +35,9 @@ pub enum KeyKind {
 
 /// Meta entry: the next chunk sequence number, `u64` big-endian.
 pub const NEXT_SEQ: &str = "next_seq";
+
+/// Meta entry: how many body trees the route has (`u16` big-endian), see [`super::bodies`].
+pub const BODY_SLOTS: &str = "body_slots";
 
 pub fn seq_key(kind: KeyKind, seq: ChunkSeq) -> [u8; 9] {
     let mut key = [0u8; 9];

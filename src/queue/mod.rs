@@ -4,8 +4,9 @@
 //! - One sled database per `data_dir`, one tree per *route* (a source feeding a sink), so each
 //!   route is acknowledged on its own and one `apply_batch` changes a route atomically.
 //! - Records are stored in checksummed [chunks](chunk), many records per sled write.
-//! - **Invariant 1** — a chunk and the read position that covers it are written in one atomic
-//!   batch; the chunk is *committed* (visible to the flusher) only after sled has flushed it.
+//! - **Invariant 1** — a chunk and the read position that covers it are written in one sled
+//!   transaction (the chunk's bytes go to the route's [body trees](bodies), the rest to its
+//!   tree); the chunk is *committed* (visible to the flusher) only after sled has flushed it.
 //! - **Invariant 2** — the acknowledged position of a file is the start of its oldest chunk not
 //!   yet fully acknowledged (or its read position when none is left); only [`RouteQueue::acknowledge`]
 //!   writes it, after the sink accepted every record before it.
@@ -20,8 +21,9 @@
 //!   that skips their bytes.
 //!
 //! # On-disk format
-//! Keys are described in [`keys`], values in [`chunk`], [`positions`] and [`dead_letter`]; the
-//! byte-by-byte specification is `docs/queue-format.md`.
+//! Keys are described in [`keys`], values in [`chunk`], [`positions`] and [`dead_letter`], where
+//! pending chunks' bytes live in [`bodies`]; the byte-by-byte specification is
+//! `docs/queue-format.md`.
 //!
 //! # Writing
 //! The reader calls [`RouteQueue::append`] for each sealed chunk, then [`RouteQueue::commit`]
@@ -38,6 +40,7 @@
 //! chunks marked as replays, in the same batch that consumes a replayed dead letter. A replay's
 //! acknowledgement moves no file position: the file's bytes were acknowledged long ago.
 
+pub mod bodies;
 pub mod chunk;
 pub mod dead_letter;
 pub mod inspect;
@@ -52,6 +55,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use sled::Transactional;
 use tokio::sync::{watch, Notify};
 
 use crate::config::Retention;
@@ -60,6 +64,7 @@ pub use chunk::{ChunkDraft, ChunkError, ChunkMeta, ChunkSeq, DecodedChunk};
 pub use dead_letter::{DeadLetter, DeadLetterReason};
 pub use positions::{FileIdentity, FileReadState};
 
+use bodies::ChunkBodies;
 use keys::KeyKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -120,12 +125,14 @@ impl QueueStore {
     /// Opens one route's queue and runs start-up verification (see [`recovery`]).
     pub fn open_route(&self, route: &str, max_queue_bytes: u64) -> Result<(RouteQueue, recovery::RecoveryReport), QueueError> {
         let tree = self.db.open_tree(format!("{ROUTE_TREE_PREFIX}{route}"))?;
-        let scan = recovery::scan_route(&tree)?;
+        let bodies = ChunkBodies::open(&self.db, &tree, route)?;
+        let scan = recovery::scan_route(&tree, &bodies)?;
         let queue = RouteQueue {
             inner: Arc::new(RouteInner {
                 name: route.to_owned(),
                 db: self.db.clone(),
                 tree,
+                bodies,
                 next_seq: AtomicU64::new(scan.next_seq.0),
                 accounting: Mutex::new(Accounting { retention: Retention::default(), ..scan.accounting }),
                 committed: watch::Sender::new(scan.next_seq),
@@ -165,6 +172,7 @@ struct RouteInner {
     name: String,
     db: sled::Db,
     tree: sled::Tree,
+    bodies: ChunkBodies,
     next_seq: AtomicU64,
     accounting: Mutex<Accounting>,
     /// Every chunk with a lower sequence number is durable. Written by the reader after a flush,
@@ -325,11 +333,11 @@ impl RouteQueue {
     /// The chunk is not visible to the flusher until [`RouteQueue::commit`].
     pub fn append(&self, draft: &ChunkDraft, dead_letters: &[DeadLetter], progress: ReadProgress) -> Result<ChunkSeq, QueueError> {
         let seq = ChunkSeq(self.inner.next_seq.fetch_add(1, Ordering::SeqCst));
-        let encoded = chunk::encode_chunk(seq, draft);
+        let encoded = sled::IVec::from(chunk::encode_chunk(seq, draft));
         let stored_len = encoded.len() as u64;
         let meta = &draft.meta;
         let mut batch = sled::Batch::default();
-        batch.insert(&keys::seq_key(KeyKind::PendingChunk, seq), encoded);
+        batch.insert(&keys::seq_key(KeyKind::PendingChunk, seq), &[][..]);
         // Sequence numbers are never reused, also once every chunk is delivered and deleted.
         batch.insert(keys::meta_key(keys::NEXT_SEQ), &(seq.0 + 1).to_be_bytes()[..]);
         for dead_letter in dead_letters {
@@ -349,7 +357,7 @@ impl RouteQueue {
         }
         // Holding the accounting lock across the write keeps the tree and its mirror in step
         // with acknowledgements running on another task.
-        self.inner.tree.apply_batch(batch)?;
+        self.write_with_body(seq, &encoded, &batch)?;
         let track = accounting.files.entry(meta.file).or_default();
         if first_chunk_of_file {
             track.acked_offset = meta.start_offset;
@@ -367,19 +375,45 @@ impl RouteQueue {
     /// visible to the flusher until [`RouteQueue::commit`].
     pub fn append_replay(&self, draft: &ChunkDraft, replayed_dead_letter: Option<u64>) -> Result<ChunkSeq, QueueError> {
         let seq = ChunkSeq(self.inner.next_seq.fetch_add(1, Ordering::SeqCst));
-        let encoded = chunk::encode_chunk(seq, draft);
+        let encoded = sled::IVec::from(chunk::encode_chunk(seq, draft));
         let stored_len = encoded.len() as u64;
         let mut batch = sled::Batch::default();
-        batch.insert(&keys::seq_key(KeyKind::PendingChunk, seq), encoded);
+        batch.insert(&keys::seq_key(KeyKind::PendingChunk, seq), &[][..]);
         batch.insert(&keys::seq_key(KeyKind::ReplayMarker, seq), &[][..]);
         batch.insert(keys::meta_key(keys::NEXT_SEQ), &(seq.0 + 1).to_be_bytes()[..]);
         if let Some(id) = replayed_dead_letter {
             batch.remove(&keys::id_key(KeyKind::DeadLetter, id));
         }
         let mut accounting = self.accounting();
-        self.inner.tree.apply_batch(batch)?;
+        self.write_with_body(seq, &encoded, &batch)?;
         accounting.add_pending(seq, &draft.meta, stored_len, ChunkOrigin::Replay);
         Ok(seq)
+    }
+
+    /// Writes a pending chunk's body to its slot and `batch` (its pending entry and what goes
+    /// with it) to the route's tree, atomically: after a crash both are there or neither.
+    fn write_with_body(&self, seq: ChunkSeq, body: &sled::IVec, batch: &sled::Batch) -> Result<(), QueueError> {
+        let key = ChunkBodies::key(seq);
+        (&self.inner.tree, self.inner.bodies.slot(seq))
+            .transaction(|(route, slot)| -> sled::transaction::ConflictableTransactionResult<(), std::convert::Infallible> {
+                route.apply_batch(batch)?;
+                slot.insert(&key, body.clone())?;
+                Ok(())
+            })
+            .map_err(|error| match error {
+                sled::transaction::TransactionError::Storage(source) => QueueError::Storage(source),
+                sled::transaction::TransactionError::Abort(never) => match never {},
+            })
+    }
+
+    /// The stored bytes of a pending chunk, given its pending entry's value: its body, or the
+    /// entry itself for a chunk written before body slots. Empty when the body is missing,
+    /// which [`chunk::decode_chunk`] reports as [`ChunkError::Missing`].
+    fn pending_chunk_bytes(&self, seq: ChunkSeq, pending_value: sled::IVec) -> Result<sled::IVec, QueueError> {
+        if bodies::is_inline_chunk(&pending_value) {
+            return Ok(pending_value);
+        }
+        Ok(self.inner.bodies.get(seq)?.unwrap_or_default())
     }
 
     /// Makes every appended chunk durable, then lets the flusher see it. Blocking (fsync).
@@ -402,12 +436,13 @@ impl RouteQueue {
     pub fn read_pending(&self, from: ChunkSeq, below: ChunkSeq) -> Result<Option<StoredChunk>, QueueError> {
         let start = keys::seq_key(KeyKind::PendingChunk, from);
         let end = keys::seq_key(KeyKind::PendingChunk, below);
-        let Some((key, bytes)) = self.inner.tree.range(start..end).next().transpose()? else {
+        let Some((key, pending_value)) = self.inner.tree.range(start..end).next().transpose()? else {
             return Ok(None);
         };
         let Some(seq) = keys::seq_of(&key) else {
             return Ok(None);
         };
+        let bytes = self.pending_chunk_bytes(seq, pending_value)?;
         let acked_records = self
             .inner
             .tree
@@ -423,15 +458,17 @@ impl RouteQueue {
     pub fn set_aside(&self, seq: ChunkSeq, error: &ChunkError) -> Result<(), QueueError> {
         let pending_key = keys::seq_key(KeyKind::PendingChunk, seq);
         let mut accounting = self.accounting();
-        let Some(bytes) = self.inner.tree.get(pending_key)? else {
+        let Some(pending_value) = self.inner.tree.get(pending_key)? else {
             return Ok(());
         };
+        let bytes = self.pending_chunk_bytes(seq, pending_value)?;
         let mut batch = sled::Batch::default();
         batch.remove(&pending_key);
         batch.remove(&keys::seq_key(KeyKind::ChunkProgress, seq));
         batch.remove(&keys::seq_key(KeyKind::ReplayMarker, seq));
         batch.insert(&keys::seq_key(KeyKind::SetAsideChunk, seq), recovery::encode_set_aside(error, &bytes));
         self.inner.tree.apply_batch(batch)?;
+        self.inner.bodies.remove_all([seq])?;
         accounting.remove_pending(seq, bytes.len() as u64);
         drop(accounting);
         self.inner.db.flush()?;
@@ -470,7 +507,8 @@ impl RouteQueue {
                 continue;
             }
             if accounting.retention.is_enabled() {
-                if let Some(bytes) = self.inner.tree.get(pending_key)? {
+                if let Some(pending_value) = self.inner.tree.get(pending_key)? {
+                    let bytes = self.pending_chunk_bytes(ack.seq, pending_value)?;
                     let value = retained::encode(now_ms, &bytes);
                     newly_retained.chunks += 1;
                     newly_retained.bytes += value.len() as u64;
@@ -495,6 +533,7 @@ impl RouteQueue {
             }
         }
         self.inner.tree.apply_batch(batch)?;
+        self.inner.bodies.remove_all(acks.iter().filter(|ack| ack.is_complete()).map(|ack| ack.seq))?;
         for (file, track) in planned {
             accounting.files.insert(file, track);
         }
@@ -746,12 +785,13 @@ impl RouteQueue {
     /// catch would.
     #[cfg(test)]
     pub(crate) fn flip_a_byte_of_pending_chunk(&self, seq: ChunkSeq) {
-        let key = keys::seq_key(KeyKind::PendingChunk, seq);
-        let mut bytes = self.inner.tree.get(key).expect("read").expect("chunk exists").to_vec();
+        let key = ChunkBodies::key(seq);
+        let slot = self.inner.bodies.slot(seq);
+        let mut bytes = slot.get(key).expect("read").expect("chunk exists").to_vec();
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
-        self.inner.tree.insert(key, bytes).expect("write");
-        self.inner.tree.flush().expect("flush");
+        slot.insert(key, bytes).expect("write");
+        slot.flush().expect("flush");
     }
 }
 

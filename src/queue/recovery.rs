@@ -3,6 +3,8 @@
 //! What it does:
 //! - verifies every pending chunk (magic, version, lengths, checksum); a chunk that fails is
 //!   moved to the set-aside area with the reason, and listed in the [`RecoveryReport`];
+//! - deletes chunk bodies that no pending entry refers to any more (a crash between an
+//!   acknowledgement and the deletion of the bodies it completed, see [`super::bodies`]);
 //! - rebuilds the in-memory accounting (queue bytes and records, outstanding ranges per file,
 //!   retained chunks);
 //! - finds, for each file, the byte ranges between its acknowledged and its read position that
@@ -14,6 +16,7 @@
 //!
 //! I/O errors stop start-up (they are returned); corruption never does.
 
+use super::bodies::{self, ChunkBodies};
 use super::chunk::{self, ChunkError, ChunkSeq};
 use super::keys::{self, KeyKind};
 use super::positions::{self, FileIdentity, FileReadState};
@@ -49,14 +52,15 @@ pub(crate) struct ScanResult {
     pub report: RecoveryReport,
 }
 
-pub(crate) fn scan_route(tree: &sled::Tree) -> Result<ScanResult, QueueError> {
+pub(crate) fn scan_route(tree: &sled::Tree, chunk_bodies: &ChunkBodies) -> Result<ScanResult, QueueError> {
     let next_seq = next_free_seq(tree)?;
     let mut accounting = Accounting::default();
     let mut report = RecoveryReport::default();
     let mut set_aside = sled::Batch::default();
     for entry in tree.range(keys::kind_range(KeyKind::PendingChunk)) {
-        let (key, bytes) = entry?;
+        let (key, pending_value) = entry?;
         let Some(seq) = keys::seq_of(&key) else { continue };
+        let bytes = if bodies::is_inline_chunk(&pending_value) { pending_value } else { chunk_bodies.get(seq)?.unwrap_or_default() };
         match chunk::decode_chunk(seq, &bytes) {
             Ok(decoded) => {
                 let is_replay = tree.contains_key(keys::seq_key(KeyKind::ReplayMarker, seq))?;
@@ -80,6 +84,8 @@ pub(crate) fn scan_route(tree: &sled::Tree) -> Result<ScanResult, QueueError> {
         }
     }
     tree.apply_batch(set_aside)?;
+    let unreferenced = chunk_bodies.unreferenced(|seq| accounting.pending.contains_key(&seq))?;
+    chunk_bodies.remove_all(unreferenced)?;
     tree.flush()?;
     for entry in tree.range(keys::kind_range(KeyKind::RetainedChunk)) {
         let (_, value) = entry?;

@@ -362,3 +362,105 @@ async fn acknowledgements_of_several_batches_in_one_write_end_as_one_by_one() {
     assert_eq!(one_by_one, (1, 1, second.meta.end_offset, 1));
     assert_eq!(outcome(true, chunks).await, one_by_one);
 }
+
+/// The body trees of route `a->b` as `QueueStore` names them.
+fn body_tree(store: &QueueStore, slot: u64) -> sled::Tree {
+    store.db.open_tree(format!("bodies:a->b#{slot}")).expect("body tree")
+}
+
+#[tokio::test]
+async fn a_body_left_behind_by_a_crash_after_its_acknowledgement_is_deleted_at_start_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chunk = draft(file(1), 0, &["{\"a\":1}"]);
+    let seq = {
+        let (queue, _) = open(dir.path());
+        let seq = queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
+        queue.commit().expect("commit");
+        let body = queue.inner.bodies.get(seq).expect("read").expect("the body is in its slot");
+        queue.acknowledge(&[ack_all(&queue, seq, &chunk, 1)], &[]).await.expect("ack");
+        assert_eq!(queue.inner.bodies.get(seq).expect("read"), None, "deleted with its acknowledgement");
+        // What a crash between the acknowledgement's write and the body's deletion leaves.
+        queue.inner.bodies.slot(seq).insert(ChunkBodies::key(seq), body).expect("write");
+        queue.inner.db.flush().expect("flush");
+        seq
+    };
+    let (reopened, report) = open(dir.path());
+    assert!(report.set_aside.is_empty() && report.missing.is_empty(), "{report:?}");
+    assert_eq!(reopened.inner.bodies.get(seq).expect("read"), None, "the left-over body is deleted");
+    assert!(reopened.read_pending(ChunkSeq(0), ChunkSeq(u64::MAX)).expect("read").is_none(), "nothing is sent again");
+    let stats = reopened.stats().expect("stats");
+    assert_eq!((stats.pending_chunks, stats.files[0].acked_offset), (0, chunk.meta.end_offset));
+}
+
+#[test]
+fn a_pending_chunk_whose_body_is_missing_is_set_aside_and_its_range_reported_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = draft(file(1), 0, &["{\"a\":1}"]);
+    let second = draft(file(1), first.meta.end_offset, &["{\"a\":2}"]);
+    let second_seq = {
+        let (queue, _) = open(dir.path());
+        let seq = queue.append(&first, &[], ReadProgress::Advance).expect("append");
+        let second_seq = queue.append(&second, &[], ReadProgress::Advance).expect("append");
+        queue.commit().expect("commit");
+        queue.inner.bodies.slot(seq).remove(ChunkBodies::key(seq)).expect("remove");
+        queue.inner.db.flush().expect("flush");
+        second_seq
+    };
+    let (reopened, report) = open(dir.path());
+    assert_eq!(report.set_aside.len(), 1);
+    assert_eq!(report.set_aside[0].error.code(), "chunk_missing");
+    assert_eq!(
+        report.missing,
+        vec![recovery::MissingRange { file: file(1), path: b"/logs/a.log".to_vec(), start: 0, end: first.meta.end_offset }]
+    );
+    let next = reopened.read_pending(ChunkSeq(0), ChunkSeq(u64::MAX)).expect("read").expect("the second chunk");
+    assert_eq!(next.seq, second_seq);
+    assert!(chunk::decode_chunk(next.seq, &next.bytes).is_ok());
+}
+
+#[tokio::test]
+async fn chunks_stored_whole_in_the_route_tree_by_tailhose_0_1_are_read_acknowledged_and_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chunk = draft(file(1), 0, &["{\"a\":1}", "{\"a\":2}"]);
+    let (seq, bytes) = {
+        let (queue, _) = open(dir.path());
+        let seq = queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
+        queue.commit().expect("commit");
+        // tailhose 0.1 kept the chunk as the pending entry's value and had no body trees.
+        let bytes = queue.inner.bodies.get(seq).expect("read").expect("body");
+        queue.inner.tree.insert(keys::seq_key(KeyKind::PendingChunk, seq), bytes.clone()).expect("write");
+        queue.inner.bodies.slot(seq).remove(ChunkBodies::key(seq)).expect("remove");
+        queue.inner.db.flush().expect("flush");
+        (seq, bytes)
+    };
+    let (reopened, report) = open(dir.path());
+    assert!(report.set_aside.is_empty() && report.missing.is_empty(), "{report:?}");
+    let stored = reopened.read_pending(ChunkSeq(0), ChunkSeq(u64::MAX)).expect("read").expect("the chunk");
+    assert_eq!((stored.seq, &stored.bytes), (seq, &bytes));
+    reopened.acknowledge(&[ack_all(&reopened, seq, &chunk, 2)], &[]).await.expect("ack");
+    let stats = reopened.stats().expect("stats");
+    assert_eq!((stats.pending_chunks, stats.files[0].acked_offset), (0, chunk.meta.end_offset));
+    assert!(!reopened.inner.tree.contains_key(keys::seq_key(KeyKind::PendingChunk, seq)).expect("read"));
+}
+
+#[test]
+fn a_route_keeps_the_number_of_body_slots_it_was_created_with() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = QueueStore::reopen_for_test(dir.path());
+    let route_tree = store.db.open_tree("route:a->b").expect("route tree");
+    route_tree.insert(keys::meta_key(keys::BODY_SLOTS), &3u16.to_be_bytes()[..]).expect("write");
+    let (queue, _) = store.open_route("a->b", 1 << 30).expect("open route");
+    let mut start = 0;
+    for n in 0..4 {
+        let chunk = draft(file(1), start, &["{}"]);
+        start = chunk.meta.end_offset;
+        let seq = queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
+        assert_eq!(seq, ChunkSeq(n));
+        assert!(body_tree(&store, seq.0 % 3).contains_key(ChunkBodies::key(seq)).expect("read"), "chunk {n} in slot {}", n % 3);
+    }
+    let body_trees =
+        |route: &str| store.db.tree_names().iter().filter(|name| name.starts_with(format!("bodies:{route}#").as_bytes())).count();
+    assert_eq!(body_trees("a->b"), 3);
+    store.open_route("c->d", 1 << 30).expect("open route");
+    assert_eq!(body_trees("c->d"), usize::from(bodies::NEW_ROUTE_SLOTS));
+}
