@@ -1,6 +1,7 @@
 //! The reader task of one route: runs tailer passes on a blocking thread, pauses when the queue
 //! is full (back-pressure), and when there is nothing new waits for a change notification or
-//! `poll_interval`, whichever comes first.
+//! `poll_interval`, whichever comes first. When files wait for the read-ahead window, it also
+//! reads again as soon as acknowledgements have opened a quarter of the window.
 
 use std::sync::Arc;
 
@@ -19,6 +20,16 @@ pub struct ReaderLimits {
     pub read_ahead_bytes: u64,
     /// A read pass that takes longer is a storage failure (see `Config::storage_stall_timeout`).
     pub storage_stall_timeout: std::time::Duration,
+}
+
+impl ReaderLimits {
+    /// Pending bytes at or below which a reader waiting for the read-ahead window reads again:
+    /// a quarter of the window (at least one chunk) free, so that each pass reads, and each
+    /// commit fsyncs, a useful amount rather than one acknowledged batch's worth.
+    pub fn resume_reading_at(&self) -> u64 {
+        let gap = (self.read_ahead_bytes / 4).max(crate::source::CHUNK_TARGET_BYTES as u64);
+        self.read_ahead_bytes.saturating_sub(gap)
+    }
 }
 
 /// Whether the reader follows its files forever or stops once they are read to their end.
@@ -111,9 +122,19 @@ pub async fn run_reader(
                 return Err(super::storage_failure(queue.name(), "append", error));
             }
         }
+        // A file waiting for the read-ahead window is read again as soon as acknowledgements
+        // have opened a quarter of it, not at the next poll: catching up a backlog would
+        // otherwise move one window per `poll_interval` (8 MiB/s with the defaults).
+        let window_open = async {
+            match outcome {
+                Ok(outcome) if outcome.read_ahead_full => queue.wait_until_pending_at_most(limits.resume_reading_at()).await,
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(poll_interval) => {}
             _ = changes.wake.notified() => {}
+            _ = window_open => {}
             _ = stop.cancelled() => break,
         }
     }

@@ -70,3 +70,63 @@ async fn a_corrupt_chunk_whose_source_is_gone_becomes_an_unrecoverable_dead_lett
     );
     assert_eq!(events.snapshot().dead_unrecoverable, 1);
 }
+
+/// Acknowledges every pending chunk at or after `next` whole, as a sink that takes everything
+/// would. Returns the records acknowledged and the next sequence number to look at.
+async fn acknowledge_everything_pending(queue: &RouteQueue, mut next: ChunkSeq) -> (usize, ChunkSeq) {
+    let mut records = 0;
+    while let Some(stored) = queue.read_pending(next, ChunkSeq(u64::MAX)).expect("read") {
+        next = ChunkSeq(stored.seq.0 + 1);
+        let chunk = decode_chunk(stored.seq, &stored.bytes).expect("valid chunk");
+        records += chunk.meta.record_count as usize;
+        let ack = crate::queue::ChunkAck {
+            seq: stored.seq,
+            file: chunk.meta.file,
+            start_offset: chunk.meta.start_offset,
+            stored_len: stored.bytes.len() as u64,
+            acked_records: chunk.meta.record_count,
+            record_count: chunk.meta.record_count,
+        };
+        queue.acknowledge(&[ack], &[]).await.expect("ack");
+    }
+    (records, next)
+}
+
+#[tokio::test]
+async fn a_backlog_larger_than_the_read_ahead_window_is_read_as_acknowledgements_open_it_not_at_each_poll() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    // 40 windows of 256 KiB (one chunk); the file does not change while it is read, so nothing
+    // but acknowledgements can wake the reader before its (hour-long) poll.
+    let mut file = std::io::BufWriter::new(std::fs::File::create(logs.path().join("app.log")).expect("create"));
+    let total = 80_000;
+    for seq in 0..total {
+        writeln!(file, "{{\"seq\": {seq}, \"padding\": \"{:0>100}\"}}", seq).expect("write");
+    }
+    file.flush().expect("flush");
+    drop(file);
+    let store = QueueStore::reopen_for_test(state.path());
+    let (queue, _) = store.open_route("logs->sink", 1 << 30).expect("route");
+    let settings = SourceSettings { poll_interval: Duration::from_secs(3600), ..source(logs.path()) };
+    let limits = ReaderLimits { read_ahead_bytes: 256 * 1024, storage_stall_timeout: Duration::from_secs(60) };
+    let stop = CancellationToken::new();
+    let reader = tokio::spawn(run_reader(
+        settings,
+        limits,
+        queue.clone(),
+        Arc::new(Events::default()),
+        ReadMode::Follow,
+        stop.clone(),
+        CancellationToken::new(),
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (mut acknowledged, mut next) = (0, ChunkSeq(0));
+    while acknowledged < total && std::time::Instant::now() < deadline {
+        let (records, after) = acknowledge_everything_pending(&queue, next).await;
+        (acknowledged, next) = (acknowledged + records, after);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    reader.await.expect("reader task").expect("reader");
+    assert_eq!(acknowledged, total, "every record read and acknowledged without waiting for a poll");
+}

@@ -665,9 +665,14 @@ impl RouteQueue {
 
     /// Returns once the queue is below `max_queue_bytes` (back-pressure on the reader).
     pub async fn wait_for_space(&self) {
+        self.wait_until_pending_at_most(self.inner.max_queue_bytes.saturating_sub(1)).await;
+    }
+
+    /// Returns once at most `bytes` are pending: acknowledgements have made room.
+    pub async fn wait_until_pending_at_most(&self, bytes: u64) {
         loop {
             let freed = self.inner.space_freed.notified();
-            if self.has_space() {
+            if self.pending_bytes() <= bytes {
                 return;
             }
             freed.await;

@@ -28,6 +28,9 @@ pub struct PassOutcome {
     pub bytes_read: u64,
     /// Reading stopped because the queue reached `max_queue_bytes`.
     pub queue_full: bool,
+    /// A file in its glob was not read because the read-ahead window was full: read it again
+    /// once acknowledgements have opened the window.
+    pub read_ahead_full: bool,
     /// Every open file was read to its current end.
     pub caught_up: bool,
 }
@@ -140,6 +143,7 @@ impl Tailer {
             if budget == 0 {
                 // The file keeps its bytes; read them once the sink has caught up.
                 outcome.caught_up = false;
+                outcome.read_ahead_full = true;
                 continue;
             }
             if !self.make_ready(key) {
