@@ -2,7 +2,8 @@
 //!
 //! # Design constraints
 //! - One sled database per `data_dir`, one tree per *route* (a source feeding a sink), so each
-//!   route is acknowledged on its own and one `apply_batch` changes a route atomically.
+//!   route is acknowledged on its own and one `apply_batch` changes a route atomically; beside
+//!   it the route's [body trees](bodies) hold the bytes of its pending chunks.
 //! - Records are stored in checksummed [chunks](chunk), many records per sled write.
 //! - **Invariant 1** — a chunk and the read position that covers it are written in one sled
 //!   transaction (the chunk's bytes go to the route's [body trees](bodies), the rest to its
@@ -468,9 +469,9 @@ impl RouteQueue {
         batch.remove(&keys::seq_key(KeyKind::ReplayMarker, seq));
         batch.insert(&keys::seq_key(KeyKind::SetAsideChunk, seq), recovery::encode_set_aside(error, &bytes));
         self.inner.tree.apply_batch(batch)?;
-        self.inner.bodies.remove_all([seq])?;
         accounting.remove_pending(seq, bytes.len() as u64);
         drop(accounting);
+        self.inner.bodies.remove_all([seq])?;
         self.inner.db.flush()?;
         self.inner.space_freed.notify_waiters();
         Ok(())
@@ -533,7 +534,6 @@ impl RouteQueue {
             }
         }
         self.inner.tree.apply_batch(batch)?;
-        self.inner.bodies.remove_all(acks.iter().filter(|ack| ack.is_complete()).map(|ack| ack.seq))?;
         for (file, track) in planned {
             accounting.files.insert(file, track);
         }
@@ -552,6 +552,9 @@ impl RouteQueue {
         accounting.last_ack_ms = Some(now_ms);
         let over_byte_cap = accounting.retention.max_bytes.is_some_and(|cap| accounting.retained.bytes > cap);
         drop(accounting);
+        // After the entries that refer to them: a crash in between leaves bodies that start-up
+        // deletes, never an entry without its body.
+        self.inner.bodies.remove_all(acks.iter().filter(|ack| ack.is_complete()).map(|ack| ack.seq))?;
         self.inner.space_freed.notify_waiters();
         if over_byte_cap {
             self.prune_retained(now_ms)?;
