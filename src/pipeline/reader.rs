@@ -124,7 +124,7 @@ pub async fn run_reader(
         }
         // A file waiting for the read-ahead window is read again as soon as acknowledgements
         // have opened a quarter of it, not at the next poll: catching up a backlog would
-        // otherwise move one window per `poll_interval` (8 MiB/s with the defaults).
+        // otherwise move one window per `poll_interval` (6 MiB/s with the defaults).
         let window_open = async {
             match outcome {
                 Ok(outcome) if outcome.read_ahead_full => queue.wait_until_pending_at_most(limits.resume_reading_at()).await,

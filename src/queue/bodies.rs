@@ -26,8 +26,8 @@ use super::chunk::ChunkSeq;
 use super::keys;
 use super::QueueError;
 
-/// Slots of a new route: enough that the usual backlog (`max_read_ahead_bytes`, 8 MiB by
-/// default, is 32 chunks of 256 KiB) never puts two chunks in one slot.
+/// Slots of a new route: enough that the usual backlog (`max_read_ahead_bytes`, 6 MiB by
+/// default, is 24 chunks of 256 KiB, plus those in flight) never puts two chunks in one slot.
 pub const NEW_ROUTE_SLOTS: u16 = 64;
 
 /// The body trees of one route.
