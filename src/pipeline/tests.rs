@@ -73,23 +73,12 @@ async fn a_corrupt_chunk_whose_source_is_gone_becomes_an_unrecoverable_dead_lett
 
 /// Acknowledges every pending chunk at or after `next` whole, as a sink that takes everything
 /// would. Returns the records acknowledged and the next sequence number to look at.
-async fn acknowledge_everything_pending(queue: &RouteQueue, mut next: ChunkSeq) -> (usize, ChunkSeq) {
-    let mut records = 0;
-    while let Some(stored) = queue.read_pending(next, ChunkSeq(u64::MAX)).expect("read") {
-        next = ChunkSeq(stored.seq.0 + 1);
-        let chunk = decode_chunk(stored.seq, &stored.bytes).expect("valid chunk");
-        records += chunk.meta.record_count as usize;
-        let ack = crate::queue::ChunkAck {
-            seq: stored.seq,
-            file: chunk.meta.file,
-            start_offset: chunk.meta.start_offset,
-            stored_len: stored.bytes.len() as u64,
-            acked_records: chunk.meta.record_count,
-            record_count: chunk.meta.record_count,
-        };
-        queue.acknowledge(&[ack], &[]).await.expect("ack");
+async fn acknowledge_everything_pending(queue: &RouteQueue, next: ChunkSeq) -> (usize, ChunkSeq) {
+    let (acks, after) = queue.whole_acks_of_pending(next);
+    if !acks.is_empty() {
+        queue.acknowledge(&acks, &[]).await.expect("ack");
     }
-    (records, next)
+    (acks.iter().map(|ack| ack.record_count as usize).sum(), after)
 }
 
 #[tokio::test]

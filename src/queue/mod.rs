@@ -789,6 +789,27 @@ impl QueueStore {
 }
 
 impl RouteQueue {
+    /// Test support: the acknowledgements that complete every pending chunk from `from` on, as
+    /// a flusher sends them after a sink took everything, and the sequence number after them.
+    #[cfg(test)]
+    pub(crate) fn whole_acks_of_pending(&self, from: ChunkSeq) -> (Vec<ChunkAck>, ChunkSeq) {
+        let mut acks = Vec::new();
+        let mut next = from;
+        while let Some(stored) = self.read_pending(next, ChunkSeq(u64::MAX)).expect("read") {
+            next = ChunkSeq(stored.seq.0 + 1);
+            let chunk = chunk::decode_chunk(stored.seq, &stored.bytes).expect("valid chunk");
+            acks.push(ChunkAck {
+                seq: stored.seq,
+                file: chunk.meta.file,
+                start_offset: chunk.meta.start_offset,
+                stored_len: stored.bytes.len() as u64,
+                acked_records: chunk.meta.record_count,
+                record_count: chunk.meta.record_count,
+            });
+        }
+        (acks, next)
+    }
+
     /// Test support: damages a pending chunk's stored bytes the way a bit flip that sled did not
     /// catch would.
     #[cfg(test)]

@@ -124,20 +124,7 @@ fn a_file_truncated_in_place_is_read_again_from_its_start() {
 
 /// Acknowledges every pending chunk, as a flusher would after delivering it.
 fn acknowledge_everything(queue: &RouteQueue) {
-    let mut acks = Vec::new();
-    let mut next = ChunkSeq(0);
-    while let Some(stored) = queue.read_pending(next, ChunkSeq(u64::MAX)).expect("read") {
-        next = ChunkSeq(stored.seq.0 + 1);
-        let chunk = decode_chunk(stored.seq, &stored.bytes).expect("valid");
-        acks.push(crate::queue::ChunkAck {
-            seq: stored.seq,
-            file: chunk.meta.file,
-            start_offset: chunk.meta.start_offset,
-            stored_len: stored.bytes.len() as u64,
-            acked_records: chunk.meta.record_count,
-            record_count: chunk.meta.record_count,
-        });
-    }
+    let (acks, _) = queue.whole_acks_of_pending(ChunkSeq(0));
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     runtime.block_on(queue.acknowledge(&acks, &[])).expect("acknowledge");
 }
