@@ -67,6 +67,16 @@ impl ChunkBodies {
         Ok(self.slot(seq).get(Self::key(seq))?)
     }
 
+    /// The stored bytes of pending chunk `seq`, given its pending entry's value: its body, or the
+    /// entry itself for a chunk written before body slots. Empty when the body is missing, which
+    /// [`super::chunk::decode_chunk`] reports as [`super::ChunkError::Missing`].
+    pub fn pending_chunk_bytes(&self, seq: ChunkSeq, pending_value: IVec) -> Result<IVec, QueueError> {
+        if is_inline_chunk(&pending_value) {
+            return Ok(pending_value);
+        }
+        Ok(self.get(seq)?.unwrap_or_default())
+    }
+
     /// Deletes the bodies of chunks whose pending entries are gone. Not flushed: a body that
     /// survives a crash is found by [`ChunkBodies::unreferenced`] at the next start.
     pub fn remove_all(&self, seqs: impl IntoIterator<Item = ChunkSeq>) -> Result<(), QueueError> {
@@ -86,7 +96,7 @@ impl ChunkBodies {
                 match seq {
                     Ok(seq) if is_pending(seq) => {}
                     Ok(seq) => found.push(seq),
-                    // Not a key this module writes: leave it for `queue verify` to report.
+                    // Not a key this module writes: left alone.
                     Err(_) => {}
                 }
             }
@@ -97,7 +107,7 @@ impl ChunkBodies {
 
 /// What a pending entry in the route's tree holds: nothing when the body is in its slot, the
 /// whole chunk when the entry was written by tailhose 0.1 (before body slots).
-pub fn is_inline_chunk(pending_value: &[u8]) -> bool {
+fn is_inline_chunk(pending_value: &[u8]) -> bool {
     !pending_value.is_empty()
 }
 

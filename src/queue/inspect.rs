@@ -165,7 +165,7 @@ impl RouteQueue {
 
     fn stored_value(&self, seq: ChunkSeq, state: ChunkState, value: sled::IVec) -> Result<StoredValue, QueueError> {
         let value = match state {
-            ChunkState::Pending => self.pending_chunk_bytes(seq, value)?,
+            ChunkState::Pending => self.inner.bodies.pending_chunk_bytes(seq, value)?,
             ChunkState::Retained | ChunkState::SetAside => value,
         };
         Ok(StoredValue::parse(seq, state, value))

@@ -407,16 +407,6 @@ impl RouteQueue {
             })
     }
 
-    /// The stored bytes of a pending chunk, given its pending entry's value: its body, or the
-    /// entry itself for a chunk written before body slots. Empty when the body is missing,
-    /// which [`chunk::decode_chunk`] reports as [`ChunkError::Missing`].
-    fn pending_chunk_bytes(&self, seq: ChunkSeq, pending_value: sled::IVec) -> Result<sled::IVec, QueueError> {
-        if bodies::is_inline_chunk(&pending_value) {
-            return Ok(pending_value);
-        }
-        Ok(self.inner.bodies.get(seq)?.unwrap_or_default())
-    }
-
     /// Makes every appended chunk durable, then lets the flusher see it. Blocking (fsync).
     pub fn commit(&self) -> Result<(), QueueError> {
         let appended = ChunkSeq(self.inner.next_seq.load(Ordering::SeqCst));
@@ -443,7 +433,7 @@ impl RouteQueue {
         let Some(seq) = keys::seq_of(&key) else {
             return Ok(None);
         };
-        let bytes = self.pending_chunk_bytes(seq, pending_value)?;
+        let bytes = self.inner.bodies.pending_chunk_bytes(seq, pending_value)?;
         let acked_records = self
             .inner
             .tree
@@ -462,7 +452,7 @@ impl RouteQueue {
         let Some(pending_value) = self.inner.tree.get(pending_key)? else {
             return Ok(());
         };
-        let bytes = self.pending_chunk_bytes(seq, pending_value)?;
+        let bytes = self.inner.bodies.pending_chunk_bytes(seq, pending_value)?;
         let mut batch = sled::Batch::default();
         batch.remove(&pending_key);
         batch.remove(&keys::seq_key(KeyKind::ChunkProgress, seq));
@@ -509,7 +499,7 @@ impl RouteQueue {
             }
             if accounting.retention.is_enabled() {
                 if let Some(pending_value) = self.inner.tree.get(pending_key)? {
-                    let bytes = self.pending_chunk_bytes(ack.seq, pending_value)?;
+                    let bytes = self.inner.bodies.pending_chunk_bytes(ack.seq, pending_value)?;
                     let value = retained::encode(now_ms, &bytes);
                     newly_retained.chunks += 1;
                     newly_retained.bytes += value.len() as u64;

@@ -16,7 +16,7 @@
 //!
 //! I/O errors stop start-up (they are returned); corruption never does.
 
-use super::bodies::{self, ChunkBodies};
+use super::bodies::ChunkBodies;
 use super::chunk::{self, ChunkError, ChunkSeq};
 use super::keys::{self, KeyKind};
 use super::positions::{self, FileIdentity, FileReadState};
@@ -60,7 +60,7 @@ pub(crate) fn scan_route(tree: &sled::Tree, chunk_bodies: &ChunkBodies) -> Resul
     for entry in tree.range(keys::kind_range(KeyKind::PendingChunk)) {
         let (key, pending_value) = entry?;
         let Some(seq) = keys::seq_of(&key) else { continue };
-        let bytes = if bodies::is_inline_chunk(&pending_value) { pending_value } else { chunk_bodies.get(seq)?.unwrap_or_default() };
+        let bytes = chunk_bodies.pending_chunk_bytes(seq, pending_value)?;
         match chunk::decode_chunk(seq, &bytes) {
             Ok(decoded) => {
                 let is_replay = tree.contains_key(keys::seq_key(KeyKind::ReplayMarker, seq))?;
