@@ -17,6 +17,7 @@ use base64::Engine;
 
 use super::OutgoingRecords;
 
+const STREAM_KEY: &[u8] = br#"{"DeliveryStreamName":"#;
 const RECORDS_KEY: &[u8] = br#","Records":["#;
 const RECORD_OPEN: &[u8] = br#"{"Data":""#;
 const RECORD_CLOSE: &[u8] = br#""}"#;
@@ -31,9 +32,8 @@ pub fn put_record_batch_body(delivery_stream: &str, records: &OutgoingRecords, w
         .map(|&index| RECORD_OPEN.len() + base64::encoded_len(records.get(index).len(), true).unwrap_or(0) + RECORD_CLOSE.len())
         .sum::<usize>()
         + which.len().saturating_sub(1);
-    let mut body =
-        Vec::with_capacity(br#"{"DeliveryStreamName":"#.len() + stream_name.len() + RECORDS_KEY.len() + records_len + DOCUMENT_CLOSE.len());
-    body.extend_from_slice(br#"{"DeliveryStreamName":"#);
+    let mut body = Vec::with_capacity(STREAM_KEY.len() + stream_name.len() + RECORDS_KEY.len() + records_len + DOCUMENT_CLOSE.len());
+    body.extend_from_slice(STREAM_KEY);
     body.extend_from_slice(stream_name.as_bytes());
     body.extend_from_slice(RECORDS_KEY);
     for (position, &index) in which.iter().enumerate() {
