@@ -1,12 +1,19 @@
 //! The sink's CPU work per call, in records/s of seed-sized records (~145 B with the newline):
 //! - `batch/pack`: offering records to a `PutRecordBatch`-sized batch (500 records / 4 MiB);
 //! - `batch/pack_records`: packing lines into 5,000-byte Firehose records (`pack_records`);
-//! - `request/body`: writing the JSON body of a 500-record call (base64 in place).
+//! - `request/body`: writing the JSON body of a 500-record call (base64 in place);
+//! - `answer/sdk_reader` and `answer/tailhose_reader`: one whole SDK call (signing included)
+//!   answered in memory with a 500-entry success, read by the SDK's deserializer or by
+//!   `sink::answer` (the difference is what tailhose saves per call).
 //!
 //! Run: `cargo bench --bench sink_requests`. Figures go in docs/performance.md.
 
+use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_firehose::Client;
+use aws_smithy_types::body::SdkBody;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tailhose::cli::generate::{seed_record, SeedRandom};
+use tailhose::sink::answer::ReadAnswersOurselves;
 use tailhose::sink::request::put_record_batch_body;
 use tailhose::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecords};
 
@@ -75,5 +82,43 @@ fn request(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, batch, request);
+/// A client whose every call is answered at once with `answer` (status 200).
+fn answered_client(answer: &'static str) -> Client {
+    let http_client = aws_smithy_http_client::test_util::infallible_client_fn(move |_request| {
+        http::Response::builder().status(200).body(SdkBody::from(answer)).expect("a valid answer")
+    });
+    let config = aws_sdk_firehose::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("ap-northeast-2"))
+        .credentials_provider(Credentials::new("AKIDEXAMPLE", "secret", None, None, "bench"))
+        .http_client(http_client)
+        .build();
+    Client::from_conf(config)
+}
+
+fn answer(c: &mut Criterion) {
+    // AWS's record ids are about 220 characters of base64.
+    let record_id: String = "ZFvYI6B8IvLrE3rnwAeSCXyiFrJSbpMxVfvkHd9t4MZmwTAV7kkC1TP9JiTDcEw/".repeat(4)[..220].to_owned();
+    let entries: Vec<String> = (0..CALL_RECORDS).map(|_| format!(r#"{{"RecordId":"{record_id}"}}"#)).collect();
+    let answer: &'static str =
+        Box::leak(format!(r#"{{"FailedPutCount":0,"Encrypted":false,"RequestResponses":[{}]}}"#, entries.join(",")).into_boxed_str());
+    let client = answered_client(answer);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let mut group = c.benchmark_group("answer");
+    group.throughput(Throughput::Elements(CALL_RECORDS as u64));
+    group.bench_function("sdk_reader", |b| {
+        b.iter(|| {
+            runtime.block_on(client.put_record_batch().delivery_stream_name("s").send()).expect("an answer").request_responses().len()
+        })
+    });
+    group.bench_function("tailhose_reader", |b| {
+        b.iter(|| {
+            let call = client.put_record_batch().delivery_stream_name("s").customize().interceptor(ReadAnswersOurselves).send();
+            runtime.block_on(call).expect("an answer").request_responses().len()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, batch, request, answer);
 criterion_main!(benches);

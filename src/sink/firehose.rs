@@ -3,7 +3,9 @@
 //! The SDK's own retries are switched off: one `put` is one HTTP call, and the flusher decides
 //! what to resend (only the failed entries) and when (back-off). Credentials come from the AWS
 //! default chain (environment, profile, IMDS); none are ever configured in tailhose. Calls go
-//! through [`super::https_client`] (extra CAs, proxies from the environment).
+//! through [`super::https_client`] (extra CAs, proxies from the environment). The request body is
+//! written by [`super::request`] and successful answers are read by [`super::answer`]: the SDK
+//! still signs, sends, times out and types every error.
 
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use aws_sdk_firehose::operation::put_record_batch::PutRecordBatchError;
 use aws_sdk_firehose::Client;
 use aws_smithy_types::body::SdkBody;
 
+use super::answer::ReadAnswersOurselves;
 use super::https_client::https_client;
 use super::request::put_record_batch_body;
 use super::{OutgoingRecords, RecordOutcome, SinkError, SinkSetupError};
@@ -66,6 +69,7 @@ impl FirehoseSink {
                 request.headers_mut().insert("content-length", body.len().to_string());
                 *request.body_mut() = SdkBody::from(body.clone());
             })
+            .interceptor(ReadAnswersOurselves)
             .send()
             .await
             .map_err(classify)?;
@@ -249,6 +253,87 @@ mod tests {
         assert_eq!(body, put_record_batch_body("test-fluentd-firehose", &records, &[0, 1, 2]).as_slice());
         assert_eq!(sent.headers().get("content-length"), Some(body.len().to_string().as_str()));
         assert!(sent.headers().get("authorization").is_some_and(|value| value.starts_with("AWS4-HMAC-SHA256")), "signed");
+    }
+
+    /// A client whose one call is answered with `status` and `body`.
+    fn answering_client(status: u16, headers: &[(&str, &str)], body: &'static str) -> Client {
+        let mut answer = http::Response::builder().status(status);
+        for (name, value) in headers {
+            answer = answer.header(*name, *value);
+        }
+        let (answering, _request) = capture_request(Some(answer.body(SdkBody::from(body)).expect("a valid answer")));
+        let config = aws_sdk_firehose::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("ap-northeast-2"))
+            .credentials_provider(Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"))
+            .retry_config(RetryConfig::disabled())
+            .http_client(answering)
+            .build();
+        Client::from_conf(config)
+    }
+
+    fn three_records() -> OutgoingRecords {
+        let mut records = OutgoingRecords::default();
+        for line in [b"a".as_slice(), b"b", b"c"] {
+            records.push(line, true);
+        }
+        records
+    }
+
+    /// tailhose reads successful answers itself (`sink::answer`); what `put` makes of them is
+    /// what it would make of the SDK's own reading of the same bytes.
+    #[tokio::test]
+    async fn put_reads_successful_answers_as_the_sdk_reads_them() {
+        let answers = [
+            r#"{"FailedPutCount":0,"Encrypted":false,"RequestResponses":[{"RecordId":"1"},{"RecordId":"2"},{"RecordId":"3"}]}"#,
+            r#"{"FailedPutCount":2,"RequestResponses":[{"ErrorCode":"ServiceUnavailableException","ErrorMessage":"Slow down."},{"RecordId":"2","ErrorCode":null},{"ErrorCode":"InternalFailure","ErrorMessage":"quote \" and \u00e9"}]}"#,
+        ];
+        for answer in answers {
+            let sdk_output = answering_client(200, &[], answer)
+                .put_record_batch()
+                .delivery_stream_name("s")
+                .send()
+                .await
+                .expect("the SDK reads the answer");
+            let sdk_outcomes: Vec<RecordOutcome> = sdk_output
+                .request_responses()
+                .iter()
+                .map(|entry| match entry.error_code() {
+                    None => RecordOutcome::Accepted,
+                    Some(code) => RecordOutcome::Failed { code: code.into(), message: entry.error_message().unwrap_or_default().into() },
+                })
+                .collect();
+            let sink = FirehoseSink { client: answering_client(200, &[], answer), delivery_stream: "s".into() };
+            let outcomes = sink.put(&three_records(), &[0, 1, 2]).await.expect("tailhose reads the answer");
+            assert_eq!(outcomes, sdk_outcomes, "answer: {answer}");
+        }
+    }
+
+    /// Error answers are still the SDK's to read: their codes decide retry or stop.
+    #[tokio::test]
+    async fn error_answers_are_still_typed_by_the_sdk() {
+        let throttled = answering_client(
+            400,
+            &[("x-amzn-errortype", "ServiceUnavailableException")],
+            r#"{"__type":"ServiceUnavailableException","message":"Slow down."}"#,
+        );
+        let sink = FirehoseSink { client: throttled, delivery_stream: "s".into() };
+        assert!(matches!(sink.put(&three_records(), &[0, 1, 2]).await, Err(SinkError::Throttled { .. })));
+
+        let missing =
+            answering_client(400, &[], r#"{"__type":"ResourceNotFoundException","message":"Firehose s under account 1 not found."}"#);
+        let sink = FirehoseSink { client: missing, delivery_stream: "s".into() };
+        assert!(matches!(sink.put(&three_records(), &[0, 1, 2]).await, Err(SinkError::Unavailable { .. })));
+    }
+
+    /// A successful answer that cannot be read, or that does not answer every record, sends the
+    /// batch again; nothing is taken as accepted.
+    #[tokio::test]
+    async fn an_unreadable_or_short_successful_answer_is_a_transient_failure() {
+        for answer in [r#"{"FailedPutCount":0,"RequestResponses":[{"RecordId":"1"}]}"#, "<html>proxy error</html>"] {
+            let sink = FirehoseSink { client: answering_client(200, &[], answer), delivery_stream: "s".into() };
+            assert!(matches!(sink.put(&three_records(), &[0, 1, 2]).await, Err(SinkError::Transient { .. })), "answer: {answer}");
+        }
     }
 
     #[test]

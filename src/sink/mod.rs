@@ -9,6 +9,7 @@
 //! into one record when `pack_records` is on), [`rate`] paces calls at the rate the destination
 //! takes, learned from its throttling.
 
+pub mod answer;
 pub mod batch;
 mod directory;
 mod firehose;
