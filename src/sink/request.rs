@@ -53,7 +53,8 @@ pub fn put_record_batch_body(delivery_stream: &str, records: &OutgoingRecords, w
 fn append_base64(body: &mut Vec<u8>, data: &[u8]) {
     let start = body.len();
     body.resize(start + base64_simd::STANDARD.encoded_length(data.len()), 0);
-    base64_simd::STANDARD.encode(data, body[start..].as_out());
+    let encoded = base64_simd::STANDARD.encode(data, body[start..].as_out());
+    debug_assert_eq!(encoded.len(), body.len() - start);
 }
 
 #[cfg(test)]
