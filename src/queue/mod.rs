@@ -590,6 +590,12 @@ impl RouteQueue {
         Ok(pruned)
     }
 
+    /// [`RouteQueue::make_durable`] on the calling thread: blocks until the flush is done.
+    pub fn make_durable_blocking(&self) -> Result<(), QueueError> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
     /// Flushes everything written so far to disk (fsync).
     pub async fn make_durable(&self) -> Result<(), QueueError> {
         self.inner.db.flush_async().await?;
