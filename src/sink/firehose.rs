@@ -213,9 +213,11 @@ mod tests {
     use super::*;
     use crate::sink::OutgoingRecords;
 
-    /// A client that sends nowhere: the request it would send is captured.
-    fn capturing_client() -> (Client, aws_smithy_http_client::test_util::CaptureRequestReceiver) {
-        let (capture, request) = capture_request(None);
+    /// A client whose one call is captured, and answered with `answer` if one is given.
+    fn capturing_client_answering(
+        answer: Option<http::Response<SdkBody>>,
+    ) -> (Client, aws_smithy_http_client::test_util::CaptureRequestReceiver) {
+        let (capture, request) = capture_request(answer);
         let config = aws_sdk_firehose::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("ap-northeast-2"))
@@ -224,6 +226,11 @@ mod tests {
             .http_client(capture)
             .build();
         (Client::from_conf(config), request)
+    }
+
+    /// A client that sends nowhere: the request it would send is captured.
+    fn capturing_client() -> (Client, aws_smithy_http_client::test_util::CaptureRequestReceiver) {
+        capturing_client_answering(None)
     }
 
     /// The body tailhose writes itself is byte for byte the one the SDK's serializer writes for
@@ -261,15 +268,7 @@ mod tests {
         for (name, value) in headers {
             answer = answer.header(*name, *value);
         }
-        let (answering, _request) = capture_request(Some(answer.body(SdkBody::from(body)).expect("a valid answer")));
-        let config = aws_sdk_firehose::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("ap-northeast-2"))
-            .credentials_provider(Credentials::new("AKIDEXAMPLE", "secret", None, None, "test"))
-            .retry_config(RetryConfig::disabled())
-            .http_client(answering)
-            .build();
-        Client::from_conf(config)
+        capturing_client_answering(Some(answer.body(SdkBody::from(body)).expect("a valid answer"))).0
     }
 
     fn three_records() -> OutgoingRecords {
