@@ -460,6 +460,11 @@ impl Events {
         tracing::warn!(route, path = %String::from_utf8_lossy(path), start, end, records, "re-read a range of a set-aside chunk from its source file");
     }
 
+    pub fn queue_rolled_back(&self, set_aside: &crate::queue::SnapshotsSetAside) {
+        bump(&self.queue_errors, 1);
+        tracing::error!(folder = %set_aside.folder.display(), "{set_aside}");
+    }
+
     pub fn queue_failed(&self, route: &str, operation: &str, error: &dyn std::fmt::Display) {
         bump(&self.queue_errors, 1);
         tracing::error!(route, operation, %error, "queue storage failed (check free space and permissions of data_dir)");

@@ -330,8 +330,9 @@ fn chunk_magic_offsets(dir: &std::path::Path) -> Vec<(std::path::PathBuf, usize)
 }
 
 /// Fills the queue while Firehose refuses everything, stops cleanly, damages the queue's files
-/// with `damage`, and starts again with Firehose accepting: returns the fake and the daemon log.
-fn restart_after_damaging_the_queue(damage: impl FnOnce(&std::path::Path)) -> (FakeFirehose, String, u64) {
+/// with `damage` (given the workspace and the queue's folder), and starts again with Firehose
+/// accepting: returns the fake and the daemon log.
+fn restart_after_damaging_the_queue(damage: impl FnOnce(&Workspace, &std::path::Path)) -> (FakeFirehose, String, u64) {
     let fake = FakeFirehose::start(Faults { refuse_all: Some(Refusal::StreamNotFound), ..Faults::default() });
     let workspace = Workspace::new();
     workspace.write_config_for_endpoint(&fake.endpoint, "", FAST_RETRIES);
@@ -341,7 +342,7 @@ fn restart_after_damaging_the_queue(damage: impl FnOnce(&std::path::Path)) -> (F
     wait_until(Duration::from_secs(30), "Firehose refuses the first batch", || (fake.seen().refused_calls > 0).then_some(()));
     std::thread::sleep(Duration::from_secs(1));
     assert!(daemon.terminate(Duration::from_secs(15)).success());
-    damage(&workspace.path().join("state/queue"));
+    damage(&workspace, &workspace.path().join("state/queue"));
     fake.set_faults(Faults::default());
     let mut daemon = workspace.start_daemon();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -359,7 +360,7 @@ fn restart_after_damaging_the_queue(damage: impl FnOnce(&std::path::Path)) -> (F
 
 #[test]
 fn flipped_bytes_in_the_queue_files_never_panic_and_every_record_is_still_delivered() {
-    let (fake, log, written) = restart_after_damaging_the_queue(|queue_dir| {
+    let (fake, log, written) = restart_after_damaging_the_queue(|_, queue_dir| {
         let magics = chunk_magic_offsets(queue_dir);
         assert!(magics.len() >= 3, "chunks are on disk: {magics:?}");
         for (path, at) in magics.iter().step_by(3) {
@@ -376,7 +377,7 @@ fn flipped_bytes_in_the_queue_files_never_panic_and_every_record_is_still_delive
 
 #[test]
 fn truncated_queue_files_never_panic_and_every_record_is_still_delivered() {
-    let (fake, log, written) = restart_after_damaging_the_queue(|queue_dir| {
+    let (fake, log, written) = restart_after_damaging_the_queue(|_, queue_dir| {
         for entry in std::fs::read_dir(queue_dir.join("blobs")).expect("blobs").flatten() {
             let file = std::fs::OpenOptions::new().write(true).open(entry.path()).expect("open");
             let len = file.metadata().expect("stat").len();
@@ -387,4 +388,32 @@ fn truncated_queue_files_never_panic_and_every_record_is_still_delivered() {
         db.set_len(len * 3 / 4).expect("truncate db");
     });
     assert_eq!(seq_counts(&fake.seen()).len() as u64, written, "every record delivered: {log}");
+}
+
+/// sled never fsyncs its blob files (every chunk body is one). Each open writes a snapshot that
+/// says how far its log is stable; a blob below that point lost afterwards (a power cut soon
+/// after a restart, or a bad sector) made sled refuse to open the queue at all. tailhose sets
+/// the snapshot aside, sled rolls back to its last consistent point, and what it lost is read
+/// again from the source file.
+#[test]
+fn a_blob_file_emptied_after_a_restart_rolls_the_queue_back_and_every_record_is_still_delivered() {
+    let (fake, log, written) = restart_after_damaging_the_queue(|workspace, queue_dir| {
+        // A restart: opening the queue writes sled's snapshot.
+        let config = workspace.config();
+        let stats =
+            workspace.tailhose(&["queue", "stats", "--config", config.to_str().expect("utf-8 path")]).output().expect("queue stats");
+        assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+        let snapshots = std::fs::read_dir(queue_dir).expect("queue dir").flatten();
+        assert!(snapshots.filter(|entry| entry.file_name().to_string_lossy().starts_with("snap.")).count() > 0, "opening left a snapshot");
+        let mut blobs: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(queue_dir.join("blobs"))
+            .expect("blobs")
+            .flatten()
+            .filter_map(|entry| Some((entry.file_name().to_str()?.parse().ok()?, entry.path())))
+            .collect();
+        blobs.sort();
+        let (_, oldest) = blobs.first().expect("chunk bodies are blob files");
+        std::fs::File::create(oldest).expect("empty the blob");
+    });
+    assert_eq!(seq_counts(&fake.seen()).len() as u64, written, "every record delivered: {log}");
+    assert!(log.contains("snapshot files were moved"), "the rollback is reported: {log}");
 }

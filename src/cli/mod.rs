@@ -212,7 +212,12 @@ async fn stop_on_signal(stop: CancellationToken) {
 /// Opens the queue of `data_dir` for a command, or explains who holds it.
 fn open_store(data_dir: &Path, cache_bytes: u64) -> anyhow::Result<QueueStore> {
     match QueueStore::open(data_dir, cache_bytes) {
-        Ok(store) => Ok(store),
+        Ok(store) => {
+            if let Some(set_aside) = store.rolled_back() {
+                tracing::warn!("{set_aside}");
+            }
+            Ok(store)
+        }
         Err(QueueError::Locked { .. }) => {
             let holder = match admin::running_pid(data_dir) {
                 Some(pid) => format!("tailhose (PID {pid})"),

@@ -101,6 +101,9 @@ pub async fn run_with_store(
     stop: CancellationToken,
 ) -> Result<EventCounts, PipelineError> {
     let events = Arc::new(Events::default());
+    if let Some(set_aside) = store.rolled_back() {
+        events.queue_rolled_back(set_aside);
+    }
     let started_at_ms = now_ms();
     let is_daemon = mode != ReadMode::DeliverQueued;
     // Bound before any work, so that a taken port stops start-up with a clear message.

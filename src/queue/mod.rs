@@ -20,6 +20,9 @@
 //! - **Invariant 5** — the queue's size is tracked; [`RouteQueue::wait_for_space`] is what pauses
 //!   reading when `max_queue_bytes` is reached. Dead letters go in the same batch as the change
 //!   that skips their bytes.
+//! - sled's storage may be damaged under it (sled does not fsync its blob files); its log
+//!   recovery rolls back to the last consistent point, which invariant 1 turns into reading
+//!   again. [`QueueStore::open`] makes sure a stale snapshot cannot stop that rollback.
 //!
 //! # On-disk format
 //! Keys are described in [`keys`], values in [`chunk`], [`positions`] and [`dead_letter`], where
@@ -74,6 +77,8 @@ pub enum QueueError {
     Locked { path: PathBuf, source: sled::Error },
     #[error("cannot open the queue in {path}: {source}")]
     Open { path: PathBuf, source: sled::Error },
+    #[error("the queue in {path} is damaged and its snapshot files could not be moved to {folder}: {source}")]
+    SetAsideSnapshots { path: PathBuf, folder: PathBuf, source: std::io::Error },
     #[error("queue storage failed: {0}; check the disk holding data_dir (space, permissions)")]
     Storage(#[from] sled::Error),
     /// A queue operation did not finish in time: sled blocks instead of failing after some I/O
@@ -87,27 +92,98 @@ pub enum QueueError {
 pub struct QueueStore {
     db: sled::Db,
     path: PathBuf,
+    /// Set when sled could only open the queue without its snapshot files (see [`QueueStore::open`]).
+    rolled_back: Option<SnapshotsSetAside>,
 }
+
+/// sled's snapshot files, moved out of the queue so that sled could recover from its log alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotsSetAside {
+    /// Where they are now (kept for a bug report; tailhose never reads them again).
+    pub folder: PathBuf,
+    /// What sled said when it refused to open with them.
+    pub refusal: String,
+}
+
+fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        // Durability comes from explicit flushes at commit and acknowledgement; sled's own
+        // timer flush only adds fsyncs.
+        .flush_every_ms(None)
+        .open()
+}
+
+fn open_error(path: PathBuf, source: sled::Error) -> QueueError {
+    match &source {
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+            QueueError::Locked { path, source }
+        }
+        _ => QueueError::Open { path, source },
+    }
+}
+
+/// sled's snapshot files in the queue directory: every file whose name starts with `snap.`
+/// (sled reads the newest of them at open).
+fn snapshot_files(queue_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(queue_dir) else { return Vec::new() };
+    entries.flatten().filter(|entry| entry.file_name().to_string_lossy().starts_with("snap.")).map(|entry| entry.path()).collect()
+}
+
+impl std::fmt::Display for SnapshotsSetAside {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the queue's log was damaged (sled does not fsync its blob files: after a power cut?) and sled refused it ({}); \
+             its snapshot files were moved to {} and the queue rolled back to its last consistent point: \
+             what the rollback lost is read again from the source files",
+            self.refusal,
+            self.folder.display()
+        )
+    }
+}
+
+/// Where [`QueueStore::open`] moves snapshot files that stop sled from opening, under `data_dir`.
+pub const SET_ASIDE_SNAPSHOTS_DIR: &str = "queue-snapshots-set-aside";
 
 impl QueueStore {
     /// Opens (or creates) the queue under `data_dir`. `cache_bytes` bounds sled's page cache,
     /// which is most of the daemon's memory.
+    ///
+    /// sled 0.34 never fsyncs its blob files (each value over 128 KiB, so every chunk body is
+    /// one); after a power cut its log can point at a blob whose bytes never reached the disk.
+    /// Its recovery then stops at that blob, before the point its snapshot says is stable, and
+    /// it refuses to open (`Corruption`), which would stop tailhose for good. So on that
+    /// refusal the snapshot files are moved to [`SET_ASIDE_SNAPSHOTS_DIR`] and the queue opened
+    /// again: sled recovers from its log alone, up to the damage. Each chunk was written in one
+    /// transaction with the read position that covers it, so the rollback only moves reading
+    /// back, and what it lost is read again from the source files.
     pub fn open(data_dir: &Path, cache_bytes: u64) -> Result<QueueStore, QueueError> {
         let path = data_dir.join("queue");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(cache_bytes)
-            // Durability comes from explicit flushes at commit and acknowledgement; sled's own
-            // timer flush only adds fsyncs.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| match &source {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
-                    QueueError::Locked { path: path.clone(), source }
-                }
-                _ => QueueError::Open { path: path.clone(), source },
-            })?;
-        Ok(QueueStore { db, path })
+        let refusal = match open_sled(&path, cache_bytes) {
+            Ok(db) => return Ok(QueueStore { db, path, rolled_back: None }),
+            Err(refusal @ sled::Error::Corruption { .. }) => refusal,
+            Err(source) => return Err(open_error(path, source)),
+        };
+        let snapshots = snapshot_files(&path);
+        if snapshots.is_empty() {
+            return Err(open_error(path, refusal));
+        }
+        let folder = data_dir.join(SET_ASIDE_SNAPSHOTS_DIR).join(now_ms().to_string());
+        let set_aside = |source| QueueError::SetAsideSnapshots { path: path.clone(), folder: folder.clone(), source };
+        std::fs::create_dir_all(&folder).map_err(set_aside)?;
+        for snapshot in &snapshots {
+            let name = snapshot.file_name().unwrap_or_default();
+            std::fs::rename(snapshot, folder.join(name)).map_err(set_aside)?;
+        }
+        let db = open_sled(&path, cache_bytes).map_err(|source| open_error(path.clone(), source))?;
+        Ok(QueueStore { db, path, rolled_back: Some(SnapshotsSetAside { folder, refusal: refusal.to_string() }) })
+    }
+
+    /// Whether this open had to set sled's snapshots aside, and where they went.
+    pub fn rolled_back(&self) -> Option<&SnapshotsSetAside> {
+        self.rolled_back.as_ref()
     }
 
     pub fn path(&self) -> &Path {
