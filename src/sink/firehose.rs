@@ -15,11 +15,10 @@ use aws_sdk_firehose::config::{BehaviorVersion, Region};
 use aws_sdk_firehose::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_firehose::operation::put_record_batch::PutRecordBatchError;
 use aws_sdk_firehose::Client;
-use aws_smithy_types::body::SdkBody;
 
 use super::answer::ReadAnswersOurselves;
 use super::https_client::https_client;
-use super::request::put_record_batch_body;
+use super::request::{put_record_batch_body, OurBody};
 use super::{OutgoingRecords, RecordOutcome, SinkError, SinkSetupError};
 
 pub struct FirehoseSink {
@@ -58,17 +57,14 @@ impl FirehoseSink {
     pub async fn put(&self, records: &OutgoingRecords, which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
         // The SDK serializes an empty record list; the body it signs and sends is ours, written
         // in one pass (see [`super::request`]), with the same document the SDK would write.
-        let body = bytes::Bytes::from(put_record_batch_body(&self.delivery_stream, records, which));
+        let body = OurBody::new(put_record_batch_body(&self.delivery_stream, records, which));
         let output = self
             .client
             .put_record_batch()
             .delivery_stream_name(&self.delivery_stream)
             .set_records(Some(Vec::new()))
             .customize()
-            .mutate_request(move |request| {
-                request.headers_mut().insert("content-length", body.len().to_string());
-                *request.body_mut() = SdkBody::from(body.clone());
-            })
+            .interceptor(body)
             .interceptor(ReadAnswersOurselves)
             .send()
             .await
@@ -209,6 +205,7 @@ mod tests {
     use aws_sdk_firehose::primitives::Blob;
     use aws_sdk_firehose::types::Record;
     use aws_smithy_http_client::test_util::capture_request;
+    use aws_smithy_types::body::SdkBody;
 
     use super::*;
     use crate::sink::OutgoingRecords;

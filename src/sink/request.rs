@@ -5,13 +5,21 @@
 //! record, 500 times a call (`memmove` alone was 7–8 % of tailhose's CPU). This writes the same
 //! document straight from the batch's buffer: one exact-size allocation per call, base64 written
 //! in place. The SDK still signs, sends and parses the answer; [`super::firehose`] hands it this
-//! body.
+//! body through [`OurBody`], which lets go of it once it is in the request.
 //!
 //! Guarantees: the body is a JSON document whose `Records[i].Data` base64-decodes to the `i`-th
 //! selected record and whose `DeliveryStreamName` is the stream's (property-tested below), byte
 //! for byte the document the SDK's serializer writes for the same records (tested in
 //! `sink::firehose`), and accepted by moto (the end-to-end tests).
 
+use std::sync::{Mutex, PoisonError};
+
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
+use aws_smithy_types::config_bag::ConfigBag;
 use base64_simd::AsOut;
 
 use super::OutgoingRecords;
@@ -55,6 +63,50 @@ fn append_base64(body: &mut Vec<u8>, data: &[u8]) {
     body.resize(start + base64_simd::STANDARD.encoded_length(data.len()), 0);
     let encoded = base64_simd::STANDARD.encode(data, body[start..].as_out());
     debug_assert_eq!(encoded.len(), body.len() - start);
+}
+
+/// An interceptor that puts a body written by [`put_record_batch_body`] in place of the SDK's
+/// (an empty record list) before signing, and keeps no copy: the body is freed once the
+/// connection has sent it, not when the answer comes. A packed call's body is up to 5.3 MB and
+/// four calls may be in flight; holding bodies to the end of each call cost 3–10 MiB of peak
+/// RSS with packed records (docs/performance.md).
+pub struct OurBody(Mutex<Option<bytes::Bytes>>);
+
+impl OurBody {
+    pub fn new(body: Vec<u8>) -> OurBody {
+        OurBody(Mutex::new(Some(bytes::Bytes::from(body))))
+    }
+}
+
+impl std::fmt::Debug for OurBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = self.0.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(bytes::Bytes::len);
+        f.debug_struct("OurBody").field("unsent_bytes", &len).finish()
+    }
+}
+
+impl Intercept for OurBody {
+    fn name(&self) -> &'static str {
+        "tailhose::OurBody"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let body = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .ok_or("a PutRecordBatch body is sent once: the SDK's own retries must stay off")?;
+        let request = context.request_mut();
+        request.headers_mut().insert("content-length", body.len().to_string());
+        *request.body_mut() = SdkBody::from(body);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
