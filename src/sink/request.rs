@@ -68,7 +68,7 @@ fn append_base64(body: &mut Vec<u8>, data: &[u8]) {
 /// An interceptor that puts a body written by [`put_record_batch_body`] in place of the SDK's
 /// (an empty record list) before signing, and keeps no copy: the body is freed once the
 /// connection has sent it, not when the answer comes. A packed call's body is up to 5.3 MB and
-/// four calls may be in flight; holding bodies to the end of each call cost 3–10 MiB of peak
+/// four calls may be in flight; holding bodies to the end of each call cost about 5 MiB of peak
 /// RSS with packed records (docs/performance.md).
 pub struct OurBody(Mutex<Option<bytes::Bytes>>);
 
