@@ -75,15 +75,15 @@ impl FirehoseSink {
                 message: format!("Firehose answered {} entries for {} records; resending the batch", responses.len(), which.len()),
             });
         }
-        Ok(responses
-            .iter()
-            .map(|entry| match entry.error_code() {
-                None => RecordOutcome::Accepted,
-                Some(code) => {
-                    RecordOutcome::Failed { code: code.to_owned(), message: entry.error_message().unwrap_or_default().to_owned() }
-                }
-            })
-            .collect())
+        Ok(responses.iter().map(outcome_of).collect())
+    }
+}
+
+/// What one answer entry says of its record.
+fn outcome_of(entry: &aws_sdk_firehose::types::PutRecordBatchResponseEntry) -> RecordOutcome {
+    match entry.error_code() {
+        None => RecordOutcome::Accepted,
+        Some(code) => RecordOutcome::Failed { code: code.to_owned(), message: entry.error_message().unwrap_or_default().to_owned() },
     }
 }
 
@@ -291,14 +291,7 @@ mod tests {
                 .send()
                 .await
                 .expect("the SDK reads the answer");
-            let sdk_outcomes: Vec<RecordOutcome> = sdk_output
-                .request_responses()
-                .iter()
-                .map(|entry| match entry.error_code() {
-                    None => RecordOutcome::Accepted,
-                    Some(code) => RecordOutcome::Failed { code: code.into(), message: entry.error_message().unwrap_or_default().into() },
-                })
-                .collect();
+            let sdk_outcomes: Vec<RecordOutcome> = sdk_output.request_responses().iter().map(outcome_of).collect();
             let sink = FirehoseSink { client: answering_client(200, &[], answer), delivery_stream: "s".into() };
             let outcomes = sink.put(&three_records(), &[0, 1, 2]).await.expect("tailhose reads the answer");
             assert_eq!(outcomes, sdk_outcomes, "answer: {answer}");
