@@ -264,6 +264,7 @@ impl Tailer {
     fn read_file(&mut self, key: DevIno, budget: usize) -> Result<(u64, bool), QueueError> {
         let Some(watched) = self.files.get_mut(&key) else { return Ok((0, true)) };
         let mut sealed = Vec::new();
+        let mut appended = Ok(());
         let mut read_total = 0u64;
         let mut at_end = false;
         while (read_total as usize) < budget {
@@ -292,16 +293,26 @@ impl Tailer {
             if let Some(chunker) = watched.chunker.as_mut() {
                 chunker.feed(&self.buffer[..read], &mut sealed);
             }
+            // Appended as they seal, not at the end of the pass: a pass reads up to 4 MiB, and
+            // holding its chunks until then was that much more memory at every pass.
+            appended = append_all(&self.queue, &self.events, &sealed, ReadProgress::Advance);
+            sealed.clear();
+            if appended.is_err() {
+                break;
+            }
         }
         if read_total > 0 {
             watched.last_growth = Instant::now();
         }
         watched.at_end = at_end;
-        if let Some(chunker) = watched.chunker.as_mut() {
-            sealed.extend(chunker.seal());
+        if appended.is_ok() {
+            if let Some(chunker) = watched.chunker.as_mut() {
+                sealed.extend(chunker.seal());
+            }
+            appended = append_all(&self.queue, &self.events, &sealed, ReadProgress::Advance);
         }
         self.events.bytes_read(read_total);
-        if let Err(error) = append_all(&self.queue, &self.events, &sealed, ReadProgress::Advance) {
+        if let Err(error) = appended {
             // What was read but not appended must be read again: forget the file, so the next
             // scan reopens it at its stored read position.
             self.files.remove(&key);
