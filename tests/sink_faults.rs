@@ -32,7 +32,8 @@ fn partly_failed_calls_resend_only_the_failed_entries_until_all_are_accepted() {
 fn batches_never_exceed_500_records_or_4_mib_and_oversized_records_are_dead_lettered() {
     let fake = FakeFirehose::start(Faults::default());
     let workspace = Workspace::new();
-    workspace.write_config_for_endpoint(&fake.endpoint, "max_line_bytes = \"2MiB\"", "");
+    // Firehose's own ceiling (the default is half of it).
+    workspace.write_config_for_endpoint(&fake.endpoint, "max_line_bytes = \"2MiB\"", "max_batch_bytes = \"4MiB\"");
     let mut content = String::new();
     for seq in 0..1_200u64 {
         // 900 KiB records: four fit in 4 MiB, five do not.
@@ -46,6 +47,7 @@ fn batches_never_exceed_500_records_or_4_mib_and_oversized_records_are_dead_lett
     let seen = fake.seen();
     assert_eq!(seen.limit_violations, 0, "no call broke a Firehose limit: {seen:?}");
     assert!(seen.max_records_in_call <= 500 && seen.max_bytes_in_call <= 4 * 1024 * 1024);
+    assert!(seen.max_bytes_in_call > 3 * 1024 * 1024, "calls were filled up to the limit: {}", seen.max_bytes_in_call);
     assert_eq!(seen.accepted.len(), 1_200, "every record that fits was delivered");
     let config = workspace.config();
     let output = workspace.run(&["queue", "dead-letters", "--config", config.to_str().expect("utf-8")]);

@@ -40,7 +40,7 @@ fn the_issue_example_parses_with_defaults_filled_in() {
     assert_eq!(sinks.len(), 1);
     assert_eq!(sinks[0].flush_interval, Duration::from_secs(1));
     assert_eq!(sinks[0].max_batch_records, 500);
-    assert_eq!(sinks[0].max_batch_bytes, 4 * 1024 * 1024);
+    assert_eq!(sinks[0].max_batch_bytes, 2 * 1024 * 1024);
     assert!(
         matches!(&sinks[0].destination, SinkDestination::Firehose { delivery_stream, .. } if delivery_stream == "test-fluentd-firehose")
     );

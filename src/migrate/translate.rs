@@ -356,7 +356,7 @@ fn firehose_output(section: &Directive, index: usize, notes: &mut Notes) -> Opti
                     output.max_batch_bytes = Some(size.clamp(firehose_limits::MAX_RECORD_BYTES, firehose_limits::MAX_BATCH_BYTES))
                 }
                 None => {
-                    notes.push(Severity::Info, location, "batch_request_max_size", "not a size; tailhose's default (4MiB) is used".into())
+                    notes.push(Severity::Info, location, "batch_request_max_size", "not a size; tailhose's default (2MiB) is used".into())
                 }
             },
             "retries_on_batch_request" | "reset_backoff_if_success" => notes.push(
