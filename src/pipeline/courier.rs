@@ -82,7 +82,7 @@ impl Courier {
                             bytes: size.bytes - call_size(&batch.records, &failed).bytes,
                             records: (group.len() - failed.len()) as u64,
                         };
-                        self.lock_governor().accepted(accepted, Instant::now());
+                        self.lock_governor().accepted(accepted, call_started, Instant::now());
                         let Some((code, message)) = first_failure else {
                             backoff = self.backoff();
                             break;

@@ -7,8 +7,10 @@
 //! of it here). The [`RateGovernor`] instead paces calls:
 //!
 //! - **Learn from throttling (multiplicative decrease).** When the destination throttles while it
-//!   is accepting records, what it accepted over the last second is, by definition, about its
-//!   quota: the rates become 95 % of that (bytes, records and calls per second).
+//!   is accepting records, what it accepted of the calls sent over the last second is, by
+//!   definition, about its quota: the rates become 95 % of that (bytes, records and calls per
+//!   second). Calls sent before the throttle but answered after it (several are in flight) still
+//!   count: their answers complete the measurement, for up to a second.
 //! - **Probe for more (additive increase).** Every second without throttling, each rate grows by
 //!   1 % of the rate learned at the last throttle, so a quota raised by AWS is found again.
 //! - **Pace, do not burst.** Calls are spaced so that no 100 ms holds more than its share: a
@@ -63,8 +65,21 @@ pub struct RateGovernor {
     last_increase: Option<Instant>,
     /// When the next call may go (virtual scheduling).
     next_send: Option<Instant>,
-    /// Accepted calls of the last [`WINDOW`].
+    /// Accepted calls sent during the last [`WINDOW`], by when they were sent (in the order
+    /// their answers came, which need not be the order they left).
     accepted: VecDeque<(Instant, CallSize)>,
+    /// The last throttle's measurement, still open to answers of calls sent before it.
+    last_learning: Option<Learning>,
+}
+
+/// What a throttle measured: the accepted traffic of the calls sent in the second before it.
+#[derive(Debug, Clone, Copy)]
+struct Learning {
+    at: Instant,
+    /// The rates in force before the throttle lowered them.
+    before: Rates,
+    measured: CallSize,
+    calls: u64,
 }
 
 impl RateGovernor {
@@ -77,6 +92,7 @@ impl RateGovernor {
             last_increase: None,
             next_send: None,
             accepted: VecDeque::new(),
+            last_learning: None,
         }
     }
 
@@ -102,12 +118,28 @@ impl RateGovernor {
         start.saturating_duration_since(now)
     }
 
-    /// The destination accepted `size` of a call.
-    pub fn accepted(&mut self, size: CallSize, now: Instant) {
+    /// The destination accepted `size` of a call sent at `sent_at`.
+    pub fn accepted(&mut self, size: CallSize, sent_at: Instant, now: Instant) {
         self.forget_before(now);
-        if size.records > 0 {
-            self.accepted.push_back((now, size));
+        if size.records == 0 || now.saturating_duration_since(sent_at) >= WINDOW {
+            return;
         }
+        self.accepted.push_back((sent_at, size));
+        // A call that left before the last throttle and was answered after it belongs to what
+        // the throttle measured: without it the rate is learned short by the calls in flight.
+        let Some(learning) = self.last_learning.as_mut() else { return };
+        if sent_at > learning.at || learning.at.saturating_duration_since(sent_at) >= WINDOW {
+            return;
+        }
+        learning.measured = learning.measured.plus(size);
+        learning.calls += 1;
+        let corrected = lowered_rates(learning.before, learning.measured, learning.calls, self.ceiling);
+        self.current = Rates {
+            bytes: larger(self.current.bytes, corrected.bytes),
+            records: larger(self.current.records, corrected.records),
+            calls: larger(self.current.calls, corrected.calls),
+        };
+        self.learned = corrected;
     }
 
     /// The destination throttled (a whole call, or entries of one). Returns the new rates when
@@ -118,23 +150,14 @@ impl RateGovernor {
         if self.last_throttle.is_some_and(|last| now.saturating_duration_since(last) < WINDOW) {
             return None;
         }
-        let total = self.accepted.iter().fold(CallSize { bytes: 0, records: 0 }, |sum, (_, size)| CallSize {
-            bytes: sum.bytes + size.bytes,
-            records: sum.records + size.records,
-        });
+        let total = self.accepted.iter().fold(CallSize { bytes: 0, records: 0 }, |sum, (_, size)| sum.plus(*size));
         if total.records == 0 {
             return None;
         }
         let calls = self.accepted.len() as f64;
-        let lowered = |current: Option<f64>, measured: f64, ceiling: Option<f64>, floor: Option<f64>| {
-            let target = (measured * DECREASE_TO).max(floor.unwrap_or(1.0));
-            Some(current.map_or(target, |current| current.min(target)).min(ceiling.unwrap_or(f64::MAX)))
-        };
-        self.current = Rates {
-            bytes: lowered(self.current.bytes, total.bytes as f64, self.ceiling.bytes, FLOOR.bytes),
-            records: lowered(self.current.records, total.records as f64, self.ceiling.records, FLOOR.records),
-            calls: lowered(self.current.calls, calls, self.ceiling.calls, FLOOR.calls),
-        };
+        let before = self.current;
+        self.current = lowered_rates(before, total, self.accepted.len() as u64, self.ceiling);
+        self.last_learning = Some(Learning { at: now, before, measured: total, calls: self.accepted.len() as u64 });
         // What the last second carried already spent the budget from its first call on: the
         // next call waits until that traffic is paid for at the new rate.
         let spent = [
@@ -178,10 +201,33 @@ impl RateGovernor {
     }
 
     fn forget_before(&mut self, now: Instant) {
-        while self.accepted.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) >= WINDOW) {
-            self.accepted.pop_front();
-        }
+        self.accepted.retain(|(sent_at, _)| now.saturating_duration_since(*sent_at) < WINDOW);
     }
+}
+
+impl CallSize {
+    fn plus(self, other: CallSize) -> CallSize {
+        CallSize { bytes: self.bytes + other.bytes, records: self.records + other.records }
+    }
+}
+
+/// The rates after a throttle: 95 % of what was `measured` over a second (never above what was
+/// in force `before` nor the ceiling, never below the floor).
+fn lowered_rates(before: Rates, measured: CallSize, calls: u64, ceiling: Rates) -> Rates {
+    let lowered = |current: Option<f64>, measured: f64, ceiling: Option<f64>, floor: Option<f64>| {
+        let target = (measured * DECREASE_TO).max(floor.unwrap_or(1.0));
+        Some(current.map_or(target, |current| current.min(target)).min(ceiling.unwrap_or(f64::MAX)))
+    };
+    Rates {
+        bytes: lowered(before.bytes, measured.bytes as f64, ceiling.bytes, FLOOR.bytes),
+        records: lowered(before.records, measured.records as f64, ceiling.records, FLOOR.records),
+        calls: lowered(before.calls, calls as f64, ceiling.calls, FLOOR.calls),
+    }
+}
+
+/// The larger of two rates; `None` is unlimited, so the larger.
+fn larger(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a?.max(b?))
 }
 
 #[cfg(test)]
@@ -209,7 +255,7 @@ mod tests {
             let taken = CALL.bytes.min(quota_bytes.saturating_sub(used));
             used += taken;
             accepted += taken;
-            governor.accepted(CallSize { bytes: taken, records: taken * CALL.records / CALL.bytes }, now);
+            governor.accepted(CallSize { bytes: taken, records: taken * CALL.records / CALL.bytes }, now, now);
             if taken < CALL.bytes {
                 throttled += 1;
                 governor.throttled(now);
@@ -243,7 +289,7 @@ mod tests {
         // One record in ten refused whatever the rate: each second looks like a throttle.
         for _ in 0..600 {
             now += governor.reserve(CALL, now) + Duration::from_millis(1);
-            governor.accepted(CallSize { bytes: CALL.bytes * 9 / 10, records: CALL.records * 9 / 10 }, now);
+            governor.accepted(CallSize { bytes: CALL.bytes * 9 / 10, records: CALL.records * 9 / 10 }, now, now);
             governor.throttled(now);
         }
         let rates = governor.rates();
@@ -261,10 +307,40 @@ mod tests {
     }
 
     #[test]
+    fn calls_sent_before_a_throttle_and_answered_after_it_still_count_in_what_it_learns() {
+        let start = Instant::now();
+        let sent = |call: u64| start + Duration::from_millis(10 * call);
+        let mut governor = RateGovernor::new(Rates::default());
+        for call in 0..10 {
+            governor.accepted(CALL, sent(call), sent(call) + Duration::from_millis(5));
+        }
+        // Calls 10 to 12 are in flight when call 13's refusal comes back.
+        let throttled_at = sent(13) + Duration::from_millis(1);
+        let lowered = governor.throttled(throttled_at).expect("lowered");
+        assert_eq!(lowered.bytes, Some(CALL.bytes as f64 * 10.0 * 0.95));
+        for call in 10..13 {
+            governor.accepted(CALL, sent(call), throttled_at + Duration::from_millis(call));
+        }
+        let learned = governor.rates();
+        assert_eq!(learned.bytes, Some(CALL.bytes as f64 * 13.0 * 0.95), "{learned:?}");
+        assert_eq!(learned.calls, Some(13.0 * 0.95), "{learned:?}");
+        // A call sent after the throttle is the next second's traffic, not this measurement's.
+        governor.accepted(CALL, throttled_at + Duration::from_millis(20), throttled_at + Duration::from_millis(25));
+        assert_eq!(governor.rates(), learned);
+        // Nor is an answer that comes a second or more after its call left.
+        let big = CallSize { bytes: 1_000_000, records: 1_000 };
+        let mut late = RateGovernor::new(Rates::default());
+        late.accepted(big, sent(0), sent(0));
+        late.throttled(sent(1)).expect("lowered");
+        late.accepted(big, sent(0) + Duration::from_millis(5), sent(1) + WINDOW);
+        assert_eq!(late.rates().bytes, Some(950_000.0));
+    }
+
+    #[test]
     fn after_a_throttle_the_rate_grows_back_by_one_percent_of_it_per_second() {
         let start = Instant::now();
         let mut governor = RateGovernor::new(Rates::default());
-        governor.accepted(CallSize { bytes: 1_000_000, records: 1_000 }, start);
+        governor.accepted(CallSize { bytes: 1_000_000, records: 1_000 }, start, start);
         let lowered = governor.throttled(start).expect("lowered");
         assert_eq!((lowered.bytes, lowered.records), (Some(950_000.0), Some(950.0)));
         governor.reserve(CallSize { bytes: 0, records: 0 }, start + Duration::from_secs(10));
