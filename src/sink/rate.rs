@@ -154,21 +154,21 @@ impl RateGovernor {
         if total.records == 0 {
             return None;
         }
-        let calls = self.accepted.len() as f64;
+        let calls = self.accepted.len() as u64;
         let before = self.current;
-        self.current = lowered_rates(before, total, self.accepted.len() as u64, self.ceiling);
-        self.last_learning = Some(Learning { at: now, before, measured: total, calls: self.accepted.len() as u64 });
+        self.current = lowered_rates(before, total, calls, self.ceiling);
+        self.last_learning = Some(Learning { at: now, before, measured: total, calls });
         // What the last second carried already spent the budget from its first call on: the
         // next call waits until that traffic is paid for at the new rate.
         let spent = [
             self.current.bytes.map(|rate| total.bytes as f64 / rate),
             self.current.records.map(|rate| total.records as f64 / rate),
-            self.current.calls.map(|rate| calls / rate),
+            self.current.calls.map(|rate| calls as f64 / rate),
         ]
         .into_iter()
         .flatten()
         .fold(0.0, f64::max);
-        if let Some(&(oldest, _)) = self.accepted.front() {
+        if let Some(oldest) = self.accepted.iter().map(|(sent_at, _)| *sent_at).min() {
             let paid_until = oldest + Duration::from_secs_f64(spent.min(3600.0));
             self.next_send = Some(self.next_send.map_or(paid_until, |next| next.max(paid_until)));
         }
