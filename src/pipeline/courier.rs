@@ -90,7 +90,7 @@ impl Courier {
                         self.events.entries_failed(route, failed.len() as u64, group.len() as u64, &code, &message);
                         group = failed;
                         if throttled {
-                            self.learn_from_throttling();
+                            self.learn_from_throttling(call_started);
                         }
                         // Part of the call went through: the destination is up and near its quota,
                         // which the governor's pace now respects; waiting longer only wastes quota.
@@ -99,7 +99,7 @@ impl Courier {
                     }
                     Err(SinkError::Throttled { message }) => {
                         self.events.call_throttled(route, &message);
-                        self.learn_from_throttling();
+                        self.learn_from_throttling(call_started);
                         (RetryCause::Throttled, backoff.next())
                     }
                     Err(SinkError::Transient { message }) => {
@@ -152,8 +152,8 @@ impl Courier {
     }
 
     /// Lowers the send rate to what the destination took over the last second, if it took any.
-    fn learn_from_throttling(&self) {
-        if let Some(rates) = self.lock_governor().throttled(Instant::now()) {
+    fn learn_from_throttling(&self, call_sent_at: Instant) {
+        if let Some(rates) = self.lock_governor().throttled(call_sent_at, Instant::now()) {
             self.events.rate_learned(&self.route, &rates);
         }
     }

@@ -7,10 +7,11 @@
 //! of it here). The [`RateGovernor`] instead paces calls:
 //!
 //! - **Learn from throttling (multiplicative decrease).** When the destination throttles while it
-//!   is accepting records, what it accepted of the calls sent over the last second is, by
-//!   definition, about its quota: the rates become 95 % of that (bytes, records and calls per
-//!   second). Calls sent before the throttle but answered after it (several are in flight) still
-//!   count: their answers complete the measurement, for up to a second.
+//!   is accepting records, what it accepted over the last second is, by definition, about its
+//!   quota: the rates become 95 % of that (bytes, records and calls per second). Several calls
+//!   are in flight and their answers need not come in the order they left: calls sent before
+//!   the refused one but answered after it belong to that second too, and complete the
+//!   measurement when their answers come.
 //! - **Probe for more (additive increase).** Every second without throttling, each rate grows by
 //!   1 % of the rate learned at the last throttle, so a quota raised by AWS is found again.
 //! - **Pace, do not burst.** Calls are spaced so that no 100 ms holds more than its share: a
@@ -65,17 +66,18 @@ pub struct RateGovernor {
     last_increase: Option<Instant>,
     /// When the next call may go (virtual scheduling).
     next_send: Option<Instant>,
-    /// Accepted calls sent during the last [`WINDOW`], by when they were sent (in the order
-    /// their answers came, which need not be the order they left).
+    /// Accepted calls answered during the last [`WINDOW`], by when they were answered.
     accepted: VecDeque<(Instant, CallSize)>,
     /// The last throttle's measurement, still open to answers of calls sent before it.
     last_learning: Option<Learning>,
 }
 
-/// What a throttle measured: the accepted traffic of the calls sent in the second before it.
+/// What a throttle measured: the accepted traffic answered in the second before it.
 #[derive(Debug, Clone, Copy)]
 struct Learning {
-    at: Instant,
+    /// When the refused call was sent: answers that come later for calls sent earlier were
+    /// overtaken by the refusal, and belong to the measurement.
+    refused_call_sent_at: Instant,
     /// The rates in force before the throttle lowered them.
     before: Rates,
     measured: CallSize,
@@ -121,14 +123,15 @@ impl RateGovernor {
     /// The destination accepted `size` of a call sent at `sent_at`.
     pub fn accepted(&mut self, size: CallSize, sent_at: Instant, now: Instant) {
         self.forget_before(now);
-        if size.records == 0 || now.saturating_duration_since(sent_at) >= WINDOW {
+        if size.records == 0 {
             return;
         }
-        self.accepted.push_back((sent_at, size));
-        // A call that left before the last throttle and was answered after it belongs to what
-        // the throttle measured: without it the rate is learned short by the calls in flight.
+        self.accepted.push_back((now, size));
+        // A call that left before the refused one and was answered after the refusal belongs
+        // to what the throttle measured: without it the rate is learned short by the calls
+        // that were overtaken (one in five of a second's calls, measured with four in flight).
         let Some(learning) = self.last_learning.as_mut() else { return };
-        if sent_at > learning.at || learning.at.saturating_duration_since(sent_at) >= WINDOW {
+        if sent_at >= learning.refused_call_sent_at {
             return;
         }
         learning.measured = learning.measured.plus(size);
@@ -142,9 +145,9 @@ impl RateGovernor {
         self.learned = corrected;
     }
 
-    /// The destination throttled (a whole call, or entries of one). Returns the new rates when
-    /// they were lowered.
-    pub fn throttled(&mut self, now: Instant) -> Option<Rates> {
+    /// The destination throttled (a whole call sent at `sent_at`, or entries of one). Returns
+    /// the new rates when they were lowered.
+    pub fn throttled(&mut self, sent_at: Instant, now: Instant) -> Option<Rates> {
         self.forget_before(now);
         // One overload shows as several refusals in a row: lower once per window.
         if self.last_throttle.is_some_and(|last| now.saturating_duration_since(last) < WINDOW) {
@@ -157,7 +160,7 @@ impl RateGovernor {
         let calls = self.accepted.len() as u64;
         let before = self.current;
         self.current = lowered_rates(before, total, calls, self.ceiling);
-        self.last_learning = Some(Learning { at: now, before, measured: total, calls });
+        self.last_learning = Some(Learning { refused_call_sent_at: sent_at, before, measured: total, calls });
         // What the last second carried already spent the budget from its first call on: the
         // next call waits until that traffic is paid for at the new rate.
         let spent = [
@@ -168,7 +171,7 @@ impl RateGovernor {
         .into_iter()
         .flatten()
         .fold(0.0, f64::max);
-        if let Some(oldest) = self.accepted.iter().map(|(sent_at, _)| *sent_at).min() {
+        if let Some(&(oldest, _)) = self.accepted.front() {
             let paid_until = oldest + Duration::from_secs_f64(spent.min(3600.0));
             self.next_send = Some(self.next_send.map_or(paid_until, |next| next.max(paid_until)));
         }
@@ -201,7 +204,9 @@ impl RateGovernor {
     }
 
     fn forget_before(&mut self, now: Instant) {
-        self.accepted.retain(|(sent_at, _)| now.saturating_duration_since(*sent_at) < WINDOW);
+        while self.accepted.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) >= WINDOW) {
+            self.accepted.pop_front();
+        }
     }
 }
 
@@ -258,7 +263,7 @@ mod tests {
             governor.accepted(CallSize { bytes: taken, records: taken * CALL.records / CALL.bytes }, now, now);
             if taken < CALL.bytes {
                 throttled += 1;
-                governor.throttled(now);
+                governor.throttled(now, now);
             }
         }
         (accepted, calls, throttled)
@@ -290,7 +295,7 @@ mod tests {
         for _ in 0..600 {
             now += governor.reserve(CALL, now) + Duration::from_millis(1);
             governor.accepted(CallSize { bytes: CALL.bytes * 9 / 10, records: CALL.records * 9 / 10 }, now, now);
-            governor.throttled(now);
+            governor.throttled(now, now);
         }
         let rates = governor.rates();
         assert!(rates.bytes.is_some_and(|rate| rate >= 256.0 * 1024.0), "{rates:?}");
@@ -301,39 +306,54 @@ mod tests {
     fn a_throttle_with_nothing_accepted_lately_teaches_nothing() {
         let now = Instant::now();
         let mut governor = RateGovernor::new(Rates::default());
-        assert_eq!(governor.throttled(now), None);
+        assert_eq!(governor.throttled(now, now), None);
         assert_eq!(governor.rates(), Rates::default());
         assert_eq!(governor.reserve(CALL, now), Duration::ZERO, "unlimited until something is learned");
     }
 
     #[test]
-    fn calls_sent_before_a_throttle_and_answered_after_it_still_count_in_what_it_learns() {
+    fn calls_sent_before_the_refused_one_and_answered_after_it_still_count_in_what_it_learns() {
         let start = Instant::now();
         let sent = |call: u64| start + Duration::from_millis(10 * call);
         let mut governor = RateGovernor::new(Rates::default());
         for call in 0..10 {
             governor.accepted(CALL, sent(call), sent(call) + Duration::from_millis(5));
         }
-        // Calls 10 to 12 are in flight when call 13's refusal comes back.
-        let throttled_at = sent(13) + Duration::from_millis(1);
-        let lowered = governor.throttled(throttled_at).expect("lowered");
+        // Calls 10 to 12 are still in flight when call 13's refusal overtakes them.
+        let refused_at = sent(13) + Duration::from_millis(1);
+        let lowered = governor.throttled(sent(13), refused_at).expect("lowered");
         assert_eq!(lowered.bytes, Some(CALL.bytes as f64 * 10.0 * 0.95));
         for call in 10..13 {
-            governor.accepted(CALL, sent(call), throttled_at + Duration::from_millis(call));
+            governor.accepted(CALL, sent(call), refused_at + Duration::from_millis(call));
         }
         let learned = governor.rates();
         assert_eq!(learned.bytes, Some(CALL.bytes as f64 * 13.0 * 0.95), "{learned:?}");
         assert_eq!(learned.calls, Some(13.0 * 0.95), "{learned:?}");
-        // A call sent after the throttle is the next second's traffic, not this measurement's.
-        governor.accepted(CALL, throttled_at + Duration::from_millis(20), throttled_at + Duration::from_millis(25));
+        // Calls sent after the refused one are the next second's traffic.
+        governor.accepted(CALL, refused_at + Duration::from_millis(20), refused_at + Duration::from_millis(25));
         assert_eq!(governor.rates(), learned);
-        // Nor is an answer that comes a second or more after its call left.
-        let big = CallSize { bytes: 1_000_000, records: 1_000 };
-        let mut late = RateGovernor::new(Rates::default());
-        late.accepted(big, sent(0), sent(0));
-        late.throttled(sent(1)).expect("lowered");
-        late.accepted(big, sent(0) + Duration::from_millis(5), sent(1) + WINDOW);
-        assert_eq!(late.rates().bytes, Some(950_000.0));
+    }
+
+    #[test]
+    fn far_away_the_rate_is_what_was_answered_over_the_last_second() {
+        // Two-second round trips, a call every 100 ms, answers in the order the calls left.
+        let start = Instant::now();
+        let call = CallSize { bytes: 100_000, records: 1_000 };
+        let round_trip = Duration::from_secs(2);
+        let sent = |index: u32| start + Duration::from_millis(100) * index;
+        let mut governor = RateGovernor::new(Rates::default());
+        for index in 0..30 {
+            governor.accepted(call, sent(index), sent(index) + round_trip);
+        }
+        // Call 30 is refused; calls 21 to 29 were answered in the second before.
+        let lowered = governor.throttled(sent(30), sent(30) + round_trip).expect("lowered");
+        assert_eq!(lowered.bytes, Some(9.0 * 100_000.0 * 0.95));
+        // The calls that left while call 30 travelled are answered after it, and are not part
+        // of what it measured.
+        for index in 31..50 {
+            governor.accepted(call, sent(index), sent(index) + round_trip);
+        }
+        assert_eq!(governor.rates().bytes, lowered.bytes);
     }
 
     #[test]
@@ -341,7 +361,7 @@ mod tests {
         let start = Instant::now();
         let mut governor = RateGovernor::new(Rates::default());
         governor.accepted(CallSize { bytes: 1_000_000, records: 1_000 }, start, start);
-        let lowered = governor.throttled(start).expect("lowered");
+        let lowered = governor.throttled(start, start).expect("lowered");
         assert_eq!((lowered.bytes, lowered.records), (Some(950_000.0), Some(950.0)));
         governor.reserve(CallSize { bytes: 0, records: 0 }, start + Duration::from_secs(10));
         let grown = governor.rates().bytes.expect("a rate");
