@@ -44,8 +44,8 @@ fn appended_chunks_are_visible_to_the_flusher_only_after_commit() {
     assert_eq!(stored.acked_records, 0);
 }
 
-#[tokio::test]
-async fn a_fully_acknowledged_chunk_is_deleted_and_its_file_position_advances() {
+#[test]
+fn a_fully_acknowledged_chunk_is_deleted_and_its_file_position_advances() {
     let dir = tempfile::tempdir().expect("tempdir");
     let first = draft(file(1), 0, &["{\"a\":1}", "{\"a\":2}"]);
     let second = draft(file(1), first.meta.end_offset, &["{\"a\":3}"]);
@@ -55,7 +55,7 @@ async fn a_fully_acknowledged_chunk_is_deleted_and_its_file_position_advances() 
         let seq2 = queue.append(&second, &[], ReadProgress::Advance).expect("append");
         queue.commit().expect("commit");
         let ack = ack_all(&queue, seq1, &first, 2);
-        queue.acknowledge(&[ack], &[]).await.expect("ack");
+        queue.acknowledge(&[ack], &[]).expect("ack");
         let stats = queue.stats().expect("stats");
         assert_eq!(stats.pending_chunks, 1);
         assert_eq!(stats.files[0].acked_offset, first.meta.end_offset);
@@ -68,8 +68,8 @@ async fn a_fully_acknowledged_chunk_is_deleted_and_its_file_position_advances() 
     assert_eq!((stats.pending_chunks, stats.files[0].acked_offset), (1, first.meta.end_offset));
 }
 
-#[tokio::test]
-async fn a_partly_acknowledged_chunk_resumes_after_its_acknowledged_prefix() {
+#[test]
+fn a_partly_acknowledged_chunk_resumes_after_its_acknowledged_prefix() {
     let dir = tempfile::tempdir().expect("tempdir");
     let chunk = draft(file(1), 0, &["{\"a\":1}", "{\"a\":2}", "{\"a\":3}"]);
     {
@@ -77,7 +77,7 @@ async fn a_partly_acknowledged_chunk_resumes_after_its_acknowledged_prefix() {
         let seq = queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
         queue.commit().expect("commit");
         let ack = ack_all(&queue, seq, &chunk, 2);
-        queue.acknowledge(&[ack], &[]).await.expect("ack");
+        queue.acknowledge(&[ack], &[]).expect("ack");
         assert_eq!(queue.stats().expect("stats").files[0].acked_offset, 0, "position waits for the whole chunk");
     }
     let (reopened, _) = open(dir.path());
@@ -108,8 +108,8 @@ fn a_chunk_that_fails_verification_is_set_aside_and_its_range_reported_missing()
     assert_eq!((stats.pending_chunks, stats.set_aside_chunks), (1, 1));
 }
 
-#[tokio::test]
-async fn dead_letters_are_stored_with_the_chunk_that_skips_them() {
+#[test]
+fn dead_letters_are_stored_with_the_chunk_that_skips_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (queue, _) = open(dir.path());
     let letter = DeadLetter {
@@ -142,13 +142,13 @@ async fn the_queue_reports_full_at_max_queue_bytes_and_frees_space_on_acknowledg
         async move { queue.wait_for_space().await }
     });
     let ack = ack_all(&queue, seq, &chunk, 1);
-    queue.acknowledge(&[ack], &[]).await.expect("ack");
+    queue.acknowledge(&[ack], &[]).expect("ack");
     tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.expect("reader resumes").expect("task");
     assert!(queue.has_space());
 }
 
-#[tokio::test]
-async fn sequence_numbers_are_not_reused_after_the_queue_empties() {
+#[test]
+fn sequence_numbers_are_not_reused_after_the_queue_empties() {
     let dir = tempfile::tempdir().expect("tempdir");
     let chunk = draft(file(1), 0, &["{}"]);
     let first = {
@@ -156,7 +156,7 @@ async fn sequence_numbers_are_not_reused_after_the_queue_empties() {
         let seq = queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
         queue.commit().expect("commit");
         let ack = ack_all(&queue, seq, &chunk, 1);
-        queue.acknowledge(&[ack], &[]).await.expect("ack");
+        queue.acknowledge(&[ack], &[]).expect("ack");
         seq
     };
     let (queue, _) = open(dir.path());
@@ -168,8 +168,8 @@ fn retention(max_age: Option<std::time::Duration>, max_bytes: Option<u64>) -> Re
     Retention { max_age, max_bytes }
 }
 
-#[tokio::test]
-async fn with_retention_an_acknowledged_chunk_is_kept_verifiable_and_counted_until_its_age_passes() {
+#[test]
+fn with_retention_an_acknowledged_chunk_is_kept_verifiable_and_counted_until_its_age_passes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let chunk = draft(file(1), 0, &["{\"a\":1}", "{\"a\":2}"]);
     let (queue, _) = open(dir.path());
@@ -177,7 +177,7 @@ async fn with_retention_an_acknowledged_chunk_is_kept_verifiable_and_counted_unt
     let seq = queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
     queue.commit().expect("commit");
     let ack = ack_all(&queue, seq, &chunk, 2);
-    queue.acknowledge(&[ack], &[]).await.expect("ack");
+    queue.acknowledge(&[ack], &[]).expect("ack");
 
     let stats = queue.stats().expect("stats");
     assert_eq!((stats.pending_chunks, stats.pending_records, stats.retained_chunks), (0, 0, 1));
@@ -191,8 +191,8 @@ async fn with_retention_an_acknowledged_chunk_is_kept_verifiable_and_counted_unt
     assert_eq!(queue.stats().expect("stats").retained_chunks, 0);
 }
 
-#[tokio::test]
-async fn the_retention_byte_cap_deletes_the_oldest_retained_chunks_first() {
+#[test]
+fn the_retention_byte_cap_deletes_the_oldest_retained_chunks_first() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (queue, _) = open(dir.path());
     let mut offset = 0;
@@ -208,7 +208,7 @@ async fn the_retention_byte_cap_deletes_the_oldest_retained_chunks_first() {
             one_chunk_bytes = ack.stored_len + retained::RETAINED_PREFIX_LEN as u64;
             queue.set_retention(retention(None, Some(2 * one_chunk_bytes)));
         }
-        queue.acknowledge(&[ack], &[]).await.expect("ack");
+        queue.acknowledge(&[ack], &[]).expect("ack");
         seqs.push(seq);
     }
     let kept: Vec<ChunkSeq> = queue.stored_chunks(inspect::ChunkState::Retained).map(|stored| stored.expect("read").seq).collect();
@@ -216,8 +216,8 @@ async fn the_retention_byte_cap_deletes_the_oldest_retained_chunks_first() {
     assert_eq!(queue.stats().expect("stats").retained_bytes, 2 * one_chunk_bytes);
 }
 
-#[tokio::test]
-async fn a_replayed_retained_chunk_is_delivered_again_without_moving_any_position_and_survives_a_restart() {
+#[test]
+fn a_replayed_retained_chunk_is_delivered_again_without_moving_any_position_and_survives_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let chunk = draft(file(1), 0, &["{\"a\":1}", "{\"a\":2}"]);
     let replay_seq = {
@@ -225,7 +225,7 @@ async fn a_replayed_retained_chunk_is_delivered_again_without_moving_any_positio
         queue.set_retention(retention(Some(std::time::Duration::from_secs(3600)), None));
         let seq = queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
         queue.commit().expect("commit");
-        queue.acknowledge(&[ack_all(&queue, seq, &chunk, 2)], &[]).await.expect("ack");
+        queue.acknowledge(&[ack_all(&queue, seq, &chunk, 2)], &[]).expect("ack");
         let dry = queue.replay_retained(&replay::RetainedSelection::default(), replay::ReplayMode::DryRun).expect("dry run");
         assert_eq!((dry.chunks, dry.records), (1, 2));
         assert_eq!(queue.stats().expect("stats").pending_chunks, 0, "a dry run changes nothing");
@@ -242,7 +242,7 @@ async fn a_replayed_retained_chunk_is_delivered_again_without_moving_any_positio
     let listing = queue.describe(&queue.find_chunk(replay_seq).expect("read").expect("present")).expect("describe");
     assert_eq!(listing.origin, Some(ChunkOrigin::Replay));
     queue.set_retention(retention(Some(std::time::Duration::from_secs(3600)), None));
-    queue.acknowledge(&[ack_all(&queue, replay_seq, &chunk, 2)], &[]).await.expect("ack replay");
+    queue.acknowledge(&[ack_all(&queue, replay_seq, &chunk, 2)], &[]).expect("ack replay");
     let stats = queue.stats().expect("stats");
     assert_eq!((stats.pending_chunks, stats.retained_chunks), (0, 1), "a replay is not retained twice");
     assert_eq!(stats.files[0].acked_offset, acked_before);
@@ -297,8 +297,8 @@ fn verify_reports_a_flipped_byte_and_a_clean_queue_has_no_faults() {
     assert!(codes.contains(&"uncovered_range"), "its bytes are covered by no readable chunk: {:?}", report.faults);
 }
 
-#[tokio::test]
-async fn purging_retained_chunks_removes_only_the_selected_range_and_never_a_pending_chunk() {
+#[test]
+fn purging_retained_chunks_removes_only_the_selected_range_and_never_a_pending_chunk() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (queue, _) = open(dir.path());
     queue.set_retention(retention(Some(std::time::Duration::from_secs(3600)), None));
@@ -309,7 +309,7 @@ async fn purging_retained_chunks_removes_only_the_selected_range_and_never_a_pen
         offset = chunk.meta.end_offset;
         let seq = queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
         queue.commit().expect("commit");
-        queue.acknowledge(&[ack_all(&queue, seq, &chunk, 1)], &[]).await.expect("ack");
+        queue.acknowledge(&[ack_all(&queue, seq, &chunk, 1)], &[]).expect("ack");
         seqs.push(seq.0);
     }
     let pending = queue.append(&draft(file(1), offset, &["{}"]), &[], ReadProgress::Advance).expect("append");
@@ -325,12 +325,12 @@ async fn purging_retained_chunks_removes_only_the_selected_range_and_never_a_pen
 /// The acknowledger merges the acks of every batch waiting into one write, in queue order: a
 /// chunk may appear once per batch (part acknowledged, then the rest). The queue must end as
 /// after acknowledging the batches one by one.
-#[tokio::test]
-async fn acknowledgements_of_several_batches_in_one_write_end_as_one_by_one() {
+#[test]
+fn acknowledgements_of_several_batches_in_one_write_end_as_one_by_one() {
     let first = draft(file(1), 0, &["{\"a\":1}", "{\"a\":2}", "{\"a\":3}"]);
     let second = draft(file(1), first.meta.end_offset, &["{\"a\":4}", "{\"a\":5}"]);
     let third = draft(file(1), second.meta.end_offset, &["{\"a\":6}", "{\"a\":7}"]);
-    async fn outcome(merged: bool, [first, second, third]: [&ChunkDraft; 3]) -> (u64, u64, u64, u32) {
+    fn outcome(merged: bool, [first, second, third]: [&ChunkDraft; 3]) -> (u64, u64, u64, u32) {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let (queue, _) = open(dir.path());
@@ -345,10 +345,10 @@ async fn acknowledgements_of_several_batches_in_one_write_end_as_one_by_one() {
                 vec![ack_all(&queue, seqs[2], third, 1)],
             ];
             if merged {
-                queue.acknowledge(&batches.concat(), &[]).await.expect("ack");
+                queue.acknowledge(&batches.concat(), &[]).expect("ack");
             } else {
                 for acks in &batches {
-                    queue.acknowledge(acks, &[]).await.expect("ack");
+                    queue.acknowledge(acks, &[]).expect("ack");
                 }
             }
         }
@@ -358,9 +358,9 @@ async fn acknowledgements_of_several_batches_in_one_write_end_as_one_by_one() {
         (stats.pending_chunks, stats.pending_records, stats.files[0].acked_offset, next.acked_records)
     }
     let chunks = [&first, &second, &third];
-    let one_by_one = outcome(false, chunks).await;
+    let one_by_one = outcome(false, chunks);
     assert_eq!(one_by_one, (1, 1, second.meta.end_offset, 1));
-    assert_eq!(outcome(true, chunks).await, one_by_one);
+    assert_eq!(outcome(true, chunks), one_by_one);
 }
 
 /// The body trees of route `a->b` as `QueueStore` names them.
@@ -368,8 +368,8 @@ fn body_tree(store: &QueueStore, slot: u64) -> sled::Tree {
     store.db.open_tree(format!("bodies:a->b#{slot}")).expect("body tree")
 }
 
-#[tokio::test]
-async fn a_body_left_behind_by_a_crash_after_its_acknowledgement_is_deleted_at_start_up() {
+#[test]
+fn a_body_left_behind_by_a_crash_after_its_acknowledgement_is_deleted_at_start_up() {
     let dir = tempfile::tempdir().expect("tempdir");
     let chunk = draft(file(1), 0, &["{\"a\":1}"]);
     let seq = {
@@ -377,7 +377,7 @@ async fn a_body_left_behind_by_a_crash_after_its_acknowledgement_is_deleted_at_s
         let seq = queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
         queue.commit().expect("commit");
         let body = queue.inner.bodies.get(seq).expect("read").expect("the body is in its slot");
-        queue.acknowledge(&[ack_all(&queue, seq, &chunk, 1)], &[]).await.expect("ack");
+        queue.acknowledge(&[ack_all(&queue, seq, &chunk, 1)], &[]).expect("ack");
         assert_eq!(queue.inner.bodies.get(seq).expect("read"), None, "deleted with its acknowledgement");
         // What a crash between the acknowledgement's write and the body's deletion leaves.
         queue.inner.bodies.slot(seq).insert(ChunkBodies::key(seq), body).expect("write");
@@ -418,8 +418,8 @@ fn a_pending_chunk_whose_body_is_missing_is_set_aside_and_its_range_reported_mis
     assert!(chunk::decode_chunk(next.seq, &next.bytes).is_ok());
 }
 
-#[tokio::test]
-async fn chunks_stored_whole_in_the_route_tree_by_tailhose_0_1_are_read_acknowledged_and_deleted() {
+#[test]
+fn chunks_stored_whole_in_the_route_tree_by_tailhose_0_1_are_read_acknowledged_and_deleted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let chunk = draft(file(1), 0, &["{\"a\":1}", "{\"a\":2}"]);
     let (seq, bytes) = {
@@ -437,7 +437,7 @@ async fn chunks_stored_whole_in_the_route_tree_by_tailhose_0_1_are_read_acknowle
     assert!(report.set_aside.is_empty() && report.missing.is_empty(), "{report:?}");
     let stored = reopened.read_pending(ChunkSeq(0), ChunkSeq(u64::MAX)).expect("read").expect("the chunk");
     assert_eq!((stored.seq, &stored.bytes), (seq, &bytes));
-    reopened.acknowledge(&[ack_all(&reopened, seq, &chunk, 2)], &[]).await.expect("ack");
+    reopened.acknowledge(&[ack_all(&reopened, seq, &chunk, 2)], &[]).expect("ack");
     let stats = reopened.stats().expect("stats");
     assert_eq!((stats.pending_chunks, stats.files[0].acked_offset), (0, chunk.meta.end_offset));
     assert!(!reopened.inner.tree.contains_key(keys::seq_key(KeyKind::PendingChunk, seq)).expect("read"));
