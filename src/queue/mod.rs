@@ -621,15 +621,16 @@ impl RouteQueue {
         // After the entries that refer to them: a crash in between leaves bodies that start-up
         // deletes, never an entry without its body.
         self.inner.bodies.remove_all(acks.iter().filter(|ack| ack.is_complete()).map(|ack| ack.seq))?;
-        // sled frees a removed body's memory through crossbeam-epoch, which keeps up to 64
-        // deferred frees per thread until that thread gathers more: a 256 KiB chunk could stay
-        // resident on an idle blocking thread long after its acknowledgement (10 MiB of them at
-        // the peak of a packed-records run). Handing this thread's frees on now bounds that.
-        crossbeam_epoch::pin().flush();
         self.inner.space_freed.notify_waiters();
         if over_byte_cap {
             self.prune_retained(now_ms)?;
         }
+        // sled frees a removed value's memory through crossbeam-epoch, which keeps up to 64
+        // deferred frees per thread until that thread gathers more: a 256 KiB chunk (a body, or
+        // a retained chunk pruned) could stay resident on an idle blocking thread long after its
+        // removal (10 MiB of them at the peak of a packed-records run). Handing this thread's
+        // frees on now bounds that.
+        crossbeam_epoch::pin().flush();
         Ok(())
     }
 
