@@ -11,7 +11,9 @@
 //!   quota: the rates become 95 % of that (bytes, records and calls per second). Several calls
 //!   are in flight and their answers need not come in the order they left: calls sent before
 //!   the refused one but answered after it belong to that second too, and complete the
-//!   measurement when their answers come.
+//!   measurement when their answers come within a second of the refusal (one answered later
+//!   may have been accepted in a later second: it is not counted, so a link whose round trips
+//!   vary by seconds cannot inflate the measurement).
 //! - **Probe for more (additive increase).** Every second without throttling, each rate grows by
 //!   1 % of the rate learned at the last throttle, so a quota raised by AWS is found again.
 //! - **Pace, do not burst.** Calls are spaced so that no 100 ms holds more than its share: a
@@ -78,6 +80,8 @@ struct Learning {
     /// When the refused call was sent: answers that come later for calls sent earlier were
     /// overtaken by the refusal, and belong to the measurement.
     refused_call_sent_at: Instant,
+    /// When the refusal came: overtaken answers count only within [`WINDOW`] of it.
+    refused_at: Instant,
     /// The rates in force before the throttle lowered them.
     before: Rates,
     measured: CallSize,
@@ -131,6 +135,10 @@ impl RateGovernor {
         // to what the throttle measured: without it the rate is learned short by the calls
         // that were overtaken (one in five of a second's calls, measured with four in flight).
         let Some(learning) = self.last_learning.as_mut() else { return };
+        if now.saturating_duration_since(learning.refused_at) >= WINDOW {
+            self.last_learning = None;
+            return;
+        }
         if sent_at >= learning.refused_call_sent_at {
             return;
         }
@@ -160,7 +168,7 @@ impl RateGovernor {
         let calls = self.accepted.len() as u64;
         let before = self.current;
         self.current = lowered_rates(before, total, calls, self.ceiling);
-        self.last_learning = Some(Learning { refused_call_sent_at: sent_at, before, measured: total, calls });
+        self.last_learning = Some(Learning { refused_call_sent_at: sent_at, refused_at: now, before, measured: total, calls });
         // What the last second carried already spent the budget from its first call on: the
         // next call waits until that traffic is paid for at the new rate.
         let spent = [
@@ -332,6 +340,25 @@ mod tests {
         // Calls sent after the refused one are the next second's traffic.
         governor.accepted(CALL, refused_at + Duration::from_millis(20), refused_at + Duration::from_millis(25));
         assert_eq!(governor.rates(), learned);
+    }
+
+    #[test]
+    fn an_overtaken_answer_more_than_a_second_after_the_refusal_does_not_count() {
+        let start = Instant::now();
+        let sent = |call: u64| start + Duration::from_millis(10 * call);
+        let mut governor = RateGovernor::new(Rates::default());
+        for call in 0..10 {
+            governor.accepted(CALL, sent(call), sent(call) + Duration::from_millis(5));
+        }
+        let refused_at = sent(13) + Duration::from_millis(1);
+        let lowered = governor.throttled(sent(13), refused_at).expect("lowered");
+        // Call 10 was held up on a slow path for seconds: it may have been accepted in any
+        // later second, so it says nothing about the second the refusal measured.
+        governor.accepted(CALL, sent(10), refused_at + Duration::from_millis(2_500));
+        assert_eq!(governor.rates(), lowered);
+        // Nor does any overtaken answer after it.
+        governor.accepted(CALL, sent(11), refused_at + Duration::from_millis(2_600));
+        assert_eq!(governor.rates(), lowered);
     }
 
     #[test]
