@@ -11,6 +11,9 @@ use crate::queue::{ChunkDraft, DeadLetter, DeadLetterReason, FileIdentity};
 /// letter's file, offset and length say where the whole line is.
 const OVERSIZED_SAMPLE_BYTES: usize = 64 * 1024;
 
+/// Room reserved for a chunk's body: its target size and a typical line past it.
+const CHUNK_BODY_RESERVE: usize = CHUNK_TARGET_BYTES + 8 * 1024;
+
 /// A chunk ready for the queue, with the dead letters for the lines of its range that are not
 /// records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +76,10 @@ impl LineChunker {
 
     /// Feeds the next bytes of the file. Chunks that reach the target size are pushed to `sealed`.
     pub fn feed(&mut self, bytes: &[u8], sealed: &mut Vec<SealedChunk>) {
+        // A chunk's body is sized once from the bytes at hand, not grown by doubling: growing
+        // copied every chunk about twice over and left a 512 KiB buffer for 256 KiB of records.
+        let wanted = (bytes.len() + bytes.len() / 16).min(CHUNK_BODY_RESERVE);
+        self.draft.body.reserve(wanted.saturating_sub(self.draft.body.len()));
         let mut rest = bytes;
         let mut offset = self.fed_offset;
         self.fed_offset += bytes.len() as u64;
