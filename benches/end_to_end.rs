@@ -88,6 +88,16 @@ fn main() {
             tls: false,
         },
         Situation {
+            name: "at the quota, packed records",
+            records: scale(100_000),
+            faults: Faults {
+                quota: Some(Quota { bytes_per_sec: 1 << 20, records_per_sec: 100_000, calls_per_sec: 1_000 }),
+                ..Faults::default()
+            },
+            sink_lines: "pack_records = true",
+            tls: false,
+        },
+        Situation {
             name: "30 ms per call",
             records: scale(100_000),
             faults: Faults { latency: Duration::from_millis(30), ..Faults::default() },

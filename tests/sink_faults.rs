@@ -68,23 +68,37 @@ fn batches_never_exceed_500_records_or_4_mib_and_oversized_records_are_dead_lett
 
 #[test]
 fn at_the_streams_quota_every_record_arrives_once_and_few_calls_are_throttled() {
+    at_the_quota_with("");
+}
+
+/// Packed calls are as large as `max_batch_bytes` (2 MiB), eight times this stream's quota a
+/// second: one such call could never be accepted whole. Calls are sized to the learned pace.
+#[test]
+fn at_the_streams_quota_packed_records_arrive_once_in_calls_sized_to_the_quota() {
+    let seen = at_the_quota_with("pack_records = true");
+    assert!(seen.calls >= 20, "calls sized to a tenth of a second of the quota: {} calls", seen.calls);
+}
+
+/// Runs 12,000 seed records into a stream taking 256 KiB/s; checks that each arrives once and
+/// that the rate is learned rather than hammered.
+fn at_the_quota_with(sink_lines: &str) -> support::fake_firehose::Seen {
     use support::fake_firehose::Quota;
     let quota = Quota { bytes_per_sec: 256 * 1024, records_per_sec: 100_000, calls_per_sec: 1_000 };
     let fake = FakeFirehose::start(Faults { quota: Some(quota), ..Faults::default() });
     let workspace = Workspace::new();
-    workspace.write_config_for_endpoint(&fake.endpoint, "", "");
+    workspace.write_config_for_endpoint(&fake.endpoint, "", sink_lines);
     support::write_seed_records(&workspace.log_file(), 0..12_000, 12_000, std::time::Duration::ZERO);
     let bytes = std::fs::metadata(workspace.log_file()).expect("log").len();
     let started = std::time::Instant::now();
     let output = workspace.run_once();
     let seen = fake.seen();
     let counts = support::count_seqs(seen.accepted.iter().map(Vec::as_slice));
-    assert_eq!((counts.len(), seen.accepted.len()), (12_000, 12_000), "every record, once");
+    assert_eq!((counts.len(), counts.values().sum::<u32>()), (12_000, 12_000), "every record, once");
     let throttled = seen.quota_throttled_calls as f64 / seen.calls as f64;
     let last = seen.last_accepted_at.expect("records accepted").duration_since(started).as_secs_f64();
     let used = bytes as f64 / (last * quota.bytes_per_sec as f64);
     eprintln!(
-        "quota {} B/s: {} calls, {} throttled ({:.1} %), last record after {last:.1} s, {:.0} % of the byte quota used",
+        "quota {} B/s ({sink_lines}): {} calls, {} throttled ({:.1} %), last record after {last:.1} s, {:.0} % of the byte quota used",
         quota.bytes_per_sec,
         seen.calls,
         seen.quota_throttled_calls,
@@ -94,6 +108,7 @@ fn at_the_streams_quota_every_record_arrives_once_and_few_calls_are_throttled() 
     assert!(throttled <= 0.25, "the rate is learned, not hammered: {:.1} % of calls throttled", throttled * 100.0);
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("sending at the rate it took over the last second"), "the rate was learned from throttling");
+    seen
 }
 
 #[test]

@@ -165,7 +165,8 @@ pub struct SinkConfig {
     pub append_newline: bool,
     #[serde(default = "default_max_batch_records")]
     pub max_batch_records: u32,
-    /// Bytes of records in one call: 2 MiB by default, at most 4 MiB (Firehose's limit).
+    /// Bytes of records in one call: 2 MiB by default, at most 4 MiB (Firehose's limit). Once a
+    /// pace is learned or set (`max_bytes_per_sec`), calls carry at most a tenth of a second of it.
     #[serde(default = "default_max_batch_bytes")]
     pub max_batch_bytes: ByteSize,
     /// Retry back-off: first delay and cap. Retries never stop on their own; they only slow down.

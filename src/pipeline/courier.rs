@@ -52,6 +52,12 @@ impl Courier {
         while let Some(mut group) = groups.pop_front() {
             loop {
                 attempt += 1;
+                // A batch packed before the pace was learned, or the refused part of a call,
+                // may carry more than a call should at that pace: the rest goes in later calls.
+                let allowance = self.call_allowance();
+                if let Some(rest) = split_past_allowance(&batch.records, &mut group, allowance) {
+                    groups.push_front(rest);
+                }
                 let size = call_size(&batch.records, &group);
                 let pace = self.lock_governor().reserve(size, Instant::now());
                 if !pace.is_zero() {
@@ -146,6 +152,11 @@ impl Courier {
         Delivery::Accepted
     }
 
+    /// The most one call should carry at the learned pace (see [`RateGovernor::call_allowance`]).
+    pub(super) fn call_allowance(&self) -> CallSize {
+        self.lock_governor().call_allowance()
+    }
+
     fn lock_governor(&self) -> MutexGuard<'_, RateGovernor> {
         // The governor holds plain numbers; after a panic elsewhere they are still usable.
         self.governor.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -183,6 +194,23 @@ fn call_size(records: &OutgoingRecords, which: &[usize]) -> CallSize {
     CallSize { bytes: which.iter().map(|&index| records.get(index).len() as u64).sum(), records: which.len() as u64 }
 }
 
+/// Cuts `group` after its longest prefix within `allowance` (one record at least) and returns
+/// the rest, if any.
+fn split_past_allowance(records: &OutgoingRecords, group: &mut Vec<usize>, allowance: CallSize) -> Option<Vec<usize>> {
+    let mut bytes = 0u64;
+    let mut keep = 0;
+    for &index in group.iter() {
+        let len = records.get(index).len() as u64;
+        let past = keep as u64 >= allowance.records || bytes + len > allowance.bytes;
+        if keep > 0 && past {
+            break;
+        }
+        bytes += len;
+        keep += 1;
+    }
+    (keep < group.len()).then(|| group.split_off(keep))
+}
+
 /// Per-record error codes that mean "over the stream's quota".
 fn is_throttling(code: &str) -> bool {
     matches!(code, "ServiceUnavailableException" | "ThrottlingException" | "LimitExceededException")
@@ -207,4 +235,34 @@ pub(super) fn record_dead_letter(
     let record_len = data.len() as u64;
     data.truncate(crate::queue::dead_letter::MAX_KEPT_RECORD_BYTES);
     DeadLetter { reason, detail, file, path: path.to_vec(), offset, record_len, record: data, recorded_at_ms: crate::source::now_ms() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(lengths: &[usize]) -> OutgoingRecords {
+        let mut records = OutgoingRecords::with_capacity(1024);
+        for &len in lengths {
+            records.push(&vec![b'x'; len], false);
+        }
+        records
+    }
+
+    #[test]
+    fn a_group_past_the_allowance_is_cut_after_its_longest_prefix_within_it() {
+        let records = records(&[40, 40, 40, 300, 10]);
+        let mut group = vec![0, 1, 2, 3, 4];
+        let rest = split_past_allowance(&records, &mut group, CallSize { bytes: 100, records: 10 });
+        assert_eq!((group, rest), (vec![0, 1], Some(vec![2, 3, 4])));
+        let mut group = vec![3, 4];
+        let rest = split_past_allowance(&records, &mut group, CallSize { bytes: 100, records: 10 });
+        assert_eq!((group, rest), (vec![3], Some(vec![4])), "a record larger than the allowance still goes, alone");
+        let mut group = vec![0, 1, 2];
+        let rest = split_past_allowance(&records, &mut group, CallSize { bytes: u64::MAX, records: 2 });
+        assert_eq!((group, rest), (vec![0, 1], Some(vec![2])));
+        let mut group = vec![0, 1];
+        assert_eq!(split_past_allowance(&records, &mut group, CallSize { bytes: 80, records: 2 }), None);
+        assert_eq!(group, vec![0, 1]);
+    }
 }

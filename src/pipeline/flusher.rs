@@ -32,7 +32,7 @@ use crate::events::{BatchDelivery, Events};
 use crate::queue::chunk::decode_chunk;
 use crate::queue::{ChunkAck, ChunkMeta, ChunkSeq, DeadLetter, DeadLetterReason, QueueError, RouteQueue};
 use crate::sink::rate::RateGovernor;
-use crate::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecords, Sink};
+use crate::sink::{BatchLimits, BatchPacker, CallFill, Offer, OutgoingRecords, Sink};
 
 /// When a flusher stops.
 #[derive(Clone)]
@@ -107,12 +107,12 @@ pub(super) struct PendingBatch {
 }
 
 impl PendingBatch {
-    fn new(limits: BatchLimits) -> PendingBatch {
+    fn new(limits: BatchLimits, fill: CallFill) -> PendingBatch {
         PendingBatch {
             // Most batches fill up: 500 seed records take 73 KB.
             records: OutgoingRecords::with_capacity(limits.max_bytes.min(INITIAL_BATCH_BYTES) as usize),
             record_chunk: Vec::new(),
-            packer: BatchPacker::new(limits),
+            packer: BatchPacker::filled_to(limits, fill),
             acks: Vec::new(),
             chunk_paths: Vec::new(),
             dead_letters: Vec::new(),
@@ -239,7 +239,7 @@ impl Flusher {
     ) -> Result<Ended, super::PipelineError> {
         let mut committed = self.queue.committed();
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-        let mut batch = PendingBatch::new(self.limits);
+        let mut batch = self.new_batch();
         let places = Arc::new(Semaphore::new(self.max_in_flight()));
         // The place the next batch will take, once one is free.
         let mut place: Option<OwnedSemaphorePermit> = None;
@@ -255,7 +255,7 @@ impl Flusher {
                 let fill = self.fill(&mut batch, below)?;
                 if self.ready_to_send(&batch, fill, &committed) {
                     if let Some(unacknowledged) = place.take() {
-                        let full = std::mem::replace(&mut batch, PendingBatch::new(self.limits));
+                        let full = std::mem::replace(&mut batch, self.new_batch());
                         in_flight.push_back(self.send(full, unacknowledged));
                         continue;
                     }
@@ -296,6 +296,13 @@ impl Flusher {
                 _ = self.stopping.input_closed.cancelled(), if !self.stopping.input_closed.is_cancelled() => {}
             }
         }
+    }
+
+    /// An empty batch, filled no further than one call should carry at the learned pace.
+    fn new_batch(&self) -> PendingBatch {
+        let allowance = self.courier.call_allowance();
+        let fill = CallFill { records: usize::try_from(allowance.records).unwrap_or(usize::MAX), bytes: allowance.bytes };
+        PendingBatch::new(self.limits, fill)
     }
 
     /// Whether `batch` leaves now: full, only acknowledgements (no records), or no reason to wait

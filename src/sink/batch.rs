@@ -3,6 +3,10 @@
 //! Guarantees (property-tested below): a batch never holds more than `max_records` records or
 //! `max_bytes` bytes; records keep their order; a record is either added, refused because the
 //! batch is full (it goes into the next one), or refused as too large for any batch.
+//!
+//! A batch may also be asked to stop filling earlier ([`CallFill`], from the pace learned at the
+//! stream's quota): then it holds no more than that, except that a record alone in its batch is
+//! always taken up to the destination's limits, so pacing never makes a record too large.
 
 /// The limits of one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,17 +27,33 @@ pub enum Offer {
     TooLarge,
 }
 
+/// Where a batch stops filling, at or below its [`BatchLimits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallFill {
+    pub records: usize,
+    pub bytes: u64,
+}
+
 /// Counts what a batch under construction holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchPacker {
     limits: BatchLimits,
+    fill: CallFill,
     records: usize,
     bytes: u64,
 }
 
 impl BatchPacker {
+    /// A batch that fills up to the destination's limits.
     pub fn new(limits: BatchLimits) -> BatchPacker {
-        BatchPacker { limits, records: 0, bytes: 0 }
+        BatchPacker::filled_to(limits, CallFill { records: limits.max_records, bytes: limits.max_bytes })
+    }
+
+    /// A batch that stops filling at `fill` (capped by `limits`); a record alone in it is still
+    /// taken up to `limits`.
+    pub fn filled_to(limits: BatchLimits, fill: CallFill) -> BatchPacker {
+        let fill = CallFill { records: fill.records.clamp(1, limits.max_records.max(1)), bytes: fill.bytes.min(limits.max_bytes) };
+        BatchPacker { limits, fill, records: 0, bytes: 0 }
     }
 
     pub fn offer(&mut self, record_len: u64) -> Offer {
@@ -41,7 +61,9 @@ impl BatchPacker {
         if too_large_for_destination || record_len > self.limits.max_bytes {
             return Offer::TooLarge;
         }
-        if self.records >= self.limits.max_records || self.bytes + record_len > self.limits.max_bytes {
+        // Alone in its batch, a record is taken whatever the fill: it is within the limits.
+        let past_fill = self.records > 0 && self.bytes + record_len > self.fill.bytes;
+        if self.records >= self.fill.records || past_fill {
             return Offer::Full;
         }
         self.records += 1;
@@ -50,9 +72,9 @@ impl BatchPacker {
     }
 
     /// Adds `piece_len` bytes to the last record (record packing): refused as [`Offer::Full`]
-    /// when the batch's byte limit would be passed.
+    /// when the batch's fill would be passed.
     pub fn extend_last(&mut self, piece_len: u64) -> Offer {
-        if self.records == 0 || self.bytes + piece_len > self.limits.max_bytes {
+        if self.records == 0 || self.bytes + piece_len > self.fill.bytes {
             return Offer::Full;
         }
         self.bytes += piece_len;
@@ -60,7 +82,7 @@ impl BatchPacker {
     }
 
     pub fn is_full(&self) -> bool {
-        self.records >= self.limits.max_records || self.bytes >= self.limits.max_bytes
+        self.records >= self.fill.records || self.bytes >= self.fill.bytes
     }
 
     pub fn records(&self) -> usize {
@@ -82,15 +104,19 @@ mod tests {
 
     /// Packs lengths the way the flusher does: offer each record, start a new batch when full.
     fn pack(lengths: &[u64], limits: BatchLimits) -> (Vec<Vec<usize>>, Vec<usize>) {
+        pack_filled_to(lengths, limits, CallFill { records: limits.max_records, bytes: limits.max_bytes })
+    }
+
+    fn pack_filled_to(lengths: &[u64], limits: BatchLimits, fill: CallFill) -> (Vec<Vec<usize>>, Vec<usize>) {
         let mut batches = vec![Vec::new()];
         let mut too_large = Vec::new();
-        let mut packer = BatchPacker::new(limits);
+        let mut packer = BatchPacker::filled_to(limits, fill);
         for (index, &len) in lengths.iter().enumerate() {
             match packer.offer(len) {
                 Offer::Added => batches.last_mut().expect("one batch").push(index),
                 Offer::TooLarge => too_large.push(index),
                 Offer::Full => {
-                    packer = BatchPacker::new(limits);
+                    packer = BatchPacker::filled_to(limits, fill);
                     assert_eq!(packer.offer(len), Offer::Added, "a record that fits no empty batch must be TooLarge");
                     batches.push(vec![index]);
                 }
@@ -113,7 +139,38 @@ mod tests {
         assert_eq!(packer.offer(1000 * 1024), Offer::Added);
     }
 
+    #[test]
+    fn a_record_larger_than_the_fill_is_sent_alone_not_refused() {
+        let fill = CallFill { records: 500, bytes: 100_000 };
+        let (batches, too_large) = pack_filled_to(&[40_000, 40_000, 40_000, 300_000, 10], FIREHOSE, fill);
+        assert_eq!(batches, vec![vec![0, 1], vec![2], vec![3], vec![4]]);
+        assert!(too_large.is_empty());
+    }
+
     proptest! {
+        /// Paced batches: past the first record, a batch stays within its fill; no record within
+        /// the destination's limits is ever refused because of the fill.
+        #[test]
+        fn paced_batches_stay_within_their_fill_and_refuse_nothing_more(
+            lengths in proptest::collection::vec(prop_oneof![1u64..2_000, 20_000u64..200_000, 900_000u64..1_100_000], 0..1_000),
+            fill_bytes in 1u64..=5 * 1024 * 1024,
+            fill_records in 0usize..=600,
+        ) {
+            let fill = CallFill { records: fill_records, bytes: fill_bytes };
+            let (batches, too_large) = pack_filled_to(&lengths, FIREHOSE, fill);
+            for batch in batches.iter().filter(|batch| batch.len() > 1) {
+                let bytes: u64 = batch.iter().map(|&index| lengths[index]).sum();
+                prop_assert!(bytes <= fill_bytes.min(FIREHOSE.max_bytes));
+                prop_assert!(batch.len() <= fill_records.clamp(1, FIREHOSE.max_records));
+            }
+            for &index in &too_large {
+                prop_assert!(lengths[index] > 1000 * 1024);
+            }
+            let mut seen: Vec<usize> = batches.iter().flatten().copied().chain(too_large.iter().copied()).collect();
+            seen.sort_unstable();
+            prop_assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>());
+        }
+
         #[test]
         fn batches_respect_limits_keep_order_and_lose_nothing(
             lengths in proptest::collection::vec(prop_oneof![1u64..2_000, 900_000u64..1_100_000], 0..2_000),

@@ -17,7 +17,10 @@
 //! - **Probe for more (additive increase).** Every second without throttling, each rate grows by
 //!   1 % of the rate learned at the last throttle, so a quota raised by AWS is found again.
 //! - **Pace, do not burst.** Calls are spaced so that no 100 ms holds more than its share: a
-//!   quota counted per second is never exceeded by a burst at a window's edge.
+//!   quota counted per second is never exceeded by a burst at a window's edge. Nor does one
+//!   call carry more than 100 ms of the pace ([`RateGovernor::call_allowance`]): batches are
+//!   filled to it and larger ones split, or packed records' 2 MiB calls would be refused in
+//!   part at every call by a stream taking 1 MiB a second.
 //! - **Ceilings.** `max_bytes_per_sec` and `max_records_per_sec` are never passed.
 //!
 //! A call throttled as a whole, with nothing accepted over the last second (an outage, or a
@@ -122,6 +125,14 @@ impl RateGovernor {
         let start = self.next_send.map_or(now, |next| next.max(earliest));
         self.next_send = Some(start + Duration::from_secs_f64(cost.min(3600.0)));
         start.saturating_duration_since(now)
+    }
+
+    /// The most one call should carry at the pace in force: [`BURST`]'s share of the byte and
+    /// record rates, so that no call is a burst by itself (a stream taking 1 MiB a second can
+    /// never take a 2 MiB call whole). Unlimited before any throttle or ceiling.
+    pub fn call_allowance(&self) -> CallSize {
+        let share = |rate: Option<f64>| rate.map_or(u64::MAX, |rate| (rate * BURST.as_secs_f64()) as u64);
+        CallSize { bytes: share(self.current.bytes), records: share(self.current.records) }
     }
 
     /// The destination accepted `size` of a call sent at `sent_at`.
@@ -317,6 +328,23 @@ mod tests {
         assert_eq!(governor.throttled(now, now), None);
         assert_eq!(governor.rates(), Rates::default());
         assert_eq!(governor.reserve(CALL, now), Duration::ZERO, "unlimited until something is learned");
+    }
+
+    #[test]
+    fn one_call_carries_at_most_a_tenth_of_a_second_of_the_learned_rate() {
+        let start = Instant::now();
+        let mut governor = RateGovernor::new(Rates::default());
+        assert_eq!(governor.call_allowance(), CallSize { bytes: u64::MAX, records: u64::MAX }, "unlimited until something is learned");
+        for call in 0..10 {
+            let at = start + Duration::from_millis(50 * call);
+            governor.accepted(CALL, at, at);
+        }
+        governor.throttled(start + Duration::from_millis(500), start + Duration::from_millis(500)).expect("lowered");
+        let allowance = governor.call_allowance();
+        assert_eq!(allowance.bytes, (CALL.bytes as f64 * 10.0 * 0.95 * 0.1) as u64);
+        assert_eq!(allowance.records, (CALL.records as f64 * 10.0 * 0.95 * 0.1) as u64);
+        let ceiling = RateGovernor::new(Rates { bytes: Some(1_000_000.0), records: None, calls: None });
+        assert_eq!(ceiling.call_allowance(), CallSize { bytes: 100_000, records: u64::MAX }, "a configured ceiling paces from the start");
     }
 
     #[test]
