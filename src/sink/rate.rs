@@ -347,20 +347,30 @@ mod tests {
         assert_eq!(ceiling.call_allowance(), CallSize { bytes: 100_000, records: u64::MAX }, "a configured ceiling paces from the start");
     }
 
+    /// When call `call` of a run sent 10 ms apart from `start` left.
+    fn sent(start: Instant, call: u64) -> Instant {
+        start + Duration::from_millis(10 * call)
+    }
+
+    /// Calls 0 to 9 answered, then call 13 refused while calls 10 to 12 are still in flight:
+    /// the governor, when the refusal came, and the rates it set.
+    fn refused_while_three_calls_travel(start: Instant) -> (RateGovernor, Instant, Rates) {
+        let mut governor = RateGovernor::new(Rates::default());
+        for call in 0..10 {
+            governor.accepted(CALL, sent(start, call), sent(start, call) + Duration::from_millis(5));
+        }
+        let refused_at = sent(start, 13) + Duration::from_millis(1);
+        let lowered = governor.throttled(sent(start, 13), refused_at).expect("lowered");
+        (governor, refused_at, lowered)
+    }
+
     #[test]
     fn calls_sent_before_the_refused_one_and_answered_after_it_still_count_in_what_it_learns() {
         let start = Instant::now();
-        let sent = |call: u64| start + Duration::from_millis(10 * call);
-        let mut governor = RateGovernor::new(Rates::default());
-        for call in 0..10 {
-            governor.accepted(CALL, sent(call), sent(call) + Duration::from_millis(5));
-        }
-        // Calls 10 to 12 are still in flight when call 13's refusal overtakes them.
-        let refused_at = sent(13) + Duration::from_millis(1);
-        let lowered = governor.throttled(sent(13), refused_at).expect("lowered");
+        let (mut governor, refused_at, lowered) = refused_while_three_calls_travel(start);
         assert_eq!(lowered.bytes, Some(CALL.bytes as f64 * 10.0 * 0.95));
         for call in 10..13 {
-            governor.accepted(CALL, sent(call), refused_at + Duration::from_millis(call));
+            governor.accepted(CALL, sent(start, call), refused_at + Duration::from_millis(call));
         }
         let learned = governor.rates();
         assert_eq!(learned.bytes, Some(CALL.bytes as f64 * 13.0 * 0.95), "{learned:?}");
@@ -373,19 +383,13 @@ mod tests {
     #[test]
     fn an_overtaken_answer_more_than_a_second_after_the_refusal_does_not_count() {
         let start = Instant::now();
-        let sent = |call: u64| start + Duration::from_millis(10 * call);
-        let mut governor = RateGovernor::new(Rates::default());
-        for call in 0..10 {
-            governor.accepted(CALL, sent(call), sent(call) + Duration::from_millis(5));
-        }
-        let refused_at = sent(13) + Duration::from_millis(1);
-        let lowered = governor.throttled(sent(13), refused_at).expect("lowered");
+        let (mut governor, refused_at, lowered) = refused_while_three_calls_travel(start);
         // Call 10 was held up on a slow path for seconds: it may have been accepted in any
         // later second, so it says nothing about the second the refusal measured.
-        governor.accepted(CALL, sent(10), refused_at + Duration::from_millis(2_500));
+        governor.accepted(CALL, sent(start, 10), refused_at + Duration::from_millis(2_500));
         assert_eq!(governor.rates(), lowered);
         // Nor does any overtaken answer after it.
-        governor.accepted(CALL, sent(11), refused_at + Duration::from_millis(2_600));
+        governor.accepted(CALL, sent(start, 11), refused_at + Duration::from_millis(2_600));
         assert_eq!(governor.rates(), lowered);
     }
 
