@@ -110,7 +110,7 @@ impl PendingBatch {
     fn new(limits: BatchLimits, fill: CallFill) -> PendingBatch {
         PendingBatch {
             // Most batches fill up: 500 seed records take 73 KB.
-            records: OutgoingRecords::with_capacity(limits.max_bytes.min(INITIAL_BATCH_BYTES) as usize),
+            records: OutgoingRecords::with_capacity(fill.bytes.min(limits.max_bytes).min(INITIAL_BATCH_BYTES) as usize),
             record_chunk: Vec::new(),
             packer: BatchPacker::filled_to(limits, fill),
             acks: Vec::new(),
