@@ -6,7 +6,7 @@
 //!    TLS with packed records (`pack_records`, for destinations that store bytes: S3);
 //! 2. at the quota of an ap-northeast-2 Direct PUT stream (1 MiB/s, 1,000 calls/s, 100,000
 //!    records/s): time to the last accepted record, share of the byte quota used, throttled calls,
-//!    duplicates;
+//!    duplicates; one record per line, packed records, and packed records 30 ms away;
 //! 3. far from the region (30 ms added to every call): records/s;
 //! 4. a trickle: 1,000 records/s written line by line to a followed file (default poll and
 //!    flush interval, 1 s): the time from each line's write to its acceptance, p50/p99/max.
@@ -92,6 +92,17 @@ fn main() {
             records: scale(100_000),
             faults: Faults {
                 quota: Some(Quota { bytes_per_sec: 1 << 20, records_per_sec: 100_000, calls_per_sec: 1_000 }),
+                ..Faults::default()
+            },
+            sink_lines: "pack_records = true",
+            tls: false,
+        },
+        Situation {
+            name: "at the quota, packed records, 30 ms per call",
+            records: scale(100_000),
+            faults: Faults {
+                quota: Some(Quota { bytes_per_sec: 1 << 20, records_per_sec: 100_000, calls_per_sec: 1_000 }),
+                latency: Duration::from_millis(30),
                 ..Faults::default()
             },
             sink_lines: "pack_records = true",
