@@ -429,13 +429,16 @@ impl Events {
         }
     }
 
-    pub fn rate_learned(&self, route: &str, rates: &crate::sink::rate::Rates) {
+    pub fn rate_learned(&self, route: &str, rates: &crate::sink::rate::Rates, call_allowance: crate::sink::rate::CallSize) {
         bump(&self.rate_decreases, 1);
         tracing::info!(
             route,
             bytes_per_sec = rates.bytes.map(|rate| rate as u64),
             records_per_sec = rates.records.map(|rate| rate as u64),
             calls_per_sec = rates.calls.map(|rate| rate as u64),
+            // Calls carry no more than this at that pace (see `RateGovernor::call_allowance`).
+            max_call_bytes = call_allowance.bytes,
+            max_call_records = call_allowance.records,
             "the destination throttled: sending at the rate it took over the last second, then probing for more"
         );
     }

@@ -164,8 +164,11 @@ impl Courier {
 
     /// Lowers the send rate to what the destination took over the last second, if it took any.
     fn learn_from_throttling(&self, call_sent_at: Instant) {
-        if let Some(rates) = self.lock_governor().throttled(call_sent_at, Instant::now()) {
-            self.events.rate_learned(&self.route, &rates);
+        let mut governor = self.lock_governor();
+        if let Some(rates) = governor.throttled(call_sent_at, Instant::now()) {
+            let allowance = governor.call_allowance();
+            drop(governor);
+            self.events.rate_learned(&self.route, &rates, allowance);
         }
     }
 
