@@ -17,7 +17,7 @@ use crate::config::SinkSettings;
 use crate::events::{Events, RetryCause};
 use crate::queue::{DeadLetter, DeadLetterReason, FileIdentity};
 use crate::sink::rate::{CallSize, RateGovernor};
-use crate::sink::{OutgoingRecords, RecordOutcome, Sink, SinkError};
+use crate::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecords, RecordOutcome, Sink, SinkError};
 
 /// How delivering a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,7 @@ impl Courier {
                 // A batch packed before the pace was learned, or the refused part of a call,
                 // may carry more than a call should at that pace: the rest goes in later calls.
                 let allowance = self.call_allowance();
-                if let Some(rest) = split_past_allowance(&batch.records, &mut group, allowance) {
+                if let Some(rest) = split_past_allowance(&batch.records, &mut group, self.sink.limits(&self.settings), allowance) {
                     groups.push_front(rest);
                 }
                 let size = call_size(&batch.records, &group);
@@ -197,20 +197,13 @@ fn call_size(records: &OutgoingRecords, which: &[usize]) -> CallSize {
     CallSize { bytes: which.iter().map(|&index| records.get(index).len() as u64).sum(), records: which.len() as u64 }
 }
 
-/// Cuts `group` after its longest prefix within `allowance` (one record at least) and returns
-/// the rest, if any.
-fn split_past_allowance(records: &OutgoingRecords, group: &mut Vec<usize>, allowance: CallSize) -> Option<Vec<usize>> {
-    let mut bytes = 0u64;
-    let mut keep = 0;
-    for &index in group.iter() {
-        let len = records.get(index).len() as u64;
-        let past = keep as u64 >= allowance.records || bytes + len > allowance.bytes;
-        if keep > 0 && past {
-            break;
-        }
-        bytes += len;
-        keep += 1;
-    }
+/// Cuts `group` after its longest prefix that a batch filled to `allowance` takes (one record
+/// at least, as the flusher's batches) and returns the rest, if any.
+fn split_past_allowance(records: &OutgoingRecords, group: &mut Vec<usize>, limits: BatchLimits, allowance: CallSize) -> Option<Vec<usize>> {
+    let mut packer = BatchPacker::filled_to(limits, allowance);
+    // A group's records were all taken by a batch within `limits`, so the first is never
+    // refused; at least one goes whatever happens, so that delivery always moves on.
+    let keep = group.iter().take_while(|&&index| packer.offer(records.get(index).len() as u64) == Offer::Added).count().max(1);
     (keep < group.len()).then(|| group.split_off(keep))
 }
 
@@ -252,20 +245,27 @@ mod tests {
         records
     }
 
+    const LIMITS: BatchLimits = BatchLimits { max_records: 500, max_bytes: 4 * 1024 * 1024, max_record_bytes: Some(1000 * 1024) };
+
+    /// [`split_past_allowance`] within Firehose's limits.
+    fn split(records: &OutgoingRecords, group: &mut Vec<usize>, allowance: CallSize) -> Option<Vec<usize>> {
+        split_past_allowance(records, group, LIMITS, allowance)
+    }
+
     #[test]
     fn a_group_past_the_allowance_is_cut_after_its_longest_prefix_within_it() {
         let records = records(&[40, 40, 40, 300, 10]);
         let mut group = vec![0, 1, 2, 3, 4];
-        let rest = split_past_allowance(&records, &mut group, CallSize { bytes: 100, records: 10 });
+        let rest = split(&records, &mut group, CallSize { bytes: 100, records: 10 });
         assert_eq!((group, rest), (vec![0, 1], Some(vec![2, 3, 4])));
         let mut group = vec![3, 4];
-        let rest = split_past_allowance(&records, &mut group, CallSize { bytes: 100, records: 10 });
+        let rest = split(&records, &mut group, CallSize { bytes: 100, records: 10 });
         assert_eq!((group, rest), (vec![3], Some(vec![4])), "a record larger than the allowance still goes, alone");
         let mut group = vec![0, 1, 2];
-        let rest = split_past_allowance(&records, &mut group, CallSize { bytes: u64::MAX, records: 2 });
+        let rest = split(&records, &mut group, CallSize { bytes: u64::MAX, records: 2 });
         assert_eq!((group, rest), (vec![0, 1], Some(vec![2])));
         let mut group = vec![0, 1];
-        assert_eq!(split_past_allowance(&records, &mut group, CallSize { bytes: 80, records: 2 }), None);
+        assert_eq!(split(&records, &mut group, CallSize { bytes: 80, records: 2 }), None);
         assert_eq!(group, vec![0, 1]);
     }
 }

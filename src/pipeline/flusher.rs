@@ -31,8 +31,8 @@ use crate::config::SinkSettings;
 use crate::events::{BatchDelivery, Events};
 use crate::queue::chunk::decode_chunk;
 use crate::queue::{ChunkAck, ChunkMeta, ChunkSeq, DeadLetter, DeadLetterReason, QueueError, RouteQueue};
-use crate::sink::rate::RateGovernor;
-use crate::sink::{BatchLimits, BatchPacker, CallFill, Offer, OutgoingRecords, Sink};
+use crate::sink::rate::{CallSize, RateGovernor};
+use crate::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecords, Sink};
 
 /// When a flusher stops.
 #[derive(Clone)]
@@ -107,7 +107,7 @@ pub(super) struct PendingBatch {
 }
 
 impl PendingBatch {
-    fn new(limits: BatchLimits, fill: CallFill) -> PendingBatch {
+    fn new(limits: BatchLimits, fill: CallSize) -> PendingBatch {
         PendingBatch {
             // Most batches fill up: 500 seed records take 73 KB.
             records: OutgoingRecords::with_capacity(fill.bytes.min(limits.max_bytes).min(INITIAL_BATCH_BYTES) as usize),
@@ -300,9 +300,7 @@ impl Flusher {
 
     /// An empty batch, filled no further than one call should carry at the learned pace.
     fn new_batch(&self) -> PendingBatch {
-        let allowance = self.courier.call_allowance();
-        let fill = CallFill { records: usize::try_from(allowance.records).unwrap_or(usize::MAX), bytes: allowance.bytes };
-        PendingBatch::new(self.limits, fill)
+        PendingBatch::new(self.limits, self.courier.call_allowance())
     }
 
     /// Whether `batch` leaves now: full, only acknowledgements (no records), or no reason to wait

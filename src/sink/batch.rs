@@ -4,9 +4,11 @@
 //! `max_bytes` bytes; records keep their order; a record is either added, refused because the
 //! batch is full (it goes into the next one), or refused as too large for any batch.
 //!
-//! A batch may also be asked to stop filling earlier ([`CallFill`], from the pace learned at the
-//! stream's quota): then it holds no more than that, except that a record alone in its batch is
+//! A batch may also be asked to stop filling earlier ([`BatchPacker::filled_to`], at what one
+//! call may carry at the pace learned at the stream's quota): then it holds no more than that, except that a record alone in its batch is
 //! always taken up to the destination's limits, so pacing never makes a record too large.
+
+use super::rate::CallSize;
 
 /// The limits of one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,18 +29,13 @@ pub enum Offer {
     TooLarge,
 }
 
-/// Where a batch stops filling, at or below its [`BatchLimits`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallFill {
-    pub records: usize,
-    pub bytes: u64,
-}
-
 /// Counts what a batch under construction holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchPacker {
     limits: BatchLimits,
-    fill: CallFill,
+    /// Where filling stops: at or below `limits`.
+    fill_records: usize,
+    fill_bytes: u64,
     records: usize,
     bytes: u64,
 }
@@ -46,14 +43,14 @@ pub struct BatchPacker {
 impl BatchPacker {
     /// A batch that fills up to the destination's limits.
     pub fn new(limits: BatchLimits) -> BatchPacker {
-        BatchPacker::filled_to(limits, CallFill { records: limits.max_records, bytes: limits.max_bytes })
+        BatchPacker::filled_to(limits, CallSize { records: u64::MAX, bytes: u64::MAX })
     }
 
     /// A batch that stops filling at `fill` (capped by `limits`); a record alone in it is still
     /// taken up to `limits`.
-    pub fn filled_to(limits: BatchLimits, fill: CallFill) -> BatchPacker {
-        let fill = CallFill { records: fill.records.clamp(1, limits.max_records.max(1)), bytes: fill.bytes.min(limits.max_bytes) };
-        BatchPacker { limits, fill, records: 0, bytes: 0 }
+    pub fn filled_to(limits: BatchLimits, fill: CallSize) -> BatchPacker {
+        let fill_records = usize::try_from(fill.records).unwrap_or(usize::MAX).clamp(1, limits.max_records.max(1));
+        BatchPacker { limits, fill_records, fill_bytes: fill.bytes.min(limits.max_bytes), records: 0, bytes: 0 }
     }
 
     pub fn offer(&mut self, record_len: u64) -> Offer {
@@ -62,8 +59,8 @@ impl BatchPacker {
             return Offer::TooLarge;
         }
         // Alone in its batch, a record is taken whatever the fill: it is within the limits.
-        let past_fill = self.records > 0 && self.bytes + record_len > self.fill.bytes;
-        if self.records >= self.fill.records || past_fill {
+        let past_fill = self.records > 0 && self.bytes + record_len > self.fill_bytes;
+        if self.records >= self.fill_records || past_fill {
             return Offer::Full;
         }
         self.records += 1;
@@ -74,7 +71,7 @@ impl BatchPacker {
     /// Adds `piece_len` bytes to the last record (record packing): refused as [`Offer::Full`]
     /// when the batch's fill would be passed.
     pub fn extend_last(&mut self, piece_len: u64) -> Offer {
-        if self.records == 0 || self.bytes + piece_len > self.fill.bytes {
+        if self.records == 0 || self.bytes + piece_len > self.fill_bytes {
             return Offer::Full;
         }
         self.bytes += piece_len;
@@ -82,7 +79,7 @@ impl BatchPacker {
     }
 
     pub fn is_full(&self) -> bool {
-        self.records >= self.fill.records || self.bytes >= self.fill.bytes
+        self.records >= self.fill_records || self.bytes >= self.fill_bytes
     }
 
     pub fn records(&self) -> usize {
@@ -104,10 +101,10 @@ mod tests {
 
     /// Packs lengths the way the flusher does: offer each record, start a new batch when full.
     fn pack(lengths: &[u64], limits: BatchLimits) -> (Vec<Vec<usize>>, Vec<usize>) {
-        pack_filled_to(lengths, limits, CallFill { records: limits.max_records, bytes: limits.max_bytes })
+        pack_filled_to(lengths, limits, CallSize { records: u64::MAX, bytes: u64::MAX })
     }
 
-    fn pack_filled_to(lengths: &[u64], limits: BatchLimits, fill: CallFill) -> (Vec<Vec<usize>>, Vec<usize>) {
+    fn pack_filled_to(lengths: &[u64], limits: BatchLimits, fill: CallSize) -> (Vec<Vec<usize>>, Vec<usize>) {
         let mut batches = vec![Vec::new()];
         let mut too_large = Vec::new();
         let mut packer = BatchPacker::filled_to(limits, fill);
@@ -141,7 +138,7 @@ mod tests {
 
     #[test]
     fn a_record_larger_than_the_fill_is_sent_alone_not_refused() {
-        let fill = CallFill { records: 500, bytes: 100_000 };
+        let fill = CallSize { records: 500, bytes: 100_000 };
         let (batches, too_large) = pack_filled_to(&[40_000, 40_000, 40_000, 300_000, 10], FIREHOSE, fill);
         assert_eq!(batches, vec![vec![0, 1], vec![2], vec![3], vec![4]]);
         assert!(too_large.is_empty());
@@ -156,7 +153,7 @@ mod tests {
             fill_bytes in 1u64..=5 * 1024 * 1024,
             fill_records in 0usize..=600,
         ) {
-            let fill = CallFill { records: fill_records, bytes: fill_bytes };
+            let fill = CallSize { records: fill_records as u64, bytes: fill_bytes };
             let (batches, too_large) = pack_filled_to(&lengths, FIREHOSE, fill);
             for batch in batches.iter().filter(|batch| batch.len() > 1) {
                 let bytes: u64 = batch.iter().map(|&index| lengths[index]).sum();

@@ -19,7 +19,7 @@ pub mod request;
 
 use crate::config::{firehose_limits, SinkDestination, SinkSettings};
 
-pub use batch::{BatchLimits, BatchPacker, CallFill, Offer};
+pub use batch::{BatchLimits, BatchPacker, Offer};
 pub use directory::DirectorySink;
 pub use firehose::{FirehoseSink, PackingVerdict};
 
