@@ -32,6 +32,8 @@ pub(super) struct Courier {
     pub(super) route: String,
     pub(super) sink: Arc<Sink>,
     pub(super) settings: SinkSettings,
+    /// The sink's limits of one call, as the flusher's batches were packed to.
+    pub(super) limits: BatchLimits,
     pub(super) events: Arc<Events>,
     /// After this fires, a delivery has `shutdown_timeout` to finish.
     pub(super) stop: CancellationToken,
@@ -55,7 +57,7 @@ impl Courier {
                 // A batch packed before the pace was learned, or the refused part of a call,
                 // may carry more than a call should at that pace: the rest goes in later calls.
                 let allowance = self.call_allowance();
-                if let Some(rest) = split_past_allowance(&batch.records, &mut group, self.sink.limits(&self.settings), allowance) {
+                if let Some(rest) = split_past_allowance(&batch.records, &mut group, self.limits, allowance) {
                     groups.push_front(rest);
                 }
                 let size = call_size(&batch.records, &group);

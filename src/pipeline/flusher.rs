@@ -187,6 +187,7 @@ impl Flusher {
             route: queue.name().to_owned(),
             sink,
             settings: settings.clone(),
+            limits,
             events: events.clone(),
             stop: stopping.stop.clone(),
             shutdown_timeout: stopping.shutdown_timeout,
