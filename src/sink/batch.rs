@@ -5,8 +5,9 @@
 //! batch is full (it goes into the next one), or refused as too large for any batch.
 //!
 //! A batch may also be asked to stop filling earlier ([`BatchPacker::filled_to`], at what one
-//! call may carry at the pace learned at the stream's quota): then it holds no more than that, except that a record alone in its batch is
-//! always taken up to the destination's limits, so pacing never makes a record too large.
+//! call may carry at the pace learned at the stream's quota): then it holds no more than that,
+//! except that a record alone in its batch is always taken up to the destination's limits, so
+//! pacing never makes a record too large.
 
 use super::rate::CallSize;
 
