@@ -77,36 +77,16 @@ fn main() {
             sink_lines: "pack_records = true",
             tls: true,
         },
-        Situation {
-            name: "at the quota (1 MiB/s, 1,000 calls/s, 100k records/s)",
-            records: scale(100_000),
-            faults: Faults {
-                quota: Some(Quota { bytes_per_sec: 1 << 20, records_per_sec: 100_000, calls_per_sec: 1_000 }),
-                ..Faults::default()
-            },
-            sink_lines: "",
-            tls: false,
-        },
+        Situation { name: "at the quota (1 MiB/s, 1,000 calls/s, 100k records/s)", ..at_the_quota(scale(100_000), Duration::ZERO) },
         Situation {
             name: "at the quota, packed records",
-            records: scale(100_000),
-            faults: Faults {
-                quota: Some(Quota { bytes_per_sec: 1 << 20, records_per_sec: 100_000, calls_per_sec: 1_000 }),
-                ..Faults::default()
-            },
             sink_lines: "pack_records = true",
-            tls: false,
+            ..at_the_quota(scale(100_000), Duration::ZERO)
         },
         Situation {
             name: "at the quota, packed records, 30 ms per call",
-            records: scale(100_000),
-            faults: Faults {
-                quota: Some(Quota { bytes_per_sec: 1 << 20, records_per_sec: 100_000, calls_per_sec: 1_000 }),
-                latency: Duration::from_millis(30),
-                ..Faults::default()
-            },
             sink_lines: "pack_records = true",
-            tls: false,
+            ..at_the_quota(scale(100_000), Duration::from_millis(30))
         },
         Situation {
             name: "30 ms per call",
@@ -147,6 +127,22 @@ fn main() {
             measured.duplicates,
             quota_used
         );
+    }
+}
+
+/// `records` one record per line to a stream with ap-northeast-2's default Direct PUT quota,
+/// `latency` away.
+fn at_the_quota(records: u64, latency: Duration) -> Situation {
+    Situation {
+        name: "at the quota",
+        records,
+        faults: Faults {
+            quota: Some(Quota { bytes_per_sec: 1 << 20, records_per_sec: 100_000, calls_per_sec: 1_000 }),
+            latency,
+            ..Faults::default()
+        },
+        sink_lines: "",
+        tls: false,
     }
 }
 
