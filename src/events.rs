@@ -51,6 +51,16 @@ pub struct Events {
     sink_records_acked: AtomicU64,
     billed_units: AtomicU64,
     rate_decreases: AtomicU64,
+    entries_refused_throughput: AtomicU64,
+    entries_refused_internal: AtomicU64,
+    entries_refused_other: AtomicU64,
+    calls_failed_server_error: AtomicU64,
+    calls_failed_network: AtomicU64,
+    calls_failed_unavailable: AtomicU64,
+    pace_lowered: AtomicU64,
+    pace_testing: AtomicU64,
+    pace_quota_confirmed: AtomicU64,
+    pace_noise_restored: AtomicU64,
     /// Seconds from sending a call to its answer.
     pub call_latency: Histogram,
     /// Records per call.
@@ -67,6 +77,7 @@ struct Gates {
     call_failed: LogGate,
     sink_unavailable: LogGate,
     retry: LogGate,
+    pace: LogGate,
     read_failed: LogGate,
     backpressure: LogGate,
     dead_letter: LogGate,
@@ -195,6 +206,16 @@ impl Default for Events {
             sink_records_acked: AtomicU64::default(),
             billed_units: AtomicU64::default(),
             rate_decreases: AtomicU64::default(),
+            entries_refused_throughput: AtomicU64::default(),
+            entries_refused_internal: AtomicU64::default(),
+            entries_refused_other: AtomicU64::default(),
+            calls_failed_server_error: AtomicU64::default(),
+            calls_failed_network: AtomicU64::default(),
+            calls_failed_unavailable: AtomicU64::default(),
+            pace_lowered: AtomicU64::default(),
+            pace_testing: AtomicU64::default(),
+            pace_quota_confirmed: AtomicU64::default(),
+            pace_noise_restored: AtomicU64::default(),
             call_latency: Histogram::new(LATENCY_SECONDS),
             call_records: Histogram::new(RECORDS_PER_CALL),
             last_sink_problem: Mutex::new(None),
@@ -243,6 +264,20 @@ pub struct EventCounts {
     pub billed_units: u64,
     /// Times the send rate was lowered to what the destination took (see `sink::rate`).
     pub rate_decreases: u64,
+    /// Failed entries by what they mean: over the stream's throughput (`ServiceUnavailableException`),
+    /// a transient fault (`InternalFailure`), anything else.
+    pub entries_refused_throughput: u64,
+    pub entries_refused_internal: u64,
+    pub entries_refused_other: u64,
+    /// Failed calls by cause (throttled whole: `throttled_calls`).
+    pub calls_failed_server_error: u64,
+    pub calls_failed_network: u64,
+    pub calls_failed_unavailable: u64,
+    /// The pace's decisions (see `sink::rate::PaceDecision`).
+    pub pace_lowered: u64,
+    pub pace_testing: u64,
+    pub pace_quota_confirmed: u64,
+    pub pace_noise_restored: u64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -261,6 +296,40 @@ pub struct BatchDelivery {
     pub billed_units: u64,
 }
 
+/// Failed entries of one answered call, by what their codes mean.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EntryRefusals {
+    /// Over the stream's throughput: `ServiceUnavailableException` (and the other throttling codes).
+    pub throughput: u64,
+    /// A transient fault of the service: `InternalFailure`.
+    pub internal: u64,
+    pub other: u64,
+}
+
+impl EntryRefusals {
+    pub fn total(&self) -> u64 {
+        self.throughput + self.internal + self.other
+    }
+}
+
+/// Why a call failed whole (other than throttling or a refusal that needs an operator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallFailure {
+    /// A 5xx answer.
+    ServerError,
+    /// No usable answer: the network, a timeout, an answer that cannot be read or relied on.
+    Network,
+}
+
+impl CallFailure {
+    pub fn label(self) -> &'static str {
+        match self {
+            CallFailure::ServerError => "server_error",
+            CallFailure::Network => "network",
+        }
+    }
+}
+
 /// Why a retry was scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryCause {
@@ -268,8 +337,10 @@ pub enum RetryCause {
     FailedEntries,
     /// The whole call was throttled.
     Throttled,
-    /// Network error, timeout or 5xx.
+    /// Network error, timeout, or an answer that cannot be relied on.
     Transient,
+    /// A 5xx answer (`InternalFailure`).
+    ServerError,
     /// The destination refuses every call (stream missing, access denied); retried slowly.
     Unavailable,
 }
@@ -390,11 +461,29 @@ impl Events {
         self.call_records.observe(records as f64);
     }
 
-    pub fn entries_failed(&self, route: &str, failed: u64, of: u64, code: &str, message: &str) {
+    /// Some entries of an answered call failed: `refused` says how many of each kind, `first`
+    /// is the first failure's code and message.
+    pub fn entries_failed(&self, route: &str, refused: EntryRefusals, of: u64, first: (&str, &str)) {
+        let failed = refused.total();
+        let (code, message) = first;
         bump(&self.failed_entries, failed);
+        bump(&self.entries_refused_throughput, refused.throughput);
+        bump(&self.entries_refused_internal, refused.internal);
+        bump(&self.entries_refused_other, refused.other);
         self.note_sink_problem(route, &format!("{failed} of {of} records refused: {code}: {message}"));
         if let GateDecision::Log { held_back } = self.gates.entries_failed.admit(Instant::now()) {
-            tracing::warn!(route, failed, of, code, message, held_back, "the sink refused some records of a call; resending only those");
+            tracing::warn!(
+                route,
+                failed,
+                of,
+                throughput = refused.throughput,
+                internal_failure = refused.internal,
+                other = refused.other,
+                code,
+                message,
+                held_back,
+                "the sink refused some records of a call; resending only those"
+            );
         }
     }
 
@@ -406,16 +495,22 @@ impl Events {
         }
     }
 
-    pub fn call_failed(&self, route: &str, message: &str) {
+    /// A call failed whole: a 5xx answer (`server_error`), or no usable answer (network, timeout).
+    pub fn call_failed(&self, route: &str, cause: CallFailure, message: &str) {
         bump(&self.failed_calls, 1);
+        match cause {
+            CallFailure::ServerError => bump(&self.calls_failed_server_error, 1),
+            CallFailure::Network => bump(&self.calls_failed_network, 1),
+        }
         self.note_sink_problem(route, message);
         if let GateDecision::Log { held_back } = self.gates.call_failed.admit(Instant::now()) {
-            tracing::warn!(route, message, held_back, "a call to the sink failed");
+            tracing::warn!(route, cause = cause.label(), message, held_back, "a call to the sink failed");
         }
     }
 
     pub fn sink_unavailable(&self, route: &str, message: &str, fix: &str) {
         bump(&self.failed_calls, 1);
+        bump(&self.calls_failed_unavailable, 1);
         self.note_sink_problem(route, &format!("{message} ({fix})"));
         if let GateDecision::Log { held_back } = self.gates.sink_unavailable.admit(Instant::now()) {
             tracing::error!(route, message, fix, held_back, "the sink refuses every call; records stay queued and tailhose keeps retrying");
@@ -429,18 +524,42 @@ impl Events {
         }
     }
 
-    pub fn rate_learned(&self, route: &str, rates: &crate::sink::rate::Rates, call_allowance: crate::sink::rate::CallSize) {
-        bump(&self.rate_decreases, 1);
-        tracing::info!(
-            route,
-            bytes_per_sec = rates.bytes.map(|rate| rate as u64),
-            records_per_sec = rates.records.map(|rate| rate as u64),
-            calls_per_sec = rates.calls.map(|rate| rate as u64),
-            // Calls carry no more than this at that pace (see `RateGovernor::call_allowance`).
-            max_call_bytes = call_allowance.bytes,
-            max_call_records = call_allowance.records,
-            "the destination throttled: sending at the rate it took over the last second, then probing for more"
-        );
+    /// The pace changed (see `sink::rate`): every decision is counted and logged with why, at
+    /// most one line per period (with the count held back since).
+    pub fn pace_changed(&self, route: &str, change: &crate::sink::rate::PaceChange, call_allowance: crate::sink::rate::CallSize) {
+        use crate::sink::rate::PaceDecision;
+        let counter = match change.decision {
+            PaceDecision::Lowered => &self.pace_lowered,
+            PaceDecision::Testing => &self.pace_testing,
+            PaceDecision::QuotaConfirmed => &self.pace_quota_confirmed,
+            PaceDecision::NoiseRestored => &self.pace_noise_restored,
+        };
+        bump(counter, 1);
+        if matches!(change.decision, PaceDecision::Lowered | PaceDecision::Testing) {
+            bump(&self.rate_decreases, 1);
+        }
+        let why = match change.decision {
+            PaceDecision::Lowered => "the destination refused a quarter or more of what was sent: a quota; sending at 95 % of what it took over the last second, then probing for more",
+            PaceDecision::Testing => "the destination refused more than the noise explains: sending at 95 % of what it took, to see whether the refusals fall with the rate",
+            PaceDecision::QuotaConfirmed => "the refusals fell with the rate: a quota; keeping the lower rate, then probing for more",
+            PaceDecision::NoiseRestored => "the refusals did not fall with the rate: noise, not a quota; the rate before is back and refusals at this share are resent without slowing down",
+        };
+        if let GateDecision::Log { held_back } = self.gates.pace.admit(Instant::now()) {
+            tracing::info!(
+                route,
+                decision = change.decision.label(),
+                refused_percent = (change.refused_share * 1000.0).round() / 10.0,
+                noise_percent = (change.noise_floor * 1000.0).round() / 10.0,
+                bytes_per_sec = change.rates.bytes.map(|rate| rate as u64),
+                records_per_sec = change.rates.records.map(|rate| rate as u64),
+                calls_per_sec = change.rates.calls.map(|rate| rate as u64),
+                // Calls carry no more than this at that pace (see `RateGovernor::call_allowance`).
+                max_call_bytes = (call_allowance.bytes != u64::MAX).then_some(call_allowance.bytes),
+                max_call_records = (call_allowance.records != u64::MAX).then_some(call_allowance.records),
+                held_back,
+                "{why}"
+            );
+        }
     }
 
     fn note_sink_problem(&self, route: &str, message: &str) {
@@ -528,6 +647,16 @@ impl Events {
             sink_records_acked: load(&self.sink_records_acked),
             billed_units: load(&self.billed_units),
             rate_decreases: load(&self.rate_decreases),
+            entries_refused_throughput: load(&self.entries_refused_throughput),
+            entries_refused_internal: load(&self.entries_refused_internal),
+            entries_refused_other: load(&self.entries_refused_other),
+            calls_failed_server_error: load(&self.calls_failed_server_error),
+            calls_failed_network: load(&self.calls_failed_network),
+            calls_failed_unavailable: load(&self.calls_failed_unavailable),
+            pace_lowered: load(&self.pace_lowered),
+            pace_testing: load(&self.pace_testing),
+            pace_quota_confirmed: load(&self.pace_quota_confirmed),
+            pace_noise_restored: load(&self.pace_noise_restored),
         }
     }
 }

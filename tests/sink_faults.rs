@@ -107,7 +107,7 @@ fn at_the_quota_with(sink_lines: &str) -> support::fake_firehose::Seen {
     );
     assert!(throttled <= 0.25, "the rate is learned, not hammered: {:.1} % of calls throttled", throttled * 100.0);
     let log = String::from_utf8_lossy(&output.stderr);
-    assert!(log.contains("sending at the rate it took over the last second"), "the rate was learned from throttling");
+    assert!(log.contains("sending at 95 % of what it took"), "the rate was learned from the quota's refusals");
     assert!(log.contains("max_call_bytes"), "the log says how large calls are at the learned pace");
     seen
 }

@@ -44,7 +44,7 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
             counts.sink_records_acked,
         ),
         ("tailhose_billed_units_total", "Firehose billing units (records rounded up to 5 KB) acknowledged.", counts.billed_units),
-        ("tailhose_rate_decreases_total", "Times the send rate was lowered to what the destination took.", counts.rate_decreases),
+        ("tailhose_rate_decreases_total", "Times the send rate was lowered (a quota found, or a test begun).", counts.rate_decreases),
     ];
     for (name, help, value) in counters {
         out.header(name, help, "counter");
@@ -59,6 +59,32 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
         ("unrecoverable", counts.dead_unrecoverable),
     ] {
         out.sample("tailhose_dead_letters_total", &[("reason", reason)], value as f64);
+    }
+    out.header("tailhose_refused_entries_total", "Records a sink refused inside an answered call, by what the code means.", "counter");
+    for (reason, value) in [
+        ("throughput", counts.entries_refused_throughput),
+        ("internal_failure", counts.entries_refused_internal),
+        ("other", counts.entries_refused_other),
+    ] {
+        out.sample("tailhose_refused_entries_total", &[("reason", reason)], value as f64);
+    }
+    out.header("tailhose_call_failures_total", "Calls that failed whole, by cause.", "counter");
+    for (cause, value) in [
+        ("throttled", counts.throttled_calls),
+        ("server_error", counts.calls_failed_server_error),
+        ("network", counts.calls_failed_network),
+        ("unavailable", counts.calls_failed_unavailable),
+    ] {
+        out.sample("tailhose_call_failures_total", &[("cause", cause)], value as f64);
+    }
+    out.header("tailhose_pace_decisions_total", "Decisions of the send rate's governor (docs/rate-control.md).", "counter");
+    for (decision, value) in [
+        ("lowered", counts.pace_lowered),
+        ("testing", counts.pace_testing),
+        ("quota_confirmed", counts.pace_quota_confirmed),
+        ("noise_restored", counts.pace_noise_restored),
+    ] {
+        out.sample("tailhose_pace_decisions_total", &[("decision", decision)], value as f64);
     }
     out.histogram("tailhose_call_duration_seconds", "Seconds from sending a call to its answer.", &state.events.call_latency.snapshot());
     out.histogram("tailhose_call_records", "Records per call.", &state.events.call_records.snapshot());

@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::flusher::PendingBatch;
 use crate::config::SinkSettings;
-use crate::events::{Events, RetryCause};
+use crate::events::{CallFailure, EntryRefusals, Events, RetryCause};
 use crate::queue::{DeadLetter, DeadLetterReason, FileIdentity};
-use crate::sink::rate::{CallSize, RateGovernor};
+use crate::sink::rate::{CallAnswer, CallSize, RateGovernor};
 use crate::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecords, RecordOutcome, Sink, SinkError};
 
 /// How delivering a batch ended.
@@ -44,6 +44,13 @@ pub(super) struct Courier {
 
 impl Courier {
     /// Sends the batch until every record is accepted or dead-lettered, or shutdown's deadline passes.
+    ///
+    /// When to send again: a call that had anything accepted shows the destination is up, so
+    /// its refused records go again at once (the governor's pace still spaces them): refusals
+    /// that are noise cost only their own resend, never a pause. A call that failed whole, or
+    /// had everything refused, goes again at once too if it is the first such failure in a row
+    /// and the destination accepted something in the last second (a fault of one call); else
+    /// it waits out the exponential back-off, as for an outage.
     pub(super) async fn deliver(&self, batch: &mut PendingBatch) -> Delivery {
         let route = self.route.as_str();
         let abandon = abandon_after(self.stop.clone(), self.shutdown_timeout);
@@ -51,6 +58,7 @@ impl Courier {
         let mut groups: VecDeque<Vec<usize>> = VecDeque::from([(0..batch.records.len()).collect()]);
         let mut backoff = self.backoff();
         let mut attempt = 0u64;
+        let mut failures_in_a_row = 0u32;
         while let Some(mut group) = groups.pop_front() {
             loop {
                 attempt += 1;
@@ -74,15 +82,20 @@ impl Courier {
                     _ = &mut abandon => return Delivery::Abandoned,
                 };
                 self.events.call_answered(group.len() as u64, call_started.elapsed());
-                let (cause, delay) = match answer {
+                let nothing_taken = CallSize { bytes: 0, records: 0 };
+                let cause = match answer {
                     Ok(outcomes) => {
                         let mut failed = Vec::new();
+                        let mut refusals = EntryRefusals::default();
                         let mut first_failure = None;
-                        let mut throttled = false;
                         for (&index, outcome) in group.iter().zip(&outcomes) {
                             if let RecordOutcome::Failed { code, message } = outcome {
                                 failed.push(index);
-                                throttled |= is_throttling(code);
+                                match refusal_kind(code) {
+                                    RefusalKind::Throughput => refusals.throughput += 1,
+                                    RefusalKind::InternalFailure => refusals.internal += 1,
+                                    RefusalKind::Other => refusals.other += 1,
+                                }
                                 first_failure.get_or_insert((code.clone(), message.clone()));
                             }
                         }
@@ -90,33 +103,46 @@ impl Courier {
                             bytes: size.bytes - call_size(&batch.records, &failed).bytes,
                             records: (group.len() - failed.len()) as u64,
                         };
-                        self.lock_governor().accepted(accepted, call_started, Instant::now());
+                        self.tell_governor(CallAnswer { sent_at: call_started, sent: size, accepted, refused_for_throughput: refusals.throughput });
                         let Some((code, message)) = first_failure else {
                             backoff = self.backoff();
+                            failures_in_a_row = 0;
                             break;
                         };
-                        self.events.entries_failed(route, failed.len() as u64, group.len() as u64, &code, &message);
+                        self.events.entries_failed(route, refusals, group.len() as u64, (&code, &message));
                         group = failed;
-                        if throttled {
-                            self.learn_from_throttling(call_started);
+                        if accepted.records > 0 {
+                            // Part of the call went through: the destination is up.
+                            backoff = self.backoff();
+                            failures_in_a_row = 0;
+                            self.events.retry_scheduled(route, RetryCause::FailedEntries, attempt, Duration::ZERO);
+                            continue;
                         }
-                        // Part of the call went through: the destination is up and near its quota,
-                        // which the governor's pace now respects; waiting longer only wastes quota.
-                        let delay = if throttled && accepted.records > 0 { Some(Duration::ZERO) } else { backoff.next() };
-                        (RetryCause::FailedEntries, delay)
+                        RetryCause::FailedEntries
                     }
                     Err(SinkError::Throttled { message }) => {
                         self.events.call_throttled(route, &message);
-                        self.learn_from_throttling(call_started);
-                        (RetryCause::Throttled, backoff.next())
+                        let throttled = CallAnswer { sent_at: call_started, sent: size, accepted: nothing_taken, refused_for_throughput: size.records };
+                        self.tell_governor(throttled);
+                        RetryCause::Throttled
+                    }
+                    Err(SinkError::ServerError { message, .. }) => {
+                        self.events.call_failed(route, CallFailure::ServerError, &message);
+                        RetryCause::ServerError
                     }
                     Err(SinkError::Transient { message }) => {
-                        self.events.call_failed(route, &message);
-                        (RetryCause::Transient, backoff.next())
+                        self.events.call_failed(route, CallFailure::Network, &message);
+                        RetryCause::Transient
                     }
                     Err(SinkError::Unavailable { message, fix, .. }) => {
                         self.events.sink_unavailable(route, &message, &fix);
-                        (RetryCause::Unavailable, Some(self.settings.retry_max_backoff))
+                        let delay = self.settings.retry_max_backoff;
+                        self.events.retry_scheduled(route, RetryCause::Unavailable, attempt, delay);
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = &mut abandon => return Delivery::Abandoned,
+                        }
+                        continue;
                     }
                     Err(SinkError::InvalidRecords { code, message }) => {
                         if let [index] = group[..] {
@@ -143,11 +169,15 @@ impl Courier {
                         break;
                     }
                 };
-                let delay = delay.unwrap_or(self.settings.retry_max_backoff);
+                failures_in_a_row += 1;
+                let a_fault_of_one_call = failures_in_a_row == 1 && self.lock_governor().accepting(Instant::now());
+                let delay = if a_fault_of_one_call { Duration::ZERO } else { backoff.next().unwrap_or(self.settings.retry_max_backoff) };
                 self.events.retry_scheduled(route, cause, attempt, delay);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = &mut abandon => return Delivery::Abandoned,
+                if !delay.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = &mut abandon => return Delivery::Abandoned,
+                    }
                 }
             }
         }
@@ -164,13 +194,13 @@ impl Courier {
         self.governor.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Lowers the send rate to what the destination took over the last second, if it took any.
-    fn learn_from_throttling(&self, call_sent_at: Instant) {
+    /// Tells the governor what a call's answer took and refused; logs and counts any change of pace.
+    fn tell_governor(&self, answer: CallAnswer) {
         let mut governor = self.lock_governor();
-        if let Some(rates) = governor.throttled(call_sent_at, Instant::now()) {
+        if let Some(change) = governor.answered(answer, Instant::now()) {
             let allowance = governor.call_allowance();
             drop(governor);
-            self.events.rate_learned(&self.route, &rates, allowance);
+            self.events.pace_changed(&self.route, &change, allowance);
         }
     }
 
@@ -209,9 +239,22 @@ fn split_past_allowance(records: &OutgoingRecords, group: &mut Vec<usize>, limit
     (keep < group.len()).then(|| group.split_off(keep))
 }
 
-/// Per-record error codes that mean "over the stream's quota".
-fn is_throttling(code: &str) -> bool {
-    matches!(code, "ServiceUnavailableException" | "ThrottlingException" | "LimitExceededException")
+/// What a per-record error code says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefusalKind {
+    /// Over the stream's throughput: a signal for the pace, if it follows the rate.
+    Throughput,
+    /// A transient fault of the service: resent, never a rate.
+    InternalFailure,
+    Other,
+}
+
+fn refusal_kind(code: &str) -> RefusalKind {
+    match code {
+        "ServiceUnavailableException" | "ServiceUnavailable" | "ThrottlingException" | "LimitExceededException" => RefusalKind::Throughput,
+        "InternalFailure" | "InternalFailureException" => RefusalKind::InternalFailure,
+        _ => RefusalKind::Other,
+    }
 }
 
 /// Completes when `stop` has fired and `grace` has passed since.

@@ -189,7 +189,7 @@ fn classify_service_error(code: &str, status: u16, message: String) -> SinkError
             message,
             fix: "check the delivery stream's encryption key and source settings".into(),
         },
-        _ if status >= 500 => SinkError::Transient { message },
+        _ if status >= 500 => SinkError::ServerError { status, message },
         _ if status == 429 => SinkError::Throttled { message },
         _ => SinkError::Unavailable {
             code: code.into(),
@@ -328,7 +328,7 @@ mod tests {
     #[test]
     fn throttling_and_server_errors_are_retried_and_missing_streams_are_reported() {
         assert!(matches!(classify_service_error("ServiceUnavailableException", 400, String::new()), SinkError::Throttled { .. }));
-        assert!(matches!(classify_service_error("InternalFailure", 500, String::new()), SinkError::Transient { .. }));
+        assert!(matches!(classify_service_error("InternalFailure", 500, String::new()), SinkError::ServerError { status: 500, .. }));
         assert!(matches!(classify_service_error("ResourceNotFoundException", 400, String::new()), SinkError::Unavailable { .. }));
         assert!(matches!(classify_service_error("InvalidArgumentException", 400, String::new()), SinkError::InvalidRecords { .. }));
         assert!(matches!(classify_service_error("AccessDeniedException", 400, String::new()), SinkError::Unavailable { .. }));

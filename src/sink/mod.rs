@@ -114,9 +114,12 @@ pub enum SinkError {
     /// The destination asked to slow down; retry with back-off.
     #[error("throttled: {message}")]
     Throttled { message: String },
-    /// Network trouble, a timeout, a 5xx answer: retry with back-off.
+    /// Network trouble, a timeout, an answer that cannot be relied on: retry with back-off.
     #[error("transient failure: {message}")]
     Transient { message: String },
+    /// A 5xx answer (`InternalFailure`): a fault of the service, not a rate; retry.
+    #[error("server error (HTTP {status}): {message}")]
+    ServerError { status: u16, message: String },
     /// The call's content was refused as invalid (`InvalidArgumentException`): some record in it
     /// can never be taken. The flusher splits the batch to find it.
     #[error("records refused as invalid ({code}): {message}")]

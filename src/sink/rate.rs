@@ -1,39 +1,58 @@
-//! Living at the stream's quota: a send rate learned from throttling.
+//! Living at the stream's quota without mistaking noise for it: a send rate learned from the
+//! refusals that follow the rate, and only from those.
 //!
 //! A Direct PUT stream takes a fixed number of bytes, records and calls per second (1 MiB/s,
-//! 1,000 records... in ap-northeast-2 by default) and answers the excess with
+//! 1,000 calls/s in ap-northeast-2 by default) and answers the excess with
 //! `ServiceUnavailableException` entries. Sending as fast as possible and backing off after each
-//! refusal wastes most of the quota on refused records and retries (Fluent Bit used under a third
-//! of it here). The [`RateGovernor`] instead paces calls:
+//! refusal wastes most of the quota (Fluent Bit used under a third of it). But a stream also
+//! refuses records for reasons that have nothing to do with the rate: a busy partition now and
+//! then, `InternalFailure` entries, a throttled call while another writer bursts. Slowing down
+//! for those costs everything and buys nothing: with 1 % of records refused at random, a
+//! governor that lowers the rate at every refusal ratchets down to its floor (issue 17 measured
+//! a 1,000-fold fall). The [`RateGovernor`] tells the two apart by what the refusals do when the
+//! rate changes (docs/rate-control.md has the reasoning and the measurements):
 //!
-//! - **Learn from throttling (multiplicative decrease).** When the destination throttles while it
-//!   is accepting records, what it accepted over the last second is, by definition, about its
-//!   quota: the rates become 95 % of that (bytes, records and calls per second). Several calls
-//!   are in flight and their answers need not come in the order they left: calls sent before
-//!   the refused one but answered after it belong to that second too, and complete the
-//!   measurement when their answers come within a second of the refusal (one answered later
-//!   may have been accepted in a later second: it is not counted, so a link whose round trips
-//!   vary by seconds cannot inflate the measurement).
-//! - **Probe for more (additive increase).** Every second without throttling, each rate grows by
-//!   1 % of the rate learned at the last throttle, so a quota raised by AWS is found again.
+//! - **The refused share, not the refusal.** Over the last second, the share of records sent
+//!   that were refused for throughput (entries with a throttling code, or every record of a call
+//!   throttled whole; `InternalFailure` is a fault, never a rate) is compared with the *noise
+//!   floor*: the share that was seen to persist whatever the rate. Within the floor's tolerance
+//!   nothing changes; the refused records are simply sent again.
+//! - **Lower, then look (a test, undone when wrong).** Above it, the rates are lowered to 95 % of
+//!   what the destination accepted over that second (a quota's measure). Then the calls sent at
+//!   the lower rate decide: if the refused share fell with the rate, it was a quota, the lower
+//!   rate stays and what is still refused is the noise floor. If it did not fall, the refusals
+//!   are noise: the rates before the test come back (as TCP undoes a spurious congestion
+//!   response, RFC 3522) and the share becomes the floor. A floor is trusted for
+//!   [`NOISE_MEMORY`], then tested again, so a wrong verdict costs at most that long.
+//! - **A share no noise has is a quota at once.** When a quarter or more of what was sent is
+//!   refused (an unpaced start against a quota, a quota halved by another writer) the rates are
+//!   lowered without a test, once per second while it lasts.
+//! - **Probe for more, faster the longer it holds.** At a learned rate, after [`HOLD`] without a
+//!   quota decision, each second the pace limits the calls, the rates grow by 1 %, 2 %, 4 % ...
+//!   of the learned rate (at most 25 % a second), so a quota raised by AWS is found within
+//!   seconds, and the first step over the quota is small.
 //! - **Pace, do not burst.** Calls are spaced so that no 100 ms holds more than its share: a
 //!   quota counted per second is never exceeded by a burst at a window's edge. Nor does one
 //!   call carry more than 100 ms of the pace ([`RateGovernor::call_allowance`]): batches are
 //!   filled to it and larger ones split, or packed records' 2 MiB calls would be refused in
 //!   part at every call by a stream taking 1 MiB a second.
+//! - **Overtaken answers.** Several calls are in flight and their answers need not come in the
+//!   order they left: calls sent before the refused one but answered after it, within a second
+//!   of the refusal, belong to the measurement and complete it.
 //! - **Ceilings.** `max_bytes_per_sec` and `max_records_per_sec` are never passed.
 //!
-//! A call throttled as a whole, with nothing accepted over the last second (an outage, or a
-//! quota shared with another writer at its limit), teaches nothing about the rate: the flusher's
+//! A call throttled as a whole with nothing accepted over the last second (an outage, or a
+//! quota shared with another writer at its limit) teaches nothing about the rate: the courier's
 //! exponential back-off handles it, and the learned rate stays.
 //!
-//! Time is passed in (`Instant`), so the arithmetic is tested without clocks.
+//! Time is passed in (`Instant`), so the arithmetic is tested without clocks, over simulated
+//! seconds of every situation (noise, a quota, both, a quota that changes).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// What one call carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallSize {
     pub bytes: u64,
     pub records: u64,
@@ -47,37 +66,229 @@ pub struct Rates {
     pub calls: Option<f64>,
 }
 
-/// Rates are never lowered below these (bytes, records, calls per second): a signal that is not
-/// about the rate (random refusals) must not starve delivery. Below them, the flusher's back-off
-/// still slows a destination that refuses everything.
+/// What the destination answered to one call, as the governor reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallAnswer {
+    pub sent_at: Instant,
+    pub sent: CallSize,
+    pub accepted: CallSize,
+    /// Records refused for throughput: entries with a throttling code, or every record of a
+    /// call throttled whole. Records refused for any other reason are in neither count.
+    pub refused_for_throughput: u64,
+}
+
+/// A change of pace, with what it was decided from (for the log and the metrics).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PaceChange {
+    pub decision: PaceDecision,
+    /// The rates now in force.
+    pub rates: Rates,
+    /// Share of the records sent over the second decided on that was refused for throughput.
+    pub refused_share: f64,
+    /// The share taken for noise from now on.
+    pub noise_floor: f64,
+}
+
+/// Why the pace changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaceDecision {
+    /// A quarter or more of what was sent was refused: a quota, lowered to what it took.
+    Lowered,
+    /// More was refused than the noise floor explains: lowered to what was taken, to see
+    /// whether the refusals fall with the rate.
+    Testing,
+    /// They fell with the rate: a quota; the lower rate stays.
+    QuotaConfirmed,
+    /// They did not: noise; the rates before the test are back.
+    NoiseRestored,
+}
+
+impl PaceDecision {
+    /// The label of the decision in logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            PaceDecision::Lowered => "lowered",
+            PaceDecision::Testing => "testing",
+            PaceDecision::QuotaConfirmed => "quota_confirmed",
+            PaceDecision::NoiseRestored => "noise_restored",
+        }
+    }
+}
+
+/// Rates are never lowered below these (bytes, records, calls per second): should refusals
+/// that are not about the rate ever be taken for a quota, delivery still goes on. Below them,
+/// the courier's back-off still slows a destination that refuses everything.
 const FLOOR: Rates = Rates { bytes: Some(256.0 * 1024.0), records: Some(256.0), calls: Some(10.0) };
 
-/// Fraction of the accepted rate taken after a throttle.
+/// Fraction of the accepted rate taken when a quota is found...
 const DECREASE_TO: f64 = 0.95;
-/// Growth per second without throttling, as a fraction of the rate learned at the last throttle.
-const INCREASE_PER_SECOND: f64 = 0.01;
+/// ...and the most of the pace in force a decrease leaves.
+const AT_MOST_OF_BEFORE: f64 = 0.9;
+/// The first probing step, as a fraction of the learned rate; each step doubles the last.
+const FIRST_STEP: f64 = 0.01;
+/// The largest probing step a second, as a fraction of the learned rate.
+const LARGEST_STEP: f64 = 0.25;
+/// How long a learned rate is kept before probing above it.
+pub const HOLD: Duration = Duration::from_secs(2);
 /// How far ahead of the pace calls may be sent (a burst allowance).
 const BURST: Duration = Duration::from_millis(100);
-/// The window over which accepted traffic is measured: quotas are per second.
+/// The window over which answers are measured: quotas are per second.
 const WINDOW: Duration = Duration::from_secs(1);
+/// A refused share at or above this is a quota without a test: no stream's noise is that loud.
+const QUOTA_AT_ONCE: f64 = 0.25;
+/// Below this share, refusals are never a signal (a record or two at a window's edge).
+const SMALLEST_SIGNAL: f64 = 0.005;
+/// A test lasts at least this long, and until this many calls sent at the lower rate are
+/// answered; then until the shares differ by more than their spread, or it has lasted
+/// [`TEST_LONGEST`], when their point estimates decide.
+const TEST_SPAN: Duration = Duration::from_secs(1);
+const TEST_CALLS: usize = 4;
+const TEST_LONGEST: Duration = Duration::from_secs(5);
+/// The refused share "fell with the rate" when it fell below this fraction of what it was.
+const FELL_TO: f64 = 0.7;
+/// How long a measured noise floor is trusted before the next refusals above the smallest
+/// signal are tested again: what a wrong verdict can cost at most.
+pub const NOISE_MEMORY: Duration = Duration::from_secs(20);
 
 #[derive(Debug)]
 pub struct RateGovernor {
     ceiling: Rates,
     current: Rates,
-    /// The rates set at the last throttle: the step of additive increase.
+    /// The rates set at the last quota decision: the unit of probing steps.
     learned: Rates,
-    last_throttle: Option<Instant>,
-    last_increase: Option<Instant>,
-    /// When the next call may go (virtual scheduling).
-    next_send: Option<Instant>,
-    /// Accepted calls answered during the last [`WINDOW`], by when they were answered.
-    accepted: VecDeque<(Instant, CallSize)>,
-    /// The last throttle's measurement, still open to answers of calls sent before it.
+    phase: Phase,
+    /// When the last decision lowered the rates (at most one a [`WINDOW`]).
+    last_lowered: Option<Instant>,
+    /// The share of records refused whatever the rate, and when it was measured.
+    noise: Option<NoiseFloor>,
+    /// When the next call may go, by each rate (virtual scheduling, one schedule per rate:
+    /// charging each call the largest of its costs would bill a mix of large calls and small
+    /// resends twice, bytes for the one and calls for the other).
+    next_send: Schedules,
+    /// When the pace last held a call back: probing only counts seconds the pace limits.
+    last_held_back: Option<Instant>,
+    /// Calls answered during the last [`WINDOW`].
+    answers: VecDeque<Answered>,
+    /// The last decrease's measurement, still open to answers of calls sent before it.
     last_learning: Option<Learning>,
 }
 
-/// What a throttle measured: the accepted traffic answered in the second before it.
+/// When the next call may go by the bytes, records and calls rates (`None`: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Schedules([Option<Instant>; 3]);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// No quota known: the rates are the ceilings.
+    Free,
+    /// At a learned rate since `since`; probing above it after [`HOLD`].
+    Paced { since: Instant, probe: Probe },
+    /// Lowered at `since` on a refused share above the noise; the calls sent since decide.
+    Testing(Test),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Probe {
+    /// The whole seconds of probing counted so far, and the steps taken.
+    counted_until: Instant,
+    steps: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Test {
+    since: Instant,
+    refused_share: f64,
+    /// The spread of `refused_share` (see [`Tally::spread`]), over this many records.
+    spread: f64,
+    records: u64,
+    /// The rates and phase to go back to if the refusals turn out to be noise.
+    before: Rates,
+    before_learned: Rates,
+    was_paced: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct NoiseFloor {
+    share: f64,
+    /// The spread of `share`'s measurement: refusals that come by the call are lumpy.
+    spread: f64,
+    measured_at: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Answered {
+    answered_at: Instant,
+    answer: CallAnswer,
+}
+
+/// What the answers of a span add up to.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    sent_records: u64,
+    refused: u64,
+    /// Of `refused`, the records of calls throttled whole.
+    refused_whole: u64,
+    accepted: CallSize,
+    /// Calls that had anything accepted.
+    accepting_calls: u64,
+    calls: usize,
+    /// When the earliest call counted was sent.
+    first_sent: Option<Instant>,
+    /// Sums for the spread of the refused share. Refusals come by the call (a call throttled
+    /// whole refuses all its records at once), so the call, not the record, is the sample:
+    /// Σ refused², Σ refused × sent, Σ sent².
+    refused_squared: f64,
+    refused_by_sent: f64,
+    sent_squared: f64,
+}
+
+impl Tally {
+    fn add(&mut self, answer: &CallAnswer) {
+        self.calls += 1;
+        self.first_sent = Some(self.first_sent.map_or(answer.sent_at, |first| first.min(answer.sent_at)));
+        self.sent_records += answer.sent.records;
+        self.refused += answer.refused_for_throughput;
+        if answer.accepted.records == 0 && answer.refused_for_throughput == answer.sent.records {
+            self.refused_whole += answer.refused_for_throughput;
+        }
+        if answer.accepted.records > 0 {
+            self.accepted = self.accepted.plus(answer.accepted);
+            self.accepting_calls += 1;
+        }
+        let (refused, sent) = (answer.refused_for_throughput as f64, answer.sent.records as f64);
+        self.refused_squared += refused * refused;
+        self.refused_by_sent += refused * sent;
+        self.sent_squared += sent * sent;
+    }
+
+    fn refused_share(&self) -> f64 {
+        if self.sent_records == 0 {
+            0.0
+        } else {
+            self.refused as f64 / self.sent_records as f64
+        }
+    }
+
+    /// The standard error of [`Tally::refused_share`], taking each call as one sample (the
+    /// ratio estimator's: √(Σ (refusedᵢ − share × sentᵢ)²) / Σ sentᵢ).
+    fn spread(&self) -> f64 {
+        if self.sent_records == 0 {
+            return 1.0;
+        }
+        let share = self.refused_share();
+        let squares = self.refused_squared - 2.0 * share * self.refused_by_sent + share * share * self.sent_squared;
+        let calls = self.calls as f64;
+        let correction = if calls > 1.0 { calls / (calls - 1.0) } else { 1.0 };
+        (squares.max(0.0) * correction).sqrt() / self.sent_records as f64
+    }
+
+    /// Seconds from the earliest call counted to `now`.
+    fn covers(&self, now: Instant) -> Duration {
+        self.first_sent.map_or(Duration::ZERO, |first| now.saturating_duration_since(first))
+    }
+}
+
+/// What a decrease measured: the accepted traffic answered in the second before it.
 #[derive(Debug, Clone, Copy)]
 struct Learning {
     /// When the refused call was sent: answers that come later for calls sent earlier were
@@ -85,10 +296,16 @@ struct Learning {
     refused_call_sent_at: Instant,
     /// When the refusal came: overtaken answers count only within [`WINDOW`] of it.
     refused_at: Instant,
-    /// The rates in force before the throttle lowered them.
+    /// The rates in force before the decrease.
     before: Rates,
+    /// Accepted traffic and accepting calls over the second before the decrease (a young
+    /// governor's whole life: what a quota took in a second that began with the first call).
     measured: CallSize,
     calls: u64,
+    /// Whether the calls rate is lowered too.
+    calls_limited: bool,
+    /// Divides the accepted rate to give the send rate the quota takes.
+    kept_share: f64,
 }
 
 impl RateGovernor {
@@ -97,10 +314,12 @@ impl RateGovernor {
             ceiling,
             current: ceiling,
             learned: Rates::default(),
-            last_throttle: None,
-            last_increase: None,
-            next_send: None,
-            accepted: VecDeque::new(),
+            phase: Phase::Free,
+            last_lowered: None,
+            noise: None,
+            next_send: Schedules::default(),
+            last_held_back: None,
+            answers: VecDeque::new(),
             last_learning: None,
         }
     }
@@ -110,121 +329,312 @@ impl RateGovernor {
         self.current
     }
 
+    /// The share of records taken for noise, if one was measured.
+    pub fn noise_floor(&self) -> Option<f64> {
+        self.noise.map(|noise| noise.share)
+    }
+
     /// How long to wait before sending a call of `size` at `now`; the call is booked.
     pub fn reserve(&mut self, size: CallSize, now: Instant) -> Duration {
-        self.increase(now);
-        let cost = [
+        self.probe(now);
+        let costs = [
             self.current.bytes.map(|rate| size.bytes as f64 / rate),
             self.current.records.map(|rate| size.records as f64 / rate),
             self.current.calls.map(|rate| 1.0 / rate),
-        ]
-        .into_iter()
-        .flatten()
-        .fold(0.0, f64::max);
+        ];
         let earliest = now.checked_sub(BURST).unwrap_or(now);
-        let start = self.next_send.map_or(now, |next| next.max(earliest));
-        self.next_send = Some(start + Duration::from_secs_f64(cost.min(3600.0)));
-        start.saturating_duration_since(now)
+        let go_at = self.next_send.0.iter().flatten().fold(now, |latest, &next| latest.max(next));
+        let go_from = go_at.checked_sub(BURST).unwrap_or(go_at).max(earliest);
+        for (next, cost) in self.next_send.0.iter_mut().zip(costs) {
+            *next = cost.map(|cost| next.map_or(go_from, |next| next.max(go_from)) + Duration::from_secs_f64(cost.min(3600.0)));
+        }
+        let wait = go_at.saturating_duration_since(now);
+        if !wait.is_zero() {
+            self.last_held_back = Some(now);
+        }
+        wait
     }
 
     /// The most one call should carry at the pace in force: [`BURST`]'s share of the byte and
     /// record rates, so that no call is a burst by itself (a stream taking 1 MiB a second can
-    /// never take a 2 MiB call whole). Unlimited before any throttle or ceiling.
+    /// never take a 2 MiB call whole). Unlimited before any quota or ceiling.
     pub fn call_allowance(&self) -> CallSize {
         let share = |rate: Option<f64>| rate.map_or(u64::MAX, |rate| (rate * BURST.as_secs_f64()) as u64);
         CallSize { bytes: share(self.current.bytes), records: share(self.current.records) }
     }
 
-    /// The destination accepted `size` of a call sent at `sent_at`.
-    pub fn accepted(&mut self, size: CallSize, sent_at: Instant, now: Instant) {
+    /// Whether the destination accepted anything in the last second: then a call that failed
+    /// whole is a fault of that call, worth sending again at once, not an outage to back off from.
+    pub fn accepting(&self, now: Instant) -> bool {
+        self.answers
+            .iter()
+            .rev()
+            .take_while(|answered| now.saturating_duration_since(answered.answered_at) < WINDOW)
+            .any(|answered| answered.answer.accepted.records > 0)
+    }
+
+    /// The destination answered a call: `answer` says what it took and what it refused for
+    /// throughput. Returns the change of pace this decided, if any.
+    pub fn answered(&mut self, answer: CallAnswer, now: Instant) -> Option<PaceChange> {
         self.forget_before(now);
-        if size.records == 0 {
-            return;
+        self.answers.push_back(Answered { answered_at: now, answer });
+        if answer.accepted.records > 0 {
+            self.complete_learning(answer, now);
         }
-        self.accepted.push_back((now, size));
-        // A call that left before the refused one and was answered after the refusal belongs
-        // to what the throttle measured: without it the rate is learned short by the calls
-        // that were overtaken (one in five of a second's calls, measured with four in flight).
+        match self.phase {
+            Phase::Testing(test) => self.judge(test, now),
+            Phase::Free | Phase::Paced { .. } if answer.refused_for_throughput > 0 => self.consider_refusals(answer.sent_at, now),
+            Phase::Free | Phase::Paced { .. } => None,
+        }
+    }
+
+    /// Refusals came: lowers the rates when the share refused over the last second is more
+    /// than the noise floor explains.
+    fn consider_refusals(&mut self, refused_call_sent_at: Instant, now: Instant) -> Option<PaceChange> {
+        // One overload shows as several refusals in a row: lower once per window.
+        if self.last_lowered.is_some_and(|last| now.saturating_duration_since(last) < WINDOW) {
+            return None;
+        }
+        let tally = self.tally(|_| true);
+        let share = tally.refused_share();
+        if share <= self.tolerance(now) {
+            return None;
+        }
+        // A moderate share over less than a second of sending (a restart, or the pause after a
+        // decrease) is too little to go on, and would measure a second by a fraction of it.
+        if share < QUOTA_AT_ONCE && tally.covers(now) < WINDOW.mul_f64(0.9) {
+            return None;
+        }
+        if tally.accepted.records == 0 {
+            return None;
+        }
+        let before = self.current;
+        let before_learned = self.learned;
+        let was_paced = matches!(self.phase, Phase::Paced { .. });
+        let kept_share = 1.0 - self.noise.map_or(0.0, |noise| noise.share);
+        let learning = Learning {
+            refused_call_sent_at,
+            refused_at: now,
+            before,
+            measured: tally.accepted,
+            calls: tally.accepting_calls,
+            // Calls throttled whole are how a stream says "too many calls"; records refused
+            // inside answered calls are about bytes and records, not the number of calls.
+            calls_limited: tally.refused_whole * 2 >= tally.refused,
+            kept_share,
+        };
+        self.current = learning.rates(self.ceiling);
+        self.last_learning = Some(learning);
+        self.pay_for_the_last_second(tally);
+        self.learned = self.current;
+        self.last_lowered = Some(now);
+        let decision = if share >= QUOTA_AT_ONCE {
+            self.phase = Phase::Paced { since: now, probe: Probe { counted_until: now + HOLD, steps: 0 } };
+            PaceDecision::Lowered
+        } else {
+            self.phase = Phase::Testing(Test { since: now, refused_share: share, spread: tally.spread(), records: tally.sent_records, before, before_learned, was_paced });
+            PaceDecision::Testing
+        };
+        Some(self.change(decision, share))
+    }
+
+    /// During a test: once the calls sent at the lower rate say enough, decides whether the
+    /// refused share fell with the rate (a quota) or not (noise, and the old rates come back).
+    fn judge(&mut self, test: Test, now: Instant) -> Option<PaceChange> {
+        let tally = self.tally(|answered| answered.answer.sent_at > test.since);
+        if now.saturating_duration_since(test.since) < TEST_SPAN || tally.calls < TEST_CALLS {
+            return None;
+        }
+        let share = tally.refused_share();
+        // Both shares are estimates: a verdict needs a difference larger than their spread.
+        let spread = tally.spread();
+        let both = (spread.powi(2) + test.spread.powi(2)).sqrt();
+        // More refused at a lower rate is neither noise (the same share) nor the quota the test
+        // measured (less): the quota fell meanwhile (another writer). So is a share no noise has.
+        let rose = share - test.refused_share > 3.0 * both;
+        if share >= QUOTA_AT_ONCE || rose {
+            self.phase = Phase::Paced { since: now, probe: Probe { counted_until: now + HOLD, steps: 0 } };
+            self.last_lowered = None;
+            let refused_call_sent_at = self.answers.back().map_or(now, |answered| answered.answer.sent_at);
+            return self.consider_refusals(refused_call_sent_at, now);
+        }
+        let fell = share < FELL_TO * test.refused_share && test.refused_share - share > 3.0 * both;
+        // A quota predicts that, below it, only the noise known before is left. A floor that
+        // has outlived its memory is what is being tested: it predicts nothing.
+        let floor_before = self.fresh_noise(now).map_or(0.0, |noise| noise.share);
+        let persisted = share - floor_before > 3.0 * spread + SMALLEST_SIGNAL && share >= FELL_TO * test.refused_share;
+        let long_enough = now.saturating_duration_since(test.since) >= TEST_LONGEST;
+        let fell = match (fell, persisted) {
+            (true, _) => true,
+            (false, true) => false,
+            // Too few calls to tell yet: the test goes on (it costs 5 % of the rate at most),
+            // and at its end the point estimates decide.
+            (false, false) if !long_enough => return None,
+            (false, false) => share < FELL_TO * test.refused_share,
+        };
+        let decision = if fell {
+            // What is still refused below the quota is the noise.
+            self.noise = Some(NoiseFloor { share, spread, measured_at: now });
+            // The hold counts from the decrease; probing starts no earlier than this verdict.
+            let probe_from = (test.since + HOLD).max(now);
+            self.phase = Phase::Paced { since: test.since, probe: Probe { counted_until: probe_from, steps: 0 } };
+            PaceDecision::QuotaConfirmed
+        } else {
+            // Both seconds measured the same noise: together they measure it better.
+            let (before, after) = (test.records as f64, tally.sent_records as f64);
+            let total = (before + after).max(1.0);
+            self.noise = Some(NoiseFloor {
+                share: (test.refused_share * before + share * after) / total,
+                spread: ((test.spread * before).powi(2) + (spread * after).powi(2)).sqrt() / total,
+                measured_at: now,
+            });
+            self.last_learning = None;
+            self.current = Rates {
+                bytes: larger(self.current.bytes, test.before.bytes),
+                records: larger(self.current.records, test.before.records),
+                calls: larger(self.current.calls, test.before.calls),
+            };
+            self.learned = test.before_learned;
+            self.next_send = Schedules::default();
+            self.phase = if test.was_paced {
+                Phase::Paced { since: now, probe: Probe { counted_until: now + HOLD, steps: 0 } }
+            } else {
+                Phase::Free
+            };
+            PaceDecision::NoiseRestored
+        };
+        Some(self.change(decision, share))
+    }
+
+    fn change(&self, decision: PaceDecision, refused_share: f64) -> PaceChange {
+        PaceChange { decision, rates: self.current, refused_share, noise_floor: self.noise.map_or(0.0, |noise| noise.share) }
+    }
+
+    /// The largest refused share the noise floor explains, while the floor is fresh: half as
+    /// much again (noise is never exactly steady), or three times the spread it was measured
+    /// with (noise that comes as whole calls refused is lumpy).
+    fn tolerance(&self, now: Instant) -> f64 {
+        match self.fresh_noise(now) {
+            Some(noise) => noise.share + (noise.share * 0.5).max(3.0 * noise.spread).max(SMALLEST_SIGNAL),
+            None => SMALLEST_SIGNAL,
+        }
+    }
+
+    /// The noise floor, while it is within [`NOISE_MEMORY`] of its measurement.
+    fn fresh_noise(&self, now: Instant) -> Option<NoiseFloor> {
+        self.noise.filter(|noise| now.saturating_duration_since(noise.measured_at) < NOISE_MEMORY)
+    }
+
+    /// A call sent before the refused one and answered after it belongs to what the decrease
+    /// measured: without it the rate is learned short by the calls that were overtaken (one in
+    /// five of a second's calls, measured with four in flight).
+    fn complete_learning(&mut self, answer: CallAnswer, now: Instant) {
         let Some(learning) = self.last_learning.as_mut() else { return };
         if now.saturating_duration_since(learning.refused_at) >= WINDOW {
             self.last_learning = None;
             return;
         }
-        if sent_at >= learning.refused_call_sent_at {
+        if answer.sent_at >= learning.refused_call_sent_at {
             return;
         }
-        learning.measured = learning.measured.plus(size);
+        learning.measured = learning.measured.plus(answer.accepted);
         learning.calls += 1;
-        let corrected = lowered_rates(learning.before, learning.measured, learning.calls, self.ceiling);
+        let corrected = learning.rates(self.ceiling);
         self.current = Rates {
             bytes: larger(self.current.bytes, corrected.bytes),
             records: larger(self.current.records, corrected.records),
             calls: larger(self.current.calls, corrected.calls),
         };
-        self.learned = corrected;
-    }
-
-    /// The destination throttled (a whole call sent at `sent_at`, or entries of one). Returns
-    /// the new rates when they were lowered.
-    pub fn throttled(&mut self, sent_at: Instant, now: Instant) -> Option<Rates> {
-        self.forget_before(now);
-        // One overload shows as several refusals in a row: lower once per window.
-        if self.last_throttle.is_some_and(|last| now.saturating_duration_since(last) < WINDOW) {
-            return None;
-        }
-        let total = self.accepted.iter().fold(CallSize { bytes: 0, records: 0 }, |sum, (_, size)| sum.plus(*size));
-        if total.records == 0 {
-            return None;
-        }
-        let calls = self.accepted.len() as u64;
-        let before = self.current;
-        self.current = lowered_rates(before, total, calls, self.ceiling);
-        self.last_learning = Some(Learning { refused_call_sent_at: sent_at, refused_at: now, before, measured: total, calls });
-        // What the last second carried already spent the budget from its first call on: the
-        // next call waits until that traffic is paid for at the new rate.
-        let spent = [
-            self.current.bytes.map(|rate| total.bytes as f64 / rate),
-            self.current.records.map(|rate| total.records as f64 / rate),
-            self.current.calls.map(|rate| calls as f64 / rate),
-        ]
-        .into_iter()
-        .flatten()
-        .fold(0.0, f64::max);
-        if let Some(&(oldest, _)) = self.accepted.front() {
-            let paid_until = oldest + Duration::from_secs_f64(spent.min(3600.0));
-            self.next_send = Some(self.next_send.map_or(paid_until, |next| next.max(paid_until)));
-        }
         self.learned = self.current;
-        self.last_throttle = Some(now);
-        self.last_increase = Some(now);
-        Some(self.current)
     }
 
-    /// Additive increase: every whole second since the last throttle or increase.
-    fn increase(&mut self, now: Instant) {
-        let Some(since) = self.last_increase else { return };
-        let seconds = now.saturating_duration_since(since).as_secs();
-        if seconds == 0 {
-            return;
-        }
-        let grow = |current: Option<f64>, learned: Option<f64>, ceiling: Option<f64>| match (current, learned) {
-            (Some(current), Some(step)) => {
-                let grown = current + step * INCREASE_PER_SECOND * seconds as f64;
-                Some(ceiling.map_or(grown, |ceiling| grown.min(ceiling)))
+    /// What the last second carried already spent the budget from its first call on: the next
+    /// call waits until that traffic is paid for at the new rate.
+    fn pay_for_the_last_second(&mut self, tally: Tally) {
+        let spent = [
+            self.current.bytes.map(|rate| tally.accepted.bytes as f64 / rate),
+            self.current.records.map(|rate| tally.accepted.records as f64 / rate),
+            self.current.calls.map(|rate| tally.accepting_calls as f64 / rate),
+        ];
+        let Some(oldest) = self.answers.front().map(|answered| answered.answered_at) else { return };
+        for (next, spent) in self.next_send.0.iter_mut().zip(spent) {
+            if let Some(spent) = spent {
+                let paid_until = oldest + Duration::from_secs_f64(spent.min(3600.0));
+                *next = Some(next.map_or(paid_until, |next| next.max(paid_until)));
             }
-            (current, _) => current,
-        };
-        self.current = Rates {
-            bytes: grow(self.current.bytes, self.learned.bytes, self.ceiling.bytes),
-            records: grow(self.current.records, self.learned.records, self.ceiling.records),
-            calls: grow(self.current.calls, self.learned.calls, self.ceiling.calls),
-        };
-        self.last_increase = Some(since + Duration::from_secs(seconds));
+        }
+    }
+
+    /// Probing: after [`HOLD`] at a learned rate, every whole second the pace held calls back,
+    /// the rates grow by a step that doubles each time, from 1 % of the learned rate.
+    fn probe(&mut self, now: Instant) {
+        let Phase::Paced { since, probe } = self.phase else { return };
+        let mut probe = probe;
+        while now >= probe.counted_until + WINDOW {
+            probe.counted_until += WINDOW;
+            // A second in which the pace held nothing back says nothing of a higher rate.
+            let limited = self.last_held_back.is_some_and(|held| held + WINDOW >= probe.counted_until);
+            if !limited {
+                continue;
+            }
+            let step = (FIRST_STEP * f64::from(1u32 << probe.steps.min(16))).min(LARGEST_STEP);
+            probe.steps += 1;
+            let grow = |current: Option<f64>, learned: Option<f64>, ceiling: Option<f64>| match (current, learned) {
+                (Some(current), Some(unit)) => {
+                    let grown = current + unit * step;
+                    Some(ceiling.map_or(grown, |ceiling| grown.min(ceiling)))
+                }
+                (current, _) => current,
+            };
+            self.current = Rates {
+                bytes: grow(self.current.bytes, self.learned.bytes, self.ceiling.bytes),
+                records: grow(self.current.records, self.learned.records, self.ceiling.records),
+                calls: grow(self.current.calls, self.learned.calls, self.ceiling.calls),
+            };
+        }
+        self.phase = Phase::Paced { since, probe };
+    }
+
+    fn tally(&self, include: impl Fn(&Answered) -> bool) -> Tally {
+        let mut tally = Tally::default();
+        for answered in self.answers.iter().filter(|answered| include(answered)) {
+            tally.add(&answered.answer);
+        }
+        tally
     }
 
     fn forget_before(&mut self, now: Instant) {
-        while self.accepted.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) >= WINDOW) {
-            self.accepted.pop_front();
+        // A test keeps the answers of the calls it sent, however long it has to wait for them.
+        let keep_from = match self.phase {
+            Phase::Testing(test) => Some(test.since),
+            _ => None,
+        };
+        while self.answers.front().is_some_and(|answered| {
+            now.saturating_duration_since(answered.answered_at) >= WINDOW && keep_from.is_none_or(|since| answered.answer.sent_at < since)
+        }) {
+            self.answers.pop_front();
+        }
+    }
+}
+
+impl Learning {
+    /// The rates this measurement gives: 95 % of the accepted rate, as a send rate (divided by
+    /// the share noise leaves), and at most 90 % of what was in force before; never above the
+    /// ceiling, never below the floor.
+    fn rates(&self, ceiling: Rates) -> Rates {
+        let per_second = |amount: u64| amount as f64;
+        // A second measured by a sliding window against a stream's fixed ones can hold a call
+        // of the second before: the rates also fall at least 10 % below the pace in force, so
+        // that a test is always sent below what was refused.
+        let lowered = |before: Option<f64>, measured: f64, ceiling: Option<f64>, floor: Option<f64>| {
+            let target = before.map_or(measured * DECREASE_TO, |before| (measured * DECREASE_TO).min(before * AT_MOST_OF_BEFORE));
+            Some(target.max(floor.unwrap_or(1.0)).min(ceiling.unwrap_or(f64::MAX)))
+        };
+        let kept = self.kept_share.max(0.5);
+        Rates {
+            bytes: lowered(self.before.bytes, per_second(self.measured.bytes) / kept, ceiling.bytes, FLOOR.bytes),
+            records: lowered(self.before.records, per_second(self.measured.records) / kept, ceiling.records, FLOOR.records),
+            calls: if self.calls_limited { lowered(self.before.calls, per_second(self.calls), ceiling.calls, FLOOR.calls) } else { self.before.calls },
         }
     }
 }
@@ -232,20 +642,6 @@ impl RateGovernor {
 impl CallSize {
     fn plus(self, other: CallSize) -> CallSize {
         CallSize { bytes: self.bytes + other.bytes, records: self.records + other.records }
-    }
-}
-
-/// The rates after a throttle: 95 % of what was `measured` over a second (never above what was
-/// in force `before` nor the ceiling, never below the floor).
-fn lowered_rates(before: Rates, measured: CallSize, calls: u64, ceiling: Rates) -> Rates {
-    let lowered = |current: Option<f64>, measured: f64, ceiling: Option<f64>, floor: Option<f64>| {
-        let target = (measured * DECREASE_TO).max(floor.unwrap_or(1.0));
-        Some(current.map_or(target, |current| current.min(target)).min(ceiling.unwrap_or(f64::MAX)))
-    };
-    Rates {
-        bytes: lowered(before.bytes, measured.bytes as f64, ceiling.bytes, FLOOR.bytes),
-        records: lowered(before.records, measured.records as f64, ceiling.records, FLOOR.records),
-        calls: lowered(before.calls, calls as f64, ceiling.calls, FLOOR.calls),
     }
 }
 
@@ -258,75 +654,250 @@ fn larger(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 mod tests {
     use super::*;
 
-    const CALL: CallSize = CallSize { bytes: 73_000, records: 500 };
+    const RECORD_BYTES: u64 = 146;
+    const BATCH_RECORDS: u64 = 500;
 
-    /// Runs a governor against a destination that takes `quota_bytes` per fixed one-second
-    /// window, for `seconds`; returns (bytes accepted, calls, throttled calls).
-    fn simulate(quota_bytes: u64, seconds: u64, ceiling: Rates) -> (u64, u64, u64) {
+    /// A simulated stream: a per-second byte quota counted in fixed windows (which may change
+    /// at a given second), records refused at random, and calls throttled whole at random.
+    #[derive(Clone, Copy, Default)]
+    struct Stream {
+        quota_bytes: Option<u64>,
+        /// From this second on, the quota is this.
+        quota_change: Option<(u64, u64)>,
+        refused_records: f64,
+        throttled_calls: f64,
+    }
+
+    /// What a simulated run saw.
+    #[derive(Debug, Default)]
+    struct Run {
+        /// Bytes accepted in each second of the run.
+        accepted_per_second: Vec<u64>,
+        calls: u64,
+        /// Calls that met the quota (whole or in part), by the second they were made in.
+        quota_throttled_per_second: Vec<u64>,
+    }
+
+    impl Run {
+        fn accepted(&self, seconds: std::ops::Range<usize>) -> u64 {
+            self.accepted_per_second[seconds].iter().sum()
+        }
+
+        fn quota_throttled(&self, seconds: std::ops::Range<usize>) -> u64 {
+            self.quota_throttled_per_second[seconds].iter().sum()
+        }
+    }
+
+    /// xorshift64, seeded: reproducible refusals.
+    struct Random(u64);
+
+    impl Random {
+        fn chance(&mut self, probability: f64) -> bool {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % 1_000_000) as f64 / 1_000_000.0 < probability
+        }
+    }
+
+    /// Sends batches of 500 seed-sized records to `stream` for `seconds`, one call at a time,
+    /// each costing 1 ms and 2 µs a record (a client's CPU and round trip); refused records
+    /// are sent again at once, as the courier does. `governed: false` sends unpaced (the best
+    /// any governor could do against noise).
+    fn simulate(stream: Stream, seconds: u64, ceiling: Rates, governed: bool) -> Run {
         let start = Instant::now();
         let mut governor = RateGovernor::new(ceiling);
+        let mut random = Random(0x2545_f491_4f6c_dd1d);
+        let mut run = Run {
+            accepted_per_second: vec![0; seconds as usize],
+            quota_throttled_per_second: vec![0; seconds as usize],
+            ..Run::default()
+        };
         let mut now = start;
-        let (mut accepted, mut calls, mut throttled) = (0, 0, 0);
-        let mut window = 0;
-        let mut used = 0;
-        while now < start + Duration::from_secs(seconds) {
-            now += governor.reserve(CALL, now) + Duration::from_millis(2);
-            let this_window = now.duration_since(start).as_secs();
-            if this_window != window {
-                (window, used) = (this_window, 0);
+        let (mut window, mut used) = (0, 0);
+        let mut pending = 0;
+        loop {
+            if pending == 0 {
+                pending = BATCH_RECORDS;
             }
-            calls += 1;
-            let taken = CALL.bytes.min(quota_bytes.saturating_sub(used));
-            used += taken;
-            accepted += taken;
-            governor.accepted(CallSize { bytes: taken, records: taken * CALL.records / CALL.bytes }, now, now);
-            if taken < CALL.bytes {
-                throttled += 1;
-                governor.throttled(now, now);
+            let sent = CallSize { bytes: pending * RECORD_BYTES, records: pending };
+            if governed {
+                now += governor.reserve(sent, now);
             }
+            let sent_at = now;
+            now += Duration::from_micros(1_000 + 2 * pending);
+            let second = now.duration_since(start).as_secs();
+            if second >= seconds {
+                return run;
+            }
+            if second != window {
+                (window, used) = (second, 0);
+            }
+            let quota = match stream.quota_change {
+                Some((from, quota)) if second >= from => Some(quota),
+                _ => stream.quota_bytes,
+            };
+            run.calls += 1;
+            let mut accepted = 0;
+            let mut met_quota = false;
+            if !random.chance(stream.throttled_calls) {
+                for _ in 0..pending {
+                    if random.chance(stream.refused_records) {
+                        continue;
+                    }
+                    if quota.is_some_and(|quota| used + RECORD_BYTES > quota) {
+                        met_quota = true;
+                        continue;
+                    }
+                    used += RECORD_BYTES;
+                    accepted += 1;
+                }
+            }
+            run.accepted_per_second[second as usize] += accepted * RECORD_BYTES;
+            run.quota_throttled_per_second[second as usize] += u64::from(met_quota);
+            let answer = CallAnswer {
+                sent_at,
+                sent,
+                accepted: CallSize { bytes: accepted * RECORD_BYTES, records: accepted },
+                refused_for_throughput: pending - accepted,
+            };
+            if let Some(change) = governor.answered(answer, now) {
+                if std::env::var_os("RATE_TRACE").is_some() {
+                    eprintln!("{:>7.3} s {:?} refused {:.4} noise {:.4} bytes/s {:?}", now.duration_since(start).as_secs_f64(), change.decision, change.refused_share, change.noise_floor, change.rates.bytes.map(|rate| rate as u64));
+                }
+            }
+            pending -= accepted;
         }
-        (accepted, calls, throttled)
+    }
+
+    fn used_share(run: &Run, seconds: std::ops::Range<usize>, quota: u64) -> f64 {
+        run.accepted(seconds.clone()) as f64 / (seconds.len() as f64 * quota as f64)
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn random_refusals_cost_only_their_share() {
+        for (refused_records, throttled_calls) in [(0.01, 0.0), (0.05, 0.0), (0.10, 0.0), (0.05, 0.05)] {
+            let stream = Stream { refused_records, throttled_calls, ..Stream::default() };
+            let governed = simulate(stream, 60, Rates::default(), true);
+            let unpaced = simulate(stream, 60, Rates::default(), false);
+            let ratio = governed.accepted(0..60) as f64 / unpaced.accepted(0..60) as f64;
+            assert!(ratio >= 0.95, "{refused_records} of records, {throttled_calls} of calls refused: {ratio:.3} of the unpaced rate");
+        }
     }
 
     #[test]
     fn at_a_per_second_quota_the_learned_rate_uses_most_of_it_with_few_throttled_calls() {
-        let quota = 1 << 20;
-        let (accepted, calls, throttled) = simulate(quota, 60, Rates::default());
-        let used = accepted as f64 / (60.0 * quota as f64);
-        assert!(used >= 0.9, "used {:.1} % of the quota", used * 100.0);
-        assert!(throttled * 20 <= calls, "{throttled} of {calls} calls throttled");
+        for quota in [MIB, 5 * MIB] {
+            let run = simulate(Stream { quota_bytes: Some(quota), ..Stream::default() }, 60, Rates::default(), true);
+            let used = used_share(&run, 0..60, quota);
+            let throttled = run.quota_throttled(0..60);
+            assert!(used >= 0.9, "{quota}: used {:.1} % of the quota", used * 100.0);
+            assert!(throttled * 20 <= run.calls, "{quota}: {throttled} of {} calls throttled", run.calls);
+        }
+    }
+
+    #[test]
+    fn at_a_quota_with_random_refusals_on_top_most_of_the_quota_is_still_used() {
+        let quota = MIB;
+        let run = simulate(Stream { quota_bytes: Some(quota), refused_records: 0.02, ..Stream::default() }, 60, Rates::default(), true);
+        let used = used_share(&run, 0..60, quota);
+        assert!(used >= 0.85, "used {:.1} % of the quota", used * 100.0);
+        assert!(run.quota_throttled(0..60) * 20 <= run.calls, "{} of {} calls met the quota", run.quota_throttled(0..60), run.calls);
+    }
+
+    #[test]
+    fn a_quota_halved_mid_run_is_followed_within_three_seconds() {
+        let stream = Stream { quota_bytes: Some(2 * MIB), quota_change: Some((20, MIB)), ..Stream::default() };
+        let run = simulate(stream, 40, Rates::default(), true);
+        let throttled_after: Vec<u64> = run.quota_throttled_per_second[20..26].to_vec();
+        // Throttling stops within 3 s of the change: at most one probe's refusal a second later.
+        assert!(run.quota_throttled(23..26) <= 1, "calls meeting the quota each second from the change: {throttled_after:?}");
+        let used = used_share(&run, 25..40, MIB);
+        assert!(used >= 0.9, "used {:.1} % of the halved quota", used * 100.0);
+    }
+
+    #[test]
+    fn a_quota_doubled_mid_run_is_found_within_thirty_seconds() {
+        let stream = Stream { quota_bytes: Some(MIB), quota_change: Some((20, 2 * MIB)), ..Stream::default() };
+        let run = simulate(stream, 60, Rates::default(), true);
+        let reached = (20..55).find(|&second| used_share(&run, second..second + 5, 2 * MIB) >= 0.9);
+        assert!(reached.is_some_and(|second| second <= 50), "90 % of the doubled quota reached at second {reached:?} (changed at 20)");
     }
 
     #[test]
     fn a_ceiling_is_never_passed() {
         let ceiling = Rates { bytes: Some(200_000.0), ..Rates::default() };
-        let (accepted, _, throttled) = simulate(u64::MAX, 10, ceiling);
-        assert_eq!(throttled, 0);
-        assert!(accepted as f64 <= 200_000.0 * 10.0 + CALL.bytes as f64 * 2.0, "{accepted}");
+        let run = simulate(Stream::default(), 10, ceiling, true);
+        assert!(run.accepted(0..10) as f64 <= 200_000.0 * 10.0 + (BATCH_RECORDS * RECORD_BYTES) as f64 * 2.0, "{run:?}");
+    }
+
+    const CALL: CallSize = CallSize { bytes: 73_000, records: 500 };
+
+    /// An answer to a call of [`CALL`] sent at `sent_at` with `refused` records refused for throughput.
+    fn answer(sent_at: Instant, refused: u64) -> CallAnswer {
+        let accepted = CALL.records - refused;
+        CallAnswer { sent_at, sent: CALL, accepted: CallSize { bytes: accepted * CALL.bytes / CALL.records, records: accepted }, refused_for_throughput: refused }
+    }
+
+    /// Answers calls every `every` from `from` for `span`, each with `refused` records refused;
+    /// returns the decisions taken and when the last call went.
+    fn answer_calls(governor: &mut RateGovernor, from: Instant, span: Duration, every: Duration, refused: u64) -> (Vec<PaceDecision>, Instant) {
+        let mut decisions = Vec::new();
+        let mut now = from;
+        while now < from + span {
+            now += governor.reserve(CALL, now).max(every);
+            decisions.extend(governor.answered(answer(now, refused), now).map(|change| change.decision));
+        }
+        (decisions, now)
     }
 
     #[test]
-    fn refusals_that_are_not_about_the_rate_never_push_it_below_the_floor() {
+    fn refusals_that_do_not_fall_with_the_rate_are_noise_and_the_rate_before_comes_back() {
         let start = Instant::now();
         let mut governor = RateGovernor::new(Rates::default());
-        let mut now = start;
-        // One record in ten refused whatever the rate: each second looks like a throttle.
-        for _ in 0..600 {
-            now += governor.reserve(CALL, now) + Duration::from_millis(1);
-            governor.accepted(CallSize { bytes: CALL.bytes * 9 / 10, records: CALL.records * 9 / 10 }, now, now);
-            governor.throttled(now, now);
-        }
-        let rates = governor.rates();
-        assert!(rates.bytes.is_some_and(|rate| rate >= 256.0 * 1024.0), "{rates:?}");
-        assert!(rates.calls.is_some_and(|rate| rate >= 10.0), "{rates:?}");
+        // One record in a hundred refused, whatever the rate.
+        let (decisions, now) = answer_calls(&mut governor, start, Duration::from_secs(4), Duration::from_millis(2), 5);
+        assert_eq!(decisions, [PaceDecision::Testing, PaceDecision::NoiseRestored]);
+        assert_eq!(governor.rates(), Rates::default(), "unpaced again");
+        let noise = governor.noise_floor().expect("a noise floor");
+        assert!((noise - 0.01).abs() < 0.002, "{noise}");
+        // Within the floor's memory the same refusals change nothing; after it, they are tested once more.
+        let (decisions, now) = answer_calls(&mut governor, now, NOISE_MEMORY - Duration::from_secs(5), Duration::from_millis(2), 5);
+        assert_eq!(decisions, []);
+        let (decisions, _) = answer_calls(&mut governor, now, Duration::from_secs(8), Duration::from_millis(2), 5);
+        assert_eq!(decisions, [PaceDecision::Testing, PaceDecision::NoiseRestored]);
+    }
+
+    #[test]
+    fn a_quarter_of_the_records_refused_is_a_quota_at_once_and_no_test_undoes_it() {
+        let start = Instant::now();
+        let mut governor = RateGovernor::new(Rates::default());
+        governor.answered(answer(start, 0), start + Duration::from_millis(5));
+        let change = governor.answered(answer(start + Duration::from_millis(10), 300), start + Duration::from_millis(15)).expect("lowered");
+        assert_eq!(change.decision, PaceDecision::Lowered);
+        assert!(change.rates.bytes.is_some());
+    }
+
+    #[test]
+    fn a_moderate_share_refused_in_the_first_second_waits_for_a_whole_second_of_evidence() {
+        // After a restart, the first calls' refusals are too few to tell a quota from noise.
+        let start = Instant::now();
+        let mut governor = RateGovernor::new(Rates::default());
+        let (decisions, _) = answer_calls(&mut governor, start, Duration::from_millis(900), Duration::from_millis(10), 20);
+        assert_eq!(decisions, []);
+        assert_eq!(governor.rates(), Rates::default());
     }
 
     #[test]
     fn a_throttle_with_nothing_accepted_lately_teaches_nothing() {
         let now = Instant::now();
         let mut governor = RateGovernor::new(Rates::default());
-        assert_eq!(governor.throttled(now, now), None);
+        let refused = CallAnswer { sent_at: now, sent: CALL, accepted: CallSize { bytes: 0, records: 0 }, refused_for_throughput: CALL.records };
+        assert_eq!(governor.answered(refused, now + Duration::from_secs(2)), None);
         assert_eq!(governor.rates(), Rates::default());
+        assert!(!governor.accepting(now + Duration::from_secs(2)));
         assert_eq!(governor.reserve(CALL, now), Duration::ZERO, "unlimited until something is learned");
     }
 
@@ -336,10 +907,13 @@ mod tests {
         let mut governor = RateGovernor::new(Rates::default());
         assert_eq!(governor.call_allowance(), CallSize { bytes: u64::MAX, records: u64::MAX }, "unlimited until something is learned");
         for call in 0..10 {
-            let at = start + Duration::from_millis(50 * call);
-            governor.accepted(CALL, at, at);
+            let at = start + Duration::from_millis(50 + 95 * call);
+            governor.answered(answer(at, 0), at);
         }
-        governor.throttled(start + Duration::from_millis(500), start + Duration::from_millis(500)).expect("lowered");
+        // A call sent at the start and refused whole a second later.
+        let refused = CallAnswer { accepted: CallSize { bytes: 0, records: 0 }, refused_for_throughput: 500, ..answer(start, 0) };
+        let change = governor.answered(refused, start + Duration::from_secs(1));
+        assert_eq!(change.map(|change| change.decision), Some(PaceDecision::Testing));
         let allowance = governor.call_allowance();
         assert_eq!(allowance.bytes, (CALL.bytes as f64 * 10.0 * 0.95 * 0.1) as u64);
         assert_eq!(allowance.records, (CALL.records as f64 * 10.0 * 0.95 * 0.1) as u64);
@@ -352,15 +926,16 @@ mod tests {
         start + Duration::from_millis(10 * call)
     }
 
-    /// Calls 0 to 9 answered, then call 13 refused while calls 10 to 12 are still in flight:
-    /// the governor, when the refusal came, and the rates it set.
+    /// Calls 0 to 99 answered over a second, then call 103 refused whole while calls 100 to
+    /// 102 are still in flight: the governor, when the refusal came, and the rates it set.
     fn refused_while_three_calls_travel(start: Instant) -> (RateGovernor, Instant, Rates) {
         let mut governor = RateGovernor::new(Rates::default());
-        for call in 0..10 {
-            governor.accepted(CALL, sent(start, call), sent(start, call) + Duration::from_millis(5));
+        for call in 0..100 {
+            governor.answered(answer(sent(start, call), 0), sent(start, call) + Duration::from_millis(5));
         }
-        let refused_at = sent(start, 13) + Duration::from_millis(1);
-        let lowered = governor.throttled(sent(start, 13), refused_at).expect("lowered");
+        let refused_at = sent(start, 103) + Duration::from_millis(1);
+        let refused = CallAnswer { accepted: CallSize { bytes: 0, records: 0 }, refused_for_throughput: 500, ..answer(sent(start, 103), 0) };
+        let lowered = governor.answered(refused, refused_at).expect("lowered").rates;
         (governor, refused_at, lowered)
     }
 
@@ -368,15 +943,17 @@ mod tests {
     fn calls_sent_before_the_refused_one_and_answered_after_it_still_count_in_what_it_learns() {
         let start = Instant::now();
         let (mut governor, refused_at, lowered) = refused_while_three_calls_travel(start);
-        assert_eq!(lowered.bytes, Some(CALL.bytes as f64 * 10.0 * 0.95));
-        for call in 10..13 {
-            governor.accepted(CALL, sent(start, call), refused_at + Duration::from_millis(call));
+        // The calls answered in the second before the refusal: 0 to 2 fell out of its start.
+        let measured = |calls: f64| Some(CALL.bytes as f64 * calls * 0.95);
+        assert_eq!(lowered.bytes, measured(97.0));
+        for call in 100..103 {
+            governor.answered(answer(sent(start, call), 0), refused_at + Duration::from_millis(call - 99));
         }
         let learned = governor.rates();
-        assert_eq!(learned.bytes, Some(CALL.bytes as f64 * 13.0 * 0.95), "{learned:?}");
-        assert_eq!(learned.calls, Some(13.0 * 0.95), "{learned:?}");
+        assert_eq!(learned.bytes, measured(100.0), "{learned:?}");
+        assert_eq!(learned.calls, Some(100.0 * 0.95), "{learned:?}");
         // Calls sent after the refused one are the next second's traffic.
-        governor.accepted(CALL, refused_at + Duration::from_millis(20), refused_at + Duration::from_millis(25));
+        governor.answered(answer(refused_at + Duration::from_millis(20), 0), refused_at + Duration::from_millis(25));
         assert_eq!(governor.rates(), learned);
     }
 
@@ -384,46 +961,39 @@ mod tests {
     fn an_overtaken_answer_more_than_a_second_after_the_refusal_does_not_count() {
         let start = Instant::now();
         let (mut governor, refused_at, lowered) = refused_while_three_calls_travel(start);
-        // Call 10 was held up on a slow path for seconds: it may have been accepted in any
+        // Call 100 was held up on a slow path for seconds: it may have been accepted in any
         // later second, so it says nothing about the second the refusal measured.
-        governor.accepted(CALL, sent(start, 10), refused_at + Duration::from_millis(2_500));
+        governor.answered(answer(sent(start, 100), 0), refused_at + Duration::from_millis(2_500));
         assert_eq!(governor.rates(), lowered);
-        // Nor does any overtaken answer after it.
-        governor.accepted(CALL, sent(start, 11), refused_at + Duration::from_millis(2_600));
+        governor.answered(answer(sent(start, 101), 0), refused_at + Duration::from_millis(2_600));
         assert_eq!(governor.rates(), lowered);
     }
 
     #[test]
-    fn far_away_the_rate_is_what_was_answered_over_the_last_second() {
-        // Two-second round trips, a call every 100 ms, answers in the order the calls left.
-        let start = Instant::now();
-        let call = CallSize { bytes: 100_000, records: 1_000 };
-        let round_trip = Duration::from_secs(2);
-        let sent = |index: u32| start + Duration::from_millis(100) * index;
-        let mut governor = RateGovernor::new(Rates::default());
-        for index in 0..30 {
-            governor.accepted(call, sent(index), sent(index) + round_trip);
-        }
-        // Call 30 is refused; calls 21 to 29 were answered in the second before.
-        let lowered = governor.throttled(sent(30), sent(30) + round_trip).expect("lowered");
-        assert_eq!(lowered.bytes, Some(9.0 * 100_000.0 * 0.95));
-        // The calls that left while call 30 travelled are answered after it, and are not part
-        // of what it measured.
-        for index in 31..50 {
-            governor.accepted(call, sent(index), sent(index) + round_trip);
-        }
-        assert_eq!(governor.rates().bytes, lowered.bytes);
-    }
-
-    #[test]
-    fn after_a_throttle_the_rate_grows_back_by_one_percent_of_it_per_second() {
+    fn after_a_hold_the_rate_grows_by_steps_that_double_each_second_the_pace_limits() {
         let start = Instant::now();
         let mut governor = RateGovernor::new(Rates::default());
-        governor.accepted(CallSize { bytes: 1_000_000, records: 1_000 }, start, start);
-        let lowered = governor.throttled(start, start).expect("lowered");
-        assert_eq!((lowered.bytes, lowered.records), (Some(950_000.0), Some(950.0)));
-        governor.reserve(CallSize { bytes: 0, records: 0 }, start + Duration::from_secs(10));
+        for call in 0..100 {
+            governor.answered(answer(sent(start, call), 0), sent(start, call));
+        }
+        let tested_at = sent(start, 100);
+        let refused = CallAnswer { accepted: CallSize { bytes: 0, records: 0 }, refused_for_throughput: 500, ..answer(tested_at, 0) };
+        assert_eq!(governor.answered(refused, tested_at).map(|change| change.decision), Some(PaceDecision::Testing));
+        let lowered = governor.rates().bytes.expect("a rate");
+        // At the lower pace nothing is refused: a quota. One call refused in a hundred is weak
+        // evidence, so the test runs its whole length before the point estimates decide.
+        let (decisions, mut now) = answer_calls(&mut governor, tested_at, TEST_LONGEST - Duration::from_millis(100), Duration::from_millis(1), 0);
+        assert_eq!(decisions, []);
+        let (decisions, _) = answer_calls(&mut governor, now, Duration::from_millis(200), Duration::from_millis(1), 0);
+        assert_eq!(decisions, [PaceDecision::QuotaConfirmed]);
+        assert_eq!(governor.rates().bytes, Some(lowered), "held");
+        // Calls offered faster than the pace: it holds them back every second.
+        now = tested_at + TEST_LONGEST;
+        while now < tested_at + TEST_LONGEST + Duration::from_millis(4_500) {
+            now += governor.reserve(CALL, now).max(Duration::from_millis(1));
+        }
         let grown = governor.rates().bytes.expect("a rate");
-        assert!((grown - 950_000.0 * 1.1).abs() < 1.0, "{grown}");
+        // Four whole seconds of probing after the verdict (the hold had passed): 1 + 2 + 4 + 8 % of the learned rate.
+        assert!((grown / lowered - 1.15).abs() < 0.001, "{grown} from {lowered}");
     }
 }
