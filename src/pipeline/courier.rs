@@ -103,7 +103,12 @@ impl Courier {
                             bytes: size.bytes - call_size(&batch.records, &failed).bytes,
                             records: (group.len() - failed.len()) as u64,
                         };
-                        self.tell_governor(CallAnswer { sent_at: call_started, sent: size, accepted, refused_for_throughput: refusals.throughput });
+                        self.tell_governor(CallAnswer {
+                            sent_at: call_started,
+                            sent: size,
+                            accepted,
+                            refused_for_throughput: refusals.throughput,
+                        });
                         let Some((code, message)) = first_failure else {
                             backoff = self.backoff();
                             failures_in_a_row = 0;
@@ -122,7 +127,8 @@ impl Courier {
                     }
                     Err(SinkError::Throttled { message }) => {
                         self.events.call_throttled(route, &message);
-                        let throttled = CallAnswer { sent_at: call_started, sent: size, accepted: nothing_taken, refused_for_throughput: size.records };
+                        let throttled =
+                            CallAnswer { sent_at: call_started, sent: size, accepted: nothing_taken, refused_for_throughput: size.records };
                         self.tell_governor(throttled);
                         RetryCause::Throttled
                     }

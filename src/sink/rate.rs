@@ -432,7 +432,15 @@ impl RateGovernor {
             self.phase = Phase::Paced { since: now, probe: Probe { counted_until: now + HOLD, steps: 0 } };
             PaceDecision::Lowered
         } else {
-            self.phase = Phase::Testing(Test { since: now, refused_share: share, spread: tally.spread(), records: tally.sent_records, before, before_learned, was_paced });
+            self.phase = Phase::Testing(Test {
+                since: now,
+                refused_share: share,
+                spread: tally.spread(),
+                records: tally.sent_records,
+                before,
+                before_learned,
+                was_paced,
+            });
             PaceDecision::Testing
         };
         Some(self.change(decision, share))
@@ -634,7 +642,11 @@ impl Learning {
         Rates {
             bytes: lowered(self.before.bytes, per_second(self.measured.bytes) / kept, ceiling.bytes, FLOOR.bytes),
             records: lowered(self.before.records, per_second(self.measured.records) / kept, ceiling.records, FLOOR.records),
-            calls: if self.calls_limited { lowered(self.before.calls, per_second(self.calls), ceiling.calls, FLOOR.calls) } else { self.before.calls },
+            calls: if self.calls_limited {
+                lowered(self.before.calls, per_second(self.calls), ceiling.calls, FLOOR.calls)
+            } else {
+                self.before.calls
+            },
         }
     }
 }
@@ -708,11 +720,8 @@ mod tests {
         let start = Instant::now();
         let mut governor = RateGovernor::new(ceiling);
         let mut random = Random(0x2545_f491_4f6c_dd1d);
-        let mut run = Run {
-            accepted_per_second: vec![0; seconds as usize],
-            quota_throttled_per_second: vec![0; seconds as usize],
-            ..Run::default()
-        };
+        let mut run =
+            Run { accepted_per_second: vec![0; seconds as usize], quota_throttled_per_second: vec![0; seconds as usize], ..Run::default() };
         let mut now = start;
         let (mut window, mut used) = (0, 0);
         let mut pending = 0;
@@ -763,7 +772,14 @@ mod tests {
             };
             if let Some(change) = governor.answered(answer, now) {
                 if std::env::var_os("RATE_TRACE").is_some() {
-                    eprintln!("{:>7.3} s {:?} refused {:.4} noise {:.4} bytes/s {:?}", now.duration_since(start).as_secs_f64(), change.decision, change.refused_share, change.noise_floor, change.rates.bytes.map(|rate| rate as u64));
+                    eprintln!(
+                        "{:>7.3} s {:?} refused {:.4} noise {:.4} bytes/s {:?}",
+                        now.duration_since(start).as_secs_f64(),
+                        change.decision,
+                        change.refused_share,
+                        change.noise_floor,
+                        change.rates.bytes.map(|rate| rate as u64)
+                    );
                 }
             }
             pending -= accepted;
@@ -838,12 +854,23 @@ mod tests {
     /// An answer to a call of [`CALL`] sent at `sent_at` with `refused` records refused for throughput.
     fn answer(sent_at: Instant, refused: u64) -> CallAnswer {
         let accepted = CALL.records - refused;
-        CallAnswer { sent_at, sent: CALL, accepted: CallSize { bytes: accepted * CALL.bytes / CALL.records, records: accepted }, refused_for_throughput: refused }
+        CallAnswer {
+            sent_at,
+            sent: CALL,
+            accepted: CallSize { bytes: accepted * CALL.bytes / CALL.records, records: accepted },
+            refused_for_throughput: refused,
+        }
     }
 
     /// Answers calls every `every` from `from` for `span`, each with `refused` records refused;
     /// returns the decisions taken and when the last call went.
-    fn answer_calls(governor: &mut RateGovernor, from: Instant, span: Duration, every: Duration, refused: u64) -> (Vec<PaceDecision>, Instant) {
+    fn answer_calls(
+        governor: &mut RateGovernor,
+        from: Instant,
+        span: Duration,
+        every: Duration,
+        refused: u64,
+    ) -> (Vec<PaceDecision>, Instant) {
         let mut decisions = Vec::new();
         let mut now = from;
         while now < from + span {
@@ -894,7 +921,8 @@ mod tests {
     fn a_throttle_with_nothing_accepted_lately_teaches_nothing() {
         let now = Instant::now();
         let mut governor = RateGovernor::new(Rates::default());
-        let refused = CallAnswer { sent_at: now, sent: CALL, accepted: CallSize { bytes: 0, records: 0 }, refused_for_throughput: CALL.records };
+        let refused =
+            CallAnswer { sent_at: now, sent: CALL, accepted: CallSize { bytes: 0, records: 0 }, refused_for_throughput: CALL.records };
         assert_eq!(governor.answered(refused, now + Duration::from_secs(2)), None);
         assert_eq!(governor.rates(), Rates::default());
         assert!(!governor.accepting(now + Duration::from_secs(2)));
@@ -934,7 +962,8 @@ mod tests {
             governor.answered(answer(sent(start, call), 0), sent(start, call) + Duration::from_millis(5));
         }
         let refused_at = sent(start, 103) + Duration::from_millis(1);
-        let refused = CallAnswer { accepted: CallSize { bytes: 0, records: 0 }, refused_for_throughput: 500, ..answer(sent(start, 103), 0) };
+        let refused =
+            CallAnswer { accepted: CallSize { bytes: 0, records: 0 }, refused_for_throughput: 500, ..answer(sent(start, 103), 0) };
         let lowered = governor.answered(refused, refused_at).expect("lowered").rates;
         (governor, refused_at, lowered)
     }
@@ -982,7 +1011,8 @@ mod tests {
         let lowered = governor.rates().bytes.expect("a rate");
         // At the lower pace nothing is refused: a quota. One call refused in a hundred is weak
         // evidence, so the test runs its whole length before the point estimates decide.
-        let (decisions, mut now) = answer_calls(&mut governor, tested_at, TEST_LONGEST - Duration::from_millis(100), Duration::from_millis(1), 0);
+        let (decisions, mut now) =
+            answer_calls(&mut governor, tested_at, TEST_LONGEST - Duration::from_millis(100), Duration::from_millis(1), 0);
         assert_eq!(decisions, []);
         let (decisions, _) = answer_calls(&mut governor, now, Duration::from_millis(200), Duration::from_millis(1), 0);
         assert_eq!(decisions, [PaceDecision::QuotaConfirmed]);
