@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use support::fake_firehose::{FakeFirehose, Faults, Refusal, Seen};
+use support::fake_firehose::{EntryCode, FakeFirehose, Faults, Noise, Refusal, Seen};
 use support::{wait_until, Workspace};
 
 const FAST_RETRIES: &str = "retry_initial_backoff = \"20ms\"\nretry_max_backoff = \"300ms\"\nrequest_timeout = \"2s\"";
@@ -161,35 +161,180 @@ fn calls_during_an_outage(outage: Faults, sink_lines: &str, records: u64, window
     (calls, log)
 }
 
+/// How long after Firehose's answer a record's acknowledgement may still be missing from the
+/// queue. Issue 17 requires the first acknowledgements recorded within a second of the answer
+/// (a batch waits for those before it in queue order, so a batch stuck in retries holds back
+/// the acknowledgement of every batch after it); the other half second is the acknowledgement's
+/// write and fsync on a loaded machine. A record first accepted longer than this before a kill was
+/// durably acknowledged and must never be sent again.
+const ACK_WITHIN: Duration = Duration::from_millis(1_500);
+/// Batches of a route in delivery or waiting for a durable acknowledgement at once
+/// (`max_in_flight`'s default): what a kill may send again, at most.
+const MAX_IN_FLIGHT: usize = 4;
+/// Every record has arrived this long after the last start of the crash loop.
+const DRAIN_WITHIN: Duration = Duration::from_secs(30);
+/// After a kill, the fake may still answer a call whose request it had read before the daemon
+/// died: the kill's count of accepted records is taken once the fake has answered nothing for
+/// this long (it adds no latency here, so a call read is a call answered within moments).
+const QUIET_AFTER_KILL: Duration = Duration::from_millis(100);
+
+/// One `kill -9` of the crash loop.
+struct Kill {
+    /// Just before the signal.
+    at: Instant,
+    /// Records the fake had accepted once the killed daemon's last calls were answered: those
+    /// at lower indexes of `Seen::accepted` came before the kill, the others after it.
+    accepted: usize,
+}
+
+/// The fake's count of accepted records once it has answered no call for `QUIET_AFTER_KILL`
+/// (a dead daemon sends nothing new), or after a second at most.
+fn accepted_once_quiet(fake: &FakeFirehose) -> usize {
+    let give_up = Instant::now() + Duration::from_secs(1);
+    let mut last = fake.seen();
+    let mut quiet_since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = fake.seen();
+        if (now.arrived, now.calls) != (last.arrived, last.calls) {
+            quiet_since = Instant::now();
+        }
+        last = now;
+        if quiet_since.elapsed() >= QUIET_AFTER_KILL || Instant::now() >= give_up {
+            return last.accepted.len();
+        }
+    }
+}
+
+/// Issue 17's reproduction: `kill -9` every 0.3–1.5 s while 30,000 records are written and 5 % of
+/// records and 5 % of calls are refused at random. Nothing may be lost; only what could really
+/// be unacknowledged at a kill may be sent again; and the backlog drains soon after the last
+/// restart (a governor that took the refusals for a quota crawled).
+///
+/// Noise instead of `random_seed`'s mix: the mix (10 % of calls throttled, 5 % answered 500, 5 %
+/// reset, 10 % of records failed) is twice as heavy as what the issue measured, which the bounds
+/// here are set by, and is covered without kills by `random_mixes_of_faults_lose_nothing`; noise
+/// has no resets or torn answers either, so every duplicate here comes from a kill.
 #[test]
 fn a_crash_loop_under_random_faults_loses_nothing() {
-    let fake = FakeFirehose::start(Faults { random_seed: Some(2_026), ..Faults::default() });
+    let noise =
+        Noise { seed: 2_026, refused_records: 0.05, record_code: EntryCode::ServiceUnavailable, throttled_calls: 0.05, failed_calls: 0.0 };
+    let fake = FakeFirehose::start(Faults { noise: Some(noise), ..Faults::default() });
     let workspace = Workspace::new();
     workspace.write_config_for_endpoint(&fake.endpoint, "", FAST_RETRIES);
     let log_file = workspace.log_file();
-    let written = 6_000;
+    let written = 30_000u64;
+    // 100 records every 40 ms, 2,500 a second: written during the first 12 s of the crash loop.
     let writer = std::thread::spawn(move || support::write_seed_records(&log_file, 0..written, 100, Duration::from_millis(40)));
-    let kills = 22;
+    let test_started = Instant::now();
+    let mut kills: Vec<Kill> = Vec::new();
     let mut random = 0x9e37_79b9_7f4a_7c15u64;
-    for _ in 0..kills {
+    for _ in 0..14 {
         let daemon = workspace.start_daemon();
         random ^= random << 13;
         random ^= random >> 7;
         random ^= random << 17;
-        std::thread::sleep(Duration::from_millis(50 + random % 250));
+        std::thread::sleep(Duration::from_millis(300 + random % 1_201));
+        let at = Instant::now();
         daemon.kill();
+        kills.push(Kill { at, accepted: accepted_once_quiet(&fake) });
     }
     writer.join().expect("writer");
+    let last_start = Instant::now();
     let daemon = workspace.start_daemon();
-    wait_until(Duration::from_secs(120), "every record arrives after the crash loop", || {
-        (seq_counts(&fake.seen()).len() as u64 == written).then_some(())
-    });
+    loop {
+        let seen = fake.seen();
+        let delivered = if seen.accepted.len() as u64 >= written { seq_counts(&seen).len() as u64 } else { 0 };
+        if delivered == written {
+            break;
+        }
+        let waited = last_start.elapsed();
+        assert!(
+            waited < DRAIN_WITHIN,
+            "{} of {written} records delivered {:.1} s after the last of {} restarts (all are due within {DRAIN_WITHIN:?}); \
+             {} record attempts, {} refused at random, {} calls, {} throttled at random",
+            seq_counts(&seen).len(),
+            waited.as_secs_f64(),
+            kills.len(),
+            seen.record_attempts,
+            seen.noise_refused_records,
+            seen.calls,
+            seen.noise_throttled_calls
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(daemon.terminate(Duration::from_secs(15)).success());
-    let counts = seq_counts(&fake.seen());
-    let duplicates: u64 = counts.values().map(|&count| u64::from(count) - 1).sum();
-    // Only batches in flight at a kill may be sent twice: at most max_in_flight (4) batches of 500.
-    assert!(duplicates <= kills * 4 * 500, "{duplicates} duplicates: more than the batches in flight per kill");
-    eprintln!("crash loop: {kills} kills, {written} written, {} distinct delivered, {duplicates} duplicates", counts.len());
+    let seen = fake.seen();
+    assert!(seen.noise_refused_records > 0 && seen.noise_throttled_calls > 0, "the noise happened: {noise:?}");
+    assert_eq!(seen.limit_violations, 0);
+
+    // Every acceptance of a record that is accepted again later was not durably acknowledged at
+    // the first kill after it (the kill whose count of accepted records is past its index): that
+    // kill came at most ACK_WITHIN after it, and each kill sends again at most the batches that
+    // may be unacknowledged at once.
+    let per_kill_bound = MAX_IN_FLIGHT * seen.max_records_in_call;
+    let mut per_kill = vec![0usize; kills.len()];
+    let mut unexplained = Vec::new();
+    let mut latest: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut last_new_record = last_start;
+    for (index, record) in seen.accepted.iter().enumerate() {
+        let seq = support::seq_of(record);
+        let Some(previous) = latest.insert(seq, index) else {
+            last_new_record = last_new_record.max(seen.accepted_at[index]);
+            continue;
+        };
+        let previous_at = seen.accepted_at[previous];
+        match kills.iter().position(|kill| previous < kill.accepted) {
+            Some(kill) if kills[kill].at <= previous_at + ACK_WITHIN => per_kill[kill] += 1,
+            Some(kill) => unexplained.push(format!(
+                "seq {seq}: accepted {:.2} s into the test, {:.2} s before the next kill, and again {:.2} s into it",
+                previous_at.saturating_duration_since(test_started).as_secs_f64(),
+                kills[kill].at.saturating_duration_since(previous_at).as_secs_f64(),
+                seen.accepted_at[index].saturating_duration_since(test_started).as_secs_f64()
+            )),
+            None => unexplained.push(format!(
+                "seq {seq}: accepted {:.2} s into the test, after the last kill, and again {:.2} s into it",
+                previous_at.saturating_duration_since(test_started).as_secs_f64(),
+                seen.accepted_at[index].saturating_duration_since(test_started).as_secs_f64()
+            )),
+        }
+    }
+    let duplicates = seen.accepted.len() - latest.len();
+    eprintln!(
+        "crash loop: {} kills, {written} written, {} distinct delivered, {duplicates} duplicates ({per_kill:?} sent again per kill, \
+         at most {per_kill_bound} each), drained {:.1} s after the last restart; {} of {} record attempts and {} of {} calls refused at random",
+        kills.len(),
+        latest.len(),
+        last_new_record.duration_since(last_start).as_secs_f64(),
+        seen.noise_refused_records,
+        seen.record_attempts,
+        seen.noise_throttled_calls,
+        seen.calls
+    );
+    assert!(
+        unexplained.is_empty(),
+        "{} records were sent again though accepted more than {ACK_WITHIN:?} before the next kill (or after the last), e.g. {:?}",
+        unexplained.len(),
+        &unexplained[..unexplained.len().min(5)]
+    );
+    for (index, &again) in per_kill.iter().enumerate() {
+        assert!(
+            again <= per_kill_bound,
+            "kill {index} sent {again} accepted records again: more than {MAX_IN_FLIGHT} batches of {} ({per_kill:?})",
+            seen.max_records_in_call
+        );
+    }
+    // Every acceptance made at most ACK_WITHIN before the next kill: all that could have been
+    // unacknowledged at the kills, summed.
+    let exposed: usize = kills
+        .iter()
+        .enumerate()
+        .map(|(index, kill)| {
+            let from = if index == 0 { 0 } else { kills[index - 1].accepted };
+            (from..kill.accepted).filter(|&at| seen.accepted_at[at] + ACK_WITHIN >= kill.at).count()
+        })
+        .sum();
+    assert!(duplicates <= exposed, "{duplicates} duplicates, more than the {exposed} acceptances shortly before a kill");
 }
 
 #[test]

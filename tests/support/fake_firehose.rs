@@ -1,7 +1,9 @@
 //! A Firehose that the project owns, for fault injection: it speaks the JSON protocol
 //! aws-sdk-firehose sends (`X-Amz-Target: Firehose_20150804.PutRecordBatch`), enforces
 //! Firehose's limits (500 records, 4 MiB, 1,000 KiB a record), records every record it accepts,
-//! and fails records or whole calls on a deterministic schedule or a seeded random one.
+//! and fails records or whole calls on a deterministic schedule or a seeded random one. It can
+//! also refuse at random independently of the send rate (`Noise`, issue 17: a refusal is not
+//! always the quota) and change a stream's quota while it is written to (`QuotaChange`).
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -55,6 +57,59 @@ pub struct Faults {
     /// budget is throttled whole; records past the records or bytes budget are answered with
     /// per-record `ServiceUnavailableException` entries, as Firehose does.
     pub quota: Option<Quota>,
+    /// Refusals at random, whatever the send rate, from their own seeded stream.
+    pub noise: Option<Noise>,
+    /// The quota in force from some moment on, in place of `quota`.
+    pub quota_change: Option<QuotaChange>,
+}
+
+impl Faults {
+    /// The quota in force `since_start` after the server started.
+    pub fn quota_at(&self, since_start: Duration) -> Option<Quota> {
+        match self.quota_change {
+            Some(change) if since_start >= change.after => Some(change.quota),
+            _ => self.quota,
+        }
+    }
+}
+
+/// Refusals that say nothing about the stream's quota: a partition's hiccup, Firehose's own
+/// failures. Each record attempt and each call is refused independently of how fast tailhose
+/// sends, so slowing down does not make them rarer (issue 17: a governor that took every refusal
+/// for the quota delivered 1,000 times slower under 1 % of such refusals).
+///
+/// Drawn from a stream of their own, seeded with `seed`: adding noise never changes the sequence
+/// of `random_seed`'s faults, and one draw is made per call (only when a call fraction is set) and
+/// per record (only when `refused_records` is set), to keep the fake cheap.
+#[derive(Debug, Clone, Copy)]
+pub struct Noise {
+    pub seed: u64,
+    /// Fraction (0.0..=1.0) of record attempts refused, each independently, with `record_code`.
+    pub refused_records: f64,
+    pub record_code: EntryCode,
+    /// Fraction of calls refused whole with HTTP 400 `ServiceUnavailableException` ("Slow down.").
+    pub throttled_calls: f64,
+    /// Fraction of calls answered HTTP 500 `InternalFailure`.
+    pub failed_calls: f64,
+}
+
+/// The `ErrorCode` of a record refused at random.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryCode {
+    /// `ServiceUnavailableException`, "Slow down.": the same words as a quota's refusals.
+    ServiceUnavailable,
+    /// `InternalFailure`: a failure of Firehose's own.
+    InternalFailure,
+}
+
+/// A stream's quota that changes while it is written to: a limit increase granted, or other
+/// writers of a shared stream taking more of it.
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaChange {
+    /// From the server's start ([`FakeFirehose::started`]) on, `quota` is in force. The quota's
+    /// windows stay the fixed one-second windows counted from the start.
+    pub after: Duration,
+    pub quota: Quota,
 }
 
 /// Per-second budgets of a stream (ap-northeast-2's defaults: 1 MiB, 1,000 calls, 100,000 records).
@@ -96,6 +151,15 @@ pub struct Seen {
     pub billed_units: u64,
     /// Calls that met the quota: throttled whole, or with entries refused for it.
     pub quota_throttled_calls: u64,
+    /// When each of `quota_throttled_calls` was answered, in that order.
+    pub quota_throttled_at: Vec<Instant>,
+    /// Record attempts refused by `Noise` (also in `failed_entries`; never quota use).
+    pub noise_refused_records: u64,
+    /// Calls refused whole by `Noise` with `ServiceUnavailableException` (also in `refused_calls`,
+    /// never in `quota_throttled_calls`).
+    pub noise_throttled_calls: u64,
+    /// Calls answered 500 by `Noise` (also in `refused_calls`).
+    pub noise_failed_calls: u64,
     /// When the last record was accepted.
     pub last_accepted_at: Option<Instant>,
     /// When each record of `accepted` was accepted.
@@ -110,12 +174,34 @@ impl Seen {
     pub fn calls_between(&self, from: Instant, to: Instant) -> usize {
         self.call_times.iter().filter(|&&time| time >= from && time < to).count()
     }
+
+    /// Bytes of the records accepted in `[from, to)`, as sent (with the newline tailhose adds).
+    /// `accepted_at` is in acceptance order (written under the server's lock), so two binary
+    /// searches find the range: cheap on the benchmark's millions of records.
+    pub fn accepted_bytes_between(&self, from: Instant, to: Instant) -> u64 {
+        let (start, end) = instants_between(&self.accepted_at, from, to);
+        self.accepted[start..end].iter().map(|record| record.len() as u64).sum()
+    }
+
+    /// Quota-throttled calls answered in `[from, to)`.
+    pub fn quota_throttled_between(&self, from: Instant, to: Instant) -> usize {
+        let (start, end) = instants_between(&self.quota_throttled_at, from, to);
+        end - start
+    }
+}
+
+/// The index range of the ascending `times` that lie in `[from, to)`.
+fn instants_between(times: &[Instant], from: Instant, to: Instant) -> (usize, usize) {
+    let start = times.partition_point(|&time| time < from);
+    (start, times.partition_point(|&time| time < to).max(start))
 }
 
 struct State {
     faults: Faults,
     seen: Seen,
     random: u64,
+    /// `Noise`'s own stream, apart from `random`'s.
+    noise_random: u64,
     started: Instant,
     window: WindowUse,
 }
@@ -180,6 +266,7 @@ impl FakeFirehose {
             faults,
             seen: Seen::default(),
             random: faults.random_seed.unwrap_or(1) | 1,
+            noise_random: noise_stream(faults.noise),
             started: Instant::now(),
             window: WindowUse::default(),
         }));
@@ -200,8 +287,19 @@ impl FakeFirehose {
         self.state.lock().expect("state").seen.clone()
     }
 
+    /// When the server started: the quota's one-second windows and `QuotaChange::after` count from it.
+    pub fn started(&self) -> Instant {
+        self.state.lock().expect("state").started
+    }
+
+    /// New faults from the next call on. Noise with another seed starts that seed's stream; with
+    /// the same seed, its stream goes on.
     pub fn set_faults(&self, faults: Faults) {
-        self.state.lock().expect("state").faults = faults;
+        let mut state = self.state.lock().expect("state");
+        if faults.noise.map(|noise| noise.seed) != state.faults.noise.map(|noise| noise.seed) {
+            state.noise_random = noise_stream(faults.noise);
+        }
+        state.faults = faults;
     }
 
     /// Closes the port and every open connection for `outage`, then listens again on the same port.
@@ -386,6 +484,20 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
             return Answer::Reply(error(status, "InternalFailure", "fault: server error"));
         }
     }
+    if let Some(noise) = faults.noise.filter(|noise| noise.throttled_calls > 0.0 || noise.failed_calls > 0.0) {
+        // One draw decides both, so a call is never refused twice over.
+        let roll = unit(next_random(&mut state.noise_random));
+        if roll < noise.throttled_calls {
+            seen.refused_calls += 1;
+            seen.noise_throttled_calls += 1;
+            return Answer::Reply(error(StatusCode::BAD_REQUEST, "ServiceUnavailableException", "Slow down."));
+        }
+        if roll < noise.throttled_calls + noise.failed_calls {
+            seen.refused_calls += 1;
+            seen.noise_failed_calls += 1;
+            return Answer::Reply(error(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "fault: internal failure"));
+        }
+    }
     if call_roll.is_some_and(|roll| (5..10).contains(&roll)) {
         seen.refused_calls += 1;
         return Answer::Reply(error(StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure", "fault: server error"));
@@ -398,18 +510,26 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
         seen.refused_calls += 1;
         return Answer::Reply(error(StatusCode::BAD_REQUEST, "LimitExceededException", "Rate exceeded."));
     }
-    if let Some(quota) = faults.quota {
-        let index = state.started.elapsed().as_secs();
+    let quota = if faults.quota.is_some() || faults.quota_change.is_some() {
+        let since_start = state.started.elapsed();
+        let index = since_start.as_secs();
         if state.window.index != index {
             state.window = WindowUse { index, ..WindowUse::default() };
         }
+        faults.quota_at(since_start)
+    } else {
+        None
+    };
+    if let Some(quota) = quota {
         if state.window.calls >= quota.calls_per_sec {
             state.seen.refused_calls += 1;
             state.seen.quota_throttled_calls += 1;
+            state.seen.quota_throttled_at.push(Instant::now());
             return Answer::Reply(error(StatusCode::BAD_REQUEST, "ServiceUnavailableException", "Slow down."));
         }
         state.window.calls += 1;
     }
+    let record_noise = faults.noise.filter(|noise| noise.refused_records > 0.0);
     // The answer's entries, written as JSON text as they are decided.
     let mut responses = String::with_capacity(records.len() * 240);
     let entries = records.len() as u64;
@@ -419,10 +539,14 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
     for data in records {
         state.seen.record_attempts += 1;
         let random_failure = faults.random_seed.is_some() && next_random(&mut state.random) % 10 == 0;
-        let past_quota = faults.quota.is_some_and(|quota| {
-            state.window.records + 1 > quota.records_per_sec || state.window.bytes + data.len() as u64 > quota.bytes_per_sec
-        });
-        if !past_quota && faults.quota.is_some() {
+        // Refused at random before the quota is looked at: such a record takes none of it.
+        let noise_code = record_noise
+            .and_then(|noise| (unit(next_random(&mut state.noise_random)) < noise.refused_records).then_some(noise.record_code));
+        let past_quota = noise_code.is_none()
+            && quota.is_some_and(|quota| {
+                state.window.records + 1 > quota.records_per_sec || state.window.bytes + data.len() as u64 > quota.bytes_per_sec
+            });
+        if !past_quota && noise_code.is_none() && quota.is_some() {
             state.window.records += 1;
             state.window.bytes += data.len() as u64;
         }
@@ -431,7 +555,14 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
         if !responses.is_empty() {
             responses.push(',');
         }
-        if faults.fail_every_nth_record.is_some_and(|n| seen.record_attempts % n == 0) || random_failure || past_quota {
+        if let Some(code) = noise_code {
+            failed += 1;
+            seen.noise_refused_records += 1;
+            responses.push_str(match code {
+                EntryCode::ServiceUnavailable => r#"{"ErrorCode":"ServiceUnavailableException","ErrorMessage":"Slow down."}"#,
+                EntryCode::InternalFailure => r#"{"ErrorCode":"InternalFailure","ErrorMessage":"fault: internal failure"}"#,
+            });
+        } else if faults.fail_every_nth_record.is_some_and(|n| seen.record_attempts % n == 0) || random_failure || past_quota {
             failed += 1;
             responses.push_str(r#"{"ErrorCode":"ServiceUnavailableException","ErrorMessage":"Slow down."}"#);
         } else {
@@ -446,6 +577,7 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
     state.seen.failed_entries += failed;
     if over_quota {
         state.seen.quota_throttled_calls += 1;
+        state.seen.quota_throttled_at.push(now);
     }
     let reply = format!(r#"{{"FailedPutCount":{failed},"Encrypted":false,"RequestResponses":[{responses}]}}"#);
     if every(faults.tear_every_nth_call) {
@@ -465,6 +597,17 @@ fn next_random(state: &mut u64) -> u64 {
     *state ^= *state >> 7;
     *state ^= *state << 17;
     *state
+}
+
+/// The start of `Noise`'s stream. Its seed is mixed with a constant so that the same number
+/// given to `random_seed` and `Noise::seed` does not make both streams draw alike.
+fn noise_stream(noise: Option<Noise>) -> u64 {
+    (noise.map_or(1, |noise| noise.seed) ^ 0x9e37_79b9_7f4a_7c15) | 1
+}
+
+/// A draw of xorshift64 as a number in `[0, 1)`, from its 53 high bits.
+fn unit(draw: u64) -> f64 {
+    (draw >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn json(status: StatusCode, body: String) -> Response<Body> {
