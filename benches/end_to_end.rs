@@ -40,7 +40,8 @@
 //! `TAILHOSE_BIN=path/to/tailhose` runs another build: to compare two builds, alternate them in one
 //! sitting (this machine's speed drifts by tens of percent over an hour).
 //! `END_TO_END_TOP_LINES` adds top-level settings (`queue_cache_bytes = "8MiB"`).
-//! `END_TO_END_SINK_LINES` adds lines to the sink's configuration, e.g.
+//! `END_TO_END_LOG=FOLDER` keeps each situation's tailhose log there, at info level (the pace's
+//! decisions). `END_TO_END_SINK_LINES` adds lines to the sink's configuration, e.g.
 //! `END_TO_END_SINK_LINES='max_in_flight = 1' cargo bench --bench end_to_end` (how the default
 //! `max_in_flight` was chosen).
 //!
@@ -377,11 +378,16 @@ fn run(situation: &Situation) -> Measured {
     }
     let started = Instant::now();
     let peer_before = ProcSample::read(std::process::id()).unwrap_or_default();
+    // `END_TO_END_LOG=FOLDER` keeps each situation's log (at info: the pace's decisions) there.
+    let log = std::env::var_os("END_TO_END_LOG").map(|folder| {
+        let name: String = situation.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        std::fs::File::create(std::path::Path::new(&folder).join(format!("{name}.log"))).expect("log file")
+    });
     let mut child = workspace
         .tailhose(&["run", "--config", "tailhose.toml", "--once"])
-        .env("TAILHOSE_LOG", "warn")
+        .env("TAILHOSE_LOG", if log.is_some() { "info" } else { "warn" })
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log.map_or_else(std::process::Stdio::null, std::process::Stdio::from))
         .spawn()
         .expect("tailhose starts");
     let pid = child.id();

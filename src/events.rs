@@ -61,6 +61,7 @@ pub struct Events {
     pace_testing: AtomicU64,
     pace_quota_confirmed: AtomicU64,
     pace_noise_restored: AtomicU64,
+    stage_failures: AtomicU64,
     /// Seconds from sending a call to its answer.
     pub call_latency: Histogram,
     /// Records per call.
@@ -77,7 +78,9 @@ struct Gates {
     call_failed: LogGate,
     sink_unavailable: LogGate,
     retry: LogGate,
-    pace: LogGate,
+    /// One gate per kind of pace decision: a test's verdict must not be held back behind the
+    /// line that began it.
+    pace: [LogGate; 4],
     read_failed: LogGate,
     backpressure: LogGate,
     dead_letter: LogGate,
@@ -216,6 +219,7 @@ impl Default for Events {
             pace_testing: AtomicU64::default(),
             pace_quota_confirmed: AtomicU64::default(),
             pace_noise_restored: AtomicU64::default(),
+            stage_failures: AtomicU64::default(),
             call_latency: Histogram::new(LATENCY_SECONDS),
             call_records: Histogram::new(RECORDS_PER_CALL),
             last_sink_problem: Mutex::new(None),
@@ -278,6 +282,8 @@ pub struct EventCounts {
     pub pace_testing: u64,
     pub pace_quota_confirmed: u64,
     pub pace_noise_restored: u64,
+    /// Stages that died (a reader thread that panicked).
+    pub stage_failures: u64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -525,7 +531,7 @@ impl Events {
     }
 
     /// The pace changed (see `sink::rate`): every decision is counted and logged with why, at
-    /// most one line per period (with the count held back since).
+    /// most one line per period for each kind of decision (with the count held back since).
     pub fn pace_changed(&self, route: &str, change: &crate::sink::rate::PaceChange, call_allowance: crate::sink::rate::CallSize) {
         use crate::sink::rate::PaceDecision;
         let counter = match change.decision {
@@ -544,7 +550,13 @@ impl Events {
             PaceDecision::QuotaConfirmed => "the refusals fell with the rate: a quota; keeping the lower rate, then probing for more",
             PaceDecision::NoiseRestored => "the refusals did not fall with the rate: noise, not a quota; the rate before is back and refusals at this share are resent without slowing down",
         };
-        if let GateDecision::Log { held_back } = self.gates.pace.admit(Instant::now()) {
+        let gate = match change.decision {
+            PaceDecision::Lowered => &self.gates.pace[0],
+            PaceDecision::Testing => &self.gates.pace[1],
+            PaceDecision::QuotaConfirmed => &self.gates.pace[2],
+            PaceDecision::NoiseRestored => &self.gates.pace[3],
+        };
+        if let GateDecision::Log { held_back } = gate.admit(Instant::now()) {
             tracing::info!(
                 route,
                 decision = change.decision.label(),
@@ -570,6 +582,13 @@ impl Events {
     /// The latest sink trouble of this run, if any.
     pub fn last_sink_problem(&self) -> Option<SinkProblem> {
         self.last_sink_problem.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// A stage of a route's path died (a thread that panicked): the daemon stops with an error.
+    pub fn stage_failed(&self, route: &str, stage: &str, error: &dyn std::fmt::Display) {
+        bump(&self.stage_failures, 1);
+        self.note_sink_problem(route, &format!("the {stage} stopped: {error}"));
+        tracing::error!(route, stage, %error, "a stage of the route died; tailhose stops with an error so that it is restarted");
     }
 
     pub fn chunk_set_aside(&self, route: &str, seq: ChunkSeq, error: &ChunkError) {
@@ -657,6 +676,7 @@ impl Events {
             pace_testing: load(&self.pace_testing),
             pace_quota_confirmed: load(&self.pace_quota_confirmed),
             pace_noise_restored: load(&self.pace_noise_restored),
+            stage_failures: load(&self.stage_failures),
         }
     }
 }

@@ -35,6 +35,7 @@ fn a_line_written_at_idle_is_delivered_through_change_notification_without_waiti
     }
     let latency = written.elapsed();
     assert!(daemon.terminate(Duration::from_secs(15)).success());
-    assert!(latency < Duration::from_secs(30), "delivered long before the next poll");
+    // The documented bound: acknowledged within flush_interval + 200 ms (112 ms measured).
+    assert!(latency < Duration::from_millis(100 + 200), "delivered {latency:?} after its write: the notification did not wake the reader");
     eprintln!("line written at idle delivered in {latency:?} (flush_interval 100ms, poll_interval 60s)");
 }

@@ -15,7 +15,7 @@ use crate::queue::{QueueError, QueueStats};
 pub fn render(state: &AdminState) -> Result<String, QueueError> {
     let counts = state.events.snapshot();
     let mut out = Exposition::default();
-    let counters: [(&str, &str, u64); 25] = [
+    let counters: [(&str, &str, u64); 26] = [
         ("tailhose_records_read_total", "Records taken from files: queued, or dead-lettered as read.", counts.records_read),
         ("tailhose_records_queued_total", "Records appended to the queue.", counts.records_queued),
         ("tailhose_records_acked_total", "Records the sink acknowledged.", counts.records_acked),
@@ -44,6 +44,7 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
             counts.sink_records_acked,
         ),
         ("tailhose_billed_units_total", "Firehose billing units (records rounded up to 5 KB) acknowledged.", counts.billed_units),
+        ("tailhose_stage_failures_total", "Stages of a route that died (the daemon then stops with an error).", counts.stage_failures),
         ("tailhose_rate_decreases_total", "Times the send rate was lowered (a quota found, or a test begun).", counts.rate_decreases),
     ];
     for (name, help, value) in counters {
@@ -68,7 +69,11 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
     ] {
         out.sample("tailhose_refused_entries_total", &[("reason", reason)], value as f64);
     }
-    out.header("tailhose_call_failures_total", "Calls that failed whole, by cause.", "counter");
+    out.header(
+        "tailhose_call_failures_total",
+        "Calls that failed whole, by cause: throttled (also tailhose_throttled_calls_total), server_error (5xx), network (no usable answer: resets, timeouts, answers that cannot be relied on), unavailable (the other three are tailhose_failed_calls_total).",
+        "counter",
+    );
     for (cause, value) in [
         ("throttled", counts.throttled_calls),
         ("server_error", counts.calls_failed_server_error),

@@ -108,6 +108,7 @@ impl Courier {
                             sent: size,
                             accepted,
                             refused_for_throughput: refusals.throughput,
+                            throttled_whole: false,
                         });
                         let Some((code, message)) = first_failure else {
                             backoff = self.backoff();
@@ -127,8 +128,13 @@ impl Courier {
                     }
                     Err(SinkError::Throttled { message }) => {
                         self.events.call_throttled(route, &message);
-                        let throttled =
-                            CallAnswer { sent_at: call_started, sent: size, accepted: nothing_taken, refused_for_throughput: size.records };
+                        let throttled = CallAnswer {
+                            sent_at: call_started,
+                            sent: size,
+                            accepted: nothing_taken,
+                            refused_for_throughput: size.records,
+                            throttled_whole: true,
+                        };
                         self.tell_governor(throttled);
                         RetryCause::Throttled
                     }

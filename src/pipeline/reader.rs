@@ -45,7 +45,10 @@ pub enum ReadMode {
 
 /// Runs until `stop` fires (or, with [`ReadMode::UntilCaughtUp`], until caught up), then fires
 /// `input_closed`, which tells the route's flusher that no more chunks will come. A storage I/O
-/// error ends it with [`PipelineError::StorageFailed`].
+/// error ends it with [`PipelineError::StorageFailed`]; a reader thread that panicked, with
+/// [`PipelineError::Task`]: a route that can no longer read must not look like one that
+/// finished, so the daemon stops with a non-zero status (and systemd's `Restart=on-failure`
+/// starts it again) instead of exiting 0 or running on with a dead route.
 pub async fn run_reader(
     source: SourceSettings,
     limits: ReaderLimits,
@@ -78,10 +81,7 @@ pub async fn run_reader(
                 });
                 match tokio::time::timeout(limits.storage_stall_timeout, discovery).await {
                     Ok(Ok(returned)) => tailer = Some(returned),
-                    Ok(Err(error)) => {
-                        tracing::error!(route = queue.name(), %error, "reader thread failed; reading of this route stops, queued records are still delivered");
-                        break 'reading;
-                    }
+                    Ok(Err(error)) => return Err(reader_thread_failed(&queue, &events, &input_closed, &error)),
                     Err(_) => {
                         input_closed.cancel();
                         let error = QueueError::Stalled { operation: "discovery", after: limits.storage_stall_timeout };
@@ -107,10 +107,7 @@ pub async fn run_reader(
                 tailer = Some(returned);
                 outcome
             }
-            Err(error) => {
-                tracing::error!(route = queue.name(), %error, "reader thread failed; reading of this route stops, queued records are still delivered");
-                break;
-            }
+            Err(error) => return Err(reader_thread_failed(&queue, &events, &input_closed, &error)),
         };
         match outcome {
             Ok(outcome) if mode == ReadMode::UntilCaughtUp && outcome.caught_up => break,
@@ -140,4 +137,18 @@ pub async fn run_reader(
     }
     input_closed.cancel();
     Ok(())
+}
+
+/// A reader thread ended without returning its tailer (it panicked): reported, and the route's
+/// error. Its flusher is told no more chunks come, so that what is queued is still delivered
+/// while the daemon stops.
+fn reader_thread_failed(
+    queue: &RouteQueue,
+    events: &Events,
+    input_closed: &CancellationToken,
+    error: &tokio::task::JoinError,
+) -> PipelineError {
+    input_closed.cancel();
+    events.stage_failed(queue.name(), "reader", error);
+    PipelineError::Task(format!("route {}: the reader thread failed: {error}", queue.name()))
 }

@@ -119,3 +119,21 @@ async fn a_backlog_larger_than_the_read_ahead_window_is_read_as_acknowledgements
     reader.await.expect("reader task").expect("reader");
     assert_eq!(acknowledged, total, "every record read and acknowledged without waiting for a poll");
 }
+
+#[tokio::test]
+async fn a_reader_thread_that_panics_ends_its_route_with_an_error_not_as_if_it_had_finished() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let store = QueueStore::reopen_for_test(state.path());
+    let (queue, _) = store.open_route("logs->sink", 1 << 30).expect("route");
+    let settings = source(logs.path());
+    crate::source::test_faults::panic_in_passes_of(&settings.paths[0]);
+    let limits = ReaderLimits { read_ahead_bytes: 256 * 1024, storage_stall_timeout: Duration::from_secs(60) };
+    let events = Arc::new(Events::default());
+    let input_closed = CancellationToken::new();
+    let ended = run_reader(settings, limits, queue, events.clone(), ReadMode::Follow, CancellationToken::new(), input_closed.clone()).await;
+    assert!(matches!(ended, Err(PipelineError::Task(_))), "{ended:?}");
+    assert!(input_closed.is_cancelled(), "the flusher still delivers what is queued, then stops");
+    assert_eq!(events.snapshot().stage_failures, 1);
+    assert!(PipelineError::Task(String::new()).exit_code() != 0);
+}

@@ -10,7 +10,8 @@
 //!
 //! Guarantees: for any successful answer the SDK's deserializer reads, this one gives the same
 //! `FailedPutCount`, `Encrypted` and, entry by entry and in order, the same `ErrorCode` and
-//! `ErrorMessage` (tested below against the SDK on the same bytes); `RecordId` is skipped. A
+//! `ErrorMessage` (tested below against the SDK on the same bytes); `RecordId` is skipped (only
+//! whether it was there is kept, as an empty id). A
 //! successful answer it cannot read is an error of the call (the batch is sent again), never a
 //! guess.
 
@@ -43,7 +44,7 @@ struct Answer<'a> {
 #[serde(rename_all = "PascalCase")]
 struct Entry<'a> {
     #[serde(default, rename = "RecordId")]
-    _record_id: Option<IgnoredAny>,
+    record_id: Option<IgnoredAny>,
     #[serde(borrow, default)]
     error_code: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -58,7 +59,10 @@ pub fn read_accepted_answer(body: &[u8]) -> Result<PutRecordBatchOutput, BoxErro
         .request_responses
         .into_iter()
         .map(|entry| {
+            // Whether a `RecordId` was there is kept (as an empty one, which allocates nothing):
+            // an entry with neither an id nor an error code answers nothing of its record.
             PutRecordBatchResponseEntry::builder()
+                .set_record_id(entry.record_id.map(|_| String::new()))
                 .set_error_code(entry.error_code.map(Cow::into_owned))
                 .set_error_message(entry.error_message.map(Cow::into_owned))
                 .build()
@@ -129,7 +133,11 @@ mod tests {
         assert_eq!(entries[1].error_code(), Some("ServiceUnavailableException"));
         assert_eq!(entries[1].error_message(), Some("Slow down.\nThe \"stream\" is at its limit é"));
         assert_eq!(entries[2].error_code(), None);
-        assert!(entries.iter().all(|entry| entry.record_id().is_none()));
+        assert_eq!(
+            entries.iter().map(|entry| entry.record_id()).collect::<Vec<_>>(),
+            [Some(""), None, Some("")],
+            "only whether an id was there"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use aws_sdk_firehose::config::retry::RetryConfig;
 use aws_sdk_firehose::config::timeout::TimeoutConfig;
 use aws_sdk_firehose::config::{BehaviorVersion, Region};
 use aws_sdk_firehose::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_firehose::operation::put_record_batch::PutRecordBatchError;
+use aws_sdk_firehose::operation::put_record_batch::{PutRecordBatchError, PutRecordBatchOutput};
 use aws_sdk_firehose::Client;
 
 use super::answer::ReadAnswersOurselves;
@@ -69,14 +69,28 @@ impl FirehoseSink {
             .send()
             .await
             .map_err(classify)?;
-        let responses = output.request_responses();
-        if responses.len() != which.len() {
-            return Err(SinkError::Transient {
-                message: format!("Firehose answered {} entries for {} records; resending the batch", responses.len(), which.len()),
-            });
-        }
-        Ok(responses.iter().map(outcome_of).collect())
+        outcomes_of(&output, which.len())
     }
+}
+
+/// What an answer says of each of `sent` records. An answer that contradicts itself (not one
+/// entry per record, `FailedPutCount` not the number of entries with an error code, an entry
+/// with neither a `RecordId` nor an `ErrorCode`) cannot be relied on: the call is sent again
+/// whole, as after a lost answer, rather than taking a record for accepted on its word.
+fn outcomes_of(output: &PutRecordBatchOutput, sent: usize) -> Result<Vec<RecordOutcome>, SinkError> {
+    let responses = output.request_responses();
+    let unreliable = |why: String| Err(SinkError::Transient { message: format!("{why}; resending the batch") });
+    if responses.len() != sent {
+        return unreliable(format!("Firehose answered {} entries for {sent} records", responses.len()));
+    }
+    let failed = responses.iter().filter(|entry| entry.error_code().is_some()).count();
+    if i64::from(output.failed_put_count()) != failed as i64 {
+        return unreliable(format!("Firehose answered FailedPutCount {} with {failed} entries failed", output.failed_put_count()));
+    }
+    if let Some(index) = responses.iter().position(|entry| entry.error_code().is_none() && entry.record_id().is_none()) {
+        return unreliable(format!("Firehose answered entry {index} with neither a RecordId nor an ErrorCode"));
+    }
+    Ok(responses.iter().map(outcome_of).collect())
 }
 
 /// What one answer entry says of its record.
@@ -315,11 +329,20 @@ mod tests {
         assert!(matches!(sink.put(&three_records(), &[0, 1, 2]).await, Err(SinkError::Unavailable { .. })));
     }
 
-    /// A successful answer that cannot be read, or that does not answer every record, sends the
-    /// batch again; nothing is taken as accepted.
+    /// A successful answer that cannot be read, that does not answer every record, or that
+    /// contradicts itself sends the batch again; nothing is taken as accepted.
     #[tokio::test]
-    async fn an_unreadable_or_short_successful_answer_is_a_transient_failure() {
-        for answer in [r#"{"FailedPutCount":0,"RequestResponses":[{"RecordId":"1"}]}"#, "<html>proxy error</html>"] {
+    async fn an_unreadable_short_or_self_contradicting_successful_answer_is_a_transient_failure() {
+        for answer in [
+            r#"{"FailedPutCount":0,"RequestResponses":[{"RecordId":"1"}]}"#,
+            "<html>proxy error</html>",
+            // FailedPutCount says one failed, no entry says which.
+            r#"{"FailedPutCount":1,"RequestResponses":[{"RecordId":"1"},{"RecordId":"2"},{"RecordId":"3"}]}"#,
+            // Two entries failed, FailedPutCount says none.
+            r#"{"FailedPutCount":0,"RequestResponses":[{"RecordId":"1"},{"ErrorCode":"InternalFailure"},{"ErrorCode":"InternalFailure"}]}"#,
+            // The second entry answers nothing of its record.
+            r#"{"FailedPutCount":0,"RequestResponses":[{"RecordId":"1"},{},{"RecordId":"3"}]}"#,
+        ] {
             let sink = FirehoseSink { client: answering_client(200, &[], answer), delivery_stream: "s".into() };
             assert!(matches!(sink.put(&three_records(), &[0, 1, 2]).await, Err(SinkError::Transient { .. })), "answer: {answer}");
         }

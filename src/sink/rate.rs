@@ -75,6 +75,8 @@ pub struct CallAnswer {
     /// Records refused for throughput: entries with a throttling code, or every record of a
     /// call throttled whole. Records refused for any other reason are in neither count.
     pub refused_for_throughput: u64,
+    /// The call was throttled whole (not answered entry by entry).
+    pub throttled_whole: bool,
 }
 
 /// A change of pace, with what it was decided from (for the log and the metrics).
@@ -126,7 +128,7 @@ const DECREASE_TO: f64 = 0.95;
 const AT_MOST_OF_BEFORE: f64 = 0.9;
 /// The first probing step, as a fraction of the learned rate; each step doubles the last.
 const FIRST_STEP: f64 = 0.01;
-/// The largest probing step a second, as a fraction of the learned rate.
+/// The largest probing step a second, as a fraction of the rate in force.
 const LARGEST_STEP: f64 = 0.25;
 /// How long a learned rate is kept before probing above it.
 pub const HOLD: Duration = Duration::from_secs(2);
@@ -134,8 +136,12 @@ pub const HOLD: Duration = Duration::from_secs(2);
 const BURST: Duration = Duration::from_millis(100);
 /// The window over which answers are measured: quotas are per second.
 const WINDOW: Duration = Duration::from_secs(1);
-/// A refused share at or above this is a quota without a test: no stream's noise is that loud.
+/// The span over which the rate a test starts from is measured (see `consider_refusals`).
+const MEASURED_OVER: Duration = Duration::from_secs(2);
+/// A refused share at or above this, over at least this many calls, is a quota without a test:
+/// no stream's noise is that loud (over fewer calls, one unlucky call could be that share).
 const QUOTA_AT_ONCE: f64 = 0.25;
+const QUOTA_AT_ONCE_CALLS: usize = 8;
 /// Below this share, refusals are never a signal (a record or two at a window's edge).
 const SMALLEST_SIGNAL: f64 = 0.005;
 /// A test lasts at least this long, and until this many calls sent at the lower rate are
@@ -144,8 +150,10 @@ const SMALLEST_SIGNAL: f64 = 0.005;
 const TEST_SPAN: Duration = Duration::from_secs(1);
 const TEST_CALLS: usize = 4;
 const TEST_LONGEST: Duration = Duration::from_secs(5);
-/// The refused share "fell with the rate" when it fell below this fraction of what it was.
+/// The refused share "fell with the rate" when it fell below this fraction of what it was, and
+/// "rose" (the quota fell meanwhile) above this multiple.
 const FELL_TO: f64 = 0.7;
+const ROSE_TO: f64 = 1.5;
 /// How long a measured noise floor is trusted before the next refusals above the smallest
 /// signal are tested again: what a wrong verdict can cost at most.
 pub const NOISE_MEMORY: Duration = Duration::from_secs(20);
@@ -201,6 +209,8 @@ struct Test {
     /// The spread of `refused_share` (see [`Tally::spread`]), over this many records.
     spread: f64,
     records: u64,
+    /// What the calls sent since the decrease were answered.
+    after: Tally,
     /// The rates and phase to go back to if the refusals turn out to be noise.
     before: Rates,
     before_learned: Rates,
@@ -222,7 +232,7 @@ struct Answered {
 }
 
 /// What the answers of a span add up to.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Tally {
     sent_records: u64,
     refused: u64,
@@ -248,7 +258,7 @@ impl Tally {
         self.first_sent = Some(self.first_sent.map_or(answer.sent_at, |first| first.min(answer.sent_at)));
         self.sent_records += answer.sent.records;
         self.refused += answer.refused_for_throughput;
-        if answer.accepted.records == 0 && answer.refused_for_throughput == answer.sent.records {
+        if answer.throttled_whole {
             self.refused_whole += answer.refused_for_throughput;
         }
         if answer.accepted.records > 0 {
@@ -298,10 +308,11 @@ struct Learning {
     refused_at: Instant,
     /// The rates in force before the decrease.
     before: Rates,
-    /// Accepted traffic and accepting calls over the second before the decrease (a young
+    /// Accepted traffic and accepting calls over the `seconds` before the decrease (a young
     /// governor's whole life: what a quota took in a second that began with the first call).
     measured: CallSize,
     calls: u64,
+    seconds: f64,
     /// Whether the calls rate is lowered too.
     calls_limited: bool,
     /// Divides the accepted rate to give the send rate the quota takes.
@@ -381,6 +392,12 @@ impl RateGovernor {
         if answer.accepted.records > 0 {
             self.complete_learning(answer, now);
         }
+        if let Phase::Testing(test) = &mut self.phase {
+            // The calls sent at the lower rate are the test's evidence, however long it waits.
+            if answer.sent_at > test.since {
+                test.after.add(&answer);
+            }
+        }
         match self.phase {
             Phase::Testing(test) => self.judge(test, now),
             Phase::Free | Phase::Paced { .. } if answer.refused_for_throughput > 0 => self.consider_refusals(answer.sent_at, now),
@@ -395,14 +412,15 @@ impl RateGovernor {
         if self.last_lowered.is_some_and(|last| now.saturating_duration_since(last) < WINDOW) {
             return None;
         }
-        let tally = self.tally(|_| true);
+        let tally = self.tally();
         let share = tally.refused_share();
         if share <= self.tolerance(now) {
             return None;
         }
         // A moderate share over less than a second of sending (a restart, or the pause after a
         // decrease) is too little to go on, and would measure a second by a fraction of it.
-        if share < QUOTA_AT_ONCE && tally.covers(now) < WINDOW.mul_f64(0.9) {
+        let at_once = share >= QUOTA_AT_ONCE && tally.calls >= QUOTA_AT_ONCE_CALLS;
+        if !at_once && tally.covers(now) < WINDOW.mul_f64(0.9) {
             return None;
         }
         if tally.accepted.records == 0 {
@@ -411,13 +429,24 @@ impl RateGovernor {
         let before = self.current;
         let before_learned = self.learned;
         let was_paced = matches!(self.phase, Phase::Paced { .. });
-        let kept_share = 1.0 - self.noise.map_or(0.0, |noise| noise.share);
+        let kept_share = 1.0 - self.fresh_noise(now).map_or(0.0, |noise| noise.share);
+        // Near a quota (a moderate share) the rate is measured over two seconds: a sliding
+        // second against a stream's fixed ones can hold a call of the second before, as much as
+        // the 5 % a decrease leaves below the quota, and a test sent above the quota would take
+        // the quota for noise. Far over it, the last second says enough, and says it sooner.
+        let two_seconds = self.tally_over(MEASURED_OVER);
+        let (measured, seconds) = if !at_once && two_seconds.covers(now) >= MEASURED_OVER.mul_f64(0.95) {
+            (two_seconds, MEASURED_OVER.as_secs_f64())
+        } else {
+            (tally, 1.0)
+        };
         let learning = Learning {
             refused_call_sent_at,
             refused_at: now,
             before,
-            measured: tally.accepted,
-            calls: tally.accepting_calls,
+            measured: measured.accepted,
+            calls: measured.accepting_calls,
+            seconds,
             // Calls throttled whole are how a stream says "too many calls"; records refused
             // inside answered calls are about bytes and records, not the number of calls.
             calls_limited: tally.refused_whole * 2 >= tally.refused,
@@ -428,7 +457,7 @@ impl RateGovernor {
         self.pay_for_the_last_second(tally);
         self.learned = self.current;
         self.last_lowered = Some(now);
-        let decision = if share >= QUOTA_AT_ONCE {
+        let decision = if at_once {
             self.phase = Phase::Paced { since: now, probe: Probe { counted_until: now + HOLD, steps: 0 } };
             PaceDecision::Lowered
         } else {
@@ -437,6 +466,7 @@ impl RateGovernor {
                 refused_share: share,
                 spread: tally.spread(),
                 records: tally.sent_records,
+                after: Tally::default(),
                 before,
                 before_learned,
                 was_paced,
@@ -449,7 +479,7 @@ impl RateGovernor {
     /// During a test: once the calls sent at the lower rate say enough, decides whether the
     /// refused share fell with the rate (a quota) or not (noise, and the old rates come back).
     fn judge(&mut self, test: Test, now: Instant) -> Option<PaceChange> {
-        let tally = self.tally(|answered| answered.answer.sent_at > test.since);
+        let tally = test.after;
         if now.saturating_duration_since(test.since) < TEST_SPAN || tally.calls < TEST_CALLS {
             return None;
         }
@@ -459,7 +489,7 @@ impl RateGovernor {
         let both = (spread.powi(2) + test.spread.powi(2)).sqrt();
         // More refused at a lower rate is neither noise (the same share) nor the quota the test
         // measured (less): the quota fell meanwhile (another writer). So is a share no noise has.
-        let rose = share - test.refused_share > 3.0 * both;
+        let rose = share - test.refused_share > 3.0 * both || share > ROSE_TO * test.refused_share + SMALLEST_SIGNAL;
         if share >= QUOTA_AT_ONCE || rose {
             self.phase = Phase::Paced { since: now, probe: Probe { counted_until: now + HOLD, steps: 0 } };
             self.last_lowered = None;
@@ -564,7 +594,12 @@ impl RateGovernor {
             self.current.records.map(|rate| tally.accepted.records as f64 / rate),
             self.current.calls.map(|rate| tally.accepting_calls as f64 / rate),
         ];
-        let Some(oldest) = self.answers.front().map(|answered| answered.answered_at) else { return };
+        let Some(latest) = self.answers.back().map(|answered| answered.answered_at) else { return };
+        let Some(oldest) =
+            self.answers.iter().map(|answered| answered.answered_at).find(|&at| latest.saturating_duration_since(at) < WINDOW)
+        else {
+            return;
+        };
         for (next, spent) in self.next_send.0.iter_mut().zip(spent) {
             if let Some(spent) = spent {
                 let paid_until = oldest + Duration::from_secs_f64(spent.min(3600.0));
@@ -585,11 +620,13 @@ impl RateGovernor {
             if !limited {
                 continue;
             }
-            let step = (FIRST_STEP * f64::from(1u32 << probe.steps.min(16))).min(LARGEST_STEP);
+            let step = FIRST_STEP * f64::from(1u32 << probe.steps.min(16));
             probe.steps += 1;
             let grow = |current: Option<f64>, learned: Option<f64>, ceiling: Option<f64>| match (current, learned) {
                 (Some(current), Some(unit)) => {
-                    let grown = current + unit * step;
+                    // At most a quarter of the rate in force a second: from a rate learned
+                    // far too low (at the floor, on a quiet route), growth is geometric.
+                    let grown = current + (unit * step).min(current * LARGEST_STEP);
                     Some(ceiling.map_or(grown, |ceiling| grown.min(ceiling)))
                 }
                 (current, _) => current,
@@ -603,23 +640,25 @@ impl RateGovernor {
         self.phase = Phase::Paced { since, probe };
     }
 
-    fn tally(&self, include: impl Fn(&Answered) -> bool) -> Tally {
+    /// What the answers of the last second add up to.
+    fn tally(&self) -> Tally {
+        self.tally_over(WINDOW)
+    }
+
+    /// What the answers of the last `span` (at most [`MEASURED_OVER`]) add up to.
+    fn tally_over(&self, span: Duration) -> Tally {
         let mut tally = Tally::default();
-        for answered in self.answers.iter().filter(|answered| include(answered)) {
-            tally.add(&answered.answer);
+        let latest = self.answers.back().map(|answered| answered.answered_at);
+        for answered in &self.answers {
+            if latest.is_some_and(|latest| latest.saturating_duration_since(answered.answered_at) < span) {
+                tally.add(&answered.answer);
+            }
         }
         tally
     }
 
     fn forget_before(&mut self, now: Instant) {
-        // A test keeps the answers of the calls it sent, however long it has to wait for them.
-        let keep_from = match self.phase {
-            Phase::Testing(test) => Some(test.since),
-            _ => None,
-        };
-        while self.answers.front().is_some_and(|answered| {
-            now.saturating_duration_since(answered.answered_at) >= WINDOW && keep_from.is_none_or(|since| answered.answer.sent_at < since)
-        }) {
+        while self.answers.front().is_some_and(|answered| now.saturating_duration_since(answered.answered_at) >= MEASURED_OVER) {
             self.answers.pop_front();
         }
     }
@@ -630,7 +669,7 @@ impl Learning {
     /// the share noise leaves), and at most 90 % of what was in force before; never above the
     /// ceiling, never below the floor.
     fn rates(&self, ceiling: Rates) -> Rates {
-        let per_second = |amount: u64| amount as f64;
+        let per_second = |amount: u64| amount as f64 / self.seconds;
         // A second measured by a sliding window against a stream's fixed ones can hold a call
         // of the second before: the rates also fall at least 10 % below the pace in force, so
         // that a test is always sent below what was refused.
@@ -749,7 +788,8 @@ mod tests {
             run.calls += 1;
             let mut accepted = 0;
             let mut met_quota = false;
-            if !random.chance(stream.throttled_calls) {
+            let throttled_whole = random.chance(stream.throttled_calls);
+            if !throttled_whole {
                 for _ in 0..pending {
                     if random.chance(stream.refused_records) {
                         continue;
@@ -769,6 +809,7 @@ mod tests {
                 sent,
                 accepted: CallSize { bytes: accepted * RECORD_BYTES, records: accepted },
                 refused_for_throughput: pending - accepted,
+                throttled_whole,
             };
             if let Some(change) = governor.answered(answer, now) {
                 if std::env::var_os("RATE_TRACE").is_some() {
@@ -859,6 +900,7 @@ mod tests {
             sent: CALL,
             accepted: CallSize { bytes: accepted * CALL.bytes / CALL.records, records: accepted },
             refused_for_throughput: refused,
+            throttled_whole: false,
         }
     }
 
@@ -901,10 +943,34 @@ mod tests {
     fn a_quarter_of_the_records_refused_is_a_quota_at_once_and_no_test_undoes_it() {
         let start = Instant::now();
         let mut governor = RateGovernor::new(Rates::default());
-        governor.answered(answer(start, 0), start + Duration::from_millis(5));
-        let change = governor.answered(answer(start + Duration::from_millis(10), 300), start + Duration::from_millis(15)).expect("lowered");
-        assert_eq!(change.decision, PaceDecision::Lowered);
-        assert!(change.rates.bytes.is_some());
+        let mut decisions = Vec::new();
+        for call in 0..QUOTA_AT_ONCE_CALLS as u64 {
+            let at = start + Duration::from_millis(5 * call);
+            decisions.extend(governor.answered(answer(at, 300), at).map(|change| change.decision));
+        }
+        assert_eq!(decisions, [PaceDecision::Lowered], "once there are calls enough to be sure of it");
+        assert!(governor.rates().bytes.is_some());
+    }
+
+    #[test]
+    fn on_a_quiet_route_one_call_throttled_whole_is_not_taken_for_a_quota_at_once() {
+        // Two calls a second of 100 records; one throttled whole (another writer's burst), its
+        // resend accepted: a third of what was sent refused, over three calls.
+        let start = Instant::now();
+        let mut governor = RateGovernor::new(Rates::default());
+        let small = |sent_at: Instant, refused: bool| CallAnswer {
+            sent_at,
+            sent: CallSize { bytes: 14_600, records: 100 },
+            accepted: if refused { CallSize::default() } else { CallSize { bytes: 14_600, records: 100 } },
+            refused_for_throughput: if refused { 100 } else { 0 },
+            throttled_whole: refused,
+        };
+        let mut decisions = Vec::new();
+        for (millis, refused) in [(0, false), (500, true), (510, false)] {
+            let at = start + Duration::from_millis(millis);
+            decisions.extend(governor.answered(small(at, refused), at).map(|change| change.decision));
+        }
+        assert_eq!(decisions, [], "{:?}", governor.rates());
     }
 
     #[test]
@@ -921,8 +987,13 @@ mod tests {
     fn a_throttle_with_nothing_accepted_lately_teaches_nothing() {
         let now = Instant::now();
         let mut governor = RateGovernor::new(Rates::default());
-        let refused =
-            CallAnswer { sent_at: now, sent: CALL, accepted: CallSize { bytes: 0, records: 0 }, refused_for_throughput: CALL.records };
+        let refused = CallAnswer {
+            sent_at: now,
+            sent: CALL,
+            accepted: CallSize { bytes: 0, records: 0 },
+            refused_for_throughput: CALL.records,
+            throttled_whole: true,
+        };
         assert_eq!(governor.answered(refused, now + Duration::from_secs(2)), None);
         assert_eq!(governor.rates(), Rates::default());
         assert!(!governor.accepting(now + Duration::from_secs(2)));
@@ -939,7 +1010,12 @@ mod tests {
             governor.answered(answer(at, 0), at);
         }
         // A call sent at the start and refused whole a second later.
-        let refused = CallAnswer { accepted: CallSize { bytes: 0, records: 0 }, refused_for_throughput: 500, ..answer(start, 0) };
+        let refused = CallAnswer {
+            accepted: CallSize { bytes: 0, records: 0 },
+            refused_for_throughput: 500,
+            throttled_whole: true,
+            ..answer(start, 0)
+        };
         let change = governor.answered(refused, start + Duration::from_secs(1));
         assert_eq!(change.map(|change| change.decision), Some(PaceDecision::Testing));
         let allowance = governor.call_allowance();
@@ -962,8 +1038,12 @@ mod tests {
             governor.answered(answer(sent(start, call), 0), sent(start, call) + Duration::from_millis(5));
         }
         let refused_at = sent(start, 103) + Duration::from_millis(1);
-        let refused =
-            CallAnswer { accepted: CallSize { bytes: 0, records: 0 }, refused_for_throughput: 500, ..answer(sent(start, 103), 0) };
+        let refused = CallAnswer {
+            accepted: CallSize { bytes: 0, records: 0 },
+            refused_for_throughput: 500,
+            throttled_whole: true,
+            ..answer(sent(start, 103), 0)
+        };
         let lowered = governor.answered(refused, refused_at).expect("lowered").rates;
         (governor, refused_at, lowered)
     }
@@ -1006,7 +1086,12 @@ mod tests {
             governor.answered(answer(sent(start, call), 0), sent(start, call));
         }
         let tested_at = sent(start, 100);
-        let refused = CallAnswer { accepted: CallSize { bytes: 0, records: 0 }, refused_for_throughput: 500, ..answer(tested_at, 0) };
+        let refused = CallAnswer {
+            accepted: CallSize { bytes: 0, records: 0 },
+            refused_for_throughput: 500,
+            throttled_whole: true,
+            ..answer(tested_at, 0)
+        };
         assert_eq!(governor.answered(refused, tested_at).map(|change| change.decision), Some(PaceDecision::Testing));
         let lowered = governor.rates().bytes.expect("a rate");
         // At the lower pace nothing is refused: a quota. One call refused in a hundred is weak

@@ -22,6 +22,8 @@ mod watch;
 
 pub use chunker::{now_ms, LineChunker, SealedChunk};
 pub use identity::{identify, IdentityMatch};
+#[cfg(test)]
+pub(crate) use tail::test_faults;
 pub use tail::{recover_range, PassOutcome, RecoveryOutcome, Tailer};
 pub use watch::{watch_changes, ChangeSignal, ChangeWatcher};
 

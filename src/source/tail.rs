@@ -61,6 +61,68 @@ struct WatchedFile {
     last_growth: Instant,
     /// The latest read reached the end of the file.
     at_end: bool,
+    /// The last bytes read, just before `read_offset`.
+    marker: TailMarker,
+}
+
+/// How many of the last bytes read are kept to check, before reading on, that they are still
+/// there (Fluent Bit's offset marker does the same).
+const MARKER_BYTES: usize = 32;
+
+/// The last bytes read from a file, up to [`MARKER_BYTES`]. A file truncated (copytruncate) and
+/// written past the old offset again while it was not read (reading paused for the sink, or
+/// simply between two passes) looks like a file that grew; its first bytes (the identity) and
+/// the bytes before the offset tell them apart.
+#[derive(Debug, Clone, Copy, Default)]
+struct TailMarker {
+    bytes: [u8; MARKER_BYTES],
+    len: usize,
+}
+
+impl TailMarker {
+    /// Keeps the last bytes of what was just read.
+    fn extend(&mut self, read: &[u8]) {
+        if read.len() >= MARKER_BYTES {
+            self.bytes.copy_from_slice(&read[read.len() - MARKER_BYTES..]);
+            self.len = MARKER_BYTES;
+            return;
+        }
+        let keep = (MARKER_BYTES - read.len()).min(self.len);
+        self.bytes.copy_within(self.len - keep..self.len, 0);
+        self.bytes[keep..keep + read.len()].copy_from_slice(read);
+        self.len = keep + read.len();
+    }
+
+    /// Whether `file` no longer holds these bytes just before `offset`.
+    fn changed_in(&self, file: &File, offset: u64) -> bool {
+        if self.len == 0 || offset < self.len as u64 {
+            return false;
+        }
+        let mut now = [0u8; MARKER_BYTES];
+        match file.read_exact_at(&mut now[..self.len], offset - self.len as u64) {
+            Ok(()) => now[..self.len] != self.bytes[..self.len],
+            // Shorter than the offset: truncated, as a short read finds out.
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => true,
+            // Cannot tell: read on (the read itself reports a failing file).
+            Err(_) => false,
+        }
+    }
+}
+
+impl WatchedFile {
+    /// Whether the file was truncated or rewritten in place since it was last read: its first
+    /// bytes are not the ones it was identified by, or the bytes before the read offset changed.
+    fn rewritten_since_read(&self) -> bool {
+        let (Some(file), Some(chunker)) = (self.file.as_ref(), self.chunker.as_ref()) else { return false };
+        matches!(identity::compare(file, &chunker.file()), Ok(IdentityMatch::Replaced)) || self.marker.changed_in(file, self.read_offset)
+    }
+
+    /// A truncated or rewritten file is a new file: read it from its start, with a new identity.
+    fn read_again_from_start(&mut self) {
+        self.read_offset = 0;
+        self.chunker = None;
+        self.marker = TailMarker::default();
+    }
 }
 
 /// Why a file could not be started.
@@ -120,6 +182,8 @@ impl Tailer {
     /// Scans the globs when due, reads every file up to its budget, appends what was read and
     /// commits it (fsync). Blocking.
     pub fn pass(&mut self) -> Result<PassOutcome, QueueError> {
+        #[cfg(test)]
+        test_faults::panic_if_asked(&self.source);
         self.discover();
         let mut outcome = PassOutcome { caught_up: true, ..PassOutcome::default() };
         let mut order: Vec<DevIno> = self.files.keys().copied().collect();
@@ -205,8 +269,7 @@ impl Tailer {
             if !matches!(identity::compare(&reopened, &identity), Ok(IdentityMatch::Same)) {
                 // Rewritten in place while closed: as after a truncation, it is a new file.
                 self.events.file_truncated(&path, watched.read_offset, metadata.len());
-                watched.read_offset = 0;
-                watched.chunker = None;
+                watched.read_again_from_start();
             }
         }
         watched.path = path;
@@ -267,6 +330,7 @@ impl Tailer {
         let mut appended = Ok(());
         let mut read_total = 0u64;
         let mut at_end = false;
+        let mut checked = false;
         while (read_total as usize) < budget {
             if watched.chunker.is_none() && !start_chunker(watched, &self.source, &self.events) {
                 at_end = true;
@@ -288,7 +352,19 @@ impl Tailer {
                 at_end = true;
                 break;
             }
+            // New bytes: before taking them as what follows the last read, check that the file
+            // is still the one read (a copytruncate may have been written past the old offset).
+            if !checked {
+                checked = true;
+                if watched.rewritten_since_read() {
+                    let size = file.metadata().map_or(0, |metadata| metadata.len());
+                    self.events.file_truncated(&watched.path, watched.read_offset, size);
+                    watched.read_again_from_start();
+                    continue;
+                }
+            }
             watched.read_offset += read as u64;
+            watched.marker.extend(&self.buffer[..read]);
             read_total += read as u64;
             if let Some(chunker) = watched.chunker.as_mut() {
                 chunker.feed(&self.buffer[..read], &mut sealed);
@@ -403,6 +479,7 @@ impl Tailer {
                     in_glob: false,
                     last_growth: Instant::now(),
                     at_end: false,
+                    marker: TailMarker::default(),
                 },
             );
         }
@@ -426,7 +503,7 @@ impl Tailer {
     fn open_file(&self, path: &Path, metadata: &std::fs::Metadata, startup: bool) -> Result<Option<WatchedFile>, OpenError> {
         let file = File::open(path)?;
         let size = metadata.len();
-        let stored = self.stored_position(&file)?;
+        let (stored, replaced) = self.stored_position(&file)?;
         let too_old = self
             .source
             .ignore_older_than
@@ -439,6 +516,13 @@ impl Tailer {
             (Some((_, queued)), _, _) if queued <= size => StartAt::Stored(queued),
             (Some((_, queued)), _, _) => {
                 self.events.file_truncated(path, queued, size);
+                StartAt::Head
+            }
+            // Positions are stored for this inode but none is this file's: it was truncated,
+            // rewritten or reused while tailhose was stopped. What it holds was written since
+            // (or is a new file): read it all rather than skip it.
+            (None, true, false) if replaced => {
+                self.events.file_truncated(path, 0, size);
                 StartAt::Head
             }
             (None, true, false) => StartAt::End,
@@ -462,18 +546,22 @@ impl Tailer {
             in_glob: true,
             last_growth: Instant::now(),
             at_end: false,
+            marker: TailMarker::default(),
         }))
     }
 
-    /// The stored identity and read position of this open file, if the queue knows it.
-    fn stored_position(&self, file: &File) -> Result<Option<(FileIdentity, u64)>, QueueError> {
-        let Ok(metadata) = file.metadata() else { return Ok(None) };
-        for (identity, state) in self.queue.stored_files(metadata.dev(), metadata.ino())? {
-            if let Ok(IdentityMatch::Same) = identity::compare(file, &identity) {
-                return Ok(Some((identity, state.queued_offset)));
+    /// The stored identity and read position of this open file, if the queue knows it, and
+    /// whether positions are stored for its device and inode that are not its own (the file
+    /// was replaced or rewritten in place since they were stored).
+    fn stored_position(&self, file: &File) -> Result<(Option<(FileIdentity, u64)>, bool), QueueError> {
+        let Ok(metadata) = file.metadata() else { return Ok((None, false)) };
+        let stored = self.queue.stored_files(metadata.dev(), metadata.ino())?;
+        for (identity, state) in &stored {
+            if let Ok(IdentityMatch::Same) = identity::compare(file, identity) {
+                return Ok((Some((*identity, state.queued_offset)), false));
             }
         }
-        Ok(None)
+        Ok((None, !stored.is_empty()))
     }
 
     /// Closes files that left the glob (rotated away or deleted), are read to their end and have
@@ -483,9 +571,19 @@ impl Tailer {
         let rotate_wait = self.source.refresh_interval;
         let finished: Vec<DevIno> = self
             .files
-            .iter()
+            .iter_mut()
             .filter(|(_, watched)| !watched.in_glob && watched.at_end && watched.last_growth.elapsed() >= rotate_wait)
-            .map(|(key, _)| *key)
+            .filter_map(|(key, watched)| {
+                // "At its end" is what the last read found: a pass that stopped before this file
+                // (queue full, pass budget) left it as it was, and the file may have grown since.
+                let grown =
+                    watched.file.as_ref().is_some_and(|file| file.metadata().is_ok_and(|metadata| metadata.len() > watched.read_offset));
+                if grown {
+                    watched.at_end = false;
+                    return None;
+                }
+                Some(*key)
+            })
             .collect();
         for key in finished {
             let Some(watched) = self.files.get_mut(&key) else { continue };
@@ -548,8 +646,7 @@ fn detect_truncation(watched: &mut WatchedFile, events: &Events) -> bool {
         return false;
     }
     events.file_truncated(&watched.path, watched.read_offset, size);
-    watched.read_offset = 0;
-    watched.chunker = None;
+    watched.read_again_from_start();
     true
 }
 
@@ -628,6 +725,28 @@ fn read_range(file: &File, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
     let mut bytes = vec![0u8; len];
     file.read_exact_at(&mut bytes, start)?;
     Ok(bytes)
+}
+
+/// Faults a test can ask of a tailer, keyed by its source's first glob (tests run in parallel).
+#[cfg(test)]
+pub(crate) mod test_faults {
+    use std::sync::Mutex;
+
+    static PANIC_IN_PASS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// Every pass of a tailer of a source whose first glob is `pattern` panics.
+    pub(crate) fn panic_in_passes_of(pattern: &str) {
+        PANIC_IN_PASS.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(pattern.to_owned());
+    }
+
+    pub(super) fn panic_if_asked(source: &crate::config::SourceSettings) {
+        let asked = PANIC_IN_PASS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .any(|pattern| source.paths.first() == Some(pattern));
+        assert!(!asked, "a test asked this pass to panic");
+    }
 }
 
 #[cfg(test)]

@@ -484,3 +484,105 @@ async fn a_file_created_and_rotated_away_while_reading_is_paused_is_still_read()
     stop.cancel();
     reader.await.expect("reader task").expect("reader");
 }
+
+/// Every seq queued over `passes` passes, acknowledging everything after each so the queue
+/// never stays full.
+fn drain(tailer: &mut Tailer, queue: &RouteQueue, passes: usize) -> Vec<u64> {
+    let mut delivered = Vec::new();
+    for _ in 0..passes {
+        tailer.pass().expect("pass");
+        delivered.extend(queued_seqs(queue));
+        acknowledge_everything(queue);
+    }
+    delivered
+}
+
+#[test]
+fn a_rotated_file_that_grew_while_a_full_queue_stopped_passes_is_read_to_its_end_before_it_is_closed() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let live = logs.path().join("app.log");
+    let rotated = logs.path().join("app.log.1");
+    append_lines(&live, 0..10);
+    let (_store, queue) = open_queue(state.path(), 64 * 1024);
+    let mut tailer = Tailer::new(source(logs.path()), 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    // Another file fills the queue: passes now stop before they reach any other file.
+    append_lines(&logs.path().join("other.log"), 10_000..12_000);
+    for _ in 0..100 {
+        if tailer.pass().expect("pass").queue_full {
+            break;
+        }
+    }
+    assert!(!queue.has_space(), "the queue is full");
+    // Rotated while reading is paused, and the writer finishes its last lines into it.
+    std::fs::rename(&live, &rotated).expect("rotate");
+    append_lines(&rotated, 10..20);
+    tailer.pass().expect("pass");
+    let mut delivered = queued_seqs(&queue);
+    acknowledge_everything(&queue);
+    delivered.extend(drain(&mut tailer, &queue, 20));
+    delivered.sort_unstable();
+    delivered.dedup();
+    let of_the_rotated_file: Vec<u64> = delivered.iter().copied().filter(|&seq| seq < 10_000).collect();
+    assert_eq!(of_the_rotated_file, (0..20).collect::<Vec<_>>(), "the lines written after its last read are not lost");
+}
+
+#[test]
+fn without_read_from_head_a_file_rewritten_under_the_same_inode_while_stopped_is_read_from_its_head() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let live = logs.path().join("app.log");
+    append_lines(&live, 0..30);
+    let mut settings = source(logs.path());
+    settings.read_from_head = false;
+    {
+        let (_store, queue) = open_queue(state.path(), 1 << 30);
+        let mut tailer = Tailer::new(settings.clone(), 1 << 30, queue.clone(), Arc::new(Events::default()));
+        tailer.pass().expect("pass");
+        append_lines(&live, 30..40);
+        tailer.pass().expect("pass");
+        assert_eq!(queued_seqs(&queue), (30..40).collect::<Vec<_>>(), "started at its end, then followed");
+    }
+    // Truncated and written again while tailhose was stopped (copytruncate during a restart).
+    let file = std::fs::OpenOptions::new().write(true).open(&live).expect("open");
+    file.set_len(0).expect("truncate");
+    drop(file);
+    append_lines(&live, 1000..1050);
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut tailer = Tailer::new(settings, 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    let seqs = queued_seqs(&queue);
+    assert!(seqs.len() >= 50, "{seqs:?}");
+    assert_eq!(&seqs[seqs.len() - 50..], &(1000..1050).collect::<Vec<_>>()[..], "what was written while stopped, from its first line");
+}
+
+#[test]
+fn a_copytruncate_while_reading_waits_for_the_window_is_noticed_even_when_the_file_grew_past_the_old_offset() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let live = logs.path().join("app.log");
+    append_lines(&live, 0..20_000);
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let events = Arc::new(Events::default());
+    let window = 256 * 1024;
+    let mut tailer = Tailer::new(source(logs.path()), window, queue.clone(), events.clone());
+    // The sink is down: reading stops at the read-ahead window, a few thousand lines in.
+    tailer.pass().expect("pass");
+    assert_eq!(tailer.pass().expect("pass").bytes_read, 0, "reading waits for the window");
+    let read_before = queued_seqs(&queue);
+    let offset = *read_before.last().expect("some lines read");
+    assert!(offset < 10_000, "{offset}");
+    // logrotate's copytruncate, then the application writes on, well past the old read offset.
+    std::fs::copy(&live, logs.path().join("app.log.1")).expect("copy");
+    std::fs::OpenOptions::new().write(true).open(&live).expect("open").set_len(0).expect("truncate");
+    append_lines(&live, 100_000..120_000);
+    // The sink comes back.
+    acknowledge_everything(&queue);
+    let mut delivered = drain(&mut tailer, &queue, 40);
+    delivered.sort_unstable();
+    let new_lines: Vec<u64> = delivered.iter().copied().filter(|&seq| seq >= 100_000).collect();
+    assert_eq!(new_lines, (100_000..120_000).collect::<Vec<_>>(), "every line written after the truncation, once");
+    assert_eq!(events.snapshot().dead_invalid_json, 0, "no read starts in the middle of a line");
+    assert_eq!(events.snapshot().files_truncated, 1);
+}
