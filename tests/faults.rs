@@ -170,7 +170,7 @@ fn calls_during_an_outage(outage: Faults, sink_lines: &str, records: u64, window
 const ACK_WITHIN: Duration = Duration::from_millis(1_500);
 /// Batches of a route in delivery or waiting for a durable acknowledgement at once
 /// (`max_in_flight`'s default): what a kill may send again, at most.
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 8;
 /// Every record has arrived this long after the last start of the crash loop.
 const DRAIN_WITHIN: Duration = Duration::from_secs(30);
 /// After a kill, the fake may still answer a call whose request it had read before the daemon

@@ -10,9 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::flusher::PendingBatch;
+use super::resender::{Resend, ResendReply};
 use crate::config::SinkSettings;
 use crate::events::{CallFailure, EntryRefusals, Events, RetryCause};
 use crate::queue::{DeadLetter, DeadLetterReason, FileIdentity};
@@ -40,17 +42,20 @@ pub(super) struct Courier {
     pub(super) shutdown_timeout: Duration,
     /// The pace of calls, learned from throttling (see [`crate::sink::rate`]).
     pub(super) governor: Mutex<RateGovernor>,
+    /// Where leftovers of partly accepted calls go to be sent together (see [`super::resender`]).
+    pub(super) resends: Option<mpsc::Sender<Resend>>,
 }
 
 impl Courier {
     /// Sends the batch until every record is accepted or dead-lettered, or shutdown's deadline passes.
     ///
     /// When to send again: a call that had anything accepted shows the destination is up, so
-    /// its refused records go again at once (the governor's pace still spaces them): refusals
-    /// that are noise cost only their own resend, never a pause. A call that failed whole, or
-    /// had everything refused, goes again at once too if it is the first such failure in a row
-    /// and the destination accepted something in the last second (a fault of one call); else
-    /// it waits out the exponential back-off, as for an outage.
+    /// its refused records go again at once (the governor's pace still spaces them), with the
+    /// leftovers of the other batches in flight: refusals that are noise cost only their own
+    /// resend, never a pause. A call that failed whole, or had everything refused, goes again at
+    /// once too for up to three failures in a row while the destination accepted something in
+    /// the last second (a fault of one call); else it waits out the exponential back-off, as
+    /// for an outage.
     pub(super) async fn deliver(&self, batch: &mut PendingBatch) -> Delivery {
         let route = self.route.as_str();
         let abandon = abandon_after(self.stop.clone(), self.shutdown_timeout);
@@ -59,6 +64,7 @@ impl Courier {
         let mut backoff = self.backoff();
         let mut attempt = 0u64;
         let mut failures_in_a_row = 0u32;
+        let mut together = false;
         while let Some(mut group) = groups.pop_front() {
             loop {
                 attempt += 1;
@@ -68,49 +74,28 @@ impl Courier {
                 if let Some(rest) = split_past_allowance(&batch.records, &mut group, self.limits, allowance) {
                     groups.push_front(rest);
                 }
-                let size = call_size(&batch.records, &group);
-                let pace = self.lock_governor().reserve(size, Instant::now());
-                if !pace.is_zero() {
+                // Refused records left over from a call that was partly accepted go with those of
+                // the other batches in flight, in one call (see [`super::resender`]).
+                let answer = if std::mem::take(&mut together) {
+                    let reply = tokio::select! {
+                        reply = self.resend_together(&batch.records, &group) => reply,
+                        _ = &mut abandon => return Delivery::Abandoned,
+                    };
+                    match reply {
+                        ResendReply::Answered(answer) => answer,
+                        ResendReply::SendAlone => continue,
+                    }
+                } else {
                     tokio::select! {
-                        _ = tokio::time::sleep(pace) => {}
+                        answer = self.call(&batch.records, &group) => answer,
                         _ = &mut abandon => return Delivery::Abandoned,
                     }
-                }
-                let call_started = Instant::now();
-                let answer = tokio::select! {
-                    answer = self.sink.put(&batch.records, &group) => answer,
-                    _ = &mut abandon => return Delivery::Abandoned,
                 };
-                self.events.call_answered(group.len() as u64, call_started.elapsed());
-                let nothing_taken = CallSize { bytes: 0, records: 0 };
                 let cause = match answer {
                     Ok(outcomes) => {
-                        let mut failed = Vec::new();
-                        let mut refusals = EntryRefusals::default();
-                        let mut first_failure = None;
-                        for (&index, outcome) in group.iter().zip(&outcomes) {
-                            if let RecordOutcome::Failed { code, message } = outcome {
-                                failed.push(index);
-                                match refusal_kind(code) {
-                                    RefusalKind::Throughput => refusals.throughput += 1,
-                                    RefusalKind::InternalFailure => refusals.internal += 1,
-                                    RefusalKind::Other => refusals.other += 1,
-                                }
-                                first_failure.get_or_insert((code.clone(), message.clone()));
-                            }
-                        }
-                        let accepted = CallSize {
-                            bytes: size.bytes - call_size(&batch.records, &failed).bytes,
-                            records: (group.len() - failed.len()) as u64,
-                        };
-                        self.tell_governor(CallAnswer {
-                            sent_at: call_started,
-                            sent: size,
-                            accepted,
-                            refused_for_throughput: refusals.throughput,
-                            throttled_whole: false,
-                        });
-                        let Some((code, message)) = first_failure else {
+                        let read = read_outcomes(&batch.records, &group, &outcomes);
+                        let (failed, refusals, accepted) = (read.failed, read.refusals, read.accepted);
+                        let Some((code, message)) = read.first_failure else {
                             backoff = self.backoff();
                             failures_in_a_row = 0;
                             break;
@@ -122,20 +107,13 @@ impl Courier {
                             backoff = self.backoff();
                             failures_in_a_row = 0;
                             self.events.retry_scheduled(route, RetryCause::FailedEntries, attempt, Duration::ZERO);
+                            together = true;
                             continue;
                         }
                         RetryCause::FailedEntries
                     }
                     Err(SinkError::Throttled { message }) => {
                         self.events.call_throttled(route, &message);
-                        let throttled = CallAnswer {
-                            sent_at: call_started,
-                            sent: size,
-                            accepted: nothing_taken,
-                            refused_for_throughput: size.records,
-                            throttled_whole: true,
-                        };
-                        self.tell_governor(throttled);
                         RetryCause::Throttled
                     }
                     Err(SinkError::ServerError { message, .. }) => {
@@ -182,7 +160,11 @@ impl Courier {
                     }
                 };
                 failures_in_a_row += 1;
-                let a_fault_of_one_call = failures_in_a_row == 1 && self.lock_governor().accepting(Instant::now());
+                // Batches are acknowledged in order: one batch waiting out a back-off holds every
+                // later one, so a fault of a call while the stream takes others is resent at once
+                // (a few times in a row, as random refusals allow; more is not a fault of one call).
+                let a_fault_of_one_call =
+                    failures_in_a_row <= FAULTS_RESENT_AT_ONCE && self.lock_governor().refusals_are_rare(Instant::now());
                 let delay = if a_fault_of_one_call { Duration::ZERO } else { backoff.next().unwrap_or(self.settings.retry_max_backoff) };
                 self.events.retry_scheduled(route, cause, attempt, delay);
                 if !delay.is_zero() {
@@ -194,6 +176,58 @@ impl Courier {
             }
         }
         Delivery::Accepted
+    }
+
+    /// One call at the pace: waits for the governor, sends, counts the call and tells the
+    /// governor what the answer took and refused.
+    pub(super) async fn call(&self, records: &OutgoingRecords, group: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
+        let size = call_size(records, group);
+        let pace = self.lock_governor().reserve(size, Instant::now());
+        if !pace.is_zero() {
+            tokio::time::sleep(pace).await;
+        }
+        let sent_at = Instant::now();
+        let answer = self.sink.put(records, group).await;
+        self.events.call_answered(group.len() as u64, sent_at.elapsed());
+        let told = match &answer {
+            Ok(outcomes) => {
+                let read = read_outcomes(records, group, outcomes);
+                Some(CallAnswer {
+                    sent_at,
+                    sent: size,
+                    accepted: read.accepted,
+                    refused_for_throughput: read.refusals.throughput,
+                    throttled_whole: false,
+                })
+            }
+            Err(SinkError::Throttled { .. }) => Some(CallAnswer {
+                sent_at,
+                sent: size,
+                accepted: CallSize::default(),
+                refused_for_throughput: size.records,
+                throttled_whole: true,
+            }),
+            Err(_) => None,
+        };
+        if let Some(told) = told {
+            self.tell_governor(told);
+        }
+        answer
+    }
+
+    /// Hands the records `group` of `records` to the resender, to go with other batches'
+    /// leftovers; without a resender (or once it is gone), the caller sends them alone.
+    async fn resend_together(&self, records: &OutgoingRecords, group: &[usize]) -> ResendReply {
+        let Some(resends) = self.resends.as_ref() else { return ResendReply::SendAlone };
+        let mut leftovers = OutgoingRecords::with_capacity(call_size(records, group).bytes as usize);
+        for &index in group {
+            leftovers.push(records.get(index), false);
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if resends.send(Resend { records: leftovers, reply }).await.is_err() {
+            return ResendReply::SendAlone;
+        }
+        answer.await.unwrap_or(ResendReply::SendAlone)
     }
 
     /// The most one call should carry at the learned pace (see [`RateGovernor::call_allowance`]).
@@ -250,6 +284,43 @@ fn split_past_allowance(records: &OutgoingRecords, group: &mut Vec<usize>, limit
     let keep = group.iter().take_while(|&&index| packer.offer(records.get(index).len() as u64) == Offer::Added).count().max(1);
     (keep < group.len()).then(|| group.split_off(keep))
 }
+
+/// What an answered call says of its records.
+struct ReadOutcomes {
+    /// Indices (into the batch's records) of the records refused.
+    failed: Vec<usize>,
+    refusals: EntryRefusals,
+    first_failure: Option<(String, String)>,
+    accepted: CallSize,
+}
+
+fn read_outcomes(records: &OutgoingRecords, group: &[usize], outcomes: &[RecordOutcome]) -> ReadOutcomes {
+    let mut read =
+        ReadOutcomes { failed: Vec::new(), refusals: EntryRefusals::default(), first_failure: None, accepted: CallSize::default() };
+    for (&index, outcome) in group.iter().zip(outcomes) {
+        match outcome {
+            RecordOutcome::Accepted => {
+                read.accepted.bytes += records.get(index).len() as u64;
+                read.accepted.records += 1;
+            }
+            RecordOutcome::Failed { code, message } => {
+                read.failed.push(index);
+                match refusal_kind(code) {
+                    RefusalKind::Throughput => read.refusals.throughput += 1,
+                    RefusalKind::InternalFailure => read.refusals.internal += 1,
+                    RefusalKind::Other => read.refusals.other += 1,
+                }
+                read.first_failure.get_or_insert_with(|| (code.clone(), message.clone()));
+            }
+        }
+    }
+    read
+}
+
+/// Failures in a row of one batch's calls that are resent at once while the destination accepts
+/// other calls: with a tenth of the records refused at random, three in a row happen once in a
+/// thousand resends of a single record.
+const FAULTS_RESENT_AT_ONCE: u32 = 3;
 
 /// What a per-record error code says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::acknowledger::{Acknowledger, Finished};
 use super::courier::{record_dead_letter, Courier, Delivery};
+use super::resender::{run_resender, Resend};
 use crate::config::SinkSettings;
 use crate::events::{BatchDelivery, Events};
 use crate::queue::chunk::decode_chunk;
@@ -59,6 +60,17 @@ pub struct Flusher {
     current: Option<LoadedChunk>,
     /// Shared with every delivery task of this route.
     courier: Arc<Courier>,
+    /// The resender's end of the channel, until `run` starts it.
+    resend_queue: Option<mpsc::Receiver<Resend>>,
+}
+
+/// A task that ends when this is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A batch in delivery on its own task. Dropping it aborts the task: a flusher that returns
@@ -183,6 +195,8 @@ impl Flusher {
         storage_stall_timeout: Duration,
     ) -> Flusher {
         let limits = sink.limits(&settings);
+        // Each batch in flight has at most one resend waiting.
+        let (resends, resend_queue) = mpsc::channel(settings.max_in_flight.max(1));
         let courier = Arc::new(Courier {
             route: queue.name().to_owned(),
             sink,
@@ -192,11 +206,26 @@ impl Flusher {
             stop: stopping.stop.clone(),
             shutdown_timeout: stopping.shutdown_timeout,
             governor: Mutex::new(RateGovernor::new(settings.rate_ceiling)),
+            resends: Some(resends),
         });
-        Flusher { queue, settings, limits, events, stopping, storage_stall_timeout, next_seq: ChunkSeq(0), current: None, courier }
+        Flusher {
+            queue,
+            settings,
+            limits,
+            events,
+            stopping,
+            storage_stall_timeout,
+            next_seq: ChunkSeq(0),
+            current: None,
+            courier,
+            resend_queue: Some(resend_queue),
+        }
     }
 
     pub async fn run(mut self) -> Result<(), super::PipelineError> {
+        // The courier holds the resender's sender, and the resender the courier: it ends with
+        // this flusher, not by itself.
+        let _resender = self.resend_queue.take().map(|resends| AbortOnDrop(tokio::spawn(run_resender(self.courier.clone(), resends))));
         // Never full: a batch takes a place before it is sent (see `deliver`).
         let (finished_tx, finished_rx) = mpsc::channel(self.max_in_flight());
         let acknowledger =

@@ -20,6 +20,7 @@ mod acknowledger;
 mod courier;
 mod flusher;
 mod reader;
+mod resender;
 
 use std::sync::Arc;
 use std::time::Duration;

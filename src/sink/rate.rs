@@ -138,8 +138,8 @@ const BURST: Duration = Duration::from_millis(100);
 const WINDOW: Duration = Duration::from_secs(1);
 /// The span over which the rate a test starts from is measured (see `consider_refusals`).
 const MEASURED_OVER: Duration = Duration::from_secs(2);
-/// A refused share at or above this, over at least this many calls, is a quota without a test:
-/// no stream's noise is that loud (over fewer calls, one unlucky call could be that share).
+/// A refused share at or above this, over this many calls or by more than its spread, is a
+/// quota without a test: no stream's noise is that loud.
 const QUOTA_AT_ONCE: f64 = 0.25;
 const QUOTA_AT_ONCE_CALLS: usize = 8;
 /// Below this share, refusals are never a signal (a record or two at a window's edge).
@@ -374,14 +374,16 @@ impl RateGovernor {
         CallSize { bytes: share(self.current.bytes), records: share(self.current.records) }
     }
 
-    /// Whether the destination accepted anything in the last second: then a call that failed
-    /// whole is a fault of that call, worth sending again at once, not an outage to back off from.
-    pub fn accepting(&self, now: Instant) -> bool {
-        self.answers
-            .iter()
-            .rev()
-            .take_while(|answered| now.saturating_duration_since(answered.answered_at) < WINDOW)
-            .any(|answered| answered.answer.accepted.records > 0)
+    /// Whether refusals are faults of single calls: the destination accepted something in the
+    /// last second, and refused less than a quarter of what was sent (more is a quota being hit,
+    /// or an outage: resending at once would only be refused again). Then a failed call is
+    /// worth sending again at once, not backing off from.
+    pub fn refusals_are_rare(&self, now: Instant) -> bool {
+        let mut tally = Tally::default();
+        for answered in self.answers.iter().rev().take_while(|answered| now.saturating_duration_since(answered.answered_at) < WINDOW) {
+            tally.add(&answered.answer);
+        }
+        tally.accepted.records > 0 && tally.refused_share() < QUOTA_AT_ONCE
     }
 
     /// The destination answered a call: `answer` says what it took and what it refused for
@@ -417,10 +419,14 @@ impl RateGovernor {
         if share <= self.tolerance(now) {
             return None;
         }
-        // A moderate share over less than a second of sending (a restart, or the pause after a
-        // decrease) is too little to go on, and would measure a second by a fraction of it.
-        let at_once = share >= QUOTA_AT_ONCE && tally.calls >= QUOTA_AT_ONCE_CALLS;
-        if !at_once && tally.covers(now) < WINDOW.mul_f64(0.9) {
+        // A moderate share needs two seconds of sending behind it, the last one whole (not a
+        // restart's first seconds, whose ramp would set the test's rate, nor the pause after a
+        // decrease, which would measure a second by a fraction of it).
+        // Over enough calls, or by more than its spread: on a quiet route, one call throttled
+        // whole among three is a third of what was sent, and says little.
+        let at_once = share >= QUOTA_AT_ONCE && (tally.calls >= QUOTA_AT_ONCE_CALLS || share - tally.spread() >= QUOTA_AT_ONCE);
+        let two_seconds = self.tally_over(MEASURED_OVER);
+        if !at_once && (tally.covers(now) < WINDOW.mul_f64(0.9) || two_seconds.covers(now) < MEASURED_OVER.mul_f64(0.95)) {
             return None;
         }
         if tally.accepted.records == 0 {
@@ -434,12 +440,7 @@ impl RateGovernor {
         // second against a stream's fixed ones can hold a call of the second before, as much as
         // the 5 % a decrease leaves below the quota, and a test sent above the quota would take
         // the quota for noise. Far over it, the last second says enough, and says it sooner.
-        let two_seconds = self.tally_over(MEASURED_OVER);
-        let (measured, seconds) = if !at_once && two_seconds.covers(now) >= MEASURED_OVER.mul_f64(0.95) {
-            (two_seconds, MEASURED_OVER.as_secs_f64())
-        } else {
-            (tally, 1.0)
-        };
+        let (measured, seconds) = if !at_once { (two_seconds, MEASURED_OVER.as_secs_f64()) } else { (tally, 1.0) };
         let learning = Learning {
             refused_call_sent_at,
             refused_at: now,
@@ -944,11 +945,11 @@ mod tests {
         let start = Instant::now();
         let mut governor = RateGovernor::new(Rates::default());
         let mut decisions = Vec::new();
-        for call in 0..QUOTA_AT_ONCE_CALLS as u64 {
+        for call in 0..8 {
             let at = start + Duration::from_millis(5 * call);
             decisions.extend(governor.answered(answer(at, 300), at).map(|change| change.decision));
         }
-        assert_eq!(decisions, [PaceDecision::Lowered], "once there are calls enough to be sure of it");
+        assert_eq!(decisions, [PaceDecision::Lowered], "at the first such answer, once a second");
         assert!(governor.rates().bytes.is_some());
     }
 
@@ -996,7 +997,7 @@ mod tests {
         };
         assert_eq!(governor.answered(refused, now + Duration::from_secs(2)), None);
         assert_eq!(governor.rates(), Rates::default());
-        assert!(!governor.accepting(now + Duration::from_secs(2)));
+        assert!(!governor.refusals_are_rare(now + Duration::from_secs(2)));
         assert_eq!(governor.reserve(CALL, now), Duration::ZERO, "unlimited until something is learned");
     }
 
@@ -1005,18 +1006,18 @@ mod tests {
         let start = Instant::now();
         let mut governor = RateGovernor::new(Rates::default());
         assert_eq!(governor.call_allowance(), CallSize { bytes: u64::MAX, records: u64::MAX }, "unlimited until something is learned");
-        for call in 0..10 {
+        // Ten calls a second for two seconds, and a call sent at the start refused whole at the end.
+        for call in 0..20 {
             let at = start + Duration::from_millis(50 + 95 * call);
             governor.answered(answer(at, 0), at);
         }
-        // A call sent at the start and refused whole a second later.
         let refused = CallAnswer {
             accepted: CallSize { bytes: 0, records: 0 },
             refused_for_throughput: 500,
             throttled_whole: true,
             ..answer(start, 0)
         };
-        let change = governor.answered(refused, start + Duration::from_secs(1));
+        let change = governor.answered(refused, start + Duration::from_secs(2));
         assert_eq!(change.map(|change| change.decision), Some(PaceDecision::Testing));
         let allowance = governor.call_allowance();
         assert_eq!(allowance.bytes, (CALL.bytes as f64 * 10.0 * 0.95 * 0.1) as u64);
@@ -1030,19 +1031,19 @@ mod tests {
         start + Duration::from_millis(10 * call)
     }
 
-    /// Calls 0 to 99 answered over a second, then call 103 refused whole while calls 100 to
-    /// 102 are still in flight: the governor, when the refusal came, and the rates it set.
+    /// Calls 0 to 199 answered over two seconds, then call 203 refused whole while calls 200 to
+    /// 202 are still in flight: the governor, when the refusal came, and the rates it set.
     fn refused_while_three_calls_travel(start: Instant) -> (RateGovernor, Instant, Rates) {
         let mut governor = RateGovernor::new(Rates::default());
-        for call in 0..100 {
+        for call in 0..200 {
             governor.answered(answer(sent(start, call), 0), sent(start, call) + Duration::from_millis(5));
         }
-        let refused_at = sent(start, 103) + Duration::from_millis(1);
+        let refused_at = sent(start, 203) + Duration::from_millis(1);
         let refused = CallAnswer {
             accepted: CallSize { bytes: 0, records: 0 },
             refused_for_throughput: 500,
             throttled_whole: true,
-            ..answer(sent(start, 103), 0)
+            ..answer(sent(start, 203), 0)
         };
         let lowered = governor.answered(refused, refused_at).expect("lowered").rates;
         (governor, refused_at, lowered)
@@ -1052,11 +1053,12 @@ mod tests {
     fn calls_sent_before_the_refused_one_and_answered_after_it_still_count_in_what_it_learns() {
         let start = Instant::now();
         let (mut governor, refused_at, lowered) = refused_while_three_calls_travel(start);
-        // The calls answered in the second before the refusal: 0 to 2 fell out of its start.
-        let measured = |calls: f64| Some(CALL.bytes as f64 * calls * 0.95);
-        assert_eq!(lowered.bytes, measured(97.0));
-        for call in 100..103 {
-            governor.answered(answer(sent(start, call), 0), refused_at + Duration::from_millis(call - 99));
+        // Measured over the two seconds before the refusal, from which calls 0 to 2 fell out:
+        // 197 calls, 98.5 a second.
+        let measured = |calls_per_second: f64| Some(CALL.bytes as f64 * calls_per_second * 0.95);
+        assert_eq!(lowered.bytes, measured(98.5));
+        for call in 200..203 {
+            governor.answered(answer(sent(start, call), 0), refused_at + Duration::from_millis(call - 199));
         }
         let learned = governor.rates();
         assert_eq!(learned.bytes, measured(100.0), "{learned:?}");
@@ -1070,11 +1072,11 @@ mod tests {
     fn an_overtaken_answer_more_than_a_second_after_the_refusal_does_not_count() {
         let start = Instant::now();
         let (mut governor, refused_at, lowered) = refused_while_three_calls_travel(start);
-        // Call 100 was held up on a slow path for seconds: it may have been accepted in any
+        // Call 200 was held up on a slow path for seconds: it may have been accepted in any
         // later second, so it says nothing about the second the refusal measured.
-        governor.answered(answer(sent(start, 100), 0), refused_at + Duration::from_millis(2_500));
+        governor.answered(answer(sent(start, 200), 0), refused_at + Duration::from_millis(2_500));
         assert_eq!(governor.rates(), lowered);
-        governor.answered(answer(sent(start, 101), 0), refused_at + Duration::from_millis(2_600));
+        governor.answered(answer(sent(start, 201), 0), refused_at + Duration::from_millis(2_600));
         assert_eq!(governor.rates(), lowered);
     }
 
@@ -1082,10 +1084,10 @@ mod tests {
     fn after_a_hold_the_rate_grows_by_steps_that_double_each_second_the_pace_limits() {
         let start = Instant::now();
         let mut governor = RateGovernor::new(Rates::default());
-        for call in 0..100 {
+        for call in 0..200 {
             governor.answered(answer(sent(start, call), 0), sent(start, call));
         }
-        let tested_at = sent(start, 100);
+        let tested_at = sent(start, 200);
         let refused = CallAnswer {
             accepted: CallSize { bytes: 0, records: 0 },
             refused_for_throughput: 500,
