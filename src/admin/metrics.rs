@@ -51,46 +51,50 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
         out.header(name, help, "counter");
         out.sample(name, &[], value as f64);
     }
-    out.header("tailhose_dead_letters_total", "Records moved to the dead-letter area, by reason.", "counter");
-    for (reason, value) in [
-        ("invalid_json", counts.dead_invalid_json),
-        ("line_too_long", counts.dead_line_too_long),
-        ("record_too_large", counts.dead_record_too_large),
-        ("rejected_by_sink", counts.dead_rejected_by_sink),
-        ("unrecoverable", counts.dead_unrecoverable),
-    ] {
-        out.sample("tailhose_dead_letters_total", &[("reason", reason)], value as f64);
-    }
-    out.header("tailhose_refused_entries_total", "Records a sink refused inside an answered call, by what the code means.", "counter");
-    for (reason, value) in [
-        ("throughput", counts.entries_refused_throughput),
-        ("internal_failure", counts.entries_refused_internal),
-        ("other", counts.entries_refused_other),
-    ] {
-        out.sample("tailhose_refused_entries_total", &[("reason", reason)], value as f64);
-    }
-    out.header(
+    out.labelled_counter(
+        "tailhose_dead_letters_total",
+        "Records moved to the dead-letter area, by reason.",
+        "reason",
+        &[
+            ("invalid_json", counts.dead_invalid_json),
+            ("line_too_long", counts.dead_line_too_long),
+            ("record_too_large", counts.dead_record_too_large),
+            ("rejected_by_sink", counts.dead_rejected_by_sink),
+            ("unrecoverable", counts.dead_unrecoverable),
+        ],
+    );
+    out.labelled_counter(
+        "tailhose_refused_entries_total",
+        "Records a sink refused inside an answered call, by what the code means.",
+        "reason",
+        &[
+            ("throughput", counts.entries_refused_throughput),
+            ("internal_failure", counts.entries_refused_internal),
+            ("other", counts.entries_refused_other),
+        ],
+    );
+    out.labelled_counter(
         "tailhose_call_failures_total",
         "Calls that failed whole, by cause: throttled (also tailhose_throttled_calls_total), server_error (5xx), network (no usable answer: resets, timeouts, answers that cannot be relied on), unavailable (the other three are tailhose_failed_calls_total).",
-        "counter",
+        "cause",
+        &[
+            ("throttled", counts.throttled_calls),
+            ("server_error", counts.calls_failed_server_error),
+            ("network", counts.calls_failed_network),
+            ("unavailable", counts.calls_failed_unavailable),
+        ],
     );
-    for (cause, value) in [
-        ("throttled", counts.throttled_calls),
-        ("server_error", counts.calls_failed_server_error),
-        ("network", counts.calls_failed_network),
-        ("unavailable", counts.calls_failed_unavailable),
-    ] {
-        out.sample("tailhose_call_failures_total", &[("cause", cause)], value as f64);
-    }
-    out.header("tailhose_pace_decisions_total", "Decisions of the send rate's governor (docs/rate-control.md).", "counter");
-    for (decision, value) in [
-        ("lowered", counts.pace_lowered),
-        ("testing", counts.pace_testing),
-        ("quota_confirmed", counts.pace_quota_confirmed),
-        ("noise_restored", counts.pace_noise_restored),
-    ] {
-        out.sample("tailhose_pace_decisions_total", &[("decision", decision)], value as f64);
-    }
+    out.labelled_counter(
+        "tailhose_pace_decisions_total",
+        "Decisions of the send rate's governor (docs/rate-control.md).",
+        "decision",
+        &[
+            ("lowered", counts.pace_lowered),
+            ("testing", counts.pace_testing),
+            ("quota_confirmed", counts.pace_quota_confirmed),
+            ("noise_restored", counts.pace_noise_restored),
+        ],
+    );
     out.histogram("tailhose_call_duration_seconds", "Seconds from sending a call to its answer.", &state.events.call_latency.snapshot());
     out.histogram("tailhose_call_records", "Records per call.", &state.events.call_records.snapshot());
 
@@ -153,6 +157,14 @@ impl Exposition {
             let _ = write!(self.text, "{{{}}}", rendered.join(","));
         }
         let _ = writeln!(self.text, " {value}");
+    }
+
+    /// One counter family with a sample per value of `label`.
+    fn labelled_counter(&mut self, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+        self.header(name, help, "counter");
+        for &(value, count) in values {
+            self.sample(name, &[(label, value)], count as f64);
+        }
     }
 
     fn histogram(&mut self, name: &str, help: &str, snapshot: &HistogramSnapshot) {
