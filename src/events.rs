@@ -606,6 +606,14 @@ impl Events {
         tracing::error!(folder = %set_aside.folder.display(), "{set_aside}");
     }
 
+    pub fn data_dir_open_to_others(&self, data_dir: &Path, mode: u32) {
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            mode = format!("{mode:o}"),
+            "data_dir can be read or written by other users, and it holds log contents and dead letters: chmod 700 it"
+        );
+    }
+
     pub fn queue_failed(&self, route: &str, operation: &str, error: &dyn std::fmt::Display) {
         bump(&self.queue_errors, 1);
         tracing::error!(route, operation, %error, "queue storage failed (check free space and permissions of data_dir)");

@@ -284,3 +284,59 @@ fn a_taken_admin_port_stops_start_up_with_a_message_naming_it() {
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains(&address) && message.contains("[admin] address"), "{message}");
 }
+
+#[test]
+fn the_admin_endpoint_caps_its_connections_and_disconnects_clients_that_send_nothing() {
+    use std::io::Read;
+    let fake = FakeFirehose::start(Faults::default());
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "");
+    let daemon = workspace.start_daemon();
+    let address = workspace.admin_address();
+    // Clients that connect and send nothing take every place...
+    let idle: Vec<std::net::TcpStream> = (0..16).map(|_| std::net::TcpStream::connect(address.as_str()).expect("connect")).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // ...so one more is closed at once, not held (the endpoint shares the tailer's descriptors).
+    let mut one_more = std::net::TcpStream::connect(address.as_str()).expect("connect");
+    one_more.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let mut byte = [0u8; 1];
+    assert_eq!(one_more.read(&mut byte).ok(), Some(0), "a connection past the cap is closed at once");
+    // The idle ones are disconnected once the header timeout passes, and the endpoint serves again.
+    for mut client in idle {
+        client.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+        assert_eq!(client.read(&mut byte).ok(), Some(0), "a client that sends no request is disconnected");
+    }
+    assert_eq!(http_get(&address, "/health").map(|(code, _)| code), Some(200));
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn data_dir_and_what_it_holds_are_kept_from_other_users_and_an_open_one_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let fake = FakeFirehose::start(Faults::default());
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "");
+    write_seed_records(&workspace.log_file(), 0..100, 100, Duration::ZERO);
+    succeeded(workspace.run_once());
+    let data_dir = workspace.path().join("state");
+    let mode = |path: &std::path::Path| std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&data_dir), 0o700, "data_dir is created for its owner only");
+    let mut pending = vec![data_dir.clone()];
+    let mut files = 0;
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).expect("read_dir").flatten() {
+            let path = entry.path();
+            assert_eq!(mode(&path) & 0o077, 0, "{} is {:o}: others may read it", path.display(), mode(&path));
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files += 1;
+            }
+        }
+    }
+    assert!(files > 0, "sled's files were checked");
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let output = workspace.run_once();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("data_dir can be read or written by other users"), "{log}");
+}

@@ -117,6 +117,9 @@ impl AdminState {
 
 /// Binds the endpoint's address, so that a taken port is reported before anything starts.
 pub fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, AdminError> {
+    if !address.ip().is_loopback() {
+        tracing::warn!(%address, "the admin endpoint has no authentication and is bound beyond loopback: anyone who reaches it reads the queue's status and file paths");
+    }
     let bind_error = |source| AdminError::Bind { address, source };
     let listener = std::net::TcpListener::bind(address).map_err(bind_error)?;
     listener.set_nonblocking(true).map_err(bind_error)?;
@@ -151,8 +154,16 @@ pub fn running_pid(data_dir: &Path) -> Option<u32> {
     Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
 }
 
-/// Serves until `stop` fires. Each connection is served on its own task.
+/// Connections served at once; more are closed at once. The endpoint shares the process's
+/// descriptors with the tailer's files, so an idle client cannot take them all.
+const MAX_CONNECTIONS: usize = 16;
+/// A client that has not sent its request's headers by then is disconnected.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves until `stop` fires. Each connection is served on its own task, at most
+/// [`MAX_CONNECTIONS`] at once, each given [`HEADER_READ_TIMEOUT`] to send its request.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -166,11 +177,21 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>, st
                 continue;
             }
         };
+        let Ok(place) = connections.clone().try_acquire_owned() else {
+            tracing::debug!("admin endpoint: {MAX_CONNECTIONS} connections open; closing a new one");
+            drop(stream);
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
+            let _place = place;
             let service = hyper::service::service_fn(move |request| answer(state.clone(), request));
             let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(error) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+            let serving = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(io, service);
+            if let Err(error) = serving.await {
                 tracing::debug!(%error, "admin endpoint: connection ended with an error");
             }
         });

@@ -105,6 +105,9 @@ pub async fn run_with_store(
     if let Some(set_aside) = store.rolled_back() {
         events.queue_rolled_back(set_aside);
     }
+    if let Some(mode) = store.data_dir_open_to_others() {
+        events.data_dir_open_to_others(&config.data_dir, mode);
+    }
     let started_at_ms = now_ms();
     let is_daemon = mode != ReadMode::DeliverQueued;
     // Bound before any work, so that a taken port stops start-up with a clear message.

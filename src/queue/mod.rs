@@ -94,6 +94,30 @@ pub struct QueueStore {
     path: PathBuf,
     /// Set when sled could only open the queue without its snapshot files (see [`QueueStore::open`]).
     rolled_back: Option<SnapshotsSetAside>,
+    /// See [`QueueStore::data_dir_open_to_others`].
+    open_to_others: Option<u32>,
+}
+
+/// `data_dir` holds log contents and dead letters: what this process creates from now on is
+/// its own (umask 077: folders 0700, files 0600, sled's included), and a missing `data_dir` is
+/// created 0700. Returns the mode of an existing one that others may read or write.
+fn keep_to_ourselves(data_dir: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    // SAFETY: umask only sets the process's file-mode mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+    match std::fs::metadata(data_dir) {
+        Ok(metadata) => {
+            let mode = metadata.permissions().mode() & 0o777;
+            Ok((mode & 0o077 != 0).then_some(mode))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data_dir)?;
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// sled's snapshot files, moved out of the queue so that sled could recover from its log alone.
@@ -160,9 +184,10 @@ impl QueueStore {
     /// transaction with the read position that covers it, so the rollback only moves reading
     /// back, and what it lost is read again from the source files.
     pub fn open(data_dir: &Path, cache_bytes: u64) -> Result<QueueStore, QueueError> {
+        let open_to_others = keep_to_ourselves(data_dir).map_err(|source| open_error(data_dir.to_path_buf(), sled::Error::Io(source)))?;
         let path = data_dir.join("queue");
         let refusal = match open_sled(&path, cache_bytes) {
-            Ok(db) => return Ok(QueueStore { db, path, rolled_back: None }),
+            Ok(db) => return Ok(QueueStore { db, path, rolled_back: None, open_to_others }),
             Err(refusal @ sled::Error::Corruption { .. }) => refusal,
             Err(source) => return Err(open_error(path, source)),
         };
@@ -178,7 +203,13 @@ impl QueueStore {
             std::fs::rename(snapshot, folder.join(name)).map_err(set_aside)?;
         }
         let db = open_sled(&path, cache_bytes).map_err(|source| open_error(path.clone(), source))?;
-        Ok(QueueStore { db, path, rolled_back: Some(SnapshotsSetAside { folder, refusal: refusal.to_string() }) })
+        Ok(QueueStore { db, path, rolled_back: Some(SnapshotsSetAside { folder, refusal: refusal.to_string() }), open_to_others })
+    }
+
+    /// The permission bits of a `data_dir` that was found readable or writable by others (it
+    /// holds log contents and dead letters): the caller warns.
+    pub fn data_dir_open_to_others(&self) -> Option<u32> {
+        self.open_to_others
     }
 
     /// Whether this open had to set sled's snapshots aside, and where they went.
