@@ -186,21 +186,51 @@ pub enum RecordFormat {
 pub async fn execute(command: QueueCommand) -> anyhow::Result<()> {
     match command {
         QueueCommand::Stats { target } => {
-            println!("{}", serde_json::to_string_pretty(&Routes::open(&target, None)?.stats()?)?);
+            println!("{}", serde_json::to_string_pretty(&Routes::open(&target, None, Access::Inspect)?.stats()?)?);
             Ok(())
         }
-        QueueCommand::List { target, scope, state, json } => list(&Routes::open(&target, scope.route.as_deref())?, state, json),
-        QueueCommand::Show { target, scope, seq, format } => show(&Routes::open(&target, scope.route.as_deref())?, ChunkSeq(seq), format),
-        QueueCommand::Verify { target, scope } => verify(&Routes::open(&target, scope.route.as_deref())?),
-        QueueCommand::DeadLetters { target, scope } => dead_letters(&Routes::open(&target, scope.route.as_deref())?),
+        QueueCommand::List { target, scope, state, json } => {
+            list(&Routes::open(&target, scope.route.as_deref(), Access::Inspect)?, state, json)
+        }
+        QueueCommand::Show { target, scope, seq, format } => {
+            show(&Routes::open(&target, scope.route.as_deref(), Access::Inspect)?, ChunkSeq(seq), format)
+        }
+        QueueCommand::Verify { target, scope } => verify(&Routes::open(&target, scope.route.as_deref(), Access::Inspect)?),
+        QueueCommand::DeadLetters { target, scope } => dead_letters(&Routes::open(&target, scope.route.as_deref(), Access::Inspect)?),
         QueueCommand::Replay { config, scope, what, selection, dry_run, enqueue_only } => {
             replay(&config, scope.route.as_deref(), &what, &selection, dry_run, enqueue_only).await
         }
         QueueCommand::Export { target, scope, state, out } => {
-            export(&Routes::open(&target, scope.route.as_deref())?, state, out.as_deref())
+            export(&Routes::open(&target, scope.route.as_deref(), Access::Inspect)?, state, out.as_deref())
         }
         QueueCommand::Purge { target, scope, what, selection, yes } => {
-            purge(&Routes::open(&target, scope.route.as_deref())?, &what, &selection, yes)
+            purge(&Routes::open(&target, scope.route.as_deref(), Access::Change)?, &what, &selection, yes)
+        }
+    }
+}
+
+/// Whether a command only looks at the queue or changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    /// Nothing is written: a chunk that fails verification is reported and left for the
+    /// daemon's start-up to set aside (with its counters and log lines).
+    Inspect,
+    /// `purge`: the route is opened as the daemon opens it, and what that did is reported.
+    Change,
+}
+
+/// Says on stderr what opening a route found, and what was (or will be) done about it.
+fn report_recovery(route: &str, report: &crate::queue::recovery::RecoveryReport, access: Access) {
+    for chunk in &report.set_aside {
+        match access {
+            Access::Inspect => eprintln!(
+                "route {route}: chunk {} fails verification ({}); the daemon sets it aside at its next start and reads its records again from the source",
+                chunk.seq, chunk.error
+            ),
+            Access::Change => eprintln!(
+                "route {route}: chunk {} failed verification ({}) and was set aside; the daemon reads its records again from the source at its next start",
+                chunk.seq, chunk.error
+            ),
         }
     }
 }
@@ -212,7 +242,7 @@ pub(super) struct Routes {
 }
 
 impl Routes {
-    fn open(target: &QueueTarget, only: Option<&str>) -> anyhow::Result<Routes> {
+    fn open(target: &QueueTarget, only: Option<&str>, access: Access) -> anyhow::Result<Routes> {
         let (data_dir, cache_bytes) = match (&target.config, &target.data_dir) {
             (Some(config), _) => {
                 let config = Config::load(config)?;
@@ -224,10 +254,10 @@ impl Routes {
         if !data_dir.join("queue").exists() {
             anyhow::bail!("{} holds no queue (nothing has run with this data_dir yet)", data_dir.display());
         }
-        Routes::open_store(super::open_store(&data_dir, cache_bytes)?, only)
+        Routes::open_store(super::open_store(&data_dir, cache_bytes)?, only, access)
     }
 
-    pub(super) fn open_store(store: QueueStore, only: Option<&str>) -> anyhow::Result<Routes> {
+    pub(super) fn open_store(store: QueueStore, only: Option<&str>, access: Access) -> anyhow::Result<Routes> {
         let names = store.route_names();
         if let Some(only) = only {
             if !names.iter().any(|name| name == only) {
@@ -237,7 +267,11 @@ impl Routes {
         let mut queues = Vec::new();
         for name in names.iter().filter(|name| only.is_none_or(|only| only == name.as_str())) {
             // Opening a route verifies its chunks; a command never queues anything, so no limit.
-            let (queue, _) = store.open_route(name, u64::MAX)?;
+            let (queue, report) = match access {
+                Access::Inspect => store.inspect_route(name)?,
+                Access::Change => store.open_route(name, u64::MAX)?,
+            };
+            report_recovery(name, &report, access);
             queues.push(queue);
         }
         Ok(Routes { store, queues })
@@ -472,7 +506,7 @@ async fn replay(
     let config = Config::load(config_path)?;
     let mode = if dry_run { ReplayMode::DryRun } else { ReplayMode::Enqueue };
     let mut summaries: Vec<ReplaySummary> = Vec::new();
-    let routes = Routes::open(&QueueTarget { config: Some(config_path.to_path_buf()), data_dir: None }, only)?;
+    let routes = Routes::open(&QueueTarget { config: Some(config_path.to_path_buf()), data_dir: None }, only, Access::Change)?;
     for queue in &routes.queues {
         let summary = if what.retained {
             queue.replay_retained(&selection.retained()?, mode)?

@@ -59,7 +59,8 @@ pub async fn show(config_path: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 fn stored_routes(config: &Config) -> anyhow::Result<Vec<QueueStats>> {
-    super::queue::Routes::open_store(super::open_store(&config.data_dir, config.queue_cache_bytes.0)?, None)?.stats()
+    super::queue::Routes::open_store(super::open_store(&config.data_dir, config.queue_cache_bytes.0)?, None, super::queue::Access::Inspect)?
+        .stats()
 }
 
 fn render(report: &StatusReport) -> String {

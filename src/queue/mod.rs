@@ -232,9 +232,24 @@ impl QueueStore {
 
     /// Opens one route's queue and runs start-up verification (see [`recovery`]).
     pub fn open_route(&self, route: &str, max_queue_bytes: u64) -> Result<(RouteQueue, recovery::RecoveryReport), QueueError> {
+        self.open_route_with(route, max_queue_bytes, recovery::Repair::Apply)
+    }
+
+    /// Opens a route to look at it: the scan only reads (see [`recovery::Repair::Inspect`]);
+    /// the report says what the daemon's start-up would set aside and re-read.
+    pub fn inspect_route(&self, route: &str) -> Result<(RouteQueue, recovery::RecoveryReport), QueueError> {
+        self.open_route_with(route, u64::MAX, recovery::Repair::Inspect)
+    }
+
+    fn open_route_with(
+        &self,
+        route: &str,
+        max_queue_bytes: u64,
+        repair: recovery::Repair,
+    ) -> Result<(RouteQueue, recovery::RecoveryReport), QueueError> {
         let tree = self.db.open_tree(format!("{ROUTE_TREE_PREFIX}{route}"))?;
         let bodies = ChunkBodies::open(&self.db, &tree, route)?;
-        let scan = recovery::scan_route(&tree, &bodies)?;
+        let scan = recovery::scan_route(&tree, &bodies, repair)?;
         let queue = RouteQueue {
             inner: Arc::new(RouteInner {
                 name: route.to_owned(),

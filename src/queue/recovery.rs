@@ -52,7 +52,19 @@ pub(crate) struct ScanResult {
     pub report: RecoveryReport,
 }
 
-pub(crate) fn scan_route(tree: &sled::Tree, chunk_bodies: &ChunkBodies) -> Result<ScanResult, QueueError> {
+/// Whether a scan repairs what it finds or only reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// The daemon's start-up: chunks that fail verification are set aside, bodies no chunk
+    /// references are removed, and the tree is flushed.
+    Apply,
+    /// Inspection (`tailhose queue stats | list | show | verify | export | dead-letters`,
+    /// `tailhose status` of a stopped daemon): nothing is written; what a start-up would set
+    /// aside is reported and left for it, so that its report and counters are not lost.
+    Inspect,
+}
+
+pub(crate) fn scan_route(tree: &sled::Tree, chunk_bodies: &ChunkBodies, repair: Repair) -> Result<ScanResult, QueueError> {
     let next_seq = next_free_seq(tree)?;
     let mut accounting = Accounting::default();
     let mut report = RecoveryReport::default();
@@ -83,10 +95,12 @@ pub(crate) fn scan_route(tree: &sled::Tree, chunk_bodies: &ChunkBodies) -> Resul
             }
         }
     }
-    tree.apply_batch(set_aside)?;
-    let unreferenced = chunk_bodies.unreferenced(|seq| accounting.pending.contains_key(&seq))?;
-    chunk_bodies.remove_all(unreferenced)?;
-    tree.flush()?;
+    if repair == Repair::Apply {
+        tree.apply_batch(set_aside)?;
+        let unreferenced = chunk_bodies.unreferenced(|seq| accounting.pending.contains_key(&seq))?;
+        chunk_bodies.remove_all(unreferenced)?;
+        tree.flush()?;
+    }
     for entry in tree.range(keys::kind_range(KeyKind::RetainedChunk)) {
         let (_, value) = entry?;
         accounting.retained.chunks += 1;

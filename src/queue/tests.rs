@@ -109,6 +109,27 @@ fn a_chunk_that_fails_verification_is_set_aside_and_its_range_reported_missing()
 }
 
 #[test]
+fn inspecting_a_route_writes_nothing_and_leaves_a_chunk_that_fails_verification_to_start_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = draft(file(1), 0, &["{\"a\":1}"]);
+    {
+        let (queue, _) = open(dir.path());
+        let seq = queue.append(&first, &[], ReadProgress::Advance).expect("append");
+        queue.commit().expect("commit");
+        queue.flip_a_byte_of_pending_chunk(seq);
+    }
+    for _ in 0..2 {
+        let store = QueueStore::reopen_for_test(dir.path());
+        let (inspected, report) = store.inspect_route("a->b").expect("inspect");
+        assert_eq!(report.set_aside.len(), 1, "inspection reports what start-up will set aside");
+        assert_eq!(inspected.stats().expect("stats").set_aside_chunks, 0, "and sets nothing aside itself");
+    }
+    let (reopened, report) = open(dir.path());
+    assert_eq!(report.set_aside.len(), 1, "start-up still finds it, so its report and counters are not lost");
+    assert_eq!(reopened.stats().expect("stats").set_aside_chunks, 1);
+}
+
+#[test]
 fn dead_letters_are_stored_with_the_chunk_that_skips_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (queue, _) = open(dir.path());
