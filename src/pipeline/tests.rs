@@ -71,6 +71,21 @@ async fn a_corrupt_chunk_whose_source_is_gone_becomes_an_unrecoverable_dead_lett
     assert_eq!(events.snapshot().dead_unrecoverable, 1);
 }
 
+#[tokio::test]
+async fn a_corrupt_chunk_of_a_file_rotated_by_rename_is_recovered_from_the_file_where_it_now_is() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let (_store, queue, report) = queue_with_a_corrupt_chunk(logs.path(), state.path());
+    // logrotate's rename + create: the old name now holds a new file; the bytes are in app.log.1.
+    std::fs::rename(logs.path().join("app.log"), logs.path().join("app.log.1")).expect("rotate");
+    std::fs::write(logs.path().join("app.log"), "{\"seq\": 999}\n").expect("a new file at the old name");
+    let events = Arc::new(Events::default());
+    recover(&queue, &source(logs.path()), &events, report).await.expect("recover");
+    assert_eq!(pending_records(&queue), 100, "its records are read again from the rotated file");
+    let counts = events.snapshot();
+    assert_eq!((counts.ranges_recovered, counts.dead_unrecoverable), (1, 0));
+}
+
 /// Acknowledges every pending chunk at or after `next` whole, as a sink that takes everything
 /// would. Returns the records acknowledged and the next sequence number to look at.
 async fn acknowledge_everything_pending(queue: &RouteQueue, next: ChunkSeq) -> (usize, ChunkSeq) {

@@ -667,9 +667,9 @@ pub enum RecoveryOutcome {
     DeadLettered { reason: String },
 }
 
-/// Re-reads `[start, end)` of the file `identity` (last seen at `path`) into the queue, for a
-/// chunk that was set aside. Where the file is gone, replaced or shorter, the range is recorded
-/// as an unrecoverable dead letter instead. Blocking.
+/// Re-reads `[start, end)` of the file `identity` (last seen at `path`, or renamed since within
+/// the same folder) into the queue, for a chunk that was set aside. Where the file is gone,
+/// replaced or shorter, the range is recorded as an unrecoverable dead letter instead. Blocking.
 pub fn recover_range(
     queue: &RouteQueue,
     events: &Events,
@@ -679,7 +679,11 @@ pub fn recover_range(
     start: u64,
     end: u64,
 ) -> Result<RecoveryOutcome, QueueError> {
-    let os_path = Path::new(std::ffi::OsStr::from_bytes(path));
+    let last_path = Path::new(std::ffi::OsStr::from_bytes(path));
+    // The file may have been renamed since (logrotate's rename + create): the bytes are where
+    // the file now is, found by device and inode in the same folder, as at start-up.
+    let located = locate((identity.device, identity.inode), last_path);
+    let os_path = located.as_deref().unwrap_or(last_path);
     let reason = match File::open(os_path) {
         Err(error) => format!("source file cannot be opened: {error}"),
         Ok(file) => match identity::compare(&file, &identity) {
