@@ -86,6 +86,40 @@ async fn a_corrupt_chunk_of_a_file_rotated_by_rename_is_recovered_from_the_file_
     assert_eq!((counts.ranges_recovered, counts.dead_unrecoverable), (1, 0));
 }
 
+#[tokio::test]
+async fn a_range_of_many_read_blocks_is_recovered_a_block_at_a_time_with_every_record_once() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(logs.path().join("app.log")).expect("create"));
+    let total = 12_000;
+    for seq in 0..total {
+        writeln!(file, "{{\"seq\": {seq}, \"padding\": \"{:0>100}\"}}", seq).expect("write");
+    }
+    file.flush().expect("flush");
+    drop(file);
+    let chunks = {
+        let store = QueueStore::reopen_for_test(state.path());
+        let (queue, _) = store.open_route("logs->sink", 1 << 30).expect("route");
+        Tailer::new(source(logs.path()), 1 << 30, queue.clone(), Arc::new(Events::default())).pass().expect("pass");
+        let mut seq = ChunkSeq(0);
+        let mut chunks = 0;
+        while let Some(stored) = queue.read_pending(seq, ChunkSeq(u64::MAX)).expect("read") {
+            queue.flip_a_byte_of_pending_chunk(stored.seq);
+            seq = ChunkSeq(stored.seq.0 + 1);
+            chunks += 1;
+        }
+        chunks
+    };
+    assert!(chunks >= 4, "{chunks} chunks: the lost range spans several read blocks");
+    let store = QueueStore::reopen_for_test(state.path());
+    let (queue, report) = store.open_route("logs->sink", 1 << 30).expect("route");
+    assert_eq!(report.missing.len(), 1, "one range, over every chunk: {:?}", report.missing);
+    let events = Arc::new(Events::default());
+    recover(&queue, &source(logs.path()), &events, report).await.expect("recover");
+    assert_eq!(pending_records(&queue), total, "every record re-read once, lines across block edges included");
+    assert_eq!(events.snapshot().dead_letters, 0);
+}
+
 /// Acknowledges every pending chunk at or after `next` whole, as a sink that takes everything
 /// would. Returns the records acknowledged and the next sequence number to look at.
 async fn acknowledge_everything_pending(queue: &RouteQueue, next: ChunkSeq) -> (usize, ChunkSeq) {

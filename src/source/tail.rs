@@ -684,24 +684,26 @@ pub fn recover_range(
     // the file now is, found by device and inode in the same folder, as at start-up.
     let located = locate((identity.device, identity.inode), last_path);
     let os_path = located.as_deref().unwrap_or(last_path);
+    // Where the bytes that cannot be recovered start: the whole range, unless a read fails
+    // part of the way through it.
+    let mut lost_from = start;
     let reason = match File::open(os_path) {
         Err(error) => format!("source file cannot be opened: {error}"),
-        Ok(file) => match identity::compare(&file, &identity) {
-            Ok(IdentityMatch::Same) => match read_range(&file, start, end) {
-                Ok(bytes) => {
-                    let mut chunker = new_chunker(identity, os_path, source, start);
-                    let mut sealed = Vec::new();
-                    chunker.feed(&bytes, &mut sealed);
-                    chunker.finish_unterminated_line();
-                    sealed.extend(chunker.seal());
-                    append_all(queue, events, &sealed, ReadProgress::Recovered)?;
-                    let records = sealed.iter().map(|chunk| u64::from(chunk.draft.meta.record_count)).sum();
-                    return Ok(RecoveryOutcome::Recovered { records });
+        Ok(file) => match (identity::compare(&file, &identity), file.metadata()) {
+            (Ok(IdentityMatch::Same), Ok(metadata)) if metadata.len() >= end => {
+                match reread_in_blocks(queue, events, source, &file, identity, os_path, start..end)? {
+                    Reread::Whole { records } => return Ok(RecoveryOutcome::Recovered { records }),
+                    Reread::StoppedAt { offset, error } => {
+                        lost_from = offset;
+                        format!("source file could not be read past byte {offset} of {start}..{end}: {error}")
+                    }
                 }
-                Err(error) => format!("source file no longer holds bytes {start}..{end}: {error}"),
-            },
-            Ok(_) => "the file at that path is no longer the file the records came from".to_owned(),
-            Err(error) => format!("source file cannot be checked: {error}"),
+            }
+            (Ok(IdentityMatch::Same), Ok(metadata)) => {
+                format!("source file no longer holds bytes {start}..{end}: it is {} bytes long", metadata.len())
+            }
+            (Ok(IdentityMatch::Same), Err(error)) | (Err(error), _) => format!("source file cannot be checked: {error}"),
+            (Ok(_), _) => "the file at that path is no longer the file the records came from".to_owned(),
         },
     };
     let mut dead_letter = DeadLetter {
@@ -709,13 +711,13 @@ pub fn recover_range(
         detail: reason.clone(),
         file: identity,
         path: path.to_vec(),
-        offset: start,
-        record_len: end - start,
+        offset: lost_from,
+        record_len: end - lost_from,
         record: Vec::new(),
         recorded_at_ms: super::chunker::now_ms(),
     };
     // A zero-record chunk over the range carries the dead letter, so the range is accounted for.
-    let mut draft = crate::queue::ChunkDraft::new(identity, path.to_vec(), start);
+    let mut draft = crate::queue::ChunkDraft::new(identity, path.to_vec(), lost_from);
     draft.meta.end_offset = end;
     draft.meta.created_at_ms = dead_letter.recorded_at_ms;
     queue.append(&draft, std::slice::from_ref(&dead_letter), ReadProgress::Recovered)?;
@@ -724,11 +726,56 @@ pub fn recover_range(
     Ok(RecoveryOutcome::DeadLettered { reason })
 }
 
-fn read_range(file: &File, start: u64, end: u64) -> std::io::Result<Vec<u8>> {
-    let len = usize::try_from(end - start).map_err(|_| std::io::Error::other("range too large"))?;
-    let mut bytes = vec![0u8; len];
-    file.read_exact_at(&mut bytes, start)?;
-    Ok(bytes)
+/// How re-reading a range went.
+enum Reread {
+    Whole {
+        records: u64,
+    },
+    /// A read failed at `offset`: what came before it is queued (its last line as it was).
+    StoppedAt {
+        offset: u64,
+        error: std::io::Error,
+    },
+}
+
+/// Reads `range` of `file` a block at a time into the queue, appending chunks as they seal: a
+/// range of gigabytes (one corrupt chunk early in a large file) costs one block and one chunk
+/// of memory, not its size.
+fn reread_in_blocks(
+    queue: &RouteQueue,
+    events: &Events,
+    source: &SourceSettings,
+    file: &File,
+    identity: FileIdentity,
+    path: &Path,
+    range: std::ops::Range<u64>,
+) -> Result<Reread, QueueError> {
+    let mut chunker = new_chunker(identity, path, source, range.start);
+    let mut block = vec![0u8; READ_BLOCK];
+    let mut sealed = Vec::new();
+    let mut records = 0u64;
+    let mut offset = range.start;
+    let mut failed = None;
+    while offset < range.end {
+        let want = usize::try_from(range.end - offset).unwrap_or(usize::MAX).min(READ_BLOCK);
+        if let Err(error) = file.read_exact_at(&mut block[..want], offset) {
+            failed = Some(error);
+            break;
+        }
+        chunker.feed(&block[..want], &mut sealed);
+        offset += want as u64;
+        records += sealed.iter().map(|chunk| u64::from(chunk.draft.meta.record_count)).sum::<u64>();
+        append_all(queue, events, &sealed, ReadProgress::Recovered)?;
+        sealed.clear();
+    }
+    chunker.finish_unterminated_line();
+    sealed.extend(chunker.seal());
+    records += sealed.iter().map(|chunk| u64::from(chunk.draft.meta.record_count)).sum::<u64>();
+    append_all(queue, events, &sealed, ReadProgress::Recovered)?;
+    Ok(match failed {
+        None => Reread::Whole { records },
+        Some(error) => Reread::StoppedAt { offset, error },
+    })
 }
 
 /// Faults a test can ask of a tailer, keyed by its source's first glob (tests run in parallel).
