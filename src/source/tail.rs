@@ -118,10 +118,11 @@ impl WatchedFile {
     }
 
     /// A truncated or rewritten file is a new file: read it from its start, with a new identity.
-    fn read_again_from_start(&mut self) {
+    /// Returns the identity it had, whose stored positions are no longer any file's.
+    fn read_again_from_start(&mut self) -> Option<FileIdentity> {
         self.read_offset = 0;
-        self.chunker = None;
         self.marker = TailMarker::default();
+        self.chunker.take().map(|chunker| chunker.file())
     }
 }
 
@@ -269,7 +270,8 @@ impl Tailer {
             if !matches!(identity::compare(&reopened, &identity), Ok(IdentityMatch::Same)) {
                 // Rewritten in place while closed: as after a truncation, it is a new file.
                 self.events.file_truncated(&path, watched.read_offset, metadata.len());
-                watched.read_again_from_start();
+                let replaced = watched.read_again_from_start();
+                release_replaced(&self.queue, &self.events, replaced);
             }
         }
         watched.path = path;
@@ -346,7 +348,7 @@ impl Tailer {
                 }
             };
             if read == 0 {
-                if detect_truncation(watched, &self.events) {
+                if detect_truncation(watched, &self.queue, &self.events) {
                     continue;
                 }
                 at_end = true;
@@ -359,7 +361,8 @@ impl Tailer {
                 if watched.rewritten_since_read() {
                     let size = file.metadata().map_or(0, |metadata| metadata.len());
                     self.events.file_truncated(&watched.path, watched.read_offset, size);
-                    watched.read_again_from_start();
+                    let replaced = watched.read_again_from_start();
+                    release_replaced(&self.queue, &self.events, replaced);
                     continue;
                 }
             }
@@ -640,14 +643,25 @@ fn start_chunker(watched: &mut WatchedFile, source: &SourceSettings, events: &Ev
 
 /// A file now shorter than what was read was truncated in place (copytruncate): read it again
 /// from its start, as a new file (its first bytes, and so its identity, are new).
-fn detect_truncation(watched: &mut WatchedFile, events: &Events) -> bool {
+fn detect_truncation(watched: &mut WatchedFile, queue: &RouteQueue, events: &Events) -> bool {
     let Some(Ok(size)) = watched.file.as_ref().map(|file| file.metadata().map(|metadata| metadata.len())) else { return false };
     if size >= watched.read_offset {
         return false;
     }
     events.file_truncated(&watched.path, watched.read_offset, size);
-    watched.read_again_from_start();
+    let replaced = watched.read_again_from_start();
+    release_replaced(queue, events, replaced);
     true
+}
+
+/// The positions of a file's old identity (before a truncation or rewrite) are released once
+/// what was read under it is acknowledged: no file will have that identity again, and one
+/// stale position per copytruncate rotation would otherwise be kept forever.
+fn release_replaced(queue: &RouteQueue, events: &Events, replaced: Option<FileIdentity>) {
+    let Some(identity) = replaced else { return };
+    if let Err(error) = queue.release_file(&identity) {
+        events.queue_failed(queue.name(), "release a truncated file's old position", &error);
+    }
 }
 
 fn append_all(queue: &RouteQueue, events: &Events, sealed: &[SealedChunk], progress: ReadProgress) -> Result<(), QueueError> {

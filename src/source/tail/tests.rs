@@ -586,3 +586,23 @@ fn a_copytruncate_while_reading_waits_for_the_window_is_noticed_even_when_the_fi
     assert_eq!(events.snapshot().dead_invalid_json, 0, "no read starts in the middle of a line");
     assert_eq!(events.snapshot().files_truncated, 1);
 }
+
+#[test]
+fn the_position_of_a_file_before_its_truncation_is_released_once_what_was_read_is_delivered() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let live = logs.path().join("app.log");
+    append_lines(&live, 0..50);
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut tailer = Tailer::new(source(logs.path()), 1 << 30, queue.clone(), Arc::new(Events::default()));
+    for rotation in 0..5 {
+        tailer.pass().expect("pass");
+        acknowledge_everything(&queue);
+        // copytruncate, and new lines.
+        std::fs::OpenOptions::new().write(true).open(&live).expect("open").set_len(0).expect("truncate");
+        append_lines(&live, 1_000 * (rotation + 1)..1_000 * (rotation + 1) + 10);
+    }
+    tailer.pass().expect("pass");
+    acknowledge_everything(&queue);
+    assert_eq!(queue.tracked_files(), 1, "only the file as it is now keeps a position");
+}
