@@ -305,11 +305,7 @@ fn read_outcomes(records: &OutgoingRecords, group: &[usize], outcomes: &[RecordO
             }
             RecordOutcome::Failed { code, message } => {
                 read.failed.push(index);
-                match refusal_kind(code) {
-                    RefusalKind::Throughput => read.refusals.throughput += 1,
-                    RefusalKind::InternalFailure => read.refusals.internal += 1,
-                    RefusalKind::Other => read.refusals.other += 1,
-                }
+                count_refusal(&mut read.refusals, code);
                 read.first_failure.get_or_insert_with(|| (code.clone(), message.clone()));
             }
         }
@@ -322,21 +318,14 @@ fn read_outcomes(records: &OutgoingRecords, group: &[usize], outcomes: &[RecordO
 /// thousand resends of a single record.
 const FAULTS_RESENT_AT_ONCE: u32 = 3;
 
-/// What a per-record error code says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RefusalKind {
-    /// Over the stream's throughput: a signal for the pace, if it follows the rate.
-    Throughput,
-    /// A transient fault of the service: resent, never a rate.
-    InternalFailure,
-    Other,
-}
-
-fn refusal_kind(code: &str) -> RefusalKind {
+/// Counts a refused entry by what its code says: over the stream's throughput (a signal for
+/// the pace, if it follows the rate; "ServiceUnavailable" is the older documentation's spelling),
+/// a transient fault of the service (resent, never a rate), or anything else.
+fn count_refusal(refusals: &mut EntryRefusals, code: &str) {
     match code {
-        "ServiceUnavailableException" | "ServiceUnavailable" | "ThrottlingException" | "LimitExceededException" => RefusalKind::Throughput,
-        "InternalFailure" | "InternalFailureException" => RefusalKind::InternalFailure,
-        _ => RefusalKind::Other,
+        _ if crate::sink::is_throughput_code(code) || code == "ServiceUnavailable" => refusals.throughput += 1,
+        "InternalFailure" | "InternalFailureException" => refusals.internal += 1,
+        _ => refusals.other += 1,
     }
 }
 

@@ -66,7 +66,7 @@ pub(super) async fn run_resender(courier: Arc<Courier>, mut resends: mpsc::Recei
             continue;
         }
         let batches: Vec<Resend> = waiting.drain(..taken).collect();
-        let mut together = OutgoingRecords::with_capacity(batches.iter().map(|resend| resend.records.len() * 160).sum());
+        let mut together = OutgoingRecords::with_capacity(batches.iter().map(|resend| resend.records.byte_len()).sum());
         for resend in &batches {
             for index in 0..resend.records.len() {
                 together.push(resend.records.get(index), false);

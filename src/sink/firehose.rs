@@ -180,7 +180,7 @@ fn classify(error: SdkError<PutRecordBatchError>) -> SinkError {
 
 fn classify_service_error(code: &str, status: u16, message: String) -> SinkError {
     match code {
-        "ServiceUnavailableException" | "ThrottlingException" | "LimitExceededException" => SinkError::Throttled { message },
+        _ if super::is_throughput_code(code) => SinkError::Throttled { message },
         "InvalidArgumentException" => SinkError::InvalidRecords { code: code.into(), message },
         "ResourceNotFoundException" => SinkError::Unavailable {
             code: code.into(),

@@ -86,6 +86,11 @@ impl OutgoingRecords {
         self.lines[index]
     }
 
+    /// Bytes of all the records.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// Bytes of the last record, if any.
     pub fn last_len(&self) -> Option<usize> {
         self.len().checked_sub(1).map(|last| self.get(last).len())
@@ -95,6 +100,11 @@ impl OutgoingRecords {
     pub fn billed_units(&self, index: usize) -> u64 {
         (self.get(index).len() as u64).div_ceil(BILLING_UNIT_BYTES).max(1)
     }
+}
+
+/// Error codes, of a whole call or of an entry, that mean "over the stream's throughput".
+pub fn is_throughput_code(code: &str) -> bool {
+    matches!(code, "ServiceUnavailableException" | "ThrottlingException" | "LimitExceededException")
 }
 
 /// What the destination said of one record of an accepted call.

@@ -189,10 +189,17 @@ struct Schedules([Option<Instant>; 3]);
 enum Phase {
     /// No quota known: the rates are the ceilings.
     Free,
-    /// At a learned rate since `since`; probing above it after [`HOLD`].
-    Paced { since: Instant, probe: Probe },
+    /// At a learned rate; probing above it once its hold has passed.
+    Paced(Probe),
     /// Lowered at `since` on a refused share above the noise; the calls sent since decide.
     Testing(Test),
+}
+
+impl Phase {
+    /// At a learned rate, probing above it from `start` on.
+    fn probing_from(start: Instant) -> Phase {
+        Phase::Paced(Probe { counted_until: start, steps: 0 })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -402,8 +409,8 @@ impl RateGovernor {
         }
         match self.phase {
             Phase::Testing(test) => self.judge(test, now),
-            Phase::Free | Phase::Paced { .. } if answer.refused_for_throughput > 0 => self.consider_refusals(answer.sent_at, now),
-            Phase::Free | Phase::Paced { .. } => None,
+            Phase::Free | Phase::Paced(_) if answer.refused_for_throughput > 0 => self.consider_refusals(answer.sent_at, now),
+            Phase::Free | Phase::Paced(_) => None,
         }
     }
 
@@ -434,7 +441,7 @@ impl RateGovernor {
         }
         let before = self.current;
         let before_learned = self.learned;
-        let was_paced = matches!(self.phase, Phase::Paced { .. });
+        let was_paced = matches!(self.phase, Phase::Paced(_));
         let kept_share = 1.0 - self.fresh_noise(now).map_or(0.0, |noise| noise.share);
         // Near a quota (a moderate share) the rate is measured over two seconds: a sliding
         // second against a stream's fixed ones can hold a call of the second before, as much as
@@ -459,7 +466,7 @@ impl RateGovernor {
         self.learned = self.current;
         self.last_lowered = Some(now);
         let decision = if at_once {
-            self.phase = Phase::Paced { since: now, probe: Probe { counted_until: now + HOLD, steps: 0 } };
+            self.phase = Phase::probing_from(now + HOLD);
             PaceDecision::Lowered
         } else {
             self.phase = Phase::Testing(Test {
@@ -492,7 +499,7 @@ impl RateGovernor {
         // measured (less): the quota fell meanwhile (another writer). So is a share no noise has.
         let rose = share - test.refused_share > 3.0 * both || share > ROSE_TO * test.refused_share + SMALLEST_SIGNAL;
         if share >= QUOTA_AT_ONCE || rose {
-            self.phase = Phase::Paced { since: now, probe: Probe { counted_until: now + HOLD, steps: 0 } };
+            self.phase = Phase::probing_from(now + HOLD);
             self.last_lowered = None;
             let refused_call_sent_at = self.answers.back().map_or(now, |answered| answered.answer.sent_at);
             return self.consider_refusals(refused_call_sent_at, now);
@@ -516,7 +523,7 @@ impl RateGovernor {
             self.noise = Some(NoiseFloor { share, spread, measured_at: now });
             // The hold counts from the decrease; probing starts no earlier than this verdict.
             let probe_from = (test.since + HOLD).max(now);
-            self.phase = Phase::Paced { since: test.since, probe: Probe { counted_until: probe_from, steps: 0 } };
+            self.phase = Phase::probing_from(probe_from);
             PaceDecision::QuotaConfirmed
         } else {
             // Both seconds measured the same noise: together they measure it better.
@@ -535,11 +542,7 @@ impl RateGovernor {
             };
             self.learned = test.before_learned;
             self.next_send = Schedules::default();
-            self.phase = if test.was_paced {
-                Phase::Paced { since: now, probe: Probe { counted_until: now + HOLD, steps: 0 } }
-            } else {
-                Phase::Free
-            };
+            self.phase = if test.was_paced { Phase::probing_from(now + HOLD) } else { Phase::Free };
             PaceDecision::NoiseRestored
         };
         Some(self.change(decision, share))
@@ -612,7 +615,7 @@ impl RateGovernor {
     /// Probing: after [`HOLD`] at a learned rate, every whole second the pace held calls back,
     /// the rates grow by a step that doubles each time, from 1 % of the learned rate.
     fn probe(&mut self, now: Instant) {
-        let Phase::Paced { since, probe } = self.phase else { return };
+        let Phase::Paced(probe) = self.phase else { return };
         let mut probe = probe;
         while now >= probe.counted_until + WINDOW {
             probe.counted_until += WINDOW;
@@ -638,7 +641,7 @@ impl RateGovernor {
                 calls: grow(self.current.calls, self.learned.calls, self.ceiling.calls),
             };
         }
-        self.phase = Phase::Paced { since, probe };
+        self.phase = Phase::Paced(probe);
     }
 
     /// What the answers of the last second add up to.

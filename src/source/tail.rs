@@ -117,12 +117,19 @@ impl WatchedFile {
         matches!(identity::compare(file, &chunker.file()), Ok(IdentityMatch::Replaced)) || self.marker.changed_in(file, self.read_offset)
     }
 
-    /// A truncated or rewritten file is a new file: read it from its start, with a new identity.
-    /// Returns the identity it had, whose stored positions are no longer any file's.
-    fn read_again_from_start(&mut self) -> Option<FileIdentity> {
+    /// A truncated or rewritten file (now `size` bytes) is a new file: reported, read again from
+    /// its start with a new identity, and the positions of the identity it had are released once
+    /// what was read under it is acknowledged: no file will have that identity again, and one
+    /// stale position per copytruncate rotation would otherwise be kept forever.
+    fn read_again_from_start(&mut self, size: u64, queue: &RouteQueue, events: &Events) {
+        events.file_truncated(&self.path, self.read_offset, size);
         self.read_offset = 0;
         self.marker = TailMarker::default();
-        self.chunker.take().map(|chunker| chunker.file())
+        if let Some(identity) = self.chunker.take().map(|chunker| chunker.file()) {
+            if let Err(error) = queue.release_file(&identity) {
+                events.queue_failed(queue.name(), "release a truncated file's old position", &error);
+            }
+        }
     }
 }
 
@@ -269,9 +276,8 @@ impl Tailer {
         if let Some(identity) = watched.chunker.as_ref().map(LineChunker::file) {
             if !matches!(identity::compare(&reopened, &identity), Ok(IdentityMatch::Same)) {
                 // Rewritten in place while closed: as after a truncation, it is a new file.
-                self.events.file_truncated(&path, watched.read_offset, metadata.len());
-                let replaced = watched.read_again_from_start();
-                release_replaced(&self.queue, &self.events, replaced);
+                watched.path = path.clone();
+                watched.read_again_from_start(metadata.len(), &self.queue, &self.events);
             }
         }
         watched.path = path;
@@ -360,9 +366,7 @@ impl Tailer {
                 checked = true;
                 if watched.rewritten_since_read() {
                     let size = file.metadata().map_or(0, |metadata| metadata.len());
-                    self.events.file_truncated(&watched.path, watched.read_offset, size);
-                    let replaced = watched.read_again_from_start();
-                    release_replaced(&self.queue, &self.events, replaced);
+                    watched.read_again_from_start(size, &self.queue, &self.events);
                     continue;
                 }
             }
@@ -648,20 +652,8 @@ fn detect_truncation(watched: &mut WatchedFile, queue: &RouteQueue, events: &Eve
     if size >= watched.read_offset {
         return false;
     }
-    events.file_truncated(&watched.path, watched.read_offset, size);
-    let replaced = watched.read_again_from_start();
-    release_replaced(queue, events, replaced);
+    watched.read_again_from_start(size, queue, events);
     true
-}
-
-/// The positions of a file's old identity (before a truncation or rewrite) are released once
-/// what was read under it is acknowledged: no file will have that identity again, and one
-/// stale position per copytruncate rotation would otherwise be kept forever.
-fn release_replaced(queue: &RouteQueue, events: &Events, replaced: Option<FileIdentity>) {
-    let Some(identity) = replaced else { return };
-    if let Err(error) = queue.release_file(&identity) {
-        events.queue_failed(queue.name(), "release a truncated file's old position", &error);
-    }
 }
 
 fn append_all(queue: &RouteQueue, events: &Events, sealed: &[SealedChunk], progress: ReadProgress) -> Result<(), QueueError> {
