@@ -593,7 +593,7 @@ impl Events {
 
     pub fn chunk_set_aside(&self, route: &str, seq: ChunkSeq, error: &ChunkError) {
         bump(&self.chunks_set_aside, 1);
-        tracing::error!(route, chunk = seq.0, code = error.code(), %error, "queue chunk failed verification; set aside, never sent; its range is recovered from the source at start-up");
+        tracing::error!(route, chunk = seq.0, code = error.code(), %error, "queue chunk failed verification; set aside, never sent; its range is re-read from the source file");
     }
 
     pub fn range_recovered(&self, route: &str, path: &[u8], start: u64, end: u64, records: u64) {

@@ -81,14 +81,9 @@ impl Acknowledger {
     /// blocking thread. Bounded by `storage_stall_timeout`, because sled can block instead of
     /// failing after an I/O error.
     async fn record(&self, delivered: &[Finished]) -> Result<(), QueueError> {
-        let stalled = QueueError::Stalled { operation: "acknowledge", after: self.storage_stall_timeout };
         let acks: Vec<ChunkAck> = delivered.iter().flat_map(|done| done.batch.acks.iter().cloned()).collect();
         let dead_letters: Vec<DeadLetter> = delivered.iter().flat_map(|done| done.batch.dead_letters.iter().cloned()).collect();
         let queue = self.queue.clone();
-        let write = tokio::task::spawn_blocking(move || queue.acknowledge(&acks, &dead_letters));
-        match tokio::time::timeout(self.storage_stall_timeout, write).await {
-            Ok(Ok(written)) => written,
-            Ok(Err(_)) | Err(_) => Err(stalled),
-        }
+        super::on_blocking_thread("acknowledge", self.storage_stall_timeout, move || queue.acknowledge(&acks, &dead_letters)).await
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! Invariants kept here:
 //! - Only committed chunks are read (the queue's committed watermark).
-//! - A chunk that fails verification is set aside, never sent (invariant 4).
+//! - A chunk that fails verification is set aside, never sent, and its range re-read from the
+//!   source file at once (invariant 4).
 //! - A batch is acknowledged only after every record in it was accepted, or dead-lettered as one
 //!   the destination can never take (invariants 2 and 5). Failed entries are resent alone, with
 //!   exponential, jittered, capped back-off, without limit of time.
@@ -28,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::acknowledger::{Acknowledger, Finished};
 use super::courier::{record_dead_letter, Courier, Delivery};
 use super::resender::{run_resender, Resend};
-use crate::config::SinkSettings;
+use crate::config::{SinkSettings, SourceSettings};
 use crate::events::{BatchDelivery, Events};
 use crate::queue::chunk::decode_chunk;
 use crate::queue::{ChunkAck, ChunkMeta, ChunkSeq, DeadLetter, DeadLetterReason, QueueError, RouteQueue};
@@ -48,6 +49,8 @@ pub struct FlusherStop {
 
 pub struct Flusher {
     queue: RouteQueue,
+    /// The route's source: where a chunk found damaged is re-read from.
+    source: SourceSettings,
     settings: SinkSettings,
     limits: BatchLimits,
     events: Arc<Events>,
@@ -188,6 +191,7 @@ enum Ended {
 impl Flusher {
     pub fn new(
         queue: RouteQueue,
+        source: SourceSettings,
         sink: Arc<Sink>,
         settings: SinkSettings,
         events: Arc<Events>,
@@ -210,6 +214,7 @@ impl Flusher {
         });
         Flusher {
             queue,
+            source,
             settings,
             limits,
             events,
@@ -282,7 +287,10 @@ impl Flusher {
             // within shutdown_timeout; what was packed but not sent stays queued.
             if place.is_some() && !stopping {
                 let below = *committed.borrow_and_update();
-                let fill = self.fill(&mut batch, below)?;
+                let fill = self
+                    .fill(&mut batch, below)
+                    .await
+                    .map_err(|error| super::storage_failure(self.queue.name(), "read the queue", error))?;
                 if self.ready_to_send(&batch, fill, &committed) {
                     if let Some(unacknowledged) = place.take() {
                         let full = std::mem::replace(&mut batch, self.new_batch());
@@ -362,11 +370,11 @@ impl Flusher {
     }
 
     /// Packs committed records into `batch` until it is full or no committed chunk is left.
-    fn fill(&mut self, batch: &mut PendingBatch, committed: ChunkSeq) -> Result<Fill, QueueError> {
+    async fn fill(&mut self, batch: &mut PendingBatch, committed: ChunkSeq) -> Result<Fill, QueueError> {
         loop {
             let chunk = match self.current.take() {
                 Some(chunk) => chunk,
-                None => match self.load_next(committed)? {
+                None => match self.load_next(committed).await? {
                     Some(chunk) => chunk,
                     None => {
                         // Nothing is pending below the watermark: later reads start there.
@@ -424,10 +432,13 @@ impl Flusher {
         }
     }
 
-    /// Reads and verifies the next committed chunk; one that fails verification is set aside.
-    fn load_next(&mut self, committed: ChunkSeq) -> Result<Option<LoadedChunk>, QueueError> {
+    /// Reads and verifies the next committed chunk. One that fails verification is set aside and
+    /// the range it held re-read from its source file at once (queued as new chunks), so that
+    /// its records are delivered while the file still holds them.
+    async fn load_next(&mut self, committed: ChunkSeq) -> Result<Option<LoadedChunk>, QueueError> {
         loop {
-            let Some(stored) = self.queue.read_pending(self.next_seq, committed)? else {
+            let (queue, from) = (self.queue.clone(), self.next_seq);
+            let Some(stored) = self.blocking("read the queue", move || queue.read_pending(from, committed)).await? else {
                 return Ok(None);
             };
             self.next_seq = ChunkSeq(stored.seq.0 + 1);
@@ -446,10 +457,27 @@ impl Flusher {
                 }
                 Err(error) => {
                     self.events.chunk_set_aside(self.queue.name(), stored.seq, &error);
-                    self.queue.set_aside(stored.seq, &error)?;
+                    let (queue, seq) = (self.queue.clone(), stored.seq);
+                    let owed = self.blocking("set a chunk aside", move || queue.set_aside(seq, &error)).await?;
+                    if let Some(owed) = owed {
+                        let (queue, events, source) = (self.queue.clone(), self.events.clone(), self.source.clone());
+                        self.blocking("recover a set-aside chunk", move || {
+                            super::recover_missing(&queue, &events, &source, std::slice::from_ref(&owed))
+                        })
+                        .await?;
+                    }
                 }
             }
         }
+    }
+
+    /// Queue work on a blocking thread, bounded by `storage_stall_timeout`.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        work: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        super::on_blocking_thread(operation, self.storage_stall_timeout, work).await
     }
 
     /// Whether the next line joins the batch's last record: packing is on and it fits.

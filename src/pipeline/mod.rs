@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminError, AdminState};
 use crate::config::{Config, SourceSettings};
 use crate::events::{EventCounts, Events};
-use crate::queue::recovery::RecoveryReport;
+use crate::queue::recovery::{MissingRange, RecoveryReport};
 use crate::queue::{now_ms, route_name, QueueError, QueueStore, RouteQueue};
 use crate::sink::{PackingVerdict, Sink};
 use crate::source::{recover_range, RecoveryOutcome};
@@ -146,8 +146,15 @@ pub async fn run_with_store(
             let input_closed = CancellationToken::new();
             let stopping =
                 FlusherStop { stop: stop.clone(), input_closed: input_closed.clone(), shutdown_timeout: config.shutdown_timeout };
-            let flusher =
-                Flusher::new(queue.clone(), sink.clone(), sink_settings.clone(), events.clone(), stopping, config.storage_stall_timeout);
+            let flusher = Flusher::new(
+                queue.clone(),
+                source.clone(),
+                sink.clone(),
+                sink_settings.clone(),
+                events.clone(),
+                stopping,
+                config.storage_stall_timeout,
+            );
             tracing::info!(route, "route started");
             tasks.spawn(flusher.run());
             if mode == ReadMode::DeliverQueued {
@@ -257,20 +264,37 @@ pub async fn recover(
     let queue = queue.clone();
     let source = source.clone();
     let events = events.clone();
-    tokio::task::spawn_blocking(move || {
-        for missing in &report.missing {
-            match recover_range(&queue, &events, &source, missing.file, &missing.path, missing.start, missing.end)? {
-                RecoveryOutcome::Recovered { records } => {
-                    events.range_recovered(queue.name(), &missing.path, missing.start, missing.end, records)
-                }
-                RecoveryOutcome::DeadLettered { .. } => {}
-            }
-        }
-        queue.commit()
-    })
-    .await
-    .map_err(|error| PipelineError::Task(format!("recovery: {error}")))??;
+    tokio::task::spawn_blocking(move || recover_missing(&queue, &events, &source, &report.missing))
+        .await
+        .map_err(|error| PipelineError::Task(format!("recovery: {error}")))??;
     Ok(())
+}
+
+/// Re-reads ranges a file owes (their chunks were set aside) from the source into the queue,
+/// or dead-letters what is gone, then commits. Blocking: file reads and a queue flush.
+fn recover_missing(queue: &RouteQueue, events: &Events, source: &SourceSettings, missing: &[MissingRange]) -> Result<(), QueueError> {
+    for range in missing {
+        match recover_range(queue, events, source, range.file, &range.path, range.start, range.end)? {
+            RecoveryOutcome::Recovered { records } => events.range_recovered(queue.name(), &range.path, range.start, range.end, records),
+            RecoveryOutcome::DeadLettered { .. } => {}
+        }
+    }
+    queue.commit()
+}
+
+/// Runs queue work that may block (sled reads that miss its cache, writes, fsync) on a blocking
+/// thread, off the runtime's workers, and bounds it by `storage_stall_timeout`: sled can block
+/// instead of failing after an I/O error, and a stalled queue must stop tailhose (exit 74).
+async fn on_blocking_thread<T: Send + 'static>(
+    operation: &'static str,
+    storage_stall_timeout: Duration,
+    work: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, QueueError> {
+    let stalled = QueueError::Stalled { operation, after: storage_stall_timeout };
+    match tokio::time::timeout(storage_stall_timeout, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(_)) | Err(_) => Err(stalled),
+    }
 }
 
 #[cfg(test)]

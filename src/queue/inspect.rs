@@ -14,7 +14,7 @@ use super::chunk::{decode_chunk, ChunkError, ChunkMeta, ChunkSeq, DecodedChunk};
 use super::dead_letter::{DeadLetter, DeadLetterDecodeError};
 use super::keys::{self, KeyKind};
 use super::positions::{self, FileIdentity, FileReadState};
-use super::recovery::uncovered_ranges;
+use super::ranges::{uncovered_ranges, ByteRanges};
 use super::{retained, ChunkOrigin, QueueError, RouteQueue};
 
 /// Where a chunk is in its life.
@@ -311,15 +311,29 @@ impl RouteQueue {
                 ));
             }
             let covered = file_ranges.remove(&file).unwrap_or_default();
-            if let Some((start, end)) =
-                covered.iter().map(|(&start, &end)| (start, end)).find(|&(start, end)| start < acked || end > state.queued_offset)
-            {
+            let owed = match tree.get(keys::file_key(KeyKind::FileOwed, &file))? {
+                None => ByteRanges::default(),
+                Some(value) => ByteRanges::decode(&value).unwrap_or_else(|| {
+                    faults.push(fault("bad_value", format!("unreadable owed ranges of file {file}")));
+                    ByteRanges::default()
+                }),
+            };
+            // A re-read of an owed range may lie behind the acknowledged position.
+            let misplaced = |&(start, end): &(u64, u64)| (start < acked && !owed.contains(start)) || end > state.queued_offset;
+            if let Some((start, end)) = covered.iter().map(|(&start, &end)| (start, end)).find(misplaced) {
                 faults.push(fault(
                     "chunk_outside_positions",
                     format!("{path}: a pending chunk covers {start}..{end}, outside acknowledged {acked} .. read {}", state.queued_offset),
                 ));
             }
+            let mut uncovered = owed.clone();
             for (start, end) in uncovered_ranges(acked, state.queued_offset, &covered) {
+                uncovered.insert(start, end);
+            }
+            for (covered_start, covered_end) in &covered {
+                uncovered.remove(*covered_start, *covered_end);
+            }
+            for (start, end) in uncovered.iter() {
                 faults.push(fault(
                     "uncovered_range",
                     format!(

@@ -31,6 +31,10 @@ pub enum KeyKind {
     /// `[0x08] seq:u64` → marks a pending chunk as a replay (`tailhose queue replay`): its
     /// acknowledgement moves no file position and it is not retained again.
     ReplayMarker = 0x08,
+    /// `[0x09] identity` → byte ranges of that file read into the queue whose chunks were set
+    /// aside: owed until a re-read of them is acknowledged (see [`super::ranges::ByteRanges`]).
+    /// The acknowledged position may pass them; they are never skipped.
+    FileOwed = 0x09,
 }
 
 /// Meta entry: the next chunk sequence number, `u64` big-endian.

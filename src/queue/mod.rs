@@ -8,9 +8,13 @@
 //! - **Invariant 1** — a chunk and the read position that covers it are written in one sled
 //!   transaction (the chunk's bytes go to the route's [body trees](bodies), the rest to its
 //!   tree); the chunk is *committed* (visible to the flusher) only after sled has flushed it.
-//! - **Invariant 2** — the acknowledged position of a file is the start of its oldest chunk not
-//!   yet fully acknowledged (or its read position when none is left); only [`RouteQueue::acknowledge`]
-//!   writes it, after the sink accepted every record before it.
+//! - **Invariant 2** — the acknowledged position of a file is the start of its oldest chunk read
+//!   in order and not yet fully acknowledged (or its read position when none is left); only
+//!   [`RouteQueue::acknowledge`] writes it, after the sink accepted every record before it, except
+//!   for the ranges the file *owes*: those of chunks set aside, stored under their own key
+//!   ([`ranges::ByteRanges`]) before the position may pass them, and removed only as the
+//!   acknowledgement of their re-read. So a damaged chunk never freezes a file's position, and a
+//!   re-read chunk queued behind later ones is neither lost nor read again after a restart.
 //! - **Invariant 3** — per chunk, the count of leading records already acknowledged is stored with
 //!   each acknowledgement, so a restart resends neither a whole acknowledged chunk nor the
 //!   acknowledged prefix of a partly acknowledged one.
@@ -50,11 +54,12 @@ pub mod dead_letter;
 pub mod inspect;
 pub mod keys;
 pub mod positions;
+pub mod ranges;
 pub mod recovery;
 pub mod replay;
 pub mod retained;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -70,6 +75,8 @@ pub use positions::{FileIdentity, FileReadState};
 
 use bodies::ChunkBodies;
 use keys::KeyKind;
+use ranges::ByteRanges;
+use recovery::MissingRange;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -327,6 +334,16 @@ pub(crate) struct PendingChunk {
     records_left: u32,
     created_at_ms: u64,
     origin: ChunkOrigin,
+    /// The bytes it holds, for a chunk read from a file: owed by the file if it is set aside.
+    source: Option<SourceRange>,
+}
+
+/// Bytes `[start, end)` of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SourceRange {
+    file: FileIdentity,
+    start: u64,
+    end: u64,
 }
 
 /// Where a pending chunk's records came from.
@@ -352,16 +369,50 @@ pub(crate) struct FileTrack {
     queued_offset: u64,
     /// The persisted acknowledged position.
     acked_offset: u64,
-    /// Byte ranges `start → end` of chunks appended and not yet fully acknowledged.
+    /// Byte ranges `start → end` of chunks read in order, appended and not yet fully acknowledged.
     outstanding: BTreeMap<u64, u64>,
+    /// Byte ranges `start → end` of chunks re-read to recover part of `owed`: queued behind
+    /// later chunks, so they may be acknowledged after them.
+    recovering: BTreeMap<u64, u64>,
+    /// Ranges whose chunks were set aside, until a re-read of them is acknowledged. Stored
+    /// (`FileOwed`), so the acknowledged position may pass them.
+    owed: ByteRanges,
     /// The reader is done with the file: forget its positions once nothing of it is outstanding.
     released: bool,
 }
 
 impl FileTrack {
-    /// The offset before which every byte is acknowledged.
+    /// The offset before which every byte is acknowledged or owed.
     fn acknowledged_prefix(&self) -> u64 {
         self.outstanding.keys().next().copied().unwrap_or(self.queued_offset)
+    }
+
+    /// Nothing read from the file waits for delivery or recovery.
+    fn is_settled(&self) -> bool {
+        self.outstanding.is_empty() && self.recovering.is_empty() && self.owed.is_empty()
+    }
+
+    /// Marks a chunk's bytes acknowledged. Returns whether the owed ranges changed.
+    fn chunk_acknowledged(&mut self, start_offset: u64) -> bool {
+        if self.outstanding.remove(&start_offset).is_some() {
+            return false;
+        }
+        match self.recovering.remove(&start_offset) {
+            Some(end) => {
+                self.owed.remove(start_offset, end);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Adds to `batch` the file's owed ranges as they are in `track`.
+fn store_owed(batch: &mut sled::Batch, file: &FileIdentity, owed: &ByteRanges) {
+    let key = keys::file_key(KeyKind::FileOwed, file);
+    match owed.is_empty() {
+        true => batch.remove(key),
+        false => batch.insert(key, owed.encode()),
     }
 }
 
@@ -370,7 +421,8 @@ impl FileTrack {
 pub enum ReadProgress {
     /// New bytes read from the file: the read position moves to the chunk's end.
     Advance,
-    /// Bytes re-read to recover a chunk that was set aside: the read position is already past them.
+    /// Bytes re-read to recover a chunk that was set aside: the read position is already past
+    /// them, and they lie in a range the file owes (see [`RouteQueue::set_aside`]).
     Recovered,
 }
 
@@ -485,10 +537,15 @@ impl RouteQueue {
         if first_chunk_of_file {
             track.acked_offset = meta.start_offset;
         }
-        if progress == ReadProgress::Advance {
-            track.queued_offset = track.queued_offset.max(meta.end_offset);
+        match progress {
+            ReadProgress::Advance => {
+                track.queued_offset = track.queued_offset.max(meta.end_offset);
+                track.outstanding.insert(meta.start_offset, meta.end_offset);
+            }
+            ReadProgress::Recovered => {
+                track.recovering.insert(meta.start_offset, meta.end_offset);
+            }
         }
-        track.outstanding.insert(meta.start_offset, meta.end_offset);
         accounting.add_pending(seq, meta, stored_len, ChunkOrigin::Read);
         Ok(seq)
     }
@@ -566,13 +623,15 @@ impl RouteQueue {
     }
 
     /// Moves a chunk that failed verification out of the pending range, so it is never sent.
-    /// Its bytes are kept for inspection; its file range stays unacknowledged until it is
-    /// recovered from the source (at the next start-up, see [`recovery`]).
-    pub fn set_aside(&self, seq: ChunkSeq, error: &ChunkError) -> Result<(), QueueError> {
+    /// Its bytes are kept for inspection. A chunk read from a file leaves its byte range owed by
+    /// the file, in the same write: the file's position may then move past it as later chunks
+    /// are acknowledged, and the range is returned, to be re-read from the source now (or at
+    /// the next start-up, which finds it owed) with [`ReadProgress::Recovered`].
+    pub fn set_aside(&self, seq: ChunkSeq, error: &ChunkError) -> Result<Option<MissingRange>, QueueError> {
         let pending_key = keys::seq_key(KeyKind::PendingChunk, seq);
         let mut accounting = self.accounting();
         let Some(pending_value) = self.inner.tree.get(pending_key)? else {
-            return Ok(());
+            return Ok(None);
         };
         let bytes = self.inner.bodies.pending_chunk_bytes(seq, pending_value)?;
         let mut batch = sled::Batch::default();
@@ -580,13 +639,44 @@ impl RouteQueue {
         batch.remove(&keys::seq_key(KeyKind::ChunkProgress, seq));
         batch.remove(&keys::seq_key(KeyKind::ReplayMarker, seq));
         batch.insert(&keys::seq_key(KeyKind::SetAsideChunk, seq), recovery::encode_set_aside(error, &bytes));
+        let source = accounting.pending.get(&seq).and_then(|pending| pending.source);
+        let mut owes = None;
+        if let Some(range) = source {
+            if let Some(track) = accounting.files.get(&range.file) {
+                let mut track = track.clone();
+                track.outstanding.remove(&range.start);
+                track.recovering.remove(&range.start);
+                track.owed.insert(range.start, range.end);
+                store_owed(&mut batch, &range.file, &track.owed);
+                let prefix = track.acknowledged_prefix();
+                if prefix > track.acked_offset {
+                    track.acked_offset = prefix;
+                    batch.insert(keys::file_key(KeyKind::FileAcked, &range.file), &positions::encode_acked_offset(prefix)[..]);
+                }
+                owes = Some(track);
+            }
+        }
+        let path = match source {
+            Some(range) => self
+                .inner
+                .tree
+                .get(keys::file_key(KeyKind::FileRead, &range.file))?
+                .and_then(|value| FileReadState::decode(&value))
+                .map(|state| state.path),
+            None => None,
+        };
         self.inner.tree.apply_batch(batch)?;
         accounting.remove_pending(seq, bytes.len() as u64);
+        let mut missing = None;
+        if let (Some(range), Some(track)) = (source, owes) {
+            accounting.files.insert(range.file, track);
+            missing = Some(MissingRange { file: range.file, path: path.unwrap_or_default(), start: range.start, end: range.end });
+        }
         drop(accounting);
         self.inner.bodies.remove_all([seq])?;
         self.inner.db.flush()?;
         self.inner.space_freed.notify_waiters();
-        Ok(())
+        Ok(missing)
     }
 
     /// Records that the sink accepted records: completed chunks are deleted, partly acknowledged
@@ -604,6 +694,8 @@ impl RouteQueue {
         let mut accounting = self.accounting();
         // What each touched file will look like once the batch is written.
         let mut planned: HashMap<FileIdentity, FileTrack> = HashMap::new();
+        // Files whose owed ranges a re-read chunk's acknowledgement changed.
+        let mut owed_files: HashSet<FileIdentity> = HashSet::new();
         let mut newly_retained = RetainedTally::default();
         for ack in acks {
             if !ack.is_complete() {
@@ -629,15 +721,21 @@ impl RouteQueue {
                 }
             }
             if let Some(track) = accounting.files.get(&ack.file) {
-                planned.entry(ack.file).or_insert_with(|| track.clone()).outstanding.remove(&ack.start_offset);
+                let planned_track = planned.entry(ack.file).or_insert_with(|| track.clone());
+                if planned_track.chunk_acknowledged(ack.start_offset) {
+                    owed_files.insert(ack.file);
+                }
             }
         }
         let mut finished_files = Vec::new();
         for (file, track) in planned.iter_mut() {
-            if track.released && track.outstanding.is_empty() {
+            if track.released && track.is_settled() {
                 remove_file_positions(&mut batch, file);
                 finished_files.push(*file);
                 continue;
+            }
+            if owed_files.contains(file) {
+                store_owed(&mut batch, file, &track.owed);
             }
             let prefix = track.acknowledged_prefix();
             if prefix > track.acked_offset {
@@ -733,7 +831,7 @@ impl RouteQueue {
     pub fn release_file(&self, file: &FileIdentity) -> Result<(), QueueError> {
         let mut accounting = self.accounting();
         let Some(track) = accounting.files.get_mut(file) else { return Ok(()) };
-        if !track.outstanding.is_empty() {
+        if !track.is_settled() {
             track.released = true;
             return Ok(());
         }
@@ -941,7 +1039,9 @@ impl RouteQueue {
 
 impl Accounting {
     fn add_pending(&mut self, seq: ChunkSeq, meta: &ChunkMeta, stored_len: u64, origin: ChunkOrigin) {
-        self.pending.insert(seq, PendingChunk { records_left: meta.record_count, created_at_ms: meta.created_at_ms, origin });
+        let source =
+            (origin == ChunkOrigin::Read).then_some(SourceRange { file: meta.file, start: meta.start_offset, end: meta.end_offset });
+        self.pending.insert(seq, PendingChunk { records_left: meta.record_count, created_at_ms: meta.created_at_ms, origin, source });
         self.pending_records += u64::from(meta.record_count);
         self.pending_bytes += stored_len;
     }
@@ -973,6 +1073,7 @@ fn bytes_behind(identity: &FileIdentity, path: &[u8], acked_offset: u64) -> Opti
 fn remove_file_positions(batch: &mut sled::Batch, file: &FileIdentity) {
     batch.remove(keys::file_key(KeyKind::FileRead, file));
     batch.remove(keys::file_key(KeyKind::FileAcked, file));
+    batch.remove(keys::file_key(KeyKind::FileOwed, file));
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@
 //! - rebuilds the in-memory accounting (queue bytes and records, outstanding ranges per file,
 //!   retained chunks);
 //! - finds, for each file, the byte ranges between its acknowledged and its read position that
-//!   no valid pending chunk covers: the ranges whose chunks were set aside, now or earlier.
+//!   no valid pending chunk covers (chunks set aside now, or lost to a rollback), and stores them
+//!   as owed by the file (with [`Repair::Apply`]), beside the ranges owed already (chunks set
+//!   aside while running); reports every owed range no re-read chunk covers yet.
 //!
 //! What it never does: send or delete a record, move a position, or guess what a corrupt chunk
 //! held. Re-reading the missing ranges from their source files (or dead-lettering them where
@@ -20,6 +22,7 @@ use super::bodies::ChunkBodies;
 use super::chunk::{self, ChunkError, ChunkSeq};
 use super::keys::{self, KeyKind};
 use super::positions::{self, FileIdentity, FileReadState};
+use super::ranges::{uncovered_ranges, ByteRanges};
 use super::{Accounting, ChunkOrigin, QueueError};
 
 /// What start-up found.
@@ -69,6 +72,11 @@ pub(crate) fn scan_route(tree: &sled::Tree, chunk_bodies: &ChunkBodies, repair: 
     let mut accounting = Accounting::default();
     let mut report = RecoveryReport::default();
     let mut set_aside = sled::Batch::default();
+    for entry in tree.range(keys::kind_range(KeyKind::FileOwed)) {
+        let (key, value) = entry?;
+        let (Some(file), Some(owed)) = (FileIdentity::from_key_bytes(&key[1..]), ByteRanges::decode(&value)) else { continue };
+        accounting.files.entry(file).or_default().owed = owed;
+    }
     for entry in tree.range(keys::kind_range(KeyKind::PendingChunk)) {
         let (key, pending_value) = entry?;
         let Some(seq) = keys::seq_of(&key) else { continue };
@@ -79,7 +87,12 @@ pub(crate) fn scan_route(tree: &sled::Tree, chunk_bodies: &ChunkBodies, repair: 
                 let origin = if is_replay { ChunkOrigin::Replay } else { ChunkOrigin::Read };
                 if origin == ChunkOrigin::Read {
                     let track = accounting.files.entry(decoded.meta.file).or_default();
-                    track.outstanding.insert(decoded.meta.start_offset, decoded.meta.end_offset);
+                    // A chunk inside an owed range is a re-read of it, queued behind later chunks.
+                    let ranges = match track.owed.contains(decoded.meta.start_offset) {
+                        true => &mut track.recovering,
+                        false => &mut track.outstanding,
+                    };
+                    ranges.insert(decoded.meta.start_offset, decoded.meta.end_offset);
                 }
                 accounting.add_pending(seq, &decoded.meta, bytes.len() as u64, origin);
                 let acked_records =
@@ -107,6 +120,7 @@ pub(crate) fn scan_route(tree: &sled::Tree, chunk_bodies: &ChunkBodies, repair: 
         accounting.retained.bytes += value.len() as u64;
     }
 
+    let mut newly_owed = sled::Batch::default();
     for entry in tree.range(keys::kind_range(KeyKind::FileRead)) {
         let (key, value) = entry?;
         let (Some(file), Some(state)) = (FileIdentity::from_key_bytes(&key[1..]), FileReadState::decode(&value)) else { continue };
@@ -115,34 +129,27 @@ pub(crate) fn scan_route(tree: &sled::Tree, chunk_bodies: &ChunkBodies, repair: 
         let track = accounting.files.entry(file).or_default();
         track.queued_offset = state.queued_offset;
         track.acked_offset = acked_offset;
-        for (start, end) in uncovered_ranges(acked_offset, state.queued_offset, &track.outstanding) {
-            report.missing.push(MissingRange { file, path: state.path.clone(), start, end });
+        let gaps = uncovered_ranges(acked_offset, state.queued_offset, &track.outstanding);
+        if !gaps.is_empty() {
+            for (start, end) in gaps {
+                track.owed.insert(start, end);
+            }
+            super::store_owed(&mut newly_owed, &file, &track.owed);
         }
+        let mut covered = track.recovering.clone();
+        covered.extend(track.outstanding.iter().map(|(&start, &end)| (start, end)));
+        for (owed_start, owed_end) in track.owed.iter() {
+            for (start, end) in uncovered_ranges(owed_start, owed_end, &covered) {
+                report.missing.push(MissingRange { file, path: state.path.clone(), start, end });
+            }
+        }
+    }
+    if repair == Repair::Apply {
+        // Owed before any chunk re-read for them is appended or any position passes them.
+        tree.apply_batch(newly_owed)?;
+        tree.flush()?;
     }
     Ok(ScanResult { next_seq, accounting, report })
-}
-
-/// The parts of `[from, to)` that no range in `covered` (start → end) overlaps.
-pub fn uncovered_ranges(from: u64, to: u64, covered: &std::collections::BTreeMap<u64, u64>) -> Vec<(u64, u64)> {
-    let mut gaps = Vec::new();
-    let mut cursor = from;
-    for (&start, &end) in covered {
-        if end <= cursor {
-            continue;
-        }
-        if start > cursor {
-            gaps.push((cursor, start.min(to)));
-        }
-        cursor = cursor.max(end);
-        if cursor >= to {
-            break;
-        }
-    }
-    if cursor < to {
-        gaps.push((cursor, to));
-    }
-    gaps.retain(|(start, end)| start < end);
-    gaps
 }
 
 /// One past the highest sequence number ever used: the stored counter, or any chunk-keyed entry above it.
@@ -167,20 +174,4 @@ pub fn encode_set_aside(error: &ChunkError, bytes: &[u8]) -> Vec<u8> {
     value.extend_from_slice(code);
     value.extend_from_slice(bytes);
     value
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::uncovered_ranges;
-
-    #[test]
-    fn uncovered_ranges_find_holes_between_and_after_chunks() {
-        let covered = BTreeMap::from([(0, 100), (200, 300)]);
-        assert_eq!(uncovered_ranges(0, 400, &covered), vec![(100, 200), (300, 400)]);
-        assert_eq!(uncovered_ranges(0, 300, &covered), vec![(100, 200)]);
-        assert_eq!(uncovered_ranges(250, 300, &covered), vec![]);
-        assert_eq!(uncovered_ranges(50, 120, &BTreeMap::new()), vec![(50, 120)]);
-    }
 }

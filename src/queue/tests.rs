@@ -485,3 +485,113 @@ fn a_route_keeps_the_number_of_body_slots_it_was_created_with() {
     store.open_route("c->d", 1 << 30).expect("open route");
     assert_eq!(body_trees("c->d"), usize::from(bodies::NEW_ROUTE_SLOTS));
 }
+
+/// Acknowledges the whole pending chunk `seq` appended from `chunk`.
+fn acknowledge_whole(queue: &RouteQueue, seq: ChunkSeq, chunk: &ChunkDraft) {
+    let ack = ack_all(queue, seq, chunk, chunk.meta.record_count);
+    queue.acknowledge(&[ack], &[]).expect("ack");
+}
+
+#[test]
+fn a_chunk_set_aside_while_running_leaves_only_its_own_range_to_recover_and_later_deliveries_move_the_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = draft(file(1), 0, &["{\"a\":1}"]);
+    let second = draft(file(1), first.meta.end_offset, &["{\"a\":2}"]);
+    let third = draft(file(1), second.meta.end_offset, &["{\"a\":3}"]);
+    {
+        let (queue, _) = open(dir.path());
+        let seq1 = queue.append(&first, &[], ReadProgress::Advance).expect("append");
+        let seq2 = queue.append(&second, &[], ReadProgress::Advance).expect("append");
+        let seq3 = queue.append(&third, &[], ReadProgress::Advance).expect("append");
+        queue.commit().expect("commit");
+        acknowledge_whole(&queue, seq1, &first);
+        // The flusher found the second chunk damaged: it is never sent, its range is owed.
+        let owed = queue.set_aside(seq2, &ChunkError::ChecksumMismatch { seq: seq2, expected: 1, actual: 2 }).expect("set aside");
+        assert_eq!(
+            owed,
+            Some(recovery::MissingRange {
+                file: file(1),
+                path: b"/logs/a.log".to_vec(),
+                start: second.meta.start_offset,
+                end: second.meta.end_offset
+            }),
+            "the range to re-read from the source now"
+        );
+        acknowledge_whole(&queue, seq3, &third);
+        assert_eq!(queue.stats().expect("stats").files[0].acked_offset, third.meta.end_offset, "the position is not frozen");
+    }
+    let (reopened, report) = open(dir.path());
+    assert_eq!(
+        report.missing,
+        vec![recovery::MissingRange {
+            file: file(1),
+            path: b"/logs/a.log".to_vec(),
+            start: second.meta.start_offset,
+            end: second.meta.end_offset
+        }],
+        "only the set-aside chunk's range is re-read at the next start, not everything delivered after it"
+    );
+    drop(reopened);
+}
+
+#[test]
+fn a_recovered_range_acknowledged_after_later_chunks_is_neither_reread_nor_lost_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = draft(file(1), 0, &["{\"a\":1}"]);
+    let second = draft(file(1), first.meta.end_offset, &["{\"a\":2}"]);
+    {
+        let (queue, _) = open(dir.path());
+        let seq1 = queue.append(&first, &[], ReadProgress::Advance).expect("append");
+        queue.append(&second, &[], ReadProgress::Advance).expect("append");
+        queue.commit().expect("commit");
+        queue.flip_a_byte_of_pending_chunk(seq1);
+    }
+    let recovered = draft(file(1), 0, &["{\"a\":1}"]);
+    {
+        // Start-up sets the first chunk aside and re-reads its range: the replacement gets a
+        // sequence number behind the second chunk, which is delivered first.
+        let (queue, report) = open(dir.path());
+        assert_eq!(report.missing.len(), 1);
+        let replacement = queue.append(&recovered, &[], ReadProgress::Recovered).expect("append");
+        queue.commit().expect("commit");
+        let second_seq = queue.read_pending(ChunkSeq(0), replacement).expect("read").expect("second pending").seq;
+        acknowledge_whole(&queue, second_seq, &second);
+    }
+    {
+        let (queue, report) = open(dir.path());
+        assert_eq!(report.missing, vec![], "the second chunk was delivered and the replacement is still queued");
+        let replacement = queue.read_pending(ChunkSeq(0), ChunkSeq(u64::MAX)).expect("read").expect("replacement pending").seq;
+        acknowledge_whole(&queue, replacement, &recovered);
+        assert_eq!(queue.stats().expect("stats").files[0].acked_offset, second.meta.end_offset);
+    }
+    let (_reopened, report) = open(dir.path());
+    assert_eq!(report.missing, vec![]);
+}
+
+#[test]
+fn a_replacement_damaged_in_turn_is_recovered_again_although_the_position_passed_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = draft(file(1), 0, &["{\"a\":1}"]);
+    let second = draft(file(1), first.meta.end_offset, &["{\"a\":2}"]);
+    {
+        let (queue, _) = open(dir.path());
+        let seq1 = queue.append(&first, &[], ReadProgress::Advance).expect("append");
+        queue.append(&second, &[], ReadProgress::Advance).expect("append");
+        queue.commit().expect("commit");
+        queue.flip_a_byte_of_pending_chunk(seq1);
+    }
+    {
+        let (queue, _) = open(dir.path());
+        let replacement = queue.append(&draft(file(1), 0, &["{\"a\":1}"]), &[], ReadProgress::Recovered).expect("append");
+        queue.commit().expect("commit");
+        let second_seq = queue.read_pending(ChunkSeq(0), replacement).expect("read").expect("second pending").seq;
+        acknowledge_whole(&queue, second_seq, &second);
+        queue.flip_a_byte_of_pending_chunk(replacement);
+    }
+    let (_reopened, report) = open(dir.path());
+    assert_eq!(report.set_aside.len(), 1);
+    assert_eq!(
+        report.missing,
+        vec![recovery::MissingRange { file: file(1), path: b"/logs/a.log".to_vec(), start: 0, end: first.meta.end_offset }]
+    );
+}

@@ -186,6 +186,7 @@ pub struct RateGovernor {
 struct Schedules([Option<Instant>; 3]);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[expect(clippy::large_enum_variant, reason = "one per route, and Copy: boxing would buy nothing")]
 enum Phase {
     /// No quota known: the rates are the ceilings.
     Free,
