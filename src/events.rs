@@ -390,6 +390,22 @@ impl Events {
         }
     }
 
+    /// A file, or the folder it is in, cannot be looked at now: it is kept as it was (open, or
+    /// its position stored), never taken for rotated away or deleted.
+    pub fn file_unreachable(&self, path: &Path, reason: &str) {
+        bump(&self.read_errors, 1);
+        if let GateDecision::Log { held_back } = self.gates.read_failed.admit(Instant::now()) {
+            tracing::warn!(path = %path.display(), reason, held_back, "cannot look for file; its position is kept and it is looked for again at the next scan");
+        }
+    }
+
+    /// A set-aside chunk's range could not be re-read because its file cannot be looked for:
+    /// it stays owed, and is tried again at the next start.
+    pub fn range_deferred(&self, route: &str, path: &[u8], start: u64, end: u64, reason: &str) {
+        bump(&self.read_errors, 1);
+        tracing::warn!(route, path = %String::from_utf8_lossy(path), start, end, reason, "cannot look for the source of a set-aside chunk; its range stays owed and is re-read at the next start");
+    }
+
     pub fn glob_failed(&self, pattern: &str, error: &str) {
         bump(&self.read_errors, 1);
         tracing::warn!(pattern, error, "cannot expand path pattern");

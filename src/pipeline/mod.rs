@@ -277,6 +277,7 @@ fn recover_missing(queue: &RouteQueue, events: &Events, source: &SourceSettings,
         match recover_range(queue, events, source, range.file, &range.path, range.start, range.end)? {
             RecoveryOutcome::Recovered { records } => events.range_recovered(queue.name(), &range.path, range.start, range.end, records),
             RecoveryOutcome::DeadLettered { .. } => {}
+            RecoveryOutcome::Deferred { reason } => events.range_deferred(queue.name(), &range.path, range.start, range.end, &reason),
         }
     }
     queue.commit()

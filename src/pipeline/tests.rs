@@ -253,3 +253,24 @@ async fn a_chunk_found_damaged_while_running_is_reread_from_its_source_at_once_a
     let (_reopened, report) = QueueStore::reopen_for_test(state.path()).open_route("logs->sink", 1 << 30).expect("route");
     assert!(report.missing.is_empty(), "nothing is left to re-read at the next start: {:?}", report.missing);
 }
+
+#[tokio::test]
+async fn a_dead_letter_of_a_recovered_range_is_not_stored_a_second_time() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    std::fs::write(logs.path().join("app.log"), "{\"seq\": 0}\nnot json\n{\"seq\": 2}\n").expect("write");
+    {
+        let store = QueueStore::reopen_for_test(state.path());
+        let (queue, _) = store.open_route("logs->sink", 1 << 30).expect("route");
+        Tailer::new(source(logs.path()), 1 << 30, queue.clone(), Arc::new(Events::default())).pass().expect("pass");
+        assert_eq!(queue.dead_letters().count(), 1, "the invalid line is dead-lettered when read");
+        queue.flip_a_byte_of_pending_chunk(ChunkSeq(0));
+    }
+    let store = QueueStore::reopen_for_test(state.path());
+    let (queue, report) = store.open_route("logs->sink", 1 << 30).expect("route");
+    let events = Arc::new(Events::default());
+    recover(&queue, &source(logs.path()), &events, report).await.expect("recover");
+    assert_eq!(pending_records(&queue), 2, "the valid records are re-read");
+    assert_eq!(queue.dead_letters().count(), 1, "the invalid line keeps its one dead letter");
+    assert_eq!(events.snapshot().dead_letters, 0, "and is not counted again");
+}

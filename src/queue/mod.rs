@@ -933,6 +933,20 @@ impl RouteQueue {
         })
     }
 
+    /// Offsets of the stored dead letters of `file` that start in `range`. Reads every dead
+    /// letter: for the rare recovery of a set-aside chunk's range, not for the read path.
+    pub fn dead_letter_offsets(&self, file: FileIdentity, range: std::ops::Range<u64>) -> Result<HashSet<u64>, QueueError> {
+        let mut offsets = HashSet::new();
+        for entry in self.dead_letters() {
+            if let (_, Ok(letter)) = entry? {
+                if letter.file == file && range.contains(&letter.offset) {
+                    offsets.insert(letter.offset);
+                }
+            }
+        }
+        Ok(offsets)
+    }
+
     /// Counts kept in memory: cheap enough for every metrics scrape and health check.
     pub fn pending_summary(&self) -> PendingSummary {
         let accounting = self.accounting();

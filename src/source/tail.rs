@@ -153,6 +153,9 @@ pub struct Tailer {
     files: HashMap<DevIno, WatchedFile>,
     next_scan: Option<Instant>,
     first_scan_done: bool,
+    /// Stored positions whose files could not be looked for at start-up (see
+    /// [`Whereabouts::Unknown`]): kept, and looked for again at each scan.
+    unreachable_positions: std::collections::HashSet<FileIdentity>,
     /// Set by change notifications: re-scan the globs at the next pass.
     changes: Arc<ChangeSignal>,
     /// Where the next pass starts in the file order, so every file gets the first turn in turn.
@@ -170,6 +173,7 @@ impl Tailer {
             files: HashMap::new(),
             next_scan: None,
             first_scan_done: false,
+            unreachable_positions: std::collections::HashSet::new(),
             changes: Arc::new(ChangeSignal::default()),
             next_turn: 0,
             buffer: vec![0; READ_BLOCK],
@@ -252,11 +256,18 @@ impl Tailer {
         if watched.file.is_some() {
             return true;
         }
-        let Some(path) = locate(key, &watched.path) else {
-            let path = watched.path.clone();
-            self.forget(key);
-            self.events.file_vanished_while_closed(&path);
-            return false;
+        let path = match find_file(key, &watched.path) {
+            Whereabouts::At(path) => path,
+            Whereabouts::Gone => {
+                let path = watched.path.clone();
+                self.forget(key);
+                self.events.file_vanished_while_closed(&path);
+                return false;
+            }
+            Whereabouts::Unknown(reason) => {
+                self.events.file_unreachable(&watched.path, &reason);
+                return false;
+            }
         };
         let Ok(metadata) = std::fs::metadata(&path) else { return false };
         if metadata.len() == watched.read_offset {
@@ -438,15 +449,27 @@ impl Tailer {
                 Err(error) => self.events.file_open_failed(&path, &error),
             }
         }
-        if startup {
-            self.follow_files_rotated_while_stopped();
+        let patterns: Vec<glob::Pattern> = self.source.paths.iter().filter_map(|pattern| glob::Pattern::new(pattern).ok()).collect();
+        for (key, watched) in self.files.iter_mut().filter(|(_, watched)| !watched.in_glob) {
+            match still_in_glob(*key, &watched.path, &patterns, &exclude) {
+                Some(Whereabouts::Unknown(reason)) => {
+                    self.events.file_unreachable(&watched.path, &reason);
+                    watched.in_glob = true;
+                }
+                Some(_) => watched.in_glob = true,
+                None => {}
+            }
+        }
+        if startup || !self.unreachable_positions.is_empty() {
+            self.follow_files_rotated_while_stopped(startup);
         }
     }
 
     /// Files read before the stop that the globs no longer find: rotated away while tailhose was
     /// not running. Found again by device and inode in their last folder, they are read from
     /// their stored position to their end, then closed like any rotated file.
-    fn follow_files_rotated_while_stopped(&mut self) {
+    /// After start-up, only the positions whose files could not be looked for are tried again.
+    fn follow_files_rotated_while_stopped(&mut self, startup: bool) {
         let stored = match self.queue.stored_file_states() {
             Ok(stored) => stored,
             Err(error) => {
@@ -461,16 +484,31 @@ impl Tailer {
         for (identity, state) in stored {
             let key = (identity.device, identity.inode);
             if self.files.contains_key(&key) {
+                self.unreachable_positions.remove(&identity);
+                continue;
+            }
+            if !startup && !self.unreachable_positions.contains(&identity) {
                 continue;
             }
             let last_path = Path::new(std::ffi::OsStr::from_bytes(&state.path));
-            let Some(path) = locate(key, last_path) else {
-                // Deleted while stopped: nothing more can be read; forget it once delivered.
-                if let Err(error) = self.queue.release_file(&identity) {
-                    self.events.queue_failed(self.queue.name(), "release a deleted file's position", &error);
+            let path = match find_file(key, last_path) {
+                Whereabouts::At(path) => path,
+                Whereabouts::Gone => {
+                    // Deleted while stopped: nothing more can be read; forget it once delivered.
+                    if let Err(error) = self.queue.release_file(&identity) {
+                        self.events.queue_failed(self.queue.name(), "release a deleted file's position", &error);
+                    }
+                    continue;
                 }
-                continue;
+                Whereabouts::Unknown(reason) => {
+                    // Kept, and looked for again at each scan: found in its glob later, it
+                    // resumes at its position like any file read before.
+                    self.events.file_unreachable(last_path, &reason);
+                    self.unreachable_positions.insert(identity);
+                    continue;
+                }
             };
+            self.unreachable_positions.remove(&identity);
             let Ok(file) = File::open(&path) else { continue };
             if !matches!(identity::compare(&file, &identity), Ok(IdentityMatch::Same)) {
                 continue;
@@ -496,7 +534,16 @@ impl Tailer {
         let mut paths = Vec::new();
         for pattern in &self.source.paths {
             match glob::glob(pattern) {
-                Ok(found) => paths.extend(found.filter_map(Result::ok)),
+                Ok(found) => {
+                    for entry in found {
+                        match entry {
+                            Ok(path) => paths.push(path),
+                            // A folder that cannot be listed: its files are not taken for gone
+                            // (see `still_in_glob`), but it is said.
+                            Err(error) => self.events.file_unreachable(error.path(), &error.error().to_string()),
+                        }
+                    }
+                }
                 Err(error) => self.events.glob_failed(pattern, &error.to_string()),
             }
         }
@@ -606,15 +653,76 @@ impl Tailer {
     }
 }
 
-/// Where the file `key` is now: its last known path, or (renamed while closed) the entry of its
-/// folder with the same device and inode. `None` once it is gone.
-fn locate(key: DevIno, last_path: &Path) -> Option<PathBuf> {
+/// Where a file known by device and inode is now, as far as can be told.
+#[derive(Debug)]
+enum Whereabouts {
+    /// At this path: its last one, or (renamed while closed) another entry of its folder.
+    At(PathBuf),
+    /// Looked for on its own filesystem and not there: deleted, or moved out of its folder.
+    Gone,
+    /// Could not be looked for: its folder cannot be listed (permissions, a stale NFS handle, an
+    /// I/O error), or is not on the file's filesystem (a volume not mounted yet, or unmounted).
+    /// It may still exist, so its position is kept and nothing is read again from its head.
+    Unknown(String),
+}
+
+/// Where the file `key`, last seen at `last_path`, is now.
+fn find_file(key: DevIno, last_path: &Path) -> Whereabouts {
     let same_file = |path: &Path| std::fs::metadata(path).is_ok_and(|metadata| (metadata.dev(), metadata.ino()) == key);
     if same_file(last_path) {
-        return Some(last_path.to_path_buf());
+        return Whereabouts::At(last_path.to_path_buf());
     }
-    let folder = last_path.parent()?;
-    std::fs::read_dir(folder).ok()?.flatten().map(|entry| entry.path()).find(|path| same_file(path))
+    let Some(folder) = last_path.parent() else { return Whereabouts::Gone };
+    match std::fs::read_dir(folder) {
+        Ok(entries) => {
+            let mut unlisted = None;
+            for entry in entries {
+                match entry {
+                    Ok(entry) if same_file(&entry.path()) => return Whereabouts::At(entry.path()),
+                    Ok(_) => {}
+                    Err(error) => unlisted = Some(error),
+                }
+            }
+            match unlisted {
+                Some(error) => Whereabouts::Unknown(format!("cannot list {}: {error}", folder.display())),
+                None => on_its_filesystem(key.0, folder),
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => on_its_filesystem(key.0, folder),
+        Err(error) => Whereabouts::Unknown(format!("cannot list {}: {error}", folder.display())),
+    }
+}
+
+/// A file not found in `folder` is gone only if `folder` (or, if it does not exist, its nearest
+/// existing ancestor) is on the file's own filesystem: otherwise the volume that held it is not
+/// mounted there now.
+fn on_its_filesystem(device: u64, folder: &Path) -> Whereabouts {
+    match folder.ancestors().find_map(|ancestor| std::fs::metadata(ancestor).ok().map(|metadata| (ancestor, metadata.dev()))) {
+        Some((_, found_device)) if found_device == device => Whereabouts::Gone,
+        Some((ancestor, found_device)) => Whereabouts::Unknown(format!(
+            "{} is on device {found_device}, not the file's device {device}: is its volume mounted?",
+            ancestor.display()
+        )),
+        None => Whereabouts::Unknown(format!("no part of {} can be looked at", folder.display())),
+    }
+}
+
+/// Whether a watched file the glob scan did not list is still in its glob: its path still
+/// matches a pattern and is the same file (the folder's listing failed or raced), or it cannot
+/// be looked for. Either way it is not taken for rotated away.
+fn still_in_glob(key: DevIno, path: &Path, patterns: &[glob::Pattern], exclude: &[glob::Pattern]) -> Option<Whereabouts> {
+    if !patterns.iter().any(|pattern| pattern.matches_path(path)) || exclude.iter().any(|pattern| pattern.matches_path(path)) {
+        return None;
+    }
+    match std::fs::metadata(path) {
+        Ok(metadata) if (metadata.dev(), metadata.ino()) == key => Some(Whereabouts::At(path.to_path_buf())),
+        Ok(_) => None,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => match path.parent().map(|folder| on_its_filesystem(key.0, folder)) {
+            Some(unknown @ Whereabouts::Unknown(_)) => Some(unknown),
+            _ => None,
+        },
+        Err(error) => Some(Whereabouts::Unknown(format!("cannot look at {}: {error}", path.display()))),
+    }
 }
 
 fn start_name(start: StartAt) -> &'static str {
@@ -671,6 +779,9 @@ pub enum RecoveryOutcome {
     Recovered { records: u64 },
     /// The bytes no longer exist in the source; a dead letter records the range.
     DeadLettered { reason: String },
+    /// The file could not be looked for (see [`Whereabouts::Unknown`]): the range stays owed
+    /// and is tried again at the next start-up.
+    Deferred { reason: String },
 }
 
 /// Re-reads `[start, end)` of the file `identity` (last seen at `path`, or renamed since within
@@ -688,7 +799,12 @@ pub fn recover_range(
     let last_path = Path::new(std::ffi::OsStr::from_bytes(path));
     // The file may have been renamed since (logrotate's rename + create): the bytes are where
     // the file now is, found by device and inode in the same folder, as at start-up.
-    let located = locate((identity.device, identity.inode), last_path);
+    let located = match find_file((identity.device, identity.inode), last_path) {
+        Whereabouts::At(path) => Some(path),
+        Whereabouts::Gone => None,
+        // The bytes may still exist: the range stays owed and is looked for at the next start.
+        Whereabouts::Unknown(reason) => return Ok(RecoveryOutcome::Deferred { reason }),
+    };
     let os_path = located.as_deref().unwrap_or(last_path);
     // Where the bytes that cannot be recovered start: the whole range, unless a read fails
     // part of the way through it.
@@ -757,6 +873,8 @@ fn reread_in_blocks(
     range: std::ops::Range<u64>,
 ) -> Result<Reread, QueueError> {
     let mut chunker = new_chunker(identity, path, source, range.start);
+    // The range was read once already: the dead letters it made then are stored.
+    let stored_dead_letters = queue.dead_letter_offsets(identity, range.clone())?;
     let mut block = vec![0u8; READ_BLOCK];
     let mut sealed = Vec::new();
     let mut records = 0u64;
@@ -771,17 +889,30 @@ fn reread_in_blocks(
         chunker.feed(&block[..want], &mut sealed);
         offset += want as u64;
         records += sealed.iter().map(|chunk| u64::from(chunk.draft.meta.record_count)).sum::<u64>();
+        drop_stored_dead_letters(&mut sealed, &stored_dead_letters);
         append_all(queue, events, &sealed, ReadProgress::Recovered)?;
         sealed.clear();
     }
     chunker.finish_unterminated_line();
     sealed.extend(chunker.seal());
     records += sealed.iter().map(|chunk| u64::from(chunk.draft.meta.record_count)).sum::<u64>();
+    drop_stored_dead_letters(&mut sealed, &stored_dead_letters);
     append_all(queue, events, &sealed, ReadProgress::Recovered)?;
     Ok(match failed {
         None => Reread::Whole { records },
         Some(error) => Reread::StoppedAt { offset, error },
     })
+}
+
+/// Removes from re-read chunks the dead letters stored when their bytes were first read (same
+/// file, same offset), so a recovered range does not store or count them twice.
+fn drop_stored_dead_letters(sealed: &mut [SealedChunk], stored: &std::collections::HashSet<u64>) {
+    if stored.is_empty() {
+        return;
+    }
+    for chunk in sealed {
+        chunk.dead_letters.retain(|letter| !stored.contains(&letter.offset));
+    }
 }
 
 /// Faults a test can ask of a tailer, keyed by its source's first glob (tests run in parallel).

@@ -606,3 +606,93 @@ fn the_position_of_a_file_before_its_truncation_is_released_once_what_was_read_i
     acknowledge_everything(&queue);
     assert_eq!(queue.tracked_files(), 1, "only the file as it is now keeps a position");
 }
+
+/// A folder of logs on its own filesystem (a tmpfs) that can be unmounted from where tailhose
+/// looks and mounted there again with its files intact: `backing` holds the files, and is
+/// bind-mounted at `at`. Needs root (CI runs as root); both are unmounted when dropped.
+struct LogVolume {
+    backing: std::path::PathBuf,
+    at: std::path::PathBuf,
+}
+
+impl LogVolume {
+    fn mount(root: &Path) -> LogVolume {
+        let volume = LogVolume { backing: root.join("backing"), at: root.join("logs") };
+        std::fs::create_dir_all(&volume.backing).expect("backing folder");
+        std::fs::create_dir_all(&volume.at).expect("mount point");
+        run_mount(&["-t", "tmpfs", "tmpfs"], &volume.backing);
+        volume.attach();
+        volume
+    }
+
+    fn attach(&self) {
+        let status = std::process::Command::new("mount").arg("--bind").arg(&self.backing).arg(&self.at).status().expect("mount runs");
+        assert!(status.success(), "bind mount failed: this test needs root");
+    }
+
+    /// Lazily, as `umount -l` does to a busy volume: open files stay readable.
+    fn detach(&self) {
+        let status = std::process::Command::new("umount").arg("-l").arg(&self.at).status().expect("umount runs");
+        assert!(status.success(), "umount failed");
+    }
+}
+
+fn run_mount(args: &[&str], path: &Path) {
+    let status = std::process::Command::new("mount").args(args).arg(path).status().expect("mount runs");
+    assert!(status.success(), "mounting a tmpfs failed: this test needs root");
+}
+
+impl Drop for LogVolume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.at).status();
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.backing).status();
+    }
+}
+
+#[test]
+fn a_stored_position_on_a_volume_not_mounted_at_start_up_is_kept_and_resumed_once_it_is_mounted() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let volume = LogVolume::mount(root.path());
+    append_lines(&volume.backing.join("app.log"), 0..100);
+    {
+        let (_store, queue) = open_queue(state.path(), 1 << 30);
+        Tailer::new(source(&volume.at), 1 << 30, queue.clone(), Arc::new(Events::default())).pass().expect("pass");
+        assert_eq!(queued_seqs(&queue).len(), 100);
+        acknowledge_everything(&queue);
+    }
+    volume.detach();
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut tailer = Tailer::new(source(&volume.at), 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass at start-up, the volume not mounted yet");
+    assert_eq!(queue.stored_file_states().expect("states").len(), 1, "the position is kept: the file cannot be looked for");
+    append_lines(&volume.backing.join("app.log"), 100..150);
+    volume.attach();
+    tailer.pass().expect("pass");
+    tailer.pass().expect("pass");
+    assert_eq!(queued_seqs(&queue), (100..150).collect::<Vec<_>>(), "reading resumes at the stored position, nothing read twice");
+}
+
+#[test]
+fn a_file_whose_volume_is_unmounted_while_it_is_read_is_not_closed_as_rotated_and_nothing_is_read_twice() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let volume = LogVolume::mount(root.path());
+    append_lines(&volume.backing.join("app.log"), 0..100);
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut tailer = Tailer::new(source(&volume.at), 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    acknowledge_everything(&queue);
+    volume.detach();
+    for _ in 0..3 {
+        tailer.pass().expect("pass while the volume is away");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(tailer.open_descriptors(), 1, "a file that cannot be looked for is not taken for rotated away");
+    append_lines(&volume.backing.join("app.log"), 100..150);
+    volume.attach();
+    for _ in 0..3 {
+        tailer.pass().expect("pass");
+    }
+    assert_eq!(queued_seqs(&queue), (100..150).collect::<Vec<_>>(), "the file goes on from its position, not again from its head");
+}
