@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use super::flusher::PendingBatch;
-use super::resender::{Resend, ResendReply};
+use super::resender::{CallOut, CallsOut, Resend, ResendReply};
 use crate::config::SinkSettings;
 use crate::events::{CallFailure, EntryRefusals, Events, RetryCause};
 use crate::queue::{DeadLetter, DeadLetterReason, FileIdentity};
@@ -44,6 +44,8 @@ pub(super) struct Courier {
     pub(super) governor: Mutex<RateGovernor>,
     /// Where leftovers of partly accepted calls go to be sent together (see [`super::resender`]).
     pub(super) resends: Option<mpsc::Sender<Resend>>,
+    /// Batches' calls whose leftovers the resender may wait for.
+    pub(super) calls_out: Arc<CallsOut>,
 }
 
 impl Courier {
@@ -56,7 +58,12 @@ impl Courier {
     /// once too for up to three failures in a row while the destination accepted something in
     /// the last second (a fault of one call); else it waits out the exponential back-off, as
     /// for an outage.
-    pub(super) async fn deliver(&self, batch: &mut PendingBatch) -> Delivery {
+    ///
+    /// `calling` is the batch's place among the `max_in_flight` calling: given up once only
+    /// leftovers are left, which go with other batches' (see [`super::resender`]), so that new
+    /// batches are sent meanwhile.
+    pub(super) async fn deliver(&self, batch: &mut PendingBatch, calling: OwnedSemaphorePermit) -> Delivery {
+        let mut calling = Some(calling);
         let route = self.route.as_str();
         let abandon = abandon_after(self.stop.clone(), self.shutdown_timeout);
         tokio::pin!(abandon);
@@ -65,6 +72,8 @@ impl Courier {
         let mut attempt = 0u64;
         let mut failures_in_a_row = 0u32;
         let mut together = false;
+        // This batch's call, counted as out until its leftovers are with the resender.
+        let mut out: Option<CallOut> = None;
         while let Some(mut group) = groups.pop_front() {
             loop {
                 attempt += 1;
@@ -78,7 +87,7 @@ impl Courier {
                 // the other batches in flight, in one call (see [`super::resender`]).
                 let answer = if std::mem::take(&mut together) {
                     let reply = tokio::select! {
-                        reply = self.resend_together(&batch.records, &group) => reply,
+                        reply = self.resend_together(&batch.records, &group, out.take()) => reply,
                         _ = &mut abandon => return Delivery::Abandoned,
                     };
                     match reply {
@@ -86,11 +95,16 @@ impl Courier {
                         ResendReply::SendAlone => continue,
                     }
                 } else {
+                    out = Some(self.calls_out.enter());
                     tokio::select! {
                         answer = self.call(&batch.records, &group) => answer,
                         _ = &mut abandon => return Delivery::Abandoned,
                     }
                 };
+                if answer.is_err() {
+                    // Nothing of a call that failed whole goes to the resender.
+                    out = None;
+                }
                 let cause = match answer {
                     Ok(outcomes) => {
                         let read = read_outcomes(&batch.records, &group, &outcomes);
@@ -98,6 +112,7 @@ impl Courier {
                         let Some((code, message)) = read.first_failure else {
                             backoff = self.backoff();
                             failures_in_a_row = 0;
+                            out = None;
                             break;
                         };
                         self.events.entries_failed(route, refusals, group.len() as u64, (&code, &message));
@@ -108,6 +123,7 @@ impl Courier {
                             failures_in_a_row = 0;
                             self.events.retry_scheduled(route, RetryCause::FailedEntries, attempt, Duration::ZERO);
                             together = true;
+                            drop(calling.take());
                             continue;
                         }
                         RetryCause::FailedEntries
@@ -159,6 +175,7 @@ impl Courier {
                         break;
                     }
                 };
+                out = None;
                 failures_in_a_row += 1;
                 // Batches are acknowledged in order: one batch waiting out a back-off holds every
                 // later one, so a fault of a call while the stream takes others is resent at once
@@ -217,14 +234,17 @@ impl Courier {
 
     /// Hands the records `group` of `records` to the resender, to go with other batches'
     /// leftovers; without a resender (or once it is gone), the caller sends them alone.
-    async fn resend_together(&self, records: &OutgoingRecords, group: &[usize]) -> ResendReply {
+    /// `out` is the call that left them, counted as out until they are handed over.
+    async fn resend_together(&self, records: &OutgoingRecords, group: &[usize], out: Option<CallOut>) -> ResendReply {
         let Some(resends) = self.resends.as_ref() else { return ResendReply::SendAlone };
         let mut leftovers = OutgoingRecords::with_capacity(call_size(records, group).bytes as usize);
         for &index in group {
             leftovers.push(records.get(index), false);
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if resends.send(Resend { records: leftovers, reply }).await.is_err() {
+        let handed_over = resends.send(Resend { records: leftovers, reply }).await;
+        drop(out);
+        if handed_over.is_err() {
             return ResendReply::SendAlone;
         }
         answer.await.unwrap_or(ResendReply::SendAlone)

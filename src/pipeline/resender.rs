@@ -5,9 +5,14 @@
 //! again. Sent alone, each handful is a call of its own: with 10 % of records refused, a batch
 //! of 500 needed 3.5 calls instead of 1, and since every call costs about the same CPU whatever
 //! it carries (signing, TLS, the SDK, the answer), delivery fell to a third of its clean rate
-//! (issue 17). Here the leftovers of all batches in flight share calls instead: the first
-//! leftovers go at once; those that come while that call travels go together in the next one,
-//! as a group commit does. The calls per batch fall towards one plus the noise's share.
+//! (issue 17). Here the leftovers of all batches in flight share calls instead, as a group
+//! commit does: leftovers wait while other batches' calls are still out (each may leave
+//! leftovers of its own), for at most [`GATHER_AT_MOST`], and go as soon as no call is out or a
+//! call is full. Acknowledgements are in queue order, so the batches whose calls are out are
+//! those the first leftovers' batch waits for anyway. The calls per batch fall towards one plus
+//! the noise's share (before the gathering, leftovers went as soon as the resender was free:
+//! with calls answered in about a millisecond, nearly one resend call per batch, and delivery
+//! at 10 % of records refused was 0.69 of its clean rate, CPU-bound on calls).
 //!
 //! Invariants kept here:
 //! - Every record handed in gets an answer of its own (accepted or refused, entry by entry, or
@@ -22,9 +27,11 @@
 //! - Submissions leave in the order they came.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::courier::Courier;
 use crate::sink::{BatchPacker, Offer, OutgoingRecords, RecordOutcome, SinkError};
@@ -44,6 +51,41 @@ pub(super) enum ResendReply {
     SendAlone,
 }
 
+/// Longest that leftovers wait for those of other calls still out: a far region's round trip,
+/// well inside what an acknowledgement may take (flush_interval + 200 ms).
+pub(super) const GATHER_AT_MOST: Duration = Duration::from_millis(50);
+
+/// Batches' own calls whose answers are not handled yet: each may leave leftovers that
+/// should join the resender's next call.
+#[derive(Default)]
+pub(super) struct CallsOut {
+    count: AtomicUsize,
+    changed: Notify,
+}
+
+impl CallsOut {
+    /// Counts a call as out until the returned guard is dropped.
+    pub(super) fn enter(self: &Arc<Self>) -> CallOut {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        CallOut(self.clone())
+    }
+
+    fn any(&self) -> bool {
+        self.count.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// One call out (see [`CallsOut`]): held from before a batch's call until its answer is handled,
+/// its leftovers (if any) handed to the resender included.
+pub(super) struct CallOut(Arc<CallsOut>);
+
+impl Drop for CallOut {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
+}
+
 /// Serves resends until every sender is gone; aborted with its flusher otherwise (the courier
 /// it serves holds a sender).
 pub(super) async fn run_resender(courier: Arc<Courier>, mut resends: mpsc::Receiver<Resend>) {
@@ -55,9 +97,7 @@ pub(super) async fn run_resender(courier: Arc<Courier>, mut resends: mpsc::Recei
                 None => return,
             }
         }
-        while let Ok(resend) = resends.try_recv() {
-            waiting.push_back(resend);
-        }
+        gather(&courier, &mut resends, &mut waiting).await;
         let taken = submissions_that_fit(&courier, &waiting);
         if taken == 0 {
             if let Some(alone) = waiting.pop_front() {
@@ -75,6 +115,32 @@ pub(super) async fn run_resender(courier: Arc<Courier>, mut resends: mpsc::Recei
         let group: Vec<usize> = (0..together.len()).collect();
         let answer = courier.call(&together, &group).await;
         answer_each(batches, answer);
+    }
+}
+
+/// Adds to `waiting` the leftovers that come while other batches' calls are out, until none is
+/// out, the waiting ones fill a call, or [`GATHER_AT_MOST`] has passed.
+async fn gather(courier: &Courier, resends: &mut mpsc::Receiver<Resend>, waiting: &mut VecDeque<Resend>) {
+    let deadline = tokio::time::Instant::now() + GATHER_AT_MOST;
+    loop {
+        while let Ok(resend) = resends.try_recv() {
+            waiting.push_back(resend);
+        }
+        let changed = courier.calls_out.changed.notified();
+        tokio::pin!(changed);
+        // Registered before the count is read: a call that ends in between still wakes this.
+        changed.as_mut().enable();
+        if !courier.calls_out.any() || submissions_that_fit(courier, waiting) < waiting.len() {
+            return;
+        }
+        tokio::select! {
+            resend = resends.recv() => match resend {
+                Some(resend) => waiting.push_back(resend),
+                None => return,
+            },
+            _ = changed => {}
+            _ = tokio::time::sleep_until(deadline) => return,
+        }
     }
 }
 

@@ -602,6 +602,18 @@ impl RouteQueue {
         self.inner.committed.subscribe()
     }
 
+    /// The first pending chunks with `from <= seq < below`, at most `most` of them, in order.
+    pub fn read_pending_run(&self, from: ChunkSeq, below: ChunkSeq, most: usize) -> Result<Vec<StoredChunk>, QueueError> {
+        let mut run = Vec::new();
+        let mut next = from;
+        while run.len() < most {
+            let Some(stored) = self.read_pending(next, below)? else { break };
+            next = ChunkSeq(stored.seq.0 + 1);
+            run.push(stored);
+        }
+        Ok(run)
+    }
+
     /// The first pending chunk with `from <= seq < below`.
     pub fn read_pending(&self, from: ChunkSeq, below: ChunkSeq) -> Result<Option<StoredChunk>, QueueError> {
         let start = keys::seq_key(KeyKind::PendingChunk, from);
