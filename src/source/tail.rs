@@ -59,6 +59,10 @@ struct WatchedFile {
     /// When bytes were last read: a file gone from the glob is closed once it has not grown for
     /// one `refresh_interval` (the writer may still finish lines into a file it just rotated).
     last_growth: Instant,
+    /// When a scan first found the file gone from its glob (renamed away, deleted): the rotate
+    /// wait also counts from here, so a file idle before its rename still gets the whole wait
+    /// for what the writer finishes into it after the rename.
+    left_glob_at: Option<Instant>,
     /// The latest read reached the end of the file.
     at_end: bool,
     /// The last bytes read, just before `read_offset`.
@@ -460,6 +464,13 @@ impl Tailer {
                 None => {}
             }
         }
+        let now = Instant::now();
+        for watched in self.files.values_mut() {
+            watched.left_glob_at = match watched.in_glob {
+                true => None,
+                false => Some(watched.left_glob_at.unwrap_or(now)),
+            };
+        }
         if startup || !self.unreachable_positions.is_empty() {
             self.follow_files_rotated_while_stopped(startup);
         }
@@ -523,6 +534,7 @@ impl Tailer {
                     read_offset: state.queued_offset,
                     in_glob: false,
                     last_growth: Instant::now(),
+                    left_glob_at: Some(Instant::now()),
                     at_end: false,
                     marker: TailMarker::default(),
                 },
@@ -599,6 +611,7 @@ impl Tailer {
             chunker,
             in_glob: true,
             last_growth: Instant::now(),
+            left_glob_at: None,
             at_end: false,
             marker: TailMarker::default(),
         }))
@@ -626,7 +639,10 @@ impl Tailer {
         let finished: Vec<DevIno> = self
             .files
             .iter_mut()
-            .filter(|(_, watched)| !watched.in_glob && watched.at_end && watched.last_growth.elapsed() >= rotate_wait)
+            .filter(|(_, watched)| {
+                let waited = |since: Instant| since.elapsed() >= rotate_wait;
+                !watched.in_glob && watched.at_end && waited(watched.last_growth) && watched.left_glob_at.is_some_and(waited)
+            })
             .filter_map(|(key, watched)| {
                 // "At its end" is what the last read found: a pass that stopped before this file
                 // (queue full, pass budget) left it as it was, and the file may have grown since.
