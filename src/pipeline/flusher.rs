@@ -498,11 +498,13 @@ impl Flusher {
                     let (queue, seq) = (self.queue.clone(), stored.seq);
                     let owed = self.blocking("set a chunk aside", move || queue.set_aside(seq, &error)).await?;
                     if let Some(owed) = owed {
+                        // Not bounded by storage_stall_timeout: it reads the source file (a slow
+                        // NFS share is no storage failure) and every dead letter of the route;
+                        // a stalled queue write in it is caught by the reader's own bound.
                         let (queue, events, source) = (self.queue.clone(), self.events.clone(), self.source.clone());
-                        self.blocking("recover a set-aside chunk", move || {
-                            super::recover_missing(&queue, &events, &source, std::slice::from_ref(&owed))
-                        })
-                        .await?;
+                        tokio::task::spawn_blocking(move || super::recover_missing(&queue, &events, &source, std::slice::from_ref(&owed)))
+                            .await
+                            .map_err(|_| QueueError::Stalled { operation: "recover a set-aside chunk", after: Duration::ZERO })??;
                     }
                 }
             }

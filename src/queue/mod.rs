@@ -507,6 +507,10 @@ impl RouteQueue {
     /// Appends a sealed chunk with the dead letters for lines it skipped, in one atomic batch.
     /// The chunk is not visible to the flusher until [`RouteQueue::commit`].
     pub fn append(&self, draft: &ChunkDraft, dead_letters: &[DeadLetter], progress: ReadProgress) -> Result<ChunkSeq, QueueError> {
+        // The number is taken under the lock the write holds: every number below `next_seq` read
+        // under it is written (or failed), so [`RouteQueue::commit`] never publishes a chunk still
+        // being written by another thread (the tailer and the flusher's re-reads both append).
+        let mut accounting = self.accounting();
         let seq = ChunkSeq(self.inner.next_seq.fetch_add(1, Ordering::SeqCst));
         let encoded = sled::IVec::from(chunk::encode_chunk(seq, draft));
         let stored_len = encoded.len() as u64;
@@ -519,7 +523,6 @@ impl RouteQueue {
             let id = self.inner.db.generate_id()?;
             batch.insert(&keys::id_key(KeyKind::DeadLetter, id), dead_letter.encode());
         }
-        let mut accounting = self.accounting();
         let first_chunk_of_file = !accounting.files.contains_key(&meta.file);
         if progress == ReadProgress::Advance {
             let state = FileReadState { queued_offset: meta.end_offset, path: meta.path.clone() };
@@ -554,6 +557,8 @@ impl RouteQueue {
     /// replays (if any) in the same atomic batch, so a crash neither loses nor doubles it. Not
     /// visible to the flusher until [`RouteQueue::commit`].
     pub fn append_replay(&self, draft: &ChunkDraft, replayed_dead_letter: Option<u64>) -> Result<ChunkSeq, QueueError> {
+        // Under the lock, as in `append`.
+        let mut accounting = self.accounting();
         let seq = ChunkSeq(self.inner.next_seq.fetch_add(1, Ordering::SeqCst));
         let encoded = sled::IVec::from(chunk::encode_chunk(seq, draft));
         let stored_len = encoded.len() as u64;
@@ -564,7 +569,6 @@ impl RouteQueue {
         if let Some(id) = replayed_dead_letter {
             batch.remove(&keys::id_key(KeyKind::DeadLetter, id));
         }
-        let mut accounting = self.accounting();
         self.write_with_body(seq, &encoded, &batch)?;
         accounting.add_pending(seq, &draft.meta, stored_len, ChunkOrigin::Replay);
         Ok(seq)
@@ -588,12 +592,23 @@ impl RouteQueue {
 
     /// Makes every appended chunk durable, then lets the flusher see it. Blocking (fsync).
     pub fn commit(&self) -> Result<(), QueueError> {
-        let appended = ChunkSeq(self.inner.next_seq.load(Ordering::SeqCst));
+        // Read under the appends' lock: every chunk below it is written (see `append`).
+        let appended = {
+            let _writes_done = self.accounting();
+            ChunkSeq(self.inner.next_seq.load(Ordering::SeqCst))
+        };
         if *self.inner.committed.borrow() >= appended {
             return Ok(());
         }
         self.inner.db.flush()?;
-        self.inner.committed.send_replace(appended);
+        // Two threads commit (the tailer, the flusher's re-reads): the watermark only rises.
+        self.inner.committed.send_if_modified(|committed| {
+            let rises = *committed < appended;
+            if rises {
+                *committed = appended;
+            }
+            rises
+        });
         Ok(())
     }
 

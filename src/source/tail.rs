@@ -455,7 +455,7 @@ impl Tailer {
         }
         let patterns: Vec<glob::Pattern> = self.source.paths.iter().filter_map(|pattern| glob::Pattern::new(pattern).ok()).collect();
         for (key, watched) in self.files.iter_mut().filter(|(_, watched)| !watched.in_glob) {
-            match still_in_glob(*key, &watched.path, &patterns, &exclude) {
+            match still_in_glob(*key, &watched.path, watched.file.as_ref(), &patterns, &exclude) {
                 Some(Whereabouts::Unknown(reason)) => {
                     self.events.file_unreachable(&watched.path, &reason);
                     watched.in_glob = true;
@@ -709,12 +709,15 @@ fn find_file(key: DevIno, last_path: &Path) -> Whereabouts {
     }
 }
 
-/// A file not found in `folder` is gone only if `folder` (or, if it does not exist, its nearest
-/// existing ancestor) is on the file's own filesystem: otherwise the volume that held it is not
-/// mounted there now.
+/// A file not found in `folder` is gone if `folder` (or, if it does not exist, its nearest
+/// existing ancestor) is on the file's own filesystem, or is a folder with entries on another
+/// one (the file was reached through a symbolic link from it, as Kubernetes' `/var/log/containers`
+/// links are, or moved away). An empty folder, or a missing one, on another filesystem is where
+/// the file's volume is not mounted now: it cannot be looked for.
 fn on_its_filesystem(device: u64, folder: &Path) -> Whereabouts {
     match folder.ancestors().find_map(|ancestor| std::fs::metadata(ancestor).ok().map(|metadata| (ancestor, metadata.dev()))) {
         Some((_, found_device)) if found_device == device => Whereabouts::Gone,
+        Some((ancestor, _)) if ancestor == folder && has_entries(folder) => Whereabouts::Gone,
         Some((ancestor, found_device)) => Whereabouts::Unknown(format!(
             "{} is on device {found_device}, not the file's device {device}: is its volume mounted?",
             ancestor.display()
@@ -723,11 +726,25 @@ fn on_its_filesystem(device: u64, folder: &Path) -> Whereabouts {
     }
 }
 
+fn has_entries(folder: &Path) -> bool {
+    std::fs::read_dir(folder).is_ok_and(|mut entries| entries.next().is_some())
+}
+
 /// Whether a watched file the glob scan did not list is still in its glob: its path still
 /// matches a pattern and is the same file (the folder's listing failed or raced), or it cannot
 /// be looked for. Either way it is not taken for rotated away.
-fn still_in_glob(key: DevIno, path: &Path, patterns: &[glob::Pattern], exclude: &[glob::Pattern]) -> Option<Whereabouts> {
+fn still_in_glob(
+    key: DevIno,
+    path: &Path,
+    open: Option<&File>,
+    patterns: &[glob::Pattern],
+    exclude: &[glob::Pattern],
+) -> Option<Whereabouts> {
     if !patterns.iter().any(|pattern| pattern.matches_path(path)) || exclude.iter().any(|pattern| pattern.matches_path(path)) {
+        return None;
+    }
+    // An open file with no name left is deleted, wherever its folder is.
+    if open.and_then(|file| file.metadata().ok()).is_some_and(|metadata| metadata.nlink() == 0) {
         return None;
     }
     match std::fs::metadata(path) {

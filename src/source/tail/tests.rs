@@ -696,3 +696,26 @@ fn a_file_whose_volume_is_unmounted_while_it_is_read_is_not_closed_as_rotated_an
     }
     assert_eq!(queued_seqs(&queue), (100..150).collect::<Vec<_>>(), "the file goes on from its position, not again from its head");
 }
+
+#[test]
+fn a_file_read_through_a_symbolic_link_to_another_filesystem_is_closed_once_deleted() {
+    // As Kubernetes' /var/log/containers/*.log links point at the pods' logs: here on a tmpfs.
+    let root = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let logs = root.path().join("containers");
+    std::fs::create_dir_all(&logs).expect("links folder");
+    let volume = LogVolume::mount(root.path());
+    let target = volume.backing.join("0.log");
+    append_lines(&target, 0..10);
+    std::os::unix::fs::symlink(&target, logs.join("pod.log")).expect("link");
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut tailer = Tailer::new(source(&logs), 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    assert_eq!(queued_seqs(&queue), (0..10).collect::<Vec<_>>());
+    std::fs::remove_file(logs.join("pod.log")).expect("unlink");
+    std::fs::remove_file(&target).expect("delete the log");
+    for _ in 0..3 {
+        tailer.pass().expect("pass");
+    }
+    assert_eq!(tailer.open_descriptors(), 0, "a deleted file is closed, not kept as one that cannot be looked for");
+}
