@@ -22,7 +22,7 @@
 //!   except `invalid_json` for half lines whose file was destroyed before they were finished;
 //! - no daemon panicked, and the last one stops cleanly.
 //!
-//! `TAILHOSE_MODEL_SEQUENCES` (default 180) sequences run, seeds `TAILHOSE_MODEL_BASE_SEED + i`
+//! `TAILHOSE_MODEL_SEQUENCES` (default 240) sequences run, seeds `TAILHOSE_MODEL_BASE_SEED + i`
 //! (default base 1), `TAILHOSE_MODEL_THREADS` at a time (default 2); `TAILHOSE_MODEL_SEED=n` runs
 //! exactly seed n (reproduce a failure); `TAILHOSE_MODEL_VERBOSE=1` prints every action. The
 //! long run is `TAILHOSE_MODEL_SEQUENCES=5000 cargo test --release --test model`
@@ -413,6 +413,11 @@ impl Run {
     fn new_live_file(&mut self) {
         let path = app_log(&self.workspace);
         std::fs::File::create(&path).expect("create app.log");
+        self.follow_as_live(path);
+    }
+
+    /// The model's view of a new identity at `path`, now the file being written.
+    fn follow_as_live(&mut self, path: PathBuf) {
         self.files.push(File {
             path,
             in_glob: true,
@@ -817,17 +822,7 @@ impl Run {
         self.files[file].deleted = true;
         self.files[file].in_glob = false;
         let path = self.files[file].path.clone();
-        self.files.push(File {
-            path,
-            in_glob: true,
-            in_glob_since: Instant::now(),
-            first_write: None,
-            deleted: false,
-            deleted_while_open: false,
-            known: false,
-            lines: Vec::new(),
-        });
-        self.live = self.files.len() - 1;
+        self.follow_as_live(path);
     }
 
     fn run(&mut self) -> Result<(), String> {
@@ -1085,7 +1080,7 @@ fn random_sequences_of_rotations_faults_and_kills_lose_and_double_nothing_the_mo
         Some(seed) => vec![seed],
         None => {
             let base = env_u64("TAILHOSE_MODEL_BASE_SEED").unwrap_or(1);
-            let count = env_u64("TAILHOSE_MODEL_SEQUENCES").unwrap_or(180);
+            let count = env_u64("TAILHOSE_MODEL_SEQUENCES").unwrap_or(240);
             (base..base + count).collect()
         }
     };
