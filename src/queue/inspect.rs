@@ -330,10 +330,7 @@ impl RouteQueue {
             for (start, end) in uncovered_ranges(acked, state.queued_offset, &covered) {
                 uncovered.insert(start, end);
             }
-            for (covered_start, covered_end) in &covered {
-                uncovered.remove(*covered_start, *covered_end);
-            }
-            for (start, end) in uncovered.iter() {
+            for (start, end) in uncovered.less(&covered).iter() {
                 faults.push(fault(
                     "uncovered_range",
                     format!(

@@ -387,6 +387,16 @@ impl FileTrack {
         self.outstanding.keys().next().copied().unwrap_or(self.queued_offset)
     }
 
+    /// Moves the acknowledged position up to the acknowledged prefix, writing it to `batch`,
+    /// when the prefix has passed it.
+    fn advance_position(&mut self, batch: &mut sled::Batch, file: &FileIdentity) {
+        let prefix = self.acknowledged_prefix();
+        if prefix > self.acked_offset {
+            self.acked_offset = prefix;
+            batch.insert(keys::file_key(KeyKind::FileAcked, file), &positions::encode_acked_offset(prefix)[..]);
+        }
+    }
+
     /// Nothing read from the file waits for delivery or recovery.
     fn is_settled(&self) -> bool {
         self.outstanding.is_empty() && self.recovering.is_empty() && self.owed.is_empty()
@@ -619,34 +629,27 @@ impl RouteQueue {
 
     /// The first pending chunks with `from <= seq < below`, at most `most` of them, in order.
     pub fn read_pending_run(&self, from: ChunkSeq, below: ChunkSeq, most: usize) -> Result<Vec<StoredChunk>, QueueError> {
+        let start = keys::seq_key(KeyKind::PendingChunk, from);
+        let end = keys::seq_key(KeyKind::PendingChunk, below);
         let mut run = Vec::new();
-        let mut next = from;
-        while run.len() < most {
-            let Some(stored) = self.read_pending(next, below)? else { break };
-            next = ChunkSeq(stored.seq.0 + 1);
-            run.push(stored);
+        for entry in self.inner.tree.range(start..end).take(most) {
+            let (key, pending_value) = entry?;
+            let Some(seq) = keys::seq_of(&key) else { break };
+            let bytes = self.inner.bodies.pending_chunk_bytes(seq, pending_value)?;
+            let acked_records = self
+                .inner
+                .tree
+                .get(keys::seq_key(KeyKind::ChunkProgress, seq))?
+                .and_then(|value| positions::decode_progress(&value))
+                .unwrap_or(0);
+            run.push(StoredChunk { seq, bytes, acked_records });
         }
         Ok(run)
     }
 
     /// The first pending chunk with `from <= seq < below`.
     pub fn read_pending(&self, from: ChunkSeq, below: ChunkSeq) -> Result<Option<StoredChunk>, QueueError> {
-        let start = keys::seq_key(KeyKind::PendingChunk, from);
-        let end = keys::seq_key(KeyKind::PendingChunk, below);
-        let Some((key, pending_value)) = self.inner.tree.range(start..end).next().transpose()? else {
-            return Ok(None);
-        };
-        let Some(seq) = keys::seq_of(&key) else {
-            return Ok(None);
-        };
-        let bytes = self.inner.bodies.pending_chunk_bytes(seq, pending_value)?;
-        let acked_records = self
-            .inner
-            .tree
-            .get(keys::seq_key(KeyKind::ChunkProgress, seq))?
-            .and_then(|value| positions::decode_progress(&value))
-            .unwrap_or(0);
-        Ok(Some(StoredChunk { seq, bytes, acked_records }))
+        Ok(self.read_pending_run(from, below, 1)?.pop())
     }
 
     /// Moves a chunk that failed verification out of the pending range, so it is never sent.
@@ -675,11 +678,7 @@ impl RouteQueue {
                 track.recovering.remove(&range.start);
                 track.owed.insert(range.start, range.end);
                 store_owed(&mut batch, &range.file, &track.owed);
-                let prefix = track.acknowledged_prefix();
-                if prefix > track.acked_offset {
-                    track.acked_offset = prefix;
-                    batch.insert(keys::file_key(KeyKind::FileAcked, &range.file), &positions::encode_acked_offset(prefix)[..]);
-                }
+                track.advance_position(&mut batch, &range.file);
                 owes = Some(track);
             }
         }
@@ -764,11 +763,7 @@ impl RouteQueue {
             if owed_files.contains(file) {
                 store_owed(&mut batch, file, &track.owed);
             }
-            let prefix = track.acknowledged_prefix();
-            if prefix > track.acked_offset {
-                track.acked_offset = prefix;
-                batch.insert(keys::file_key(KeyKind::FileAcked, file), &positions::encode_acked_offset(prefix)[..]);
-            }
+            track.advance_position(&mut batch, file);
         }
         self.inner.tree.apply_batch(batch)?;
         for (file, track) in planned {

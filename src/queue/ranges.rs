@@ -64,6 +64,15 @@ impl ByteRanges {
         }
     }
 
+    /// These ranges without what `covered` (start → end, as pending chunks) holds.
+    pub fn less(&self, covered: &BTreeMap<u64, u64>) -> ByteRanges {
+        let mut left = self.clone();
+        for (&start, &end) in covered {
+            left.remove(start, end);
+        }
+        left
+    }
+
     /// Value under a `FileOwed` key: `version: u8 = 1 ‖ count: u32 LE ‖ count × (start: u64 LE ‖ end: u64 LE)`.
     pub fn encode(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(5 + 16 * self.0.len());
@@ -150,6 +159,13 @@ mod tests {
         assert_eq!(owed.iter().collect::<Vec<_>>(), vec![(20, 100), (200, 250)]);
         owed.remove(0, 1000);
         assert!(owed.is_empty());
+    }
+
+    #[test]
+    fn less_takes_out_what_is_covered() {
+        let owed = ranges(&[(0, 100), (200, 300)]);
+        let covered = BTreeMap::from([(0, 10), (50, 60), (250, 400)]);
+        assert_eq!(owed.less(&covered).iter().collect::<Vec<_>>(), vec![(10, 50), (60, 100), (200, 250)]);
     }
 
     #[test]

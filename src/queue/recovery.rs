@@ -138,10 +138,8 @@ pub(crate) fn scan_route(tree: &sled::Tree, chunk_bodies: &ChunkBodies, repair: 
         }
         let mut covered = track.recovering.clone();
         covered.extend(track.outstanding.iter().map(|(&start, &end)| (start, end)));
-        for (owed_start, owed_end) in track.owed.iter() {
-            for (start, end) in uncovered_ranges(owed_start, owed_end, &covered) {
-                report.missing.push(MissingRange { file, path: state.path.clone(), start, end });
-            }
+        for (start, end) in track.owed.less(&covered).iter() {
+            report.missing.push(MissingRange { file, path: state.path.clone(), start, end });
         }
     }
     if repair == Repair::Apply {

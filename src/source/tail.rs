@@ -921,31 +921,33 @@ fn reread_in_blocks(
         }
         chunker.feed(&block[..want], &mut sealed);
         offset += want as u64;
-        records += sealed.iter().map(|chunk| u64::from(chunk.draft.meta.record_count)).sum::<u64>();
-        drop_stored_dead_letters(&mut sealed, &stored_dead_letters);
-        append_all(queue, events, &sealed, ReadProgress::Recovered)?;
-        sealed.clear();
+        records += append_reread(queue, events, &mut sealed, &stored_dead_letters)?;
     }
     chunker.finish_unterminated_line();
     sealed.extend(chunker.seal());
-    records += sealed.iter().map(|chunk| u64::from(chunk.draft.meta.record_count)).sum::<u64>();
-    drop_stored_dead_letters(&mut sealed, &stored_dead_letters);
-    append_all(queue, events, &sealed, ReadProgress::Recovered)?;
+    records += append_reread(queue, events, &mut sealed, &stored_dead_letters)?;
     Ok(match failed {
         None => Reread::Whole { records },
         Some(error) => Reread::StoppedAt { offset, error },
     })
 }
 
-/// Removes from re-read chunks the dead letters stored when their bytes were first read (same
-/// file, same offset), so a recovered range does not store or count them twice.
-fn drop_stored_dead_letters(sealed: &mut [SealedChunk], stored: &std::collections::HashSet<u64>) {
-    if stored.is_empty() {
-        return;
+/// Appends chunks sealed from a re-read range (and empties `sealed`) without the dead letters
+/// stored when their bytes were first read (same file, same offset), so a recovered range does
+/// not store or count them twice. Returns the records appended.
+fn append_reread(
+    queue: &RouteQueue,
+    events: &Events,
+    sealed: &mut Vec<SealedChunk>,
+    stored_dead_letters: &std::collections::HashSet<u64>,
+) -> Result<u64, QueueError> {
+    let records = sealed.iter().map(|chunk| u64::from(chunk.draft.meta.record_count)).sum();
+    for chunk in sealed.iter_mut() {
+        chunk.dead_letters.retain(|letter| !stored_dead_letters.contains(&letter.offset));
     }
-    for chunk in sealed {
-        chunk.dead_letters.retain(|letter| !stored.contains(&letter.offset));
-    }
+    append_all(queue, events, sealed, ReadProgress::Recovered)?;
+    sealed.clear();
+    Ok(records)
 }
 
 /// Faults a test can ask of a tailer, keyed by its source's first glob (tests run in parallel).
