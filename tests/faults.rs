@@ -168,9 +168,9 @@ fn calls_during_an_outage(outage: Faults, sink_lines: &str, records: u64, window
 /// write and fsync on a loaded machine. A record first accepted longer than this before a kill was
 /// durably acknowledged and must never be sent again.
 const ACK_WITHIN: Duration = Duration::from_millis(1_500);
-/// Batches of a route sent and not yet durably acknowledged at once (twice `max_in_flight`'s
-/// default of 8): what a kill may send again, at most.
-const MAX_UNACKNOWLEDGED: usize = 16;
+/// Batches of a route sent and not yet durably acknowledged at once (four times
+/// `max_in_flight`'s default of 8): what a kill may send again, at most.
+const MAX_UNACKNOWLEDGED: usize = 32;
 /// Every record has arrived this long after the last start of the crash loop.
 const DRAIN_WITHIN: Duration = Duration::from_secs(30);
 /// After a kill, the fake may still answer a call whose request it had read before the daemon

@@ -14,8 +14,8 @@
 //!   accepted and what `tailhose queue export --state pending` lists after each kill;
 //! - nothing arrived twice except what a kill explains: a record accepted again had its earlier
 //!   acceptance at most `ACK_WITHIN` before a kill that came before the resend, and each kill
-//!   explains at most twice `max_in_flight` × 500 resends (the batches sent and not yet
-//!   acknowledged, see `Flusher::max_unacknowledged`);
+//!   explains at most four times `max_in_flight` × 500 resends (the batches sent and not yet
+//!   acknowledged, see the flusher's `Places`);
 //! - nothing arrived that was not written whole (garbage, half lines);
 //! - a corrupted chunk's records arrived, re-read from the source, or (where the action destroyed
 //!   their bytes) an `unrecoverable` dead letter names their file; no other dead letter exists
@@ -919,8 +919,8 @@ impl Run {
             ));
         }
         // Duplicates: each resend needs a kill after the earlier acceptance (and within ACK_WITHIN of it).
-        // Batches sent and not yet acknowledged: twice max_in_flight for one record per line.
-        let per_kill_bound = 2 * self.max_in_flight * RECORDS_PER_CALL;
+        // Batches sent and not yet acknowledged: four times max_in_flight for one record per line.
+        let per_kill_bound = 4 * self.max_in_flight * RECORDS_PER_CALL;
         let mut per_kill = vec![0usize; self.kills.len()];
         let mut unexplained = Vec::new();
         for (seq, times) in &arrivals {
@@ -956,7 +956,7 @@ impl Run {
         }
         for (kill, &count) in per_kill.iter().enumerate() {
             if count > per_kill_bound {
-                problems.push(format!("kill {kill} explains {count} resends, more than 2 × max_in_flight × 500 = {per_kill_bound}"));
+                problems.push(format!("kill {kill} explains {count} resends, more than 4 × max_in_flight × 500 = {per_kill_bound}"));
             }
         }
         // Dead letters.

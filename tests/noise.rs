@@ -119,6 +119,44 @@ fn random_refusals_of_five_in_a_hundred_records_and_500s_for_five_in_a_hundred_c
     delivers_everything_exactly_once_despite(noise(0.05, EntryCode::ServiceUnavailable, 0.0, 0.05), RECORDS_FOR_CALL_NOISE);
 }
 
+/// Leftovers of records refused at random ride in other batches' calls (`pipeline::resender`),
+/// so a call holds records of several batches. A record the stream refuses as invalid makes
+/// the whole call fail, whoever's record it is: only that record may become a dead letter,
+/// never a valid one of the batch whose call it rode in.
+#[test]
+fn an_invalid_record_riding_in_another_batchs_call_dead_letters_only_itself() {
+    let fake = FakeFirehose::start(Faults {
+        noise: Some(noise(0.10, EntryCode::ServiceUnavailable, 0.0, 0.0)),
+        reject_records_containing: Some("reject_me"),
+        ..Faults::default()
+    });
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", FAST_RETRIES);
+    let log = workspace.log_file();
+    let rejected = [20_000u64, 20_001, 20_002];
+    for (part, &seq) in rejected.iter().enumerate() {
+        let from = part as u64 * 5_000;
+        support::write_seed_records(&log, from..from + 5_000, 5_000, Duration::ZERO);
+        let line = format!("{{\"board_id\": 1, \"interest\": \"reject_me\", \"seq\": {seq}}}\n");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, line.as_bytes()))
+            .expect("append");
+    }
+    run_once_within_limit(&workspace, &fake);
+    let seen = fake.seen();
+    let counts = seq_counts(&seen);
+    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), (0..15_000).collect::<Vec<_>>(), "every valid record, and no invalid one");
+    assert!(counts.values().all(|&count| count == 1), "none twice");
+    assert!(seen.noise_refused_records > 0 && seen.refused_calls >= 3, "records refused at random, calls refused as invalid");
+    let stats = workspace.run(&["queue", "stats", "--config", "tailhose.toml"]);
+    assert!(stats.status.success(), "{}", String::from_utf8_lossy(&stats.stderr));
+    let routes: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("queue stats prints JSON");
+    let dead_letters: u64 = routes.as_array().expect("routes").iter().map(|route| route["dead_letters"].as_u64().expect("a count")).sum();
+    assert_eq!(dead_letters, 3, "the three invalid records, and nothing else: {routes}");
+}
+
 /// A stream whose quota is halved 4 s after the fake starts (512 KiB/s, then 256 KiB/s; the
 /// records take at least 12 s at those quotas). Every record arrives once, and once the lower
 /// quota has been learned, quota throttling is back to what a steady quota sees

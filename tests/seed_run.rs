@@ -13,8 +13,8 @@ use support::{Moto, Workspace};
 const RECORDS: u64 = 10_000;
 const BURST: u64 = 100;
 const MAX_BATCH_RECORDS: u64 = 500;
-/// Batches sent and not yet acknowledged at most: twice the default `max_in_flight` (8).
-const MAX_UNACKNOWLEDGED: u64 = 16;
+/// Batches sent and not yet acknowledged at most: four times the default `max_in_flight` (8).
+const MAX_UNACKNOWLEDGED: u64 = 32;
 
 fn all_arrived(expected: usize) -> impl Fn(&support::Delivered) -> bool {
     move |delivered| delivered.distinct() >= expected
@@ -96,7 +96,7 @@ fn kill_nine_at_several_points_loses_nothing_and_duplicates_only_batches_in_flig
     assert_eq!(delivered.distinct() as u64, RECORDS, "every record arrived after {} kills", kill_after.len());
     at_kill.push(delivered.seq_counts());
     // The documented bound: after a kill -9, at most the batches in flight are sent again,
-    // twice max_in_flight (8) of at most 500 records.
+    // four times max_in_flight (8) of at most 500 records.
     let bound = MAX_UNACKNOWLEDGED * MAX_BATCH_RECORDS;
     for (kill, pair) in at_kill.windows(2).enumerate() {
         let (before, after) = (&pair[0], &pair[1]);

@@ -671,7 +671,8 @@ fn default_retry_max() -> Duration {
 /// record per line (73 KB each for seed records) hide a 30 ms round trip at 100,000 records/s
 /// and the resends of records refused at random (issue 17: with 10 % refused, 0.48 of the clean
 /// rate with 4, 0.69 with 8). Packed batches are up to 2 MiB each: 4 keep peak RSS under 50 MiB.
-/// Twice as many batches of one record per line may be unacknowledged (`Flusher`).
+/// Four times as many batches may be unacknowledged, 8 MiB of records at most (the flusher's
+/// `Places`).
 fn default_max_in_flight(pack_records: bool) -> usize {
     if pack_records {
         4

@@ -13,9 +13,10 @@
 //!   chunk is the furthest.
 //! - A batch abandoned at shutdown is never acknowledged, nor is anything after it.
 //! - A failed or stalled queue write ends this stage with the error; the pipeline stops on it.
-//! - A batch keeps its place among the `max_in_flight` the flusher may have unacknowledged until
-//!   its acknowledgement is durable: after a `kill -9` at most `max_in_flight` batches are sent
-//!   again, whether they were in delivery or waiting here.
+//! - A batch keeps its place among those the flusher may have unacknowledged (four times
+//!   `max_in_flight`, 8 MiB of records at most) until its acknowledgement is durable: after a
+//!   `kill -9` at most that many batches are sent again, whether they were in delivery or
+//!   waiting here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +34,7 @@ pub(super) struct Finished {
     pub(super) delivery: Delivery,
     /// From the start of its first call to its last answer.
     pub(super) elapsed: Duration,
-    /// The batch's place among those sent and not yet acknowledged (`max_in_flight` of them):
+    /// The batch's place among those sent and not yet acknowledged (see the flusher's `Places`):
     /// freed once its acknowledgement is durable, or when this stage stops.
     #[expect(dead_code, reason = "held only for its drop, which frees the place")]
     pub(super) unacknowledged: OwnedSemaphorePermit,

@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::flusher::PendingBatch;
-use super::resender::{CallOut, CallsOut, Resend, ResendReply};
+use super::resender::{answer_each, riders_len, riders_records, CallOut, CallsOut, Leftovers, Resend, ResendReply};
 use crate::config::SinkSettings;
 use crate::events::{CallFailure, EntryRefusals, Events, RetryCause};
 use crate::queue::{DeadLetter, DeadLetterReason, FileIdentity};
@@ -42,8 +42,9 @@ pub(super) struct Courier {
     pub(super) shutdown_timeout: Duration,
     /// The pace of calls, learned from throttling (see [`crate::sink::rate`]).
     pub(super) governor: Mutex<RateGovernor>,
-    /// Where leftovers of partly accepted calls go to be sent together (see [`super::resender`]).
-    pub(super) resends: Option<mpsc::Sender<Resend>>,
+    /// Where leftovers of partly accepted calls wait to be sent together, by the resender or
+    /// riding in new batches' calls (see [`super::resender`]).
+    pub(super) leftovers: Leftovers,
     /// Batches' calls whose leftovers the resender may wait for.
     pub(super) calls_out: Arc<CallsOut>,
 }
@@ -72,6 +73,11 @@ impl Courier {
         let mut attempt = 0u64;
         let mut failures_in_a_row = 0u32;
         let mut together = false;
+        // The next call carries no riders (see `call_with_riders`).
+        let mut alone = false;
+        // The end of the group that riders left no room for in the call: sent with the group's
+        // leftovers, as a leftover itself.
+        let mut displaced: Vec<usize> = Vec::new();
         // This batch's call, counted as out until its leftovers are with the resender.
         let mut out: Option<CallOut> = None;
         while let Some(mut group) = groups.pop_front() {
@@ -96,14 +102,28 @@ impl Courier {
                     }
                 } else {
                     out = Some(self.calls_out.enter());
-                    tokio::select! {
-                        answer = self.call(&batch.records, &group) => answer,
+                    let riders =
+                        if std::mem::take(&mut alone) { Vec::new() } else { self.take_riders(&batch.records, &mut group, &mut displaced) };
+                    let answer = tokio::select! {
+                        answer = self.call_with_riders(&batch.records, &group, riders) => answer,
                         _ = &mut abandon => return Delivery::Abandoned,
+                    };
+                    match answer {
+                        Some(answer) => answer,
+                        None => {
+                            // Refused as invalid with riders: the invalid record may be a
+                            // rider's; the batch's own records go again without them.
+                            group.append(&mut displaced);
+                            alone = true;
+                            continue;
+                        }
                     }
                 };
                 if answer.is_err() {
-                    // Nothing of a call that failed whole goes to the resender.
+                    // Nothing of a call that failed whole goes to the resender: the records
+                    // the riders displaced go again with the rest.
                     out = None;
+                    group.append(&mut displaced);
                 }
                 let cause = match answer {
                     Ok(outcomes) => {
@@ -112,11 +132,20 @@ impl Courier {
                         let Some((code, message)) = read.first_failure else {
                             backoff = self.backoff();
                             failures_in_a_row = 0;
-                            out = None;
-                            break;
+                            if displaced.is_empty() {
+                                out = None;
+                                break;
+                            }
+                            // What the riders displaced rides in turn (queue order: it follows
+                            // every record of the call).
+                            group = std::mem::take(&mut displaced);
+                            together = true;
+                            drop(calling.take());
+                            continue;
                         };
                         self.events.entries_failed(route, refusals, group.len() as u64, (&code, &message));
                         group = failed;
+                        group.append(&mut displaced);
                         if accepted.records > 0 {
                             // Part of the call went through: the destination is up.
                             backoff = self.backoff();
@@ -232,21 +261,68 @@ impl Courier {
         answer
     }
 
+    /// Leftovers of other batches to ride in this batch's call of `group`, the front of the
+    /// waiting ones within half a call; what of `group` no longer fits is cut off into
+    /// `displaced`, to follow as a leftover: so every call is full, and a call's worth of
+    /// leftovers never costs a call of its own.
+    fn take_riders(&self, records: &OutgoingRecords, group: &mut Vec<usize>, displaced: &mut Vec<usize>) -> Vec<Resend> {
+        let allowance = self.call_allowance();
+        let riders = self.leftovers.take_riders(self.limits, allowance);
+        if riders.is_empty() {
+            return riders;
+        }
+        let mut packer = BatchPacker::filled_to(self.limits, allowance);
+        for resend in &riders {
+            for index in 0..resend.records.len() {
+                packer.offer(resend.records.get(index).len() as u64);
+            }
+        }
+        let keep = group.iter().take_while(|&&index| packer.offer(records.get(index).len() as u64) == Offer::Added).count().max(1);
+        if keep < group.len() {
+            *displaced = group.split_off(keep);
+        }
+        riders
+    }
+
+    /// One call of the records `group` of `records`, after the leftovers `riders`, which are
+    /// given their part of the answer. Returns the answer for `group`'s records, or `None`
+    /// when a call with riders was refused as invalid: whose record it was is not known.
+    async fn call_with_riders(
+        &self,
+        records: &OutgoingRecords,
+        group: &[usize],
+        riders: Vec<Resend>,
+    ) -> Option<Result<Vec<RecordOutcome>, SinkError>> {
+        if riders.is_empty() {
+            return Some(self.call(records, group).await);
+        }
+        let mut together = riders_records(&riders, call_size(records, group).bytes as usize);
+        for &index in group {
+            together.push(records.get(index), false);
+        }
+        let all: Vec<usize> = (0..together.len()).collect();
+        let answer = self.call(&together, &all).await;
+        let theirs = riders_len(&riders);
+        answer_each(riders, &answer, true);
+        match answer {
+            Ok(mut outcomes) => Some(Ok(outcomes.split_off(theirs))),
+            Err(SinkError::InvalidRecords { .. }) => None,
+            Err(error) => Some(Err(error)),
+        }
+    }
+
     /// Hands the records `group` of `records` to the resender, to go with other batches'
-    /// leftovers; without a resender (or once it is gone), the caller sends them alone.
+    /// leftovers; should the reply be dropped unanswered, the caller sends them alone.
     /// `out` is the call that left them, counted as out until they are handed over.
     async fn resend_together(&self, records: &OutgoingRecords, group: &[usize], out: Option<CallOut>) -> ResendReply {
-        let Some(resends) = self.resends.as_ref() else { return ResendReply::SendAlone };
         let mut leftovers = OutgoingRecords::with_capacity(call_size(records, group).bytes as usize);
         for &index in group {
             leftovers.push(records.get(index), false);
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let handed_over = resends.send(Resend { records: leftovers, reply }).await;
+        self.leftovers.submit(Resend { records: leftovers, reply });
         drop(out);
-        if handed_over.is_err() {
-            return ResendReply::SendAlone;
-        }
+        // A reply dropped unanswered (a call's task aborted): the batch sends them itself.
         answer.await.unwrap_or(ResendReply::SendAlone)
     }
 

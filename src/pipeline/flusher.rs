@@ -10,9 +10,9 @@
 //!   the destination can never take (invariants 2 and 5). Failed entries are resent alone, with
 //!   exponential, jittered, capped back-off, without limit of time.
 //! - Up to `max_in_flight` batches have their own records in a call at once (a far region's
-//!   round trip no longer caps throughput), and up to twice that many are sent and not yet
+//!   round trip no longer caps throughput), and up to four times that many are sent and not yet
 //!   acknowledged (the others wait only for leftovers resent together, see
-//!   [`super::resender`]); they are acknowledged strictly in queue order: a batch's
+//!   [`super::resender`]), holding at most 8 MiB of records together; they are acknowledged strictly in queue order: a batch's
 //!   acknowledgement waits for every earlier one, so positions and each chunk's acknowledged
 //!   count always cover a contiguous prefix. A batch abandoned at shutdown stops all later ones
 //!   from being acknowledged: only batches in flight may be sent twice after a restart.
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::acknowledger::{Acknowledger, Finished};
 use super::courier::{record_dead_letter, Courier, Delivery};
-use super::resender::{run_resender, Resend};
+use super::resender::{run_resender, Leftovers};
 use crate::config::{SinkSettings, SourceSettings};
 use crate::events::{BatchDelivery, Events};
 use crate::queue::chunk::decode_chunk;
@@ -67,8 +67,54 @@ pub struct Flusher {
     read_ahead: VecDeque<StoredChunk>,
     /// Shared with every delivery task of this route.
     courier: Arc<Courier>,
-    /// The resender's end of the channel, until `run` starts it.
-    resend_queue: Option<mpsc::Receiver<Resend>>,
+}
+
+/// Batches sent and not yet acknowledged, as a multiple of those calling (`max_in_flight`): a
+/// batch left only with leftovers waits for them to be resent together (records refused at
+/// random), and the batches after it wait for its acknowledgement in queue order; without
+/// places beyond those calling, new batches would wait too (issue 17, 10 % of records refused:
+/// 0.62 of the clean rate with as many as `max_in_flight`, 0.60–0.71 with twice, 0.72–0.77 with
+/// four times).
+const UNACKNOWLEDGED_PER_CALLING: usize = 4;
+
+/// What the records of unacknowledged batches hold in memory together, at most: before the
+/// count of [`UNACKNOWLEDGED_PER_CALLING`], batches of 2 MiB (`max_batch_bytes`' default: packed
+/// records, or large lines) are held to four, as many as call at once with `pack_records`, so
+/// that peak RSS stays under 50 MiB whatever the records are (before, 16 batches of large lines
+/// could hold 32 MiB).
+const UNACKNOWLEDGED_BYTES_AT_MOST: usize = 8 << 20;
+
+/// The unit of a place's size in permits.
+const PLACE_UNIT: usize = 1024;
+
+/// The places of batches sent and not yet acknowledged, as permits of one semaphore: a batch
+/// takes as many as its records' KiB, and at least a share that keeps their number to the
+/// count asked for. A place is taken at its least before a batch is filled, and topped up to
+/// the batch's size before it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Places {
+    /// Permits in all: [`UNACKNOWLEDGED_BYTES_AT_MOST`] in [`PLACE_UNIT`]s.
+    total: usize,
+    /// What one batch takes at least.
+    least: usize,
+}
+
+impl Places {
+    fn for_batches(batches: usize) -> Places {
+        let total = UNACKNOWLEDGED_BYTES_AT_MOST / PLACE_UNIT;
+        Places { total, least: (total / batches.max(1)).max(1) }
+    }
+
+    /// The most batches that can hold places at once.
+    fn batches(&self) -> usize {
+        self.total / self.least
+    }
+
+    /// The permits a batch of `bytes` takes: never more than all (a batch larger than the
+    /// budget still goes, alone).
+    fn for_bytes(&self, bytes: usize) -> usize {
+        bytes.div_ceil(PLACE_UNIT).clamp(self.least, self.total)
+    }
 }
 
 /// A task that ends when this is dropped.
@@ -93,6 +139,22 @@ struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Tops `held` up to `wanted` permits if `places` has them free now; returns how many it still
+/// lacks.
+fn top_up(held: &mut OwnedSemaphorePermit, places: &Arc<Semaphore>, wanted: usize) -> usize {
+    let lacking = wanted.saturating_sub(held.num_permits());
+    if lacking == 0 {
+        return 0;
+    }
+    match places.clone().try_acquire_many_owned(lacking as u32) {
+        Ok(more) => {
+            held.merge(more);
+            0
+        }
+        Err(_) => lacking,
     }
 }
 
@@ -207,8 +269,6 @@ impl Flusher {
         storage_stall_timeout: Duration,
     ) -> Flusher {
         let limits = sink.limits(&settings);
-        // Each batch in flight has at most one resend waiting.
-        let (resends, resend_queue) = mpsc::channel(settings.max_in_flight.max(1));
         let courier = Arc::new(Courier {
             route: queue.name().to_owned(),
             sink,
@@ -218,7 +278,7 @@ impl Flusher {
             stop: stopping.stop.clone(),
             shutdown_timeout: stopping.shutdown_timeout,
             governor: Mutex::new(RateGovernor::new(settings.rate_ceiling)),
-            resends: Some(resends),
+            leftovers: Leftovers::default(),
             calls_out: Arc::default(),
         });
         Flusher {
@@ -233,16 +293,14 @@ impl Flusher {
             current: None,
             read_ahead: VecDeque::new(),
             courier,
-            resend_queue: Some(resend_queue),
         }
     }
 
     pub async fn run(mut self) -> Result<(), super::PipelineError> {
-        // The courier holds the resender's sender, and the resender the courier: it ends with
-        // this flusher, not by itself.
-        let _resender = self.resend_queue.take().map(|resends| AbortOnDrop(tokio::spawn(run_resender(self.courier.clone(), resends))));
+        // The resender holds the courier: it ends with this flusher, not by itself.
+        let _resender = AbortOnDrop(tokio::spawn(run_resender(self.courier.clone())));
         // Never full: a batch takes a place before it is sent (see `deliver`).
-        let (finished_tx, finished_rx) = mpsc::channel(self.max_unacknowledged());
+        let (finished_tx, finished_rx) = mpsc::channel(self.places().batches());
         let acknowledger =
             Acknowledger { queue: self.queue.clone(), events: self.events.clone(), storage_stall_timeout: self.storage_stall_timeout };
         let mut acknowledging = tokio::spawn(acknowledger.run(finished_rx));
@@ -263,17 +321,10 @@ impl Flusher {
         self.settings.max_in_flight.max(1)
     }
 
-    /// Batches sent and not yet acknowledged, at most: what a `kill -9` may send again. Twice
-    /// `max_in_flight` for one record per line, so that batches waiting only for their leftovers
-    /// to be resent together (records refused at random) do not stop new batches from being
-    /// sent (issue 17: with 10 % of records refused, 0.62 of the clean rate with as many as
-    /// `max_in_flight`, 0.65–0.75 with twice). Packed batches are up to 2 MiB each: as many as
-    /// `max_in_flight`, to keep peak RSS under 50 MiB.
-    fn max_unacknowledged(&self) -> usize {
-        match self.settings.pack_max_bytes {
-            Some(_) => self.max_in_flight(),
-            None => 2 * self.max_in_flight(),
-        }
+    /// Batches sent and not yet acknowledged, at most: what a `kill -9` may send again (see
+    /// [`Places`]).
+    fn places(&self) -> Places {
+        Places::for_batches(UNACKNOWLEDGED_PER_CALLING * self.max_in_flight())
     }
 
     /// The acknowledger's result once its task has ended.
@@ -298,16 +349,19 @@ impl Flusher {
         let mut committed = self.queue.committed();
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut batch = self.new_batch();
-        let places = Arc::new(Semaphore::new(self.max_unacknowledged()));
+        let sizes = self.places();
+        let places = Arc::new(Semaphore::new(sizes.total));
         let callers = Arc::new(Semaphore::new(self.max_in_flight()));
         // The place the next batch will take among those unacknowledged, once one is free, and
         // its place among those calling.
         let mut place: Option<OwnedSemaphorePermit> = None;
         let mut caller: Option<OwnedSemaphorePermit> = None;
+        // Permits the filled batch lacks to be sent: its place is too small for its bytes.
+        let mut short_of = 0;
         loop {
             let stopping = self.stopping.stop.is_cancelled();
             if place.is_none() {
-                place = places.clone().try_acquire_owned().ok();
+                place = places.clone().try_acquire_many_owned(sizes.least as u32).ok();
             }
             if caller.is_none() {
                 caller = callers.clone().try_acquire_owned().ok();
@@ -322,10 +376,13 @@ impl Flusher {
                     .await
                     .map_err(|error| super::storage_failure(self.queue.name(), "read the queue", error))?;
                 if self.ready_to_send(&batch, fill, &committed) {
-                    if let (Some(unacknowledged), Some(calling)) = (place.take(), caller.take()) {
-                        let full = std::mem::replace(&mut batch, self.new_batch());
-                        in_flight.push_back(self.send(full, unacknowledged, calling));
-                        continue;
+                    short_of = place.as_mut().map_or(0, |held| top_up(held, &places, sizes.for_bytes(batch.records.byte_len())));
+                    if short_of == 0 {
+                        if let (Some(unacknowledged), Some(calling)) = (place.take(), caller.take()) {
+                            let full = std::mem::replace(&mut batch, self.new_batch());
+                            in_flight.push_back(self.send(full, unacknowledged, calling));
+                            continue;
+                        }
                     }
                 }
             }
@@ -335,7 +392,8 @@ impl Flusher {
                     return Ok(Ended::Delivered);
                 }
             }
-            let room = placed && !stopping;
+            // Waiting for a larger place, the batch is sent once acknowledgements free it.
+            let room = placed && !stopping && short_of == 0;
             let deadline = (!batch.is_empty()).then(|| batch.opened_at + self.settings.flush_interval);
             let front = async {
                 match in_flight.front_mut() {
@@ -356,7 +414,13 @@ impl Flusher {
                         return Ok(Ended::Delivered);
                     }
                 }
-                acquired = places.clone().acquire_owned(), if place.is_none() && !stopping => place = acquired.ok(),
+                acquired = places.clone().acquire_many_owned(sizes.least as u32), if place.is_none() && !stopping => place = acquired.ok(),
+                acquired = places.clone().acquire_many_owned(short_of as u32), if short_of > 0 && !stopping => {
+                    if let (Ok(more), Some(held)) = (acquired, place.as_mut()) {
+                        held.merge(more);
+                    }
+                    short_of = 0;
+                }
                 acquired = callers.clone().acquire_owned(), if caller.is_none() && !stopping => caller = acquired.ok(),
                 acknowledged = &mut *acknowledging => return Ok(Ended::AcknowledgerStopped(self.acknowledger_ended(acknowledged))),
                 _ = committed.changed(), if room => {}

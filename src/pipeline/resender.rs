@@ -14,6 +14,12 @@
 //! with calls answered in about a millisecond, nearly one resend call per batch, and delivery
 //! at 10 % of records refused was 0.69 of its clean rate, CPU-bound on calls).
 //!
+//! Leftovers also *ride* in the calls of new batches ([`Leftovers::take_riders`]): a batch's
+//! own call gives up to half of its room to the leftovers waiting, and sends what of its own no
+//! longer fits in its next call (which takes riders in turn). Every call is then full whatever
+//! the noise, and the leftovers of rounds too small to fill a call of their own (a tenth of a
+//! tenth of a batch) go at once instead of waiting out [`GATHER_AT_MOST`].
+//!
 //! Invariants kept here:
 //! - Every record handed in gets an answer of its own (accepted or refused, entry by entry, or
 //!   the whole call's error), or `SendAlone`; nothing is taken as accepted that the destination
@@ -24,17 +30,20 @@
 //!   batch's invalid one.
 //! - Calls are paced and counted as any other (`Courier::call`), within the call limits and the
 //!   learned pace's allowance; a leftover that is larger than a call may carry is sent alone.
-//! - Submissions leave in the order they came.
+//! - Submissions leave in the order they came, in the resender's calls and as riders alike.
+//! - A call with riders refused as invalid tells its batch to send its own records again
+//!   without riders, so that no record is dead-lettered for a rider's invalid one.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 
 use super::courier::Courier;
-use crate::sink::{BatchPacker, Offer, OutgoingRecords, RecordOutcome, SinkError};
+use crate::sink::rate::CallSize;
+use crate::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecords, RecordOutcome, SinkError};
 
 /// Records of one batch to send again, with where to answer.
 pub(super) struct Resend {
@@ -54,6 +63,40 @@ pub(super) enum ResendReply {
 /// Longest that leftovers wait for those of other calls still out: a far region's round trip,
 /// well inside what an acknowledgement may take (flush_interval + 200 ms).
 pub(super) const GATHER_AT_MOST: Duration = Duration::from_millis(50);
+
+/// Leftovers waiting for a call: the resender's own, or a new batch's as riders.
+#[derive(Default)]
+pub(super) struct Leftovers {
+    waiting: Mutex<VecDeque<Resend>>,
+    arrived: Notify,
+}
+
+impl Leftovers {
+    /// Queues `resend` behind those waiting.
+    pub(super) fn submit(&self, resend: Resend) {
+        self.lock().push_back(resend);
+        self.arrived.notify_one();
+    }
+
+    /// Takes from the front the leftovers, whole, that fit in half of a call of `limits` filled
+    /// to `allowance`: the other half stays the riding batch's, so that its own records still
+    /// go at least half a call at a time.
+    pub(super) fn take_riders(&self, limits: BatchLimits, allowance: CallSize) -> Vec<Resend> {
+        let half =
+            CallSize { bytes: allowance.bytes.min(limits.max_bytes) / 2, records: allowance.records.min(limits.max_records as u64) / 2 };
+        if half.records == 0 {
+            return Vec::new();
+        }
+        let mut waiting = self.lock();
+        let taken = submissions_that_fit(BatchPacker::filled_to(limits, half), &waiting);
+        waiting.drain(..taken).collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Resend>> {
+        // A queue of records and reply channels: still whole after a panic elsewhere.
+        self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// Batches' own calls whose answers are not handled yet: each may leave leftovers that
 /// should join the resender's next call.
@@ -86,67 +129,67 @@ impl Drop for CallOut {
     }
 }
 
-/// Serves resends until every sender is gone; aborted with its flusher otherwise (the courier
-/// it serves holds a sender).
-pub(super) async fn run_resender(courier: Arc<Courier>, mut resends: mpsc::Receiver<Resend>) {
-    let mut waiting: VecDeque<Resend> = VecDeque::new();
+/// Sends the leftovers that no batch's call took; runs until aborted with its flusher.
+pub(super) async fn run_resender(courier: Arc<Courier>) {
+    let leftovers = &courier.leftovers;
     loop {
-        if waiting.is_empty() {
-            match resends.recv().await {
-                Some(resend) => waiting.push_back(resend),
-                None => return,
-            }
-        }
-        gather(&courier, &mut resends, &mut waiting).await;
-        let taken = submissions_that_fit(&courier, &waiting);
-        if taken == 0 {
-            if let Some(alone) = waiting.pop_front() {
-                let _ = alone.reply.send(ResendReply::SendAlone);
-            }
+        let arrived = leftovers.arrived.notified();
+        tokio::pin!(arrived);
+        arrived.as_mut().enable();
+        if leftovers.lock().is_empty() {
+            arrived.await;
             continue;
         }
-        let batches: Vec<Resend> = waiting.drain(..taken).collect();
-        let mut together = OutgoingRecords::with_capacity(batches.iter().map(|resend| resend.records.byte_len()).sum());
-        for resend in &batches {
-            for index in 0..resend.records.len() {
-                together.push(resend.records.get(index), false);
+        gather(&courier).await;
+        let batches: Vec<Resend> = {
+            let mut waiting = leftovers.lock();
+            let taken = submissions_that_fit(BatchPacker::filled_to(courier.limits, courier.call_allowance()), &waiting);
+            if taken == 0 {
+                // Riders may have taken them all meanwhile; else the first is larger than a call.
+                if let Some(alone) = waiting.pop_front() {
+                    let _ = alone.reply.send(ResendReply::SendAlone);
+                }
+                continue;
             }
-        }
+            waiting.drain(..taken).collect()
+        };
+        let together = riders_records(&batches, 0);
         let group: Vec<usize> = (0..together.len()).collect();
         let answer = courier.call(&together, &group).await;
-        answer_each(batches, answer);
+        let shared = batches.len() > 1;
+        answer_each(batches, &answer, shared);
     }
 }
 
-/// Adds to `waiting` the leftovers that come while other batches' calls are out, until none is
-/// out, the waiting ones fill a call, or [`GATHER_AT_MOST`] has passed.
-async fn gather(courier: &Courier, resends: &mut mpsc::Receiver<Resend>, waiting: &mut VecDeque<Resend>) {
+/// Waits while other batches' calls are out (each may leave leftovers), until none is out, the
+/// waiting leftovers fill a call, none waits any more (riders took them), or [`GATHER_AT_MOST`]
+/// has passed.
+async fn gather(courier: &Courier) {
     let deadline = tokio::time::Instant::now() + GATHER_AT_MOST;
     loop {
-        while let Ok(resend) = resends.try_recv() {
-            waiting.push_back(resend);
-        }
         let changed = courier.calls_out.changed.notified();
-        tokio::pin!(changed);
-        // Registered before the count is read: a call that ends in between still wakes this.
+        let arrived = courier.leftovers.arrived.notified();
+        tokio::pin!(changed, arrived);
+        // Registered before the state is read: a change in between still wakes this.
         changed.as_mut().enable();
-        if !courier.calls_out.any() || submissions_that_fit(courier, waiting) < waiting.len() {
-            return;
+        arrived.as_mut().enable();
+        {
+            let waiting = courier.leftovers.lock();
+            let fit = submissions_that_fit(BatchPacker::filled_to(courier.limits, courier.call_allowance()), &waiting);
+            if waiting.is_empty() || !courier.calls_out.any() || fit < waiting.len() {
+                return;
+            }
         }
         tokio::select! {
-            resend = resends.recv() => match resend {
-                Some(resend) => waiting.push_back(resend),
-                None => return,
-            },
+            _ = arrived => {}
             _ = changed => {}
             _ = tokio::time::sleep_until(deadline) => return,
         }
     }
 }
 
-/// How many of the first submissions, whole, one call takes at the pace in force.
-fn submissions_that_fit(courier: &Courier, waiting: &VecDeque<Resend>) -> usize {
-    let mut packer = BatchPacker::filled_to(courier.limits, courier.call_allowance());
+/// How many of the first submissions, whole, `packer` takes.
+fn submissions_that_fit(mut packer: BatchPacker, waiting: &VecDeque<Resend>) -> usize {
     let mut taken = 0;
     for resend in waiting {
         let mut trial = packer;
@@ -160,26 +203,35 @@ fn submissions_that_fit(courier: &Courier, waiting: &VecDeque<Resend>) -> usize 
     taken
 }
 
-/// Gives each submission its part of the shared call's answer.
-fn answer_each(batches: Vec<Resend>, answer: Result<Vec<RecordOutcome>, SinkError>) {
-    match answer {
-        Ok(outcomes) => {
-            let mut from = 0;
-            for resend in batches {
-                let to = from + resend.records.len();
-                let _ = resend.reply.send(ResendReply::Answered(Ok(outcomes[from..to].to_vec())));
-                from = to;
-            }
+/// The records of `riders`, in their order, with room for `more` bytes after them.
+pub(super) fn riders_records(riders: &[Resend], more: usize) -> OutgoingRecords {
+    let mut together = OutgoingRecords::with_capacity(riders.iter().map(|resend| resend.records.byte_len()).sum::<usize>() + more);
+    for resend in riders {
+        for index in 0..resend.records.len() {
+            together.push(resend.records.get(index), false);
         }
-        Err(SinkError::InvalidRecords { .. }) if batches.len() > 1 => {
-            for resend in batches {
-                let _ = resend.reply.send(ResendReply::SendAlone);
-            }
-        }
-        Err(error) => {
-            for resend in batches {
-                let _ = resend.reply.send(ResendReply::Answered(Err(error.clone())));
-            }
-        }
+    }
+    together
+}
+
+/// The records `riders` hold in all.
+pub(super) fn riders_len(riders: &[Resend]) -> usize {
+    riders.iter().map(|resend| resend.records.len()).sum()
+}
+
+/// Gives each submission its part of the call's answer, which begins with theirs; `shared`: the
+/// call held records of others too.
+pub(super) fn answer_each(batches: Vec<Resend>, answer: &Result<Vec<RecordOutcome>, SinkError>, shared: bool) {
+    let mut from = 0;
+    for resend in batches {
+        let to = from + resend.records.len();
+        let reply = match answer {
+            Ok(outcomes) => ResendReply::Answered(Ok(outcomes[from..to].to_vec())),
+            // An invalid record in a shared call could be anyone's.
+            Err(SinkError::InvalidRecords { .. }) if shared => ResendReply::SendAlone,
+            Err(error) => ResendReply::Answered(Err(error.clone())),
+        };
+        let _ = resend.reply.send(reply);
+        from = to;
     }
 }

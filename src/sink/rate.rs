@@ -26,7 +26,9 @@
 //!   [`NOISE_MEMORY`], then tested again, so a wrong verdict costs at most that long.
 //! - **A share no noise has is a quota at once.** When a quarter or more of what was sent is
 //!   refused (an unpaced start against a quota, a quota halved by another writer) the rates are
-//!   lowered without a test, once per second while it lasts.
+//!   lowered without a test, once per second while it lasts. So is a call refused entry by
+//!   entry in full while others are accepted: random refusals never refuse dozens of entries
+//!   in a row, a spent quota second refuses all that come.
 //! - **Probe for more, faster the longer it holds.** At a learned rate, after [`HOLD`] without a
 //!   quota decision, each second the pace limits the calls, the rates grow by 1 %, 2 %, 4 % ...
 //!   of the learned rate (at most 25 % a second), so a quota raised by AWS is found within
@@ -142,6 +144,12 @@ const MEASURED_OVER: Duration = Duration::from_secs(2);
 /// quota without a test: no stream's noise is that loud.
 const QUOTA_AT_ONCE: f64 = 0.25;
 const QUOTA_AT_ONCE_CALLS: usize = 8;
+/// A call of at least this many records refused entry by entry in full, while others were
+/// accepted, is a quota at once: records refused at random, even one in ten, never refuse 32
+/// in a row (10⁻³²), but a quota's second that has run out refuses every entry of the calls
+/// that come after. Deciding on the first such answer, not on the quarter of a second's
+/// records, spares the calls an unpaced start would send into the spent second meanwhile.
+const REFUSED_IN_FULL_AT_LEAST: u64 = 32;
 /// Below this share, refusals are never a signal (a record or two at a window's edge).
 const SMALLEST_SIGNAL: f64 = 0.005;
 /// A test lasts at least this long, and until this many calls sent at the lower rate are
@@ -410,14 +418,16 @@ impl RateGovernor {
         }
         match self.phase {
             Phase::Testing(test) => self.judge(test, now),
-            Phase::Free | Phase::Paced(_) if answer.refused_for_throughput > 0 => self.consider_refusals(answer.sent_at, now),
+            Phase::Free | Phase::Paced(_) if answer.refused_for_throughput > 0 => {
+                self.consider_refusals(answer.sent_at, answer.refused_in_full(), now)
+            }
             Phase::Free | Phase::Paced(_) => None,
         }
     }
 
     /// Refusals came: lowers the rates when the share refused over the last second is more
     /// than the noise floor explains.
-    fn consider_refusals(&mut self, refused_call_sent_at: Instant, now: Instant) -> Option<PaceChange> {
+    fn consider_refusals(&mut self, refused_call_sent_at: Instant, refused_in_full: bool, now: Instant) -> Option<PaceChange> {
         // One overload shows as several refusals in a row: lower once per window.
         if self.last_lowered.is_some_and(|last| now.saturating_duration_since(last) < WINDOW) {
             return None;
@@ -432,7 +442,8 @@ impl RateGovernor {
         // decrease, which would measure a second by a fraction of it).
         // Over enough calls, or by more than its spread: on a quiet route, one call throttled
         // whole among three is a third of what was sent, and says little.
-        let at_once = share >= QUOTA_AT_ONCE && (tally.calls >= QUOTA_AT_ONCE_CALLS || share - tally.spread() >= QUOTA_AT_ONCE);
+        let at_once =
+            refused_in_full || share >= QUOTA_AT_ONCE && (tally.calls >= QUOTA_AT_ONCE_CALLS || share - tally.spread() >= QUOTA_AT_ONCE);
         let two_seconds = self.tally_over(MEASURED_OVER);
         if !at_once && (tally.covers(now) < WINDOW.mul_f64(0.9) || two_seconds.covers(now) < MEASURED_OVER.mul_f64(0.95)) {
             return None;
@@ -503,7 +514,7 @@ impl RateGovernor {
             self.phase = Phase::probing_from(now + HOLD);
             self.last_lowered = None;
             let refused_call_sent_at = self.answers.back().map_or(now, |answered| answered.answer.sent_at);
-            return self.consider_refusals(refused_call_sent_at, now);
+            return self.consider_refusals(refused_call_sent_at, false, now);
         }
         let fell = share < FELL_TO * test.refused_share && test.refused_share - share > 3.0 * both;
         // A quota predicts that, below it, only the noise known before is left. A floor that
@@ -692,6 +703,18 @@ impl Learning {
                 self.before.calls
             },
         }
+    }
+}
+
+impl CallAnswer {
+    /// Every entry of a call of [`REFUSED_IN_FULL_AT_LEAST`] records or more refused for
+    /// throughput, in an answer given entry by entry (a call throttled whole is how noise
+    /// refuses calls too).
+    fn refused_in_full(&self) -> bool {
+        !self.throttled_whole
+            && self.sent.records >= REFUSED_IN_FULL_AT_LEAST
+            && self.accepted.records == 0
+            && self.refused_for_throughput == self.sent.records
     }
 }
 
@@ -955,6 +978,32 @@ mod tests {
         }
         assert_eq!(decisions, [PaceDecision::Lowered], "at the first such answer, once a second");
         assert!(governor.rates().bytes.is_some());
+    }
+
+    #[test]
+    fn a_call_refused_in_full_entry_by_entry_after_accepted_ones_is_a_quota_at_once() {
+        // An unpaced start at a quota: ten calls take the second's bytes, the eleventh is
+        // refused in every entry. Eight calls are in flight; waiting for a quarter of the
+        // records refused would send more into the spent second.
+        let start = Instant::now();
+        let mut governor = RateGovernor::new(Rates::default());
+        let mut decisions = Vec::new();
+        for call in 0..11 {
+            let at = start + Duration::from_micros(300 * call);
+            let refused = if call == 10 { CALL.records } else { 0 };
+            decisions.extend(governor.answered(answer(at, refused), at).map(|change| change.decision));
+        }
+        assert_eq!(decisions, [PaceDecision::Lowered]);
+        let bytes = governor.rates().bytes.expect("a byte rate");
+        assert!((bytes - 0.95 * 730_000.0).abs() < 1_000.0, "{bytes}");
+        // The same call throttled whole (how noise refuses calls) is no such verdict.
+        let mut governor = RateGovernor::new(Rates::default());
+        for call in 0..11 {
+            let at = start + Duration::from_micros(300 * call);
+            let throttled_whole = call == 10;
+            let answer = CallAnswer { throttled_whole, ..answer(at, if throttled_whole { CALL.records } else { 0 }) };
+            assert_eq!(governor.answered(answer, at), None);
+        }
     }
 
     #[test]
