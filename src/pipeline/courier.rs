@@ -326,6 +326,11 @@ impl Courier {
         answer.await.unwrap_or(ResendReply::SendAlone)
     }
 
+    /// Whether a learned rate is in force (see [`RateGovernor::is_pacing`]).
+    pub(super) fn is_pacing(&self) -> bool {
+        self.lock_governor().is_pacing()
+    }
+
     /// The most one call should carry at the learned pace (see [`RateGovernor::call_allowance`]).
     pub(super) fn call_allowance(&self) -> CallSize {
         self.lock_governor().call_allowance()

@@ -77,6 +77,9 @@ pub struct Flusher {
 /// four times).
 const UNACKNOWLEDGED_PER_CALLING: usize = 4;
 
+/// Batches in delivery at once while a learned pace is in force, as a multiple of those calling.
+const PACED_UNACKNOWLEDGED_PER_CALLING: usize = 2;
+
 /// What the records of unacknowledged batches hold in memory together, at most: before the
 /// count of [`UNACKNOWLEDGED_PER_CALLING`], batches of 2 MiB (`max_batch_bytes`' default: packed
 /// records, or large lines) are held to four, as many as call at once with `pack_records`, so
@@ -366,7 +369,11 @@ impl Flusher {
             if caller.is_none() {
                 caller = callers.clone().try_acquire_owned().ok();
             }
-            let placed = place.is_some() && caller.is_some();
+            // At a learned pace, places beyond twice those calling only queue batches behind
+            // the pace: they buy nothing, and a quota decision then finds more calls waiting to
+            // go at the old rate.
+            let behind_the_pace = self.courier.is_pacing() && in_flight.len() >= PACED_UNACKNOWLEDGED_PER_CALLING * self.max_in_flight();
+            let placed = place.is_some() && caller.is_some() && !behind_the_pace;
             // After a stop nothing new is sent: the batches in flight finish (or are abandoned)
             // within shutdown_timeout; what was packed but not sent stays queued.
             if placed && !stopping {

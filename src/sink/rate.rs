@@ -26,9 +26,9 @@
 //!   [`NOISE_MEMORY`], then tested again, so a wrong verdict costs at most that long.
 //! - **A share no noise has is a quota at once.** When a quarter or more of what was sent is
 //!   refused (an unpaced start against a quota, a quota halved by another writer) the rates are
-//!   lowered without a test, once per second while it lasts. So is a call refused entry by
-//!   entry in full while others are accepted: random refusals never refuse dozens of entries
-//!   in a row, a spent quota second refuses all that come.
+//!   lowered without a test, once per second while it lasts. So is, before any rate is
+//!   learned, a call refused entry by entry in full while others are accepted: random refusals
+//!   never refuse dozens of entries in a row, a spent quota second refuses all that come.
 //! - **Probe for more, faster the longer it holds.** At a learned rate, after [`HOLD`] without a
 //!   quota decision, each second the pace limits the calls, the rates grow by 1 %, 2 %, 4 % ...
 //!   of the learned rate (at most 25 % a second), so a quota raised by AWS is found within
@@ -145,10 +145,11 @@ const MEASURED_OVER: Duration = Duration::from_secs(2);
 const QUOTA_AT_ONCE: f64 = 0.25;
 const QUOTA_AT_ONCE_CALLS: usize = 8;
 /// A call of at least this many records refused entry by entry in full, while others were
-/// accepted, is a quota at once: records refused at random, even one in ten, never refuse 32
-/// in a row (10⁻³²), but a quota's second that has run out refuses every entry of the calls
-/// that come after. Deciding on the first such answer, not on the quarter of a second's
-/// records, spares the calls an unpaced start would send into the spent second meanwhile.
+/// accepted and no rate is learned yet, is a quota at once: records refused at random, even one
+/// in ten, never refuse 32 in a row (10⁻³²), but a quota's second that has run out refuses
+/// every entry of the calls that come after. Deciding on the first such answer, not on the
+/// quarter of a second's records, spares the calls an unpaced start would send into the spent
+/// second meanwhile.
 const REFUSED_IN_FULL_AT_LEAST: u64 = 32;
 /// Below this share, refusals are never a signal (a record or two at a window's edge).
 const SMALLEST_SIGNAL: f64 = 0.005;
@@ -356,6 +357,12 @@ impl RateGovernor {
         self.current
     }
 
+    /// Whether a learned rate is in force (a quota was found): the pace, not round trips,
+    /// bounds delivery then.
+    pub fn is_pacing(&self) -> bool {
+        !matches!(self.phase, Phase::Free)
+    }
+
     /// The share of records taken for noise, if one was measured.
     pub fn noise_floor(&self) -> Option<f64> {
         self.noise.map(|noise| noise.share)
@@ -442,8 +449,12 @@ impl RateGovernor {
         // decrease, which would measure a second by a fraction of it).
         // Over enough calls, or by more than its spread: on a quiet route, one call throttled
         // whole among three is a third of what was sent, and says little.
-        let at_once =
-            refused_in_full || share >= QUOTA_AT_ONCE && (tally.calls >= QUOTA_AT_ONCE_CALLS || share - tally.spread() >= QUOTA_AT_ONCE);
+        // Refused in full says "a quota" where none is known yet (an unpaced start sends many
+        // calls into the spent second); at a learned rate, a probe's step over the quota does
+        // the same, and is the test's to measure, not a second decrease's.
+        let unpaced = matches!(self.phase, Phase::Free);
+        let at_once = (refused_in_full && unpaced)
+            || share >= QUOTA_AT_ONCE && (tally.calls >= QUOTA_AT_ONCE_CALLS || share - tally.spread() >= QUOTA_AT_ONCE);
         let two_seconds = self.tally_over(MEASURED_OVER);
         if !at_once && (tally.covers(now) < WINDOW.mul_f64(0.9) || two_seconds.covers(now) < MEASURED_OVER.mul_f64(0.95)) {
             return None;
@@ -996,6 +1007,15 @@ mod tests {
         assert_eq!(decisions, [PaceDecision::Lowered]);
         let bytes = governor.rates().bytes.expect("a byte rate");
         assert!((bytes - 0.95 * 730_000.0).abs() < 1_000.0, "{bytes}");
+        // At the learned rate, a probe's step over the quota refuses a call in full too: that is
+        // for a test to measure, not a second decrease at once.
+        let later = start + Duration::from_secs(3);
+        for call in 0..11 {
+            let at = later + Duration::from_millis(70 * call);
+            let refused = if call == 10 { CALL.records } else { 0 };
+            let decision = governor.answered(answer(at, refused), at).map(|change| change.decision);
+            assert_ne!(decision, Some(PaceDecision::Lowered), "call {call}");
+        }
         // The same call throttled whole (how noise refuses calls) is no such verdict.
         let mut governor = RateGovernor::new(Rates::default());
         for call in 0..11 {
