@@ -28,6 +28,7 @@ pub struct Events {
     records_queued: AtomicU64,
     chunks_queued: AtomicU64,
     blank_lines: AtomicU64,
+    multiline_splits: AtomicU64,
     dead_letters: AtomicU64,
     dead_invalid_json: AtomicU64,
     dead_line_too_long: AtomicU64,
@@ -186,6 +187,7 @@ impl Default for Events {
             records_queued: AtomicU64::default(),
             chunks_queued: AtomicU64::default(),
             blank_lines: AtomicU64::default(),
+            multiline_splits: AtomicU64::default(),
             dead_letters: AtomicU64::default(),
             dead_invalid_json: AtomicU64::default(),
             dead_line_too_long: AtomicU64::default(),
@@ -240,6 +242,7 @@ pub struct EventCounts {
     pub records_queued: u64,
     pub chunks_queued: u64,
     pub blank_lines: u64,
+    pub multiline_splits: u64,
     pub dead_letters: u64,
     pub dead_invalid_json: u64,
     pub dead_line_too_long: u64,
@@ -422,6 +425,15 @@ impl Events {
         if chunk.blank_lines > 0 {
             bump(&self.blank_lines, chunk.blank_lines);
             tracing::debug!(route, blank_lines = chunk.blank_lines, "blank lines skipped (they carry no record)");
+        }
+        if chunk.multiline_splits > 0 {
+            bump(&self.multiline_splits, chunk.multiline_splits);
+            tracing::warn!(
+                route,
+                path = %String::from_utf8_lossy(&chunk.draft.meta.path),
+                splits = chunk.multiline_splits,
+                "records of several lines were cut at multiline.max_lines or max_bytes: each part is a record of its own"
+            );
         }
         for dead_letter in &chunk.dead_letters {
             self.dead_lettered(route, dead_letter);
@@ -667,6 +679,7 @@ impl Events {
             records_queued: load(&self.records_queued),
             chunks_queued: load(&self.chunks_queued),
             blank_lines: load(&self.blank_lines),
+            multiline_splits: load(&self.multiline_splits),
             dead_letters: load(&self.dead_letters),
             dead_invalid_json: load(&self.dead_invalid_json),
             dead_line_too_long: load(&self.dead_line_too_long),

@@ -18,10 +18,13 @@ pub use byte_size::ByteSize;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::source::multiline::{Multiline, MultilineRule};
 
 /// Firehose's own limits for `PutRecordBatch` (they cannot be raised).
 pub mod firehose_limits {
@@ -134,6 +137,53 @@ pub struct SourceConfig {
     /// reopened (by identity) when they grow.
     #[serde(default = "default_max_open_files")]
     pub max_open_files: usize,
+    /// Records that span lines (stack traces): `[sources.NAME.multiline]`.
+    #[serde(default)]
+    pub multiline: Option<MultilineConfig>,
+}
+
+/// A `[sources.NAME.multiline]` table: which lines make one record (see
+/// [`crate::source::multiline`]). Exactly one of `start`, `continuation` and `preset`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultilineConfig {
+    /// A regular expression: a line that matches begins a record, the others continue it.
+    pub start: Option<String>,
+    /// A regular expression: a line that matches continues the record before it.
+    pub continuation: Option<String>,
+    /// Ready-made rules: `java`, `python` or `go`.
+    pub preset: Option<String>,
+    /// A record is complete once its file has not grown for this long.
+    #[serde(default = "default_multiline_flush_timeout", with = "humantime_serde")]
+    pub flush_timeout: Duration,
+    /// Most lines in a record; the next line begins another (counted and logged).
+    #[serde(default = "default_multiline_max_lines")]
+    pub max_lines: u32,
+    /// Most bytes in a record, newlines included; the line that would pass it begins another.
+    #[serde(default = "default_multiline_max_bytes")]
+    pub max_bytes: ByteSize,
+}
+
+impl MultilineConfig {
+    /// The rule this table describes, or what is wrong with it.
+    pub fn compile(&self) -> Result<Multiline, String> {
+        let pattern =
+            |text: &str| regex::bytes::Regex::new(text).map_err(|error| format!("`{text}` is not a valid regular expression: {error}"));
+        let rule = match (&self.start, &self.continuation, &self.preset) {
+            (Some(start), None, None) => MultilineRule::Start(pattern(start)?),
+            (None, Some(continuation), None) => MultilineRule::Continuation(pattern(continuation)?),
+            (None, None, Some(preset)) => MultilineRule::preset(preset)
+                .ok_or_else(|| format!("no preset is named `{preset}` (presets: {})", crate::source::multiline::PRESETS.join(", ")))?,
+            _ => return Err("give exactly one of `start`, `continuation` and `preset`".into()),
+        };
+        if self.flush_timeout.is_zero() {
+            return Err("flush_timeout must be above 0".into());
+        }
+        if self.max_lines < 2 || self.max_bytes.0 == 0 {
+            return Err("max_lines must be at least 2 and max_bytes above 0".into());
+        }
+        Ok(Multiline { rule, flush_timeout: self.flush_timeout, max_lines: self.max_lines, max_bytes: self.max_bytes.0 })
+    }
 }
 
 /// Where a sink delivers.
@@ -269,6 +319,18 @@ pub struct SourceSettings {
     pub refresh_interval: Duration,
     pub poll_interval: Duration,
     pub max_line_bytes: u64,
+    pub multiline: Option<Arc<Multiline>>,
+}
+
+impl SourceSettings {
+    /// How long the reader may sleep between passes: a record of several lines in progress is
+    /// ended on time (within half its `flush_timeout` late), not at the next `poll_interval`.
+    pub fn pass_interval(&self) -> Duration {
+        match &self.multiline {
+            Some(multiline) => self.poll_interval.min(multiline.flush_timeout / 2),
+            None => self.poll_interval,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -286,6 +348,7 @@ impl SourceSettings {
             refresh_interval: Duration::ZERO,
             poll_interval: Duration::from_millis(10),
             max_line_bytes: 1 << 20,
+            multiline: None,
         }
     }
 }
@@ -424,6 +487,9 @@ impl Config {
             if source.get_ref().max_line_bytes.0 == 0 {
                 report(format!("{key}.max_line_bytes"), source.span(), "must be greater than 0".into());
             }
+            if let Some(Err(problem)) = source.get_ref().multiline.as_ref().map(MultilineConfig::compile) {
+                report(format!("{key}.multiline"), source.span(), problem);
+            }
         }
         for (name, sink) in &self.sinks {
             let key = format!("sinks.{name}");
@@ -548,6 +614,8 @@ impl Config {
                     refresh_interval: source.refresh_interval,
                     poll_interval: source.poll_interval,
                     max_line_bytes: source.max_line_bytes.0,
+                    // Checked by `Config::parse`: a table that does not compile never gets here.
+                    multiline: source.multiline.as_ref().and_then(|multiline| multiline.compile().ok()).map(Arc::new),
                 }
             })
             .collect()
@@ -642,6 +710,20 @@ fn default_refresh_interval() -> Duration {
 }
 fn default_poll_interval() -> Duration {
     Duration::from_secs(1)
+}
+/// Fluent Bit waits 4 s, Fluentd's `multiline_flush_interval` has no default (a record waits
+/// for the next start line): a second keeps a quiet file's last record within about a flush
+/// interval of its write.
+fn default_multiline_flush_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+/// A Java stack trace of a deep framework runs to a few hundred lines.
+fn default_multiline_max_lines() -> u32 {
+    1000
+}
+/// Under Firehose's 1,000 KiB record limit, with room for a packed record's other lines.
+fn default_multiline_max_bytes() -> ByteSize {
+    ByteSize(512 * 1024)
 }
 fn default_max_open_files() -> usize {
     256

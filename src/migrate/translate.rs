@@ -51,6 +51,10 @@ pub struct TailSource {
     pub refresh_interval: String,
     pub format: LineFormat,
     pub ignore_older_than: Option<String>,
+    /// `<parse> @type multiline`'s `format_firstline`, as a regular expression.
+    pub multiline_start: Option<String>,
+    /// in_tail's `multiline_flush_interval`, as a humantime string.
+    pub multiline_flush_interval: Option<String>,
     pub location: Location,
 }
 
@@ -207,6 +211,8 @@ fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<T
         refresh_interval: FLUENTD_REFRESH_INTERVAL.into(),
         format: LineFormat::Json,
         ignore_older_than: None,
+        multiline_start: None,
+        multiline_flush_interval: None,
         location: section.location.clone(),
     };
     for param in &section.params {
@@ -249,7 +255,8 @@ fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<T
                 "tuning of Fluentd's reader; tailhose has its own (see docs/tailing.md)".into(),
             ),
             "format" => source.format = line_format(&param.value, location, notes),
-            "path_key" | "multiline_flush_interval" => notes.push(
+            "multiline_flush_interval" => source.multiline_flush_interval = Some(fluentd_duration(&param.value)),
+            "path_key" => notes.push(
                 Severity::ChangesDelivery,
                 location,
                 &param.key,
@@ -260,6 +267,10 @@ fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<T
     }
     for parse in section.children_named("parse") {
         let kind = parse.value("@type").unwrap_or_default();
+        if kind == "multiline" {
+            multiline_parse(parse, &mut source, notes);
+            continue;
+        }
         source.format = line_format(kind, type_location(parse), notes);
         for param in parse.params.iter().filter(|param| param.key != "@type") {
             notes.push(
@@ -273,7 +284,70 @@ fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<T
     for child in section.children.iter().filter(|child| child.name != "parse") {
         notes.push(Severity::ChangesDelivery, &child.location, &child.name, "a section of in_tail tailhose does not translate".into());
     }
+    match (&source.multiline_start, &source.multiline_flush_interval) {
+        (None, Some(_)) => notes.push(
+            Severity::Info,
+            &section.location,
+            "multiline_flush_interval",
+            "no `<parse> @type multiline` uses it: records are one line each".into(),
+        ),
+        (Some(_), None) => notes.push(
+            Severity::Info,
+            &section.location,
+            "multiline_flush_interval",
+            "not set: Fluentd holds a quiet file's last event until the next one; tailhose ends it after flush_timeout (1s)".into(),
+        ),
+        _ => {}
+    }
     Some(source)
+}
+
+/// `<parse> @type multiline`: `format_firstline` begins each record (docs/records.md); the
+/// fields `format1`… parsed out of it are not kept, the record is its lines as written.
+fn multiline_parse(parse: &Directive, source: &mut TailSource, notes: &mut Notes) {
+    source.format = LineFormat::Raw;
+    for param in parse.params.iter().filter(|param| param.key != "@type") {
+        let location = &param.location;
+        match param.key.as_str() {
+            "format_firstline" => {
+                let pattern = ruby_regexp(&param.value);
+                match regex::bytes::Regex::new(&pattern) {
+                    Ok(_) => source.multiline_start = Some(pattern),
+                    Err(error) => notes.push(
+                        Severity::ChangesDelivery,
+                        location,
+                        "format_firstline",
+                        format!("`{pattern}` is not a regular expression tailhose can use ({error}): records are one line each"),
+                    ),
+                }
+            }
+            key if key.starts_with("format") => notes.push(
+                Severity::ChangesDelivery,
+                location,
+                key,
+                "Fluentd parsed each event into fields; tailhose delivers the event's lines as written (format = \"raw\")".into(),
+            ),
+            key => notes.push(Severity::ChangesDelivery, location, key, "a multiline parser option tailhose does not translate".into()),
+        }
+    }
+    if source.multiline_start.is_none() {
+        notes.push(
+            Severity::ChangesDelivery,
+            &parse.location,
+            "@type multiline",
+            "no usable format_firstline: records are one line each".into(),
+        );
+    }
+}
+
+/// A Ruby `/pattern/` literal's pattern (flags after the last slash are dropped); anything else
+/// as it is.
+fn ruby_regexp(literal: &str) -> String {
+    let literal = literal.trim();
+    match literal.strip_prefix('/').and_then(|rest| rest.rfind('/').map(|end| &rest[..end])) {
+        Some(pattern) => pattern.to_owned(),
+        None => literal.to_owned(),
+    }
 }
 
 /// Where a section's `@type` is written (the section's own line when it has none).
@@ -519,6 +593,12 @@ pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path
         if let Some(age) = &source.ignore_older_than {
             out.push_str(&format!("ignore_older_than = {}\n", quote(age)));
         }
+        if let Some(start) = &source.multiline_start {
+            out.push_str(&format!("\n[sources.{}.multiline]\nstart = {}\n", source.name, quote(start)));
+            if let Some(timeout) = &source.multiline_flush_interval {
+                out.push_str(&format!("flush_timeout = {}\n", quote(timeout)));
+            }
+        }
     }
     for output in &translation.outputs {
         out.push_str(&format!("\n# <match> at {}\n[sinks.{}]\ntype = \"firehose\"\n", output.location, output.name));
@@ -624,6 +704,24 @@ mod tests {
             let parsed = Config::parse(&toml, Path::new("/etc/tailhose/tailhose.toml"));
             proptest::prop_assert!(parsed.is_ok(), "{:?}\n{}", parsed.err(), toml);
         }
+    }
+
+    #[test]
+    fn a_multiline_parser_becomes_a_start_pattern_and_its_fields_are_named_as_not_kept() {
+        let translation = translated(
+            "<source>\n  @type tail\n  path /var/log/app/*.log\n  tag app\n  multiline_flush_interval 5s\n  <parse>\n    @type multiline\n    format_firstline /^\\d{4}-\\d{2}-\\d{2} /\n    format1 /^(?<time>\\S+ \\S+) (?<level>\\w+) (?<message>.*)/\n  </parse>\n</source>\n<match app>\n  @type kinesis_firehose\n  delivery_stream_name s\n</match>\n",
+        );
+        let source = &translation.sources[0];
+        assert_eq!((source.format, source.multiline_start.as_deref()), (LineFormat::Raw, Some(r"^\d{4}-\d{2}-\d{2} ")));
+        let changed: Vec<&str> =
+            translation.notes.iter().filter(|note| note.severity == Severity::ChangesDelivery).map(|note| note.key.as_str()).collect();
+        assert_eq!(changed, ["format1"], "{:?}", translation.notes);
+        let toml = render_toml(&translation, "/var/lib/tailhose", Path::new("td-agent.conf"));
+        assert!(toml.contains("[sources.app.multiline]\nstart = '^\\d{4}-\\d{2}-\\d{2} '\nflush_timeout = \"5s\"\n"), "{toml}");
+        let config = Config::parse(&toml, Path::new("/etc/tailhose/tailhose.toml")).expect("the rendered configuration is valid");
+        let settings = config.source_settings();
+        let multiline = settings[0].multiline.as_ref().expect("records of several lines");
+        assert_eq!(multiline.flush_timeout, std::time::Duration::from_secs(5));
     }
 
     #[test]

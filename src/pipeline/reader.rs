@@ -58,7 +58,8 @@ pub async fn run_reader(
     stop: CancellationToken,
     input_closed: CancellationToken,
 ) -> Result<(), PipelineError> {
-    let poll_interval = source.poll_interval;
+    // Sooner with records of several lines: one in progress ends after its flush timeout.
+    let poll_interval = source.pass_interval();
     let changes = Arc::new(ChangeSignal::default());
     let _watcher = watch_changes(&source.paths, changes.clone());
     let mut tailer = Some(Tailer::new(source, limits.read_ahead_bytes, queue.clone(), events.clone()).with_change_signal(changes.clone()));

@@ -1,7 +1,10 @@
 //! Turning a file's bytes into records, dead letters and chunks.
 
+use std::sync::Arc;
+
 use memchr::memchr;
 
+use super::multiline::{LineRole, Multiline};
 use super::CHUNK_TARGET_BYTES;
 use crate::config::LineFormat;
 use crate::queue::dead_letter::MAX_KEPT_RECORD_BYTES;
@@ -21,13 +24,17 @@ pub struct SealedChunk {
     pub draft: ChunkDraft,
     pub dead_letters: Vec<DeadLetter>,
     pub blank_lines: u64,
+    /// Records of several lines cut at `max_lines` or `max_bytes` (see [`super::multiline`]).
+    pub multiline_splits: u64,
 }
 
-/// Splits the bytes of one file, fed in order from a line boundary, into complete lines, and
-/// lines into chunks.
+/// Splits the bytes of one file, fed in order from a record boundary, into complete lines, lines
+/// into records (one per line, or several lines per record with a [`Multiline`] rule), and
+/// records into chunks.
 ///
 /// Invariant: the open draft always covers `[draft.start_offset, draft.end_offset)` where both
-/// are line boundaries, and `end_offset` is where the line in progress (if any) starts.
+/// are record boundaries, and `end_offset` is where the record in progress (if any) starts: its
+/// first complete line, or the line in progress.
 pub struct LineChunker {
     file: FileIdentity,
     path: Vec<u8>,
@@ -42,6 +49,22 @@ pub struct LineChunker {
     draft: ChunkDraft,
     dead_letters: Vec<DeadLetter>,
     blank_lines: u64,
+    /// How lines make records, when a record may span lines.
+    multiline: Option<Arc<Multiline>>,
+    /// The record of several lines being put together: it starts at `draft.meta.end_offset`.
+    in_progress: Option<RecordInProgress>,
+    multiline_splits: u64,
+}
+
+/// Complete lines that make a record so far (see [`super::multiline`]).
+struct RecordInProgress {
+    /// Its lines with the newlines between them: the record's bytes as the file holds them.
+    bytes: Vec<u8>,
+    /// File offset just after its last line's newline.
+    end: u64,
+    lines: u32,
+    /// Its state in the rule's state machine.
+    state: usize,
 }
 
 impl LineChunker {
@@ -57,7 +80,27 @@ impl LineChunker {
             oversized_len: None,
             dead_letters: Vec::new(),
             blank_lines: 0,
+            multiline: None,
+            in_progress: None,
+            multiline_splits: 0,
         }
+    }
+
+    /// Puts lines together into records by `multiline` (none: one record per line).
+    pub fn with_multiline(mut self, multiline: Option<Arc<Multiline>>) -> LineChunker {
+        self.multiline = multiline;
+        self
+    }
+
+    /// Whether complete lines wait for the lines that may continue their record.
+    pub fn has_record_in_progress(&self) -> bool {
+        self.in_progress.is_some()
+    }
+
+    /// Takes the record in progress as complete (its file has been quiet for the rule's
+    /// `flush_timeout`); a line in progress (no newline yet) stays.
+    pub fn end_record_in_progress(&mut self) {
+        self.file_in_progress();
     }
 
     pub fn file(&self) -> FileIdentity {
@@ -104,15 +147,16 @@ impl LineChunker {
         self.extend_partial(rest);
     }
 
-    /// Treats the bytes after the last newline as a complete line: for a file that can no
-    /// longer grow (rotated away or deleted), and for recovery up to a known end.
+    /// Treats the bytes after the last newline as a complete line, and the record in progress
+    /// as complete: for a file that can no longer grow (rotated away or deleted), and for
+    /// recovery up to a known end (a record boundary).
     pub fn finish_unterminated_line(&mut self) {
-        if self.partial.is_empty() && self.oversized_len.is_none() {
-            return;
+        if !self.partial.is_empty() || self.oversized_len.is_some() {
+            let partial = std::mem::take(&mut self.partial);
+            let oversized_len = self.oversized_len.take();
+            self.complete_line(&partial, oversized_len, self.fed_offset);
         }
-        let partial = std::mem::take(&mut self.partial);
-        let oversized_len = self.oversized_len.take();
-        self.complete_line(&partial, oversized_len, self.fed_offset);
+        self.file_in_progress();
     }
 
     /// Seals the open draft if it covers any bytes, and opens the next one at the line in progress.
@@ -127,6 +171,7 @@ impl LineChunker {
             draft,
             dead_letters: std::mem::take(&mut self.dead_letters),
             blank_lines: std::mem::take(&mut self.blank_lines),
+            multiline_splits: std::mem::take(&mut self.multiline_splits),
         })
     }
 
@@ -145,12 +190,72 @@ impl LineChunker {
         self.partial.extend_from_slice(bytes);
     }
 
-    /// Files one complete line ending just before `line_end` (which is after its newline, if any).
+    /// Takes one complete line ending just before `line_end` (which is after its newline, if
+    /// any): a record, or part of the record in progress.
     fn complete_line(&mut self, line: &[u8], oversized_len: Option<u64>, line_end: u64) {
+        let Some(multiline) = self.multiline.clone() else {
+            self.file_record(line, oversized_len, line_end, false);
+            return;
+        };
+        if oversized_len.is_some() || line.len() > self.max_line_bytes {
+            // A dead letter of its own, after the record before it.
+            self.file_in_progress();
+            self.file_record(line, oversized_len, line_end, false);
+            return;
+        }
+        match multiline.rule.classify(line, self.in_progress.as_ref().map(|record| record.state)) {
+            LineRole::Continues { state } => match self.in_progress.as_mut() {
+                Some(record)
+                    if record.lines < multiline.max_lines && (record.bytes.len() + 1 + line.len()) as u64 <= multiline.max_bytes =>
+                {
+                    record.bytes.push(b'\n');
+                    record.bytes.extend_from_slice(line);
+                    record.end = line_end;
+                    record.lines += 1;
+                    record.state = state;
+                }
+                _ => {
+                    // Past a limit: the record so far is one, and this line begins the next.
+                    self.multiline_splits += u64::from(self.in_progress.is_some());
+                    self.file_in_progress();
+                    self.begin_record(line, line_end, state);
+                }
+            },
+            LineRole::Begins { state } => {
+                self.file_in_progress();
+                self.begin_record(line, line_end, state);
+            }
+            LineRole::Alone => {
+                self.file_in_progress();
+                self.file_record(line, None, line_end, false);
+            }
+        }
+        if self.in_progress.as_ref().is_some_and(|record| multiline.rule.is_complete(record.state)) {
+            self.file_in_progress();
+        }
+    }
+
+    fn begin_record(&mut self, line: &[u8], line_end: u64, state: usize) {
+        self.in_progress = Some(RecordInProgress { bytes: line.to_vec(), end: line_end, lines: 1, state });
+    }
+
+    /// Files the record in progress, if any.
+    fn file_in_progress(&mut self) {
+        if let Some(record) = self.in_progress.take() {
+            // Its lines were each within max_line_bytes, and together within max_bytes.
+            let whole_record = record.lines > 1;
+            self.file_record(&record.bytes, None, record.end, whole_record);
+        }
+    }
+
+    /// Files one record starting at the draft's end and ending just before `line_end`: a line,
+    /// checked against `max_line_bytes`, or (`of_lines`) a record of several lines, whose
+    /// lines were checked one by one.
+    fn file_record(&mut self, line: &[u8], oversized_len: Option<u64>, line_end: u64, of_lines: bool) {
         let line_start = self.draft.meta.end_offset;
         let line_len = oversized_len.unwrap_or(line.len() as u64);
         self.draft.meta.end_offset = line_end;
-        if oversized_len.is_some() || line.len() > self.max_line_bytes {
+        if oversized_len.is_some() || (line.len() > self.max_line_bytes && !of_lines) {
             let detail = format!("line of {line_len} bytes is longer than max_line_bytes ({})", self.max_line_bytes);
             self.dead_letter(DeadLetterReason::LineTooLong, detail, line_start, line_len, &line[..line.len().min(OVERSIZED_SAMPLE_BYTES)]);
             return;
@@ -276,6 +381,79 @@ mod tests {
         assert_eq!((letter.reason, letter.offset, letter.record_len), (DeadLetterReason::LineTooLong, 6, 16));
     }
 
+    fn multiline_chunker(rule: crate::source::multiline::MultilineRule, max_lines: u32) -> LineChunker {
+        multiline_chunker_at(rule, max_lines, 0)
+    }
+
+    /// A raw source's chunker with records of several lines, fed from `start`.
+    fn multiline_chunker_at(rule: crate::source::multiline::MultilineRule, max_lines: u32, start: u64) -> LineChunker {
+        let multiline = Multiline { rule, flush_timeout: std::time::Duration::from_secs(1), max_lines, max_bytes: 1 << 20 };
+        LineChunker::new(
+            FileIdentity { device: 1, inode: 2, fingerprint_len: 3, fingerprint: 4 },
+            b"/a.log".to_vec(),
+            LineFormat::Raw,
+            1 << 20,
+            start,
+        )
+        .with_multiline(Some(Arc::new(multiline)))
+    }
+
+    fn starting_with_a_date() -> crate::source::multiline::MultilineRule {
+        crate::source::multiline::MultilineRule::Start(regex::bytes::Regex::new(r"^\d{4}-").expect("pattern"))
+    }
+
+    #[test]
+    fn a_record_of_several_lines_is_one_record_and_a_chunk_never_ends_inside_it() {
+        let mut chunker = multiline_chunker(starting_with_a_date(), 100);
+        let mut sealed = Vec::new();
+        chunker.feed(b"2026-01-01 one\n  at a\n  at b\n2026-01-01 two\n  at c\n", &mut sealed);
+        // The second record may still grow: the chunk ends where it starts.
+        sealed.extend(chunker.seal());
+        assert_eq!(records(&sealed), vec![b"2026-01-01 one\n  at a\n  at b".to_vec()]);
+        assert_eq!(sealed[0].draft.meta.end_offset, 29);
+        assert!(chunker.has_record_in_progress());
+        chunker.feed(b"  at d\n", &mut sealed);
+        // Quiet for its flush timeout: the record is complete, and later lines are records of their own.
+        chunker.end_record_in_progress();
+        chunker.feed(b"  late\n", &mut sealed);
+        chunker.finish_unterminated_line();
+        sealed.extend(chunker.seal());
+        assert_eq!(
+            records(&sealed),
+            vec![b"2026-01-01 one\n  at a\n  at b".to_vec(), b"2026-01-01 two\n  at c\n  at d".to_vec(), b"  late".to_vec()]
+        );
+        assert_eq!((sealed[1].draft.meta.start_offset, sealed[1].draft.meta.end_offset), (29, 65));
+    }
+
+    #[test]
+    fn a_record_past_max_lines_is_cut_and_the_cut_is_counted() {
+        let mut chunker = multiline_chunker(starting_with_a_date(), 3);
+        let mut sealed = Vec::new();
+        chunker.feed(b"2026-01-01 a\n 1\n 2\n 3\n 4\n2026-01-02 b\n", &mut sealed);
+        chunker.finish_unterminated_line();
+        sealed.extend(chunker.seal());
+        assert_eq!(records(&sealed), vec![b"2026-01-01 a\n 1\n 2".to_vec(), b" 3\n 4".to_vec(), b"2026-01-02 b".to_vec()]);
+        assert_eq!(sealed[0].multiline_splits, 1);
+    }
+
+    #[test]
+    fn an_over_long_line_inside_a_record_ends_it_and_is_a_dead_letter_of_its_own() {
+        let multiline = Multiline {
+            rule: starting_with_a_date(),
+            flush_timeout: std::time::Duration::from_secs(1),
+            max_lines: 100,
+            max_bytes: 1 << 20,
+        };
+        let mut chunker = chunker(LineFormat::Raw, 10).with_multiline(Some(Arc::new(multiline)));
+        let mut sealed = Vec::new();
+        chunker.feed(b"2026-01 a\n b\n0123456789abc\n c\n", &mut sealed);
+        chunker.finish_unterminated_line();
+        sealed.extend(chunker.seal());
+        assert_eq!(records(&sealed), vec![b"2026-01 a\n b".to_vec(), b" c".to_vec()]);
+        let letter = &sealed[0].dead_letters[0];
+        assert_eq!((letter.reason, letter.offset, letter.record_len), (DeadLetterReason::LineTooLong, 13, 13));
+    }
+
     proptest! {
         /// However the bytes are cut into reads, the same records come out, and the chunks tile
         /// the file's complete lines without gap or overlap.
@@ -302,6 +480,45 @@ mod tests {
                 covered = chunk.draft.meta.end_offset;
             }
             prop_assert_eq!(covered, bytes.len() as u64);
+        }
+
+        /// With records of several lines too: however the bytes are cut and wherever chunks are
+        /// sealed, the same records, and re-reading any sealed chunk's range alone (as recovery
+        /// does) gives that chunk's records.
+        #[test]
+        fn records_of_several_lines_are_the_same_however_read_and_each_chunk_can_be_read_again_alone(
+            lines in proptest::collection::vec("(2026-[0-9]{2}|  at)[a-z ]{0,12}", 0..60),
+            cuts in proptest::collection::vec(1usize..50, 1..20),
+        ) {
+            let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
+            let bytes = text.as_bytes();
+            let read = |cuts: &[usize], seal_every: usize| {
+                let mut chunker = multiline_chunker(starting_with_a_date(), 1000);
+                let mut sealed = Vec::new();
+                let mut at = 0;
+                let mut cut = cuts.iter().cycle();
+                while at < bytes.len() {
+                    let next = (at + cut.next().copied().unwrap_or(1)).min(bytes.len());
+                    chunker.feed(&bytes[at..next], &mut sealed);
+                    if next % seal_every == 0 { sealed.extend(chunker.seal()); }
+                    at = next;
+                }
+                chunker.finish_unterminated_line();
+                sealed.extend(chunker.seal());
+                sealed
+            };
+            let whole = read(&[bytes.len().max(1)], usize::MAX);
+            let cut = read(&cuts, 3);
+            prop_assert_eq!(records(&cut), records(&whole));
+            for chunk in &cut {
+                let (start, end) = (chunk.draft.meta.start_offset as usize, chunk.draft.meta.end_offset as usize);
+                let mut again = multiline_chunker_at(starting_with_a_date(), 1000, start as u64);
+                let mut sealed = Vec::new();
+                again.feed(&bytes[start..end], &mut sealed);
+                again.finish_unterminated_line();
+                sealed.extend(again.seal());
+                prop_assert_eq!(records(&sealed), records(std::slice::from_ref(chunk)));
+            }
         }
     }
 }

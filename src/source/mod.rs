@@ -10,13 +10,17 @@
 //!   without a counter and a log line.
 //! - Files are known by [`FileIdentity`](crate::queue::FileIdentity) (device, inode, fingerprint
 //!   of the first bytes), so a renamed file is not read twice and a reused inode is a new file.
-//! - Memory per file is bounded by `max_line_bytes` plus one chunk.
+//! - Memory per file is bounded by `max_line_bytes` plus one chunk (plus `multiline.max_bytes`
+//!   for a record of several lines in progress).
+//! - A record of several lines ([`multiline`]) is one record: chunks, and so stored positions,
+//!   begin and end at record boundaries only.
 //!
 //! Assumes: files are appended to, or rotated by rename or copy-and-truncate; a truncated file is
 //! read again from its start (see `docs/tailing.md`).
 
 mod chunker;
 mod identity;
+pub mod multiline;
 mod tail;
 mod watch;
 

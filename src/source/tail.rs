@@ -405,6 +405,14 @@ impl Tailer {
         watched.at_end = at_end;
         if appended.is_ok() {
             if let Some(chunker) = watched.chunker.as_mut() {
+                // A record of several lines is complete once its file has been at its end,
+                // without growing, for the flush timeout: no later line may join it.
+                let quiet = |flush_timeout| read_total == 0 && at_end && watched.last_growth.elapsed() >= flush_timeout;
+                if chunker.has_record_in_progress()
+                    && self.source.multiline.as_ref().is_some_and(|multiline| quiet(multiline.flush_timeout))
+                {
+                    chunker.end_record_in_progress();
+                }
                 sealed.extend(chunker.seal());
             }
             appended = append_all(&self.queue, &self.events, &sealed, ReadProgress::Advance);
@@ -768,6 +776,7 @@ fn start_name(start: StartAt) -> &'static str {
 
 fn new_chunker(identity: FileIdentity, path: &Path, source: &SourceSettings, offset: u64) -> LineChunker {
     LineChunker::new(identity, path.as_os_str().as_bytes().to_vec(), source.format, source.max_line_bytes, offset)
+        .with_multiline(source.multiline.clone())
 }
 
 /// Gives a file that was empty its identity once it has bytes. Returns whether it has one.

@@ -1,0 +1,144 @@
+//! Records as real logs are (issue 19): the daemon against the project's fake Firehose, with
+//! records of several lines (stack traces) read from a raw text log.
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use support::fake_firehose::{FakeFirehose, Faults};
+use support::{http_get, wait_until, Workspace};
+
+/// A Java service's log: ordinary lines and stack traces.
+const STARTED: &str = "2026-12-01 12:00:00.001 INFO  [main] c.e.Orders - started";
+const TRACE: &str = "2026-12-01 12:00:01.002 ERROR [http-1] c.e.Api - request failed
+java.lang.IllegalStateException: order 17 is closed
+\tat com.example.Orders.place(Orders.java:42)
+\tat com.example.Api.handle(Api.java:7)
+Caused by: java.io.IOException: disk full
+\tat java.base/java.io.FileOutputStream.write(FileOutputStream.java:354)
+\t... 2 more";
+const NEXT: &str = "2026-12-01 12:00:02.003 INFO  [main] c.e.Orders - next";
+
+fn write_config(workspace: &Workspace, endpoint: &str, multiline: &str) {
+    let text = format!(
+        r#"data_dir = "state"
+shutdown_timeout = "5s"
+
+[admin]
+address = "127.0.0.1:0"
+
+[sources.app]
+paths = ["source/*.log"]
+format = "raw"
+poll_interval = "50ms"
+
+[sources.app.multiline]
+{multiline}
+
+[sinks.events]
+type = "firehose"
+inputs = ["app"]
+delivery_stream = "{}"
+region = "{}"
+endpoint_url = "{endpoint}"
+flush_interval = "200ms"
+append_newline = true
+"#,
+        support::STREAM,
+        support::REGION
+    );
+    std::fs::write(workspace.config(), text).expect("write config");
+}
+
+fn append(workspace: &Workspace, text: &str) {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(workspace.log_file()).expect("open log");
+    file.write_all(text.as_bytes()).expect("append");
+}
+
+/// The records the fake accepted, without the newline each is sent with, in order.
+fn accepted(fake: &FakeFirehose) -> Vec<String> {
+    fake.seen().accepted.iter().map(|record| String::from_utf8_lossy(record.strip_suffix(b"\n").unwrap_or(record)).into_owned()).collect()
+}
+
+/// Records the daemon at `address` has acknowledged since it started, once it answers.
+fn records_acked(address: &str) -> Option<u64> {
+    let (code, body) = http_get(address, "/status")?;
+    let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+    (code == 200).then(|| status["events"]["records_acked"].as_u64()).flatten()
+}
+
+#[test]
+fn a_stack_trace_is_one_record_and_a_kill_in_the_middle_of_its_writing_neither_splits_nor_repeats_it() {
+    let fake = FakeFirehose::start(Faults::default());
+    let workspace = Workspace::new();
+    // A long flush timeout: the trace cut by the kill stays in progress until its rest comes.
+    write_config(&workspace, &fake.endpoint, "start = '^\\d{4}-\\d{2}-\\d{2} '\nflush_timeout = \"60s\"");
+    let (head, rest) = TRACE.split_at(TRACE.find("Caused by").expect("a cause"));
+    append(&workspace, &format!("{STARTED}\n{TRACE}\n{NEXT}\n{head}"));
+
+    let daemon = workspace.start_daemon();
+    let address = workspace.admin_address();
+    // The first three are delivered and their acknowledgement durable; the fourth record (the
+    // trace's head) waits for the lines that may continue it.
+    wait_until(Duration::from_secs(30), "three records acknowledged", || (records_acked(&address) == Some(3)).then_some(()));
+    daemon.kill();
+    // The next daemon writes its own address.
+    std::fs::remove_file(workspace.path().join("state/admin-address")).expect("the killed daemon's address");
+
+    append(&workspace, &format!("{rest}\n{NEXT}\n"));
+    let daemon = workspace.start_daemon();
+    let address = workspace.admin_address();
+    // The trace is complete once the next ordinary line begins a record, which in turn waits
+    // for what may continue it (a graceful stop does not cut it: the next start reads it again).
+    wait_until(Duration::from_secs(30), "the whole trace acknowledged", || (records_acked(&address) == Some(1)).then_some(()));
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    assert_eq!(accepted(&fake), [STARTED, TRACE, NEXT, TRACE], "each record once, each trace whole");
+}
+
+#[test]
+fn a_quiet_files_last_record_is_sent_after_the_flush_timeout_and_later_lines_are_records_of_their_own() {
+    let fake = FakeFirehose::start(Faults::default());
+    let workspace = Workspace::new();
+    write_config(&workspace, &fake.endpoint, "start = '^\\d{4}-\\d{2}-\\d{2} '\nflush_timeout = \"300ms\"");
+    append(&workspace, &format!("{STARTED}\n{TRACE}\n"));
+    let daemon = workspace.start_daemon();
+    let address = workspace.admin_address();
+    // Nothing follows the trace: only the flush timeout ends it.
+    wait_until(Duration::from_secs(30), "both records acknowledged", || (records_acked(&address) == Some(2)).then_some(()));
+    append(&workspace, "\tat a line too late for the trace\n");
+    wait_until(Duration::from_secs(30), "the late line acknowledged", || (records_acked(&address) == Some(3)).then_some(()));
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    assert_eq!(accepted(&fake), [STARTED, TRACE, "\tat a line too late for the trace"]);
+}
+
+#[test]
+fn with_the_java_preset_an_exception_and_its_frames_are_one_record_and_ordinary_lines_wait_for_nothing() {
+    let fake = FakeFirehose::start(Faults::default());
+    let workspace = Workspace::new();
+    write_config(&workspace, &fake.endpoint, "preset = \"java\"\nflush_timeout = \"300ms\"");
+    append(&workspace, &format!("{STARTED}\n{TRACE}\n{NEXT}\n"));
+    let daemon = workspace.start_daemon();
+    let address = workspace.admin_address();
+    wait_until(Duration::from_secs(30), "four records acknowledged", || (records_acked(&address) == Some(4)).then_some(()));
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    // The logger's own line names no exception: a record of its own, as in Fluent Bit's preset.
+    let (logger_line, exception) = TRACE.split_once('\n').expect("two parts");
+    assert_eq!(accepted(&fake), [STARTED, logger_line, exception, NEXT]);
+}
+
+#[test]
+fn a_multiline_table_that_cannot_work_is_refused_with_its_key() {
+    let workspace = Workspace::new();
+    for (table, expected) in [
+        ("start = '(unclosed'", "is not a valid regular expression"),
+        ("preset = \"cobol\"", "no preset is named `cobol` (presets: java, python, go)"),
+        ("start = 'a'\ncontinuation = 'b'", "give exactly one of `start`, `continuation` and `preset`"),
+    ] {
+        write_config(&workspace, "http://127.0.0.1:9", table);
+        let output = workspace.run(&["check-config", "--config", "tailhose.toml"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{table}: accepted");
+        assert!(stderr.contains("sources.app.multiline") && stderr.contains(expected), "{table}: {stderr}");
+    }
+}
