@@ -165,6 +165,7 @@ fn main() {
             refusing(0.01, EntryCode::InternalFailure, 0.0, 0.0),
             Some(records_floor(0.01)),
         ),
+        noisy("noise: 5 % of records", noise_records, refusing(0.05, EntryCode::ServiceUnavailable, 0.0, 0.0), Some(records_floor(0.05))),
         noisy(
             "noise: 5 % of records + 5 % of calls throttled",
             noise_records,

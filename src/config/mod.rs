@@ -176,11 +176,14 @@ impl MultilineConfig {
                 .ok_or_else(|| format!("no preset is named `{preset}` (presets: {})", crate::source::multiline::PRESETS.join(", ")))?,
             _ => return Err("give exactly one of `start`, `continuation` and `preset`".into()),
         };
-        if self.flush_timeout.is_zero() {
-            return Err("flush_timeout must be above 0".into());
+        if self.flush_timeout < Duration::from_millis(100) {
+            return Err("flush_timeout must be at least 100ms (the reader looks twice per timeout)".into());
         }
-        if self.max_lines < 2 || self.max_bytes.0 == 0 {
-            return Err("max_lines must be at least 2 and max_bytes above 0".into());
+        // Firehose takes 1,000 KiB a record, the newline appended to it included: a larger
+        // record would be a dead letter whole.
+        let largest = firehose_limits::MAX_RECORD_BYTES - 1;
+        if self.max_lines < 2 || self.max_bytes.0 == 0 || self.max_bytes.0 > largest {
+            return Err(format!("max_lines must be at least 2, and max_bytes above 0 and at most {largest} bytes (a Firehose record)"));
         }
         Ok(Multiline { rule, flush_timeout: self.flush_timeout, max_lines: self.max_lines, max_bytes: self.max_bytes.0 })
     }

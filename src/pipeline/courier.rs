@@ -277,7 +277,12 @@ impl Courier {
                 packer.offer(resend.records.get(index).len() as u64);
             }
         }
-        let keep = group.iter().take_while(|&&index| packer.offer(records.get(index).len() as u64) == Offer::Added).count().max(1);
+        let keep = group.iter().take_while(|&&index| packer.offer(records.get(index).len() as u64) == Offer::Added).count();
+        if keep == 0 {
+            // Not even the batch's first record fits after them (a large one): it goes alone.
+            self.leftovers.put_back(riders);
+            return Vec::new();
+        }
         if keep < group.len() {
             *displaced = group.split_off(keep);
         }

@@ -62,7 +62,12 @@ pub async fn run_reader(
     let poll_interval = source.pass_interval();
     let changes = Arc::new(ChangeSignal::default());
     let _watcher = watch_changes(&source.paths, changes.clone());
-    let mut tailer = Some(Tailer::new(source, limits.read_ahead_bytes, queue.clone(), events.clone()).with_change_signal(changes.clone()));
+    let mut tailer = Tailer::new(source, limits.read_ahead_bytes, queue.clone(), events.clone()).with_change_signal(changes.clone());
+    if mode == ReadMode::UntilCaughtUp {
+        // `run --once` reads nothing after it has caught up: a file's last record is complete.
+        tailer = tailer.ending_records_at_file_end();
+    }
+    let mut tailer = Some(tailer);
     'reading: while !stop.is_cancelled() {
         if !queue.has_space() {
             events.backpressure(queue.name(), queue.pending_bytes());

@@ -88,8 +88,25 @@ impl Leftovers {
             return Vec::new();
         }
         let mut waiting = self.lock();
-        let taken = submissions_that_fit(BatchPacker::filled_to(limits, half), &waiting);
+        // Strictly within the half: a packer takes a record larger than its fill alone, and a
+        // rider must never crowd the riding batch's own records out.
+        let (mut bytes, mut records, mut taken) = (0u64, 0u64, 0);
+        for resend in waiting.iter() {
+            let (more_bytes, more_records) = (resend.records.byte_len() as u64, resend.records.len() as u64);
+            if bytes + more_bytes > half.bytes || records + more_records > half.records {
+                break;
+            }
+            (bytes, records, taken) = (bytes + more_bytes, records + more_records, taken + 1);
+        }
         waiting.drain(..taken).collect()
+    }
+
+    /// Puts riders a call could not take back at the front, in their order.
+    pub(super) fn put_back(&self, riders: Vec<Resend>) {
+        let mut waiting = self.lock();
+        for resend in riders.into_iter().rev() {
+            waiting.push_front(resend);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, VecDeque<Resend>> {

@@ -215,10 +215,15 @@ impl LineChunker {
                     record.state = state;
                 }
                 _ => {
-                    // Past a limit: the record so far is one, and this line begins the next.
+                    // Past a limit: the record so far is one, and this line begins the next, as
+                    // it would for a read from its offset (a restart's, a recovery's): with no
+                    // record before it.
                     self.multiline_splits += u64::from(self.in_progress.is_some());
                     self.file_in_progress();
-                    self.begin_record(line, line_end, state);
+                    match multiline.rule.classify(line, None) {
+                        LineRole::Continues { state } | LineRole::Begins { state } => self.begin_record(line, line_end, state),
+                        LineRole::Alone => self.file_record(line, None, line_end, false),
+                    }
                 }
             },
             LineRole::Begins { state } => {
@@ -434,6 +439,28 @@ mod tests {
         sealed.extend(chunker.seal());
         assert_eq!(records(&sealed), vec![b"2026-01-01 a\n 1\n 2".to_vec(), b" 3\n 4".to_vec(), b"2026-01-02 b".to_vec()]);
         assert_eq!(sealed[0].multiline_splits, 1);
+    }
+
+    #[test]
+    fn after_a_cut_the_next_record_begins_as_a_read_from_its_offset_would_begin_it() {
+        // A Java trace cut at max_lines: the frames after the cut are what a restart or a
+        // recovery, reading from the cut (a record boundary), makes of them: records alone.
+        let java = crate::source::multiline::MultilineRule::preset("java").expect("preset");
+        let text = b"java.lang.IllegalStateException: boom\n\tat a(A.java:1)\n\tat b(B.java:2)\n\tat c(C.java:3)\n";
+        let mut chunker = multiline_chunker(java.clone(), 2);
+        let mut sealed = Vec::new();
+        chunker.feed(text, &mut sealed);
+        chunker.finish_unterminated_line();
+        sealed.extend(chunker.seal());
+        let cut = b"java.lang.IllegalStateException: boom\n\tat a(A.java:1)\n".len() as u64;
+        let mut again = multiline_chunker_at(java, 2, cut);
+        let mut reread = Vec::new();
+        again.feed(&text[cut as usize..], &mut reread);
+        again.finish_unterminated_line();
+        reread.extend(again.seal());
+        let records = records(&sealed);
+        assert_eq!(records[0], b"java.lang.IllegalStateException: boom\n\tat a(A.java:1)".to_vec());
+        assert_eq!(records[1..].to_vec(), super::tests::records(&reread));
     }
 
     #[test]

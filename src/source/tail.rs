@@ -129,7 +129,17 @@ impl WatchedFile {
         events.file_truncated(&self.path, self.read_offset, size);
         self.read_offset = 0;
         self.marker = TailMarker::default();
-        if let Some(identity) = self.chunker.take().map(|chunker| chunker.file()) {
+        if let Some(mut chunker) = self.chunker.take() {
+            // The complete lines of a record in progress were the old file's: queued as its last
+            // record, not dropped with the chunker.
+            if chunker.has_record_in_progress() {
+                chunker.end_record_in_progress();
+                let sealed: Vec<SealedChunk> = chunker.seal().into_iter().collect();
+                if let Err(error) = append_all(queue, events, &sealed, ReadProgress::Advance) {
+                    events.queue_failed(queue.name(), "append a truncated file's last record", &error);
+                }
+            }
+            let identity = chunker.file();
             if let Err(error) = queue.release_file(&identity) {
                 events.queue_failed(queue.name(), "release a truncated file's old position", &error);
             }
@@ -165,6 +175,9 @@ pub struct Tailer {
     /// Where the next pass starts in the file order, so every file gets the first turn in turn.
     next_turn: usize,
     buffer: Vec<u8>,
+    /// A record of several lines is complete at its file's end (`run --once`: nothing later
+    /// is read in this run), not only after its flush timeout.
+    end_records_at_file_end: bool,
 }
 
 impl Tailer {
@@ -181,12 +194,19 @@ impl Tailer {
             changes: Arc::new(ChangeSignal::default()),
             next_turn: 0,
             buffer: vec![0; READ_BLOCK],
+            end_records_at_file_end: false,
         }
     }
 
     /// Lets change notifications ask for a re-scan.
     pub fn with_change_signal(mut self, changes: Arc<ChangeSignal>) -> Tailer {
         self.changes = changes;
+        self
+    }
+
+    /// Ends each record of several lines at its file's end (see `end_records_at_file_end`).
+    pub fn ending_records_at_file_end(mut self) -> Tailer {
+        self.end_records_at_file_end = true;
         self
     }
 
@@ -314,7 +334,9 @@ impl Tailer {
         let mut idle: Vec<(Instant, DevIno)> = self
             .files
             .iter()
+            // A record in progress is ended by a read that finds the file quiet: its file stays open.
             .filter(|(_, watched)| watched.file.is_some() && watched.in_glob && watched.at_end)
+            .filter(|(_, watched)| watched.chunker.as_ref().is_none_or(|chunker| !chunker.has_record_in_progress()))
             .map(|(key, watched)| (watched.last_growth, *key))
             .collect();
         idle.sort_unstable();
@@ -408,9 +430,9 @@ impl Tailer {
                 // A record of several lines is complete once its file has been at its end,
                 // without growing, for the flush timeout: no later line may join it.
                 let quiet = |flush_timeout| read_total == 0 && at_end && watched.last_growth.elapsed() >= flush_timeout;
-                if chunker.has_record_in_progress()
-                    && self.source.multiline.as_ref().is_some_and(|multiline| quiet(multiline.flush_timeout))
-                {
+                let ended = self.end_records_at_file_end && at_end
+                    || self.source.multiline.as_ref().is_some_and(|multiline| quiet(multiline.flush_timeout));
+                if chunker.has_record_in_progress() && ended {
                     chunker.end_record_in_progress();
                 }
                 sealed.extend(chunker.seal());

@@ -719,3 +719,56 @@ fn a_file_read_through_a_symbolic_link_to_another_filesystem_is_closed_once_dele
     }
     assert_eq!(tailer.open_descriptors(), 0, "a deleted file is closed, not kept as one that cannot be looked for");
 }
+
+/// Every record queued so far, as text, in queue order.
+fn queued_texts(queue: &RouteQueue) -> Vec<String> {
+    let mut texts = Vec::new();
+    let mut next = ChunkSeq(0);
+    while let Some(stored) = queue.read_pending(next, ChunkSeq(u64::MAX)).expect("read") {
+        next = ChunkSeq(stored.seq.0 + 1);
+        let chunk = decode_chunk(stored.seq, &stored.bytes).expect("valid");
+        texts.extend(chunk.records().map(|record| String::from_utf8_lossy(record).into_owned()));
+    }
+    texts
+}
+
+/// A raw source whose records begin at lines starting with a digit.
+fn multiline_source(dir: &Path) -> SourceSettings {
+    let multiline = crate::source::multiline::Multiline {
+        rule: crate::source::multiline::MultilineRule::Start(regex::bytes::Regex::new("^[0-9]").expect("pattern")),
+        flush_timeout: Duration::from_secs(3600),
+        max_lines: 100,
+        max_bytes: 1 << 20,
+    };
+    SourceSettings { format: LineFormat::Raw, multiline: Some(Arc::new(multiline)), ..source(dir) }
+}
+
+#[test]
+fn a_record_in_progress_when_its_file_is_truncated_is_queued_not_dropped() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let live = logs.path().join("app.log");
+    std::fs::write(&live, "1 first\n  more\n2 second\n  at a\n").expect("write");
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut tailer = Tailer::new(multiline_source(logs.path()), 1 << 30, queue.clone(), Arc::new(Events::default()));
+    tailer.pass().expect("pass");
+    assert_eq!(queued_texts(&queue), ["1 first\n  more"], "the second record may still grow");
+    // copytruncate: the old bytes are copied out of the glob, the file starts again.
+    std::fs::OpenOptions::new().write(true).open(&live).expect("open").set_len(0).expect("truncate");
+    std::fs::write(&live, "3 third\n").expect("write");
+    tailer.pass().expect("pass");
+    assert_eq!(queued_texts(&queue), ["1 first\n  more", "2 second\n  at a"]);
+}
+
+#[test]
+fn with_records_ended_at_file_end_a_files_last_record_is_queued_once_it_is_read() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    std::fs::write(logs.path().join("app.log"), "1 first\n  more\n2 last\n  at a\n").expect("write");
+    let (_store, queue) = open_queue(state.path(), 1 << 30);
+    let mut tailer =
+        Tailer::new(multiline_source(logs.path()), 1 << 30, queue.clone(), Arc::new(Events::default())).ending_records_at_file_end();
+    let outcome = tailer.pass().expect("pass");
+    assert!(outcome.caught_up);
+    assert_eq!(queued_texts(&queue), ["1 first\n  more", "2 last\n  at a"]);
+}
