@@ -481,6 +481,23 @@ mod tests {
         assert_eq!((letter.reason, letter.offset, letter.record_len), (DeadLetterReason::LineTooLong, 13, 13));
     }
 
+    /// Feeds `bytes` to `chunker` in reads of the sizes `cuts` gives in turn, sealing after each
+    /// read that ends at a multiple of `seal_every`; returns the chunks sealed.
+    fn feed_in_cuts(chunker: &mut LineChunker, bytes: &[u8], cuts: &[usize], seal_every: usize) -> Vec<SealedChunk> {
+        let mut sealed = Vec::new();
+        let mut at = 0;
+        let mut cut = cuts.iter().cycle();
+        while at < bytes.len() {
+            let next = (at + cut.next().copied().unwrap_or(1)).min(bytes.len());
+            chunker.feed(&bytes[at..next], &mut sealed);
+            if next % seal_every == 0 {
+                sealed.extend(chunker.seal());
+            }
+            at = next;
+        }
+        sealed
+    }
+
     proptest! {
         /// However the bytes are cut into reads, the same records come out, and the chunks tile
         /// the file's complete lines without gap or overlap.
@@ -489,15 +506,7 @@ mod tests {
             let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
             let bytes = text.as_bytes();
             let mut chunker = chunker(LineFormat::Raw, 1 << 20);
-            let mut sealed = Vec::new();
-            let mut at = 0;
-            let mut cut = cuts.iter().cycle();
-            while at < bytes.len() {
-                let next = (at + cut.next().copied().unwrap_or(1)).min(bytes.len());
-                chunker.feed(&bytes[at..next], &mut sealed);
-                if next % 3 == 0 { sealed.extend(chunker.seal()); }
-                at = next;
-            }
+            let mut sealed = feed_in_cuts(&mut chunker, bytes, &cuts, 3);
             sealed.extend(chunker.seal());
             let expected: Vec<Vec<u8>> = lines.iter().filter(|line| !line.trim().is_empty()).map(|line| line.as_bytes().to_vec()).collect();
             prop_assert_eq!(records(&sealed), expected);
@@ -521,15 +530,7 @@ mod tests {
             let bytes = text.as_bytes();
             let read = |cuts: &[usize], seal_every: usize| {
                 let mut chunker = multiline_chunker(starting_with_a_date(), 1000);
-                let mut sealed = Vec::new();
-                let mut at = 0;
-                let mut cut = cuts.iter().cycle();
-                while at < bytes.len() {
-                    let next = (at + cut.next().copied().unwrap_or(1)).min(bytes.len());
-                    chunker.feed(&bytes[at..next], &mut sealed);
-                    if next % seal_every == 0 { sealed.extend(chunker.seal()); }
-                    at = next;
-                }
+                let mut sealed = feed_in_cuts(&mut chunker, bytes, cuts, seal_every);
                 chunker.finish_unterminated_line();
                 sealed.extend(chunker.seal());
                 sealed
