@@ -12,9 +12,9 @@
 //! - Up to `max_in_flight` batches have their own records in a call at once (a far region's
 //!   round trip no longer caps throughput), and up to four times that many are sent and not yet
 //!   acknowledged (the others wait only for leftovers resent together, see
-//!   [`super::resender`]), holding at most 8 MiB of records together; they are acknowledged strictly in queue order: a batch's
-//!   acknowledgement waits for every earlier one, so positions and each chunk's acknowledged
-//!   count always cover a contiguous prefix. A batch abandoned at shutdown stops all later ones
+//!   [`super::resender`]), holding at most 8 MiB of records together; they are acknowledged
+//!   strictly in queue order: a batch's acknowledgement waits for every earlier one, so
+//!   positions and each chunk's acknowledged count always cover a contiguous prefix. A batch abandoned at shutdown stops all later ones
 //!   from being acknowledged: only batches in flight may be sent twice after a restart.
 //! - Calls are paced by a rate learned from throttling ([`crate::sink::rate`]), within the
 //!   sink's `max_bytes_per_sec` / `max_records_per_sec`.

@@ -160,7 +160,7 @@ pub(super) async fn run_resender(courier: Arc<Courier>) {
         gather(&courier).await;
         let batches: Vec<Resend> = {
             let mut waiting = leftovers.lock();
-            let taken = submissions_that_fit(BatchPacker::filled_to(courier.limits, courier.call_allowance()), &waiting);
+            let taken = submissions_that_fit(&courier, &waiting);
             if taken == 0 {
                 // Riders may have taken them all meanwhile; else the first is larger than a call.
                 if let Some(alone) = waiting.pop_front() {
@@ -192,7 +192,7 @@ async fn gather(courier: &Courier) {
         arrived.as_mut().enable();
         {
             let waiting = courier.leftovers.lock();
-            let fit = submissions_that_fit(BatchPacker::filled_to(courier.limits, courier.call_allowance()), &waiting);
+            let fit = submissions_that_fit(courier, &waiting);
             if waiting.is_empty() || !courier.calls_out.any() || fit < waiting.len() {
                 return;
             }
@@ -205,8 +205,9 @@ async fn gather(courier: &Courier) {
     }
 }
 
-/// How many of the first submissions, whole, `packer` takes.
-fn submissions_that_fit(mut packer: BatchPacker, waiting: &VecDeque<Resend>) -> usize {
+/// How many of the first submissions, whole, one call takes at the pace in force.
+fn submissions_that_fit(courier: &Courier, waiting: &VecDeque<Resend>) -> usize {
+    let mut packer = BatchPacker::filled_to(courier.limits, courier.call_allowance());
     let mut taken = 0;
     for resend in waiting {
         let mut trial = packer;

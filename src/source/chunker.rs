@@ -193,14 +193,16 @@ impl LineChunker {
     /// Takes one complete line ending just before `line_end` (which is after its newline, if
     /// any): a record, or part of the record in progress.
     fn complete_line(&mut self, line: &[u8], oversized_len: Option<u64>, line_end: u64) {
+        // A line read whole in one buffer was not measured on the way in.
+        let oversized_len = oversized_len.or_else(|| (line.len() > self.max_line_bytes).then_some(line.len() as u64));
         let Some(multiline) = self.multiline.clone() else {
-            self.file_record(line, oversized_len, line_end, false);
+            self.file_record(line, oversized_len, line_end);
             return;
         };
-        if oversized_len.is_some() || line.len() > self.max_line_bytes {
+        if oversized_len.is_some() {
             // A dead letter of its own, after the record before it.
             self.file_in_progress();
-            self.file_record(line, oversized_len, line_end, false);
+            self.file_record(line, oversized_len, line_end);
             return;
         }
         match multiline.rule.classify(line, self.in_progress.as_ref().map(|record| record.state)) {
@@ -222,7 +224,7 @@ impl LineChunker {
                     self.file_in_progress();
                     match multiline.rule.classify(line, None) {
                         LineRole::Continues { state } | LineRole::Begins { state } => self.begin_record(line, line_end, state),
-                        LineRole::Alone => self.file_record(line, None, line_end, false),
+                        LineRole::Alone => self.file_record(line, None, line_end),
                     }
                 }
             },
@@ -232,7 +234,7 @@ impl LineChunker {
             }
             LineRole::Alone => {
                 self.file_in_progress();
-                self.file_record(line, None, line_end, false);
+                self.file_record(line, None, line_end);
             }
         }
         if self.in_progress.as_ref().is_some_and(|record| multiline.rule.is_complete(record.state)) {
@@ -248,19 +250,17 @@ impl LineChunker {
     fn file_in_progress(&mut self) {
         if let Some(record) = self.in_progress.take() {
             // Its lines were each within max_line_bytes, and together within max_bytes.
-            let whole_record = record.lines > 1;
-            self.file_record(&record.bytes, None, record.end, whole_record);
+            self.file_record(&record.bytes, None, record.end);
         }
     }
 
-    /// Files one record starting at the draft's end and ending just before `line_end`: a line,
-    /// checked against `max_line_bytes`, or (`of_lines`) a record of several lines, whose
-    /// lines were checked one by one.
-    fn file_record(&mut self, line: &[u8], oversized_len: Option<u64>, line_end: u64, of_lines: bool) {
+    /// Files one record starting at the draft's end and ending just before `line_end`; a line
+    /// over `max_line_bytes` (`oversized_len`, its whole length) is a dead letter instead.
+    fn file_record(&mut self, line: &[u8], oversized_len: Option<u64>, line_end: u64) {
         let line_start = self.draft.meta.end_offset;
         let line_len = oversized_len.unwrap_or(line.len() as u64);
         self.draft.meta.end_offset = line_end;
-        if oversized_len.is_some() || (line.len() > self.max_line_bytes && !of_lines) {
+        if oversized_len.is_some() {
             let detail = format!("line of {line_len} bytes is longer than max_line_bytes ({})", self.max_line_bytes);
             self.dead_letter(DeadLetterReason::LineTooLong, detail, line_start, line_len, &line[..line.len().min(OVERSIZED_SAMPLE_BYTES)]);
             return;
