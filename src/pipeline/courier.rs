@@ -228,9 +228,13 @@ impl Courier {
     /// governor what the answer took and refused.
     pub(super) async fn call(&self, records: &OutgoingRecords, group: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
         let size = call_size(records, group);
-        let pace = self.lock_governor().reserve(size, Instant::now());
-        if !pace.is_zero() {
-            tokio::time::sleep(pace).await;
+        // Asked again after each wait: a pace lowered meanwhile holds this call back too.
+        loop {
+            let pace = self.lock_governor().try_reserve(size, Instant::now());
+            match pace {
+                Ok(()) => break,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
         }
         let sent_at = Instant::now();
         let answer = self.sink.put(records, group).await;

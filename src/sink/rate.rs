@@ -226,6 +226,9 @@ struct Test {
     /// The spread of `refused_share` (see [`Tally::spread`]), over this many records.
     spread: f64,
     records: u64,
+    /// Whether a call refused then had many entries refused one by one: the lumps in the share
+    /// were a quota's, not noise's.
+    quota_shaped: bool,
     /// What the calls sent since the decrease were answered.
     after: Tally,
     /// The rates and phase to go back to if the refusals turn out to be noise.
@@ -255,6 +258,9 @@ struct Tally {
     refused: u64,
     /// Of `refused`, the records of calls throttled whole.
     refused_whole: u64,
+    /// Calls answered entry by entry with many of their entries refused: a quota's shape (see
+    /// [`CallAnswer::refused_by_entry_in_bulk`]).
+    refused_by_entry_in_bulk: u64,
     accepted: CallSize,
     /// Calls that had anything accepted.
     accepting_calls: u64,
@@ -277,6 +283,9 @@ impl Tally {
         self.refused += answer.refused_for_throughput;
         if answer.throttled_whole {
             self.refused_whole += answer.refused_for_throughput;
+        }
+        if answer.refused_by_entry_in_bulk() {
+            self.refused_by_entry_in_bulk += 1;
         }
         if answer.accepted.records > 0 {
             self.accepted = self.accepted.plus(answer.accepted);
@@ -368,25 +377,30 @@ impl RateGovernor {
         self.noise.map(|noise| noise.share)
     }
 
-    /// How long to wait before sending a call of `size` at `now`; the call is booked.
-    pub fn reserve(&mut self, size: CallSize, now: Instant) -> Duration {
+    /// Books a call of `size` to go at `now` if the pace lets it go then; otherwise says how
+    /// long to wait before asking again. A call is booked when it goes, not when it starts to
+    /// wait: a change of pace reaches the calls already waiting. Booked ahead, up to 16 calls
+    /// waiting in a route (a second of traffic at 1 MiB/s) went out at the old rate after a
+    /// refusal had lowered it, into the second the quota had spent, and after a test was undone
+    /// they went on top of the rate restored.
+    pub fn try_reserve(&mut self, size: CallSize, now: Instant) -> Result<(), Duration> {
         self.probe(now);
+        let go_at = self.next_send.0.iter().flatten().fold(now, |latest, &next| latest.max(next));
+        if go_at > now {
+            self.last_held_back = Some(now);
+            return Err(go_at - now);
+        }
         let costs = [
             self.current.bytes.map(|rate| size.bytes as f64 / rate),
             self.current.records.map(|rate| size.records as f64 / rate),
             self.current.calls.map(|rate| 1.0 / rate),
         ];
-        let earliest = now.checked_sub(BURST).unwrap_or(now);
-        let go_at = self.next_send.0.iter().flatten().fold(now, |latest, &next| latest.max(next));
-        let go_from = go_at.checked_sub(BURST).unwrap_or(go_at).max(earliest);
+        // A pace that went unused for a while lends at most a burst's worth of it.
+        let go_from = now.checked_sub(BURST).unwrap_or(now);
         for (next, cost) in self.next_send.0.iter_mut().zip(costs) {
             *next = cost.map(|cost| next.map_or(go_from, |next| next.max(go_from)) + Duration::from_secs_f64(cost.min(3600.0)));
         }
-        let wait = go_at.saturating_duration_since(now);
-        if !wait.is_zero() {
-            self.last_held_back = Some(now);
-        }
-        wait
+        Ok(())
     }
 
     /// The most one call should carry at the pace in force: [`BURST`]'s share of the byte and
@@ -497,6 +511,7 @@ impl RateGovernor {
                 refused_share: share,
                 spread: tally.spread(),
                 records: tally.sent_records,
+                quota_shaped: tally.refused_by_entry_in_bulk > 0,
                 after: Tally::default(),
                 before,
                 before_learned,
@@ -527,7 +542,14 @@ impl RateGovernor {
             let refused_call_sent_at = self.answers.back().map_or(now, |answered| answered.answer.sent_at);
             return self.consider_refusals(refused_call_sent_at, false, now);
         }
-        let fell = share < FELL_TO * test.refused_share && test.refused_share - share > 3.0 * both;
+        // Where the share refused before came in lumps, its own spread is large, and a fall by
+        // less than three times that spread is a fall noise could give: calls throttled whole at
+        // random come in lumps too. But noise never refuses a quarter of a call's entries one by one,
+        // a quota refuses every entry past it: when such a call made the lumps, the question is
+        // only whether the calls sent since are refused less, and their own spread answers it
+        // (a test of one second, not of five, at 10 % below the pace).
+        let against = if test.quota_shaped { spread } else { both };
+        let fell = share < FELL_TO * test.refused_share && test.refused_share - share > 3.0 * against;
         // A quota predicts that, below it, only the noise known before is left. A floor that
         // has outlived its memory is what is being tested: it predicts nothing.
         let floor_before = self.fresh_noise(now).map_or(0.0, |noise| noise.share);
@@ -718,6 +740,17 @@ impl Learning {
 }
 
 impl CallAnswer {
+    /// A quarter or more of a call's entries, and at least [`REFUSED_IN_FULL_AT_LEAST`], refused
+    /// for throughput in an answer given entry by entry: what a quota running out does to the
+    /// call that meets it and to those after it in the same second. Random refusals of single
+    /// records, up to 10 % of them, refuse that many only by chance of one in millions (a
+    /// quarter of 128 records is 5.6 standard deviations above 10 %; of 500, 11).
+    fn refused_by_entry_in_bulk(&self) -> bool {
+        !self.throttled_whole
+            && self.refused_for_throughput >= REFUSED_IN_FULL_AT_LEAST
+            && self.refused_for_throughput as f64 >= QUOTA_AT_ONCE * self.sent.records as f64
+    }
+
     /// Every entry of a call of [`REFUSED_IN_FULL_AT_LEAST`] records or more refused for
     /// throughput, in an answer given entry by entry (a call throttled whole is how noise
     /// refuses calls too).
@@ -743,6 +776,18 @@ fn larger(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl RateGovernor {
+        /// How long a call of `size` asked for at `now` waits for the pace, booked when it goes
+        /// (as the courier does, asking again after each wait).
+        fn reserve(&mut self, size: CallSize, now: Instant) -> Duration {
+            let mut at = now;
+            while let Err(wait) = self.try_reserve(size, at) {
+                at += wait;
+            }
+            at - now
+        }
+    }
 
     const RECORD_BYTES: u64 = 146;
     const BATCH_RECORDS: u64 = 500;
@@ -1151,6 +1196,58 @@ mod tests {
         assert_eq!(governor.rates(), lowered);
         governor.answered(answer(sent(start, 201), 0), refused_at + Duration::from_millis(2_600));
         assert_eq!(governor.rates(), lowered);
+    }
+
+    #[test]
+    fn a_call_mostly_refused_entry_by_entry_makes_a_test_of_one_second() {
+        let start = Instant::now();
+        let mut governor = RateGovernor::new(Rates::default());
+        for call in 0..200 {
+            governor.answered(answer(sent(start, call), 0), sent(start, call));
+        }
+        // A quota ran out in this call: 400 of its 500 entries refused, one by one. One lumpy
+        // call among a hundred makes the share's spread as large as the share, as one call
+        // throttled whole would (see the test below, where that waits for five seconds).
+        let tested_at = sent(start, 200);
+        assert_eq!(governor.answered(answer(tested_at, 400), tested_at).map(|change| change.decision), Some(PaceDecision::Testing));
+        let (decisions, _) = answer_calls(&mut governor, tested_at, TEST_SPAN + Duration::from_millis(100), Duration::from_millis(1), 0);
+        assert_eq!(decisions, [PaceDecision::QuotaConfirmed], "nothing refused below the pace: a quota, known after one second");
+        assert_eq!(governor.noise_floor(), Some(0.0));
+    }
+
+    #[test]
+    fn calls_waiting_for_the_pace_when_it_falls_go_at_the_lower_pace() {
+        let start = Instant::now();
+        let mut governor = RateGovernor::new(Rates::default());
+        for call in 0..200 {
+            governor.answered(answer(sent(start, call), 0), sent(start, call));
+        }
+        let refused_at = sent(start, 200);
+        assert_eq!(governor.answered(answer(refused_at, 500), refused_at).map(|change| change.decision), Some(PaceDecision::Lowered));
+        let (_, now) = answer_calls(&mut governor, refused_at, Duration::from_millis(2_500), Duration::from_millis(1), 0);
+        // Sixteen calls come at once, as the batches of a route do, just after one went: all wait.
+        let mut waiting = Vec::new();
+        for _ in 0..16 {
+            if let Err(wait) = governor.try_reserve(CALL, now) {
+                waiting.push(now + wait);
+            }
+        }
+        assert_eq!(waiting.len(), 16);
+        // Before any of them goes, a refusal lowers the pace (a test, 10 % below it).
+        let change = governor.answered(answer(now, 400), now + Duration::from_millis(1)).expect("a decision");
+        assert_eq!(change.decision, PaceDecision::Testing);
+        let lowered = change.rates.bytes.expect("a byte rate");
+        let mut gone = Vec::new();
+        for wake in waiting {
+            let mut at = wake.max(gone.last().copied().unwrap_or(wake));
+            while let Err(wait) = governor.try_reserve(CALL, at) {
+                at += wait;
+            }
+            gone.push(at);
+        }
+        let span = gone[15].duration_since(gone[0]).as_secs_f64();
+        let at_the_lower_pace = 15.0 * CALL.bytes as f64 / lowered;
+        assert!(span >= at_the_lower_pace * 0.999, "16 calls went over {span:.4} s; the lowered pace takes {at_the_lower_pace:.4} s");
     }
 
     #[test]
