@@ -1,11 +1,13 @@
 //! Throughput of the queue path, in records/s and bytes/s of seed-sized records (~140 B):
-//! - `chunker`: splitting lines and checking JSON, the reader's CPU work per record;
+//! - `chunker`: splitting lines and checking JSON, the reader's CPU work per record; and parsing
+//!   text records into JSON objects (`parse_nginx`, `parse_logfmt`: 100,000 access-log lines);
 //! - `codec`: encoding and verifying a 256 KiB chunk;
 //! - `queue/append_commit`: appending chunks to sled and fsyncing once per 16 MiB, as a read pass does;
 //! - `queue/drain_acknowledge`: reading, verifying and acknowledging them, as the flusher does.
 //!
 //! Run: `cargo bench --bench queue_throughput`. Figures go in docs/performance.md.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -13,6 +15,7 @@ use tailhose::cli::generate::{seed_record, SeedRandom};
 use tailhose::config::{LineFormat, Retention};
 use tailhose::queue::chunk::{decode_chunk, encode_chunk};
 use tailhose::queue::{ChunkAck, ChunkSeq, FileIdentity, QueueStore, ReadProgress};
+use tailhose::source::parse::Parser;
 use tailhose::source::{LineChunker, SealedChunk};
 
 const RECORDS: u64 = 100_000;
@@ -54,7 +57,48 @@ fn chunker(c: &mut Criterion) {
     group.bench_function("split_raw", |b| b.iter(|| chunk_lines_as(&bytes, LineFormat::Raw)));
     group.throughput(Throughput::Bytes(bytes.len() as u64));
     group.bench_function("split_and_check_json_bytes", |b| b.iter(|| chunk_lines(&bytes)));
+    // Text parsed into one JSON object a record (`[sources.NAME.parse]`), nginx's combined format
+    // and the same fields as logfmt.
+    group.throughput(Throughput::Elements(RECORDS));
+    let (nginx, logfmt) = access_lines(RECORDS);
+    for (name, kind, lines) in [("parse_nginx", "nginx", &nginx), ("parse_logfmt", "logfmt", &logfmt)] {
+        let parser = Arc::new(Parser::new(kind, None, None, &[("code".into(), "integer".into())]).expect("a preset"));
+        group.bench_function(name, |b| b.iter(|| chunk_parsed(lines, &parser)));
+    }
     group.finish();
+}
+
+/// `count` access-log lines in nginx's combined format, and the same as logfmt.
+fn access_lines(count: u64) -> (Vec<u8>, Vec<u8>) {
+    let (mut nginx, mut logfmt) = (Vec::new(), Vec::new());
+    for seq in 0..count {
+        let (address, code, size) = (seq % 250, 200 + (seq % 3) * 100, 512 + seq % 4096);
+        nginx.extend_from_slice(
+            format!(
+                "203.0.113.{address} - - [01/Dec/2026:12:00:00 +0000] \"GET /videos/{seq}?t=3 HTTP/1.1\" {code} {size} \"https://example.com/\" \"Mozilla/5.0 (X11; Linux x86_64)\"\n"
+            )
+            .as_bytes(),
+        );
+        logfmt.extend_from_slice(
+            format!(
+                "remote=203.0.113.{address} time=\"01/Dec/2026:12:00:00 +0000\" method=GET path=\"/videos/{seq}?t=3\" code={code} size={size} referer=https://example.com/ agent=\"Mozilla/5.0 (X11; Linux x86_64)\"\n"
+            )
+            .as_bytes(),
+        );
+    }
+    (nginx, logfmt)
+}
+
+fn chunk_parsed(bytes: &[u8], parser: &Arc<Parser>) -> Vec<SealedChunk> {
+    let mut chunker =
+        LineChunker::new(identity(), b"/var/log/nginx/access.log".to_vec(), LineFormat::Raw, 1 << 20, 0).with_parser(Some(parser.clone()));
+    let mut sealed = Vec::new();
+    for block in bytes.chunks(256 * 1024) {
+        chunker.feed(block, &mut sealed);
+    }
+    sealed.extend(chunker.seal());
+    assert!(sealed.iter().all(|chunk| chunk.dead_letters.is_empty()), "every line parses");
+    sealed
 }
 
 fn codec(c: &mut Criterion) {

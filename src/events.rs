@@ -35,6 +35,7 @@ pub struct Events {
     dead_record_too_large: AtomicU64,
     dead_rejected_by_sink: AtomicU64,
     dead_unrecoverable: AtomicU64,
+    dead_parse_failed: AtomicU64,
     batches_acked: AtomicU64,
     batches_abandoned: AtomicU64,
     records_acked: AtomicU64,
@@ -194,6 +195,7 @@ impl Default for Events {
             dead_record_too_large: AtomicU64::default(),
             dead_rejected_by_sink: AtomicU64::default(),
             dead_unrecoverable: AtomicU64::default(),
+            dead_parse_failed: AtomicU64::default(),
             batches_acked: AtomicU64::default(),
             batches_abandoned: AtomicU64::default(),
             records_acked: AtomicU64::default(),
@@ -249,6 +251,7 @@ pub struct EventCounts {
     pub dead_record_too_large: u64,
     pub dead_rejected_by_sink: u64,
     pub dead_unrecoverable: u64,
+    pub dead_parse_failed: u64,
     pub batches_acked: u64,
     pub batches_abandoned: u64,
     pub records_acked: u64,
@@ -448,6 +451,7 @@ impl Events {
             DeadLetterReason::RecordTooLarge => &self.dead_record_too_large,
             DeadLetterReason::RejectedBySink => &self.dead_rejected_by_sink,
             DeadLetterReason::Unrecoverable => &self.dead_unrecoverable,
+            DeadLetterReason::ParseFailed => &self.dead_parse_failed,
         };
         bump(counter, 1);
         // Each dead letter is stored with all of this; the log line is the alert, so a file full
@@ -686,6 +690,7 @@ impl Events {
             dead_record_too_large: load(&self.dead_record_too_large),
             dead_rejected_by_sink: load(&self.dead_rejected_by_sink),
             dead_unrecoverable: load(&self.dead_unrecoverable),
+            dead_parse_failed: load(&self.dead_parse_failed),
             batches_acked: load(&self.batches_acked),
             batches_abandoned: load(&self.batches_abandoned),
             records_acked: load(&self.records_acked),

@@ -20,7 +20,9 @@ Caused by: java.io.IOException: disk full
 \t... 2 more";
 const NEXT: &str = "2026-12-01 12:00:02.003 INFO  [main] c.e.Orders - next";
 
-fn write_config(workspace: &Workspace, endpoint: &str, multiline: &str) {
+/// A config reading `source/*.log` as raw text, with `source_tables` (`[sources.app.multiline]`,
+/// `[sources.app.parse]`) after the source's own keys.
+fn write_config(workspace: &Workspace, endpoint: &str, source_tables: &str) {
     let text = format!(
         r#"data_dir = "state"
 shutdown_timeout = "5s"
@@ -33,8 +35,7 @@ paths = ["source/*.log"]
 format = "raw"
 poll_interval = "50ms"
 
-[sources.app.multiline]
-{multiline}
+{source_tables}
 
 [sinks.events]
 type = "firehose"
@@ -49,6 +50,10 @@ append_newline = true
         support::REGION
     );
     std::fs::write(workspace.config(), text).expect("write config");
+}
+
+fn multiline(rule: &str) -> String {
+    format!("[sources.app.multiline]\n{rule}")
 }
 
 fn append(workspace: &Workspace, text: &str) {
@@ -73,7 +78,7 @@ fn a_stack_trace_is_one_record_and_a_kill_in_the_middle_of_its_writing_neither_s
     let fake = FakeFirehose::start(Faults::default());
     let workspace = Workspace::new();
     // A long flush timeout: the trace cut by the kill stays in progress until its rest comes.
-    write_config(&workspace, &fake.endpoint, "start = '^\\d{4}-\\d{2}-\\d{2} '\nflush_timeout = \"60s\"");
+    write_config(&workspace, &fake.endpoint, &multiline("start = '^\\d{4}-\\d{2}-\\d{2} '\nflush_timeout = \"60s\""));
     let (head, rest) = TRACE.split_at(TRACE.find("Caused by").expect("a cause"));
     append(&workspace, &format!("{STARTED}\n{TRACE}\n{NEXT}\n{head}"));
 
@@ -100,7 +105,7 @@ fn a_stack_trace_is_one_record_and_a_kill_in_the_middle_of_its_writing_neither_s
 fn a_quiet_files_last_record_is_sent_after_the_flush_timeout_and_later_lines_are_records_of_their_own() {
     let fake = FakeFirehose::start(Faults::default());
     let workspace = Workspace::new();
-    write_config(&workspace, &fake.endpoint, "start = '^\\d{4}-\\d{2}-\\d{2} '\nflush_timeout = \"300ms\"");
+    write_config(&workspace, &fake.endpoint, &multiline("start = '^\\d{4}-\\d{2}-\\d{2} '\nflush_timeout = \"300ms\""));
     append(&workspace, &format!("{STARTED}\n{TRACE}\n"));
     let daemon = workspace.start_daemon();
     let address = workspace.admin_address();
@@ -116,7 +121,7 @@ fn a_quiet_files_last_record_is_sent_after_the_flush_timeout_and_later_lines_are
 fn with_the_java_preset_an_exception_and_its_frames_are_one_record_and_ordinary_lines_wait_for_nothing() {
     let fake = FakeFirehose::start(Faults::default());
     let workspace = Workspace::new();
-    write_config(&workspace, &fake.endpoint, "preset = \"java\"\nflush_timeout = \"300ms\"");
+    write_config(&workspace, &fake.endpoint, &multiline("preset = \"java\"\nflush_timeout = \"300ms\""));
     append(&workspace, &format!("{STARTED}\n{TRACE}\n{NEXT}\n"));
     let daemon = workspace.start_daemon();
     let address = workspace.admin_address();
@@ -135,10 +140,63 @@ fn a_multiline_table_that_cannot_work_is_refused_with_its_key() {
         ("preset = \"cobol\"", "no preset is named `cobol` (presets: java, python, go)"),
         ("start = 'a'\ncontinuation = 'b'", "give exactly one of `start`, `continuation` and `preset`"),
     ] {
-        write_config(&workspace, "http://127.0.0.1:9", table);
+        write_config(&workspace, "http://127.0.0.1:9", &multiline(table));
         let output = workspace.run(&["check-config", "--config", "tailhose.toml"]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{table}: accepted");
         assert!(stderr.contains("sources.app.multiline") && stderr.contains(expected), "{table}: {stderr}");
+    }
+}
+
+#[test]
+fn nginx_lines_are_sent_as_json_objects_and_a_line_that_does_not_parse_is_a_counted_dead_letter_at_its_offset() {
+    let fake = FakeFirehose::start(Faults::default());
+    let workspace = Workspace::new();
+    write_config(&workspace, &fake.endpoint, "[sources.app.parse]\ntype = \"nginx\"\ntypes = { code = \"integer\", size = \"integer\" }");
+    let first = r#"203.0.113.9 - - [01/Dec/2026:12:00:00 +0000] "GET /videos/17 HTTP/1.1" 200 5120 "-" "Mozilla/5.0""#;
+    let garbled = "nginx: [emerg] bind() to 0.0.0.0:80 failed";
+    let second = r#"203.0.113.10 - bob [01/Dec/2026:12:00:01 +0000] "POST /views HTTP/1.1" 201 0 "-" "curl/8.5""#;
+    append(&workspace, &format!("{first}\n{garbled}\n{second}\n"));
+    let daemon = workspace.start_daemon();
+    let address = workspace.admin_address();
+    wait_until(Duration::from_secs(30), "two records acknowledged", || (records_acked(&address) == Some(2)).then_some(()));
+    let (_, metrics) = http_get(&address, "/metrics").expect("metrics");
+    assert!(metrics.contains("tailhose_dead_letters_total{reason=\"parse_failed\"} 1"), "{metrics}");
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+
+    let objects: Vec<serde_json::Value> =
+        accepted(&fake).iter().map(|record| serde_json::from_str(record).expect("each record is JSON")).collect();
+    assert_eq!(objects.len(), 2);
+    assert_eq!(
+        objects[0],
+        serde_json::json!({"remote": "203.0.113.9", "host": "-", "user": "-", "time": "01/Dec/2026:12:00:00 +0000",
+            "method": "GET", "path": "/videos/17", "code": 200, "size": 5120, "referer": "-", "agent": "Mozilla/5.0"})
+    );
+    assert_eq!((objects[1]["user"].as_str(), objects[1]["code"].as_i64()), (Some("bob"), Some(201)));
+
+    let output = workspace.run(&["queue", "dead-letters", "--config", "tailhose.toml"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let letters: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).expect("JSON")).collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["reason"], "parse_failed");
+    assert_eq!(letters[0]["offset"].as_u64(), Some(first.len() as u64 + 1));
+    assert!(letters[0]["detail"].as_str().is_some_and(|detail| detail.contains("does not match")), "{letters:?}");
+}
+
+#[test]
+fn a_parse_table_that_cannot_work_is_refused_with_its_key() {
+    let workspace = Workspace::new();
+    for (table, expected) in [
+        ("type = \"grok\"", "no parser type is named `grok`"),
+        ("type = \"csv\"", "needs `columns`"),
+        ("type = \"regex\"\npattern = '(?<a>'", "is not a valid regular expression"),
+        ("type = \"nginx\"\ntypes = { code = \"number\" }", "types.code: `number` is not a type"),
+    ] {
+        write_config(&workspace, "http://127.0.0.1:9", &format!("[sources.app.parse]\n{table}"));
+        let output = workspace.run(&["check-config", "--config", "tailhose.toml"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{table}: accepted");
+        assert!(stderr.contains("sources.app.parse") && stderr.contains(expected), "{table}: {stderr}");
     }
 }

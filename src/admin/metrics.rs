@@ -62,6 +62,7 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
             ("record_too_large", counts.dead_record_too_large),
             ("rejected_by_sink", counts.dead_rejected_by_sink),
             ("unrecoverable", counts.dead_unrecoverable),
+            ("parse_failed", counts.dead_parse_failed),
         ],
     );
     out.labelled_counter(

@@ -139,7 +139,8 @@ pub struct PurgeWhat {
 #[derive(Debug, Clone, Args)]
 pub struct Selection {
     /// Dead letters: only these reasons (repeatable): rejected_by_sink, record_too_large,
-    /// invalid_json, line_too_long, unrecoverable, or all. Replay defaults to rejected_by_sink.
+    /// invalid_json, line_too_long, unrecoverable, parse_failed (the line as read, unparsed), or
+    /// all. Replay defaults to rejected_by_sink.
     #[arg(long = "reason")]
     reasons: Vec<String>,
     /// Chunks (or dead letters) with a sequence number (id) from this one...

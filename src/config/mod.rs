@@ -25,6 +25,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::source::multiline::{Multiline, MultilineRule};
+use crate::source::parse::Parser;
 
 /// Firehose's own limits for `PutRecordBatch` (they cannot be raised).
 pub mod firehose_limits {
@@ -110,8 +111,9 @@ pub enum LineFormat {
 pub struct SourceConfig {
     /// Glob patterns, re-scanned every `refresh_interval`.
     pub paths: Vec<String>,
-    #[serde(default = "default_format")]
-    pub format: LineFormat,
+    /// `json` (checked) unless a `parse` table says how to read the records.
+    #[serde(default)]
+    pub format: Option<LineFormat>,
     /// For a file with no stored position found at start-up: read it from its first byte (`true`)
     /// or only what is written from now on (`false`). Files that appear later are always read
     /// from their head, so nothing written to them is missed.
@@ -140,6 +142,35 @@ pub struct SourceConfig {
     /// Records that span lines (stack traces): `[sources.NAME.multiline]`.
     #[serde(default)]
     pub multiline: Option<MultilineConfig>,
+    /// Text records parsed into JSON objects: `[sources.NAME.parse]`.
+    #[serde(default)]
+    pub parse: Option<ParseConfig>,
+}
+
+/// A `[sources.NAME.parse]` table: how a text record becomes a JSON object (see
+/// [`crate::source::parse`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParseConfig {
+    /// `regex`, a preset (`nginx`, `apache2`, `syslog`, `syslog_rfc3164`, `syslog_rfc5424`),
+    /// or a grammar (`csv`, `tsv`, `ltsv`, `logfmt`).
+    #[serde(rename = "type")]
+    pub parser_type: String,
+    /// For `regex`: named captures are the fields.
+    pub pattern: Option<String>,
+    /// For `csv` and `tsv`: each value's name, in order.
+    pub columns: Option<Vec<String>>,
+    /// Fields converted from their text: `integer`, `float`, `bool` or `string`.
+    #[serde(default)]
+    pub types: BTreeMap<String, String>,
+}
+
+impl ParseConfig {
+    /// The parser this table describes, or what is wrong with it.
+    pub fn compile(&self) -> Result<Parser, String> {
+        let types: Vec<(String, String)> = self.types.iter().map(|(field, kind)| (field.clone(), kind.clone())).collect();
+        Parser::new(&self.parser_type, self.pattern.as_deref(), self.columns.as_deref(), &types).map_err(|error| error.to_string())
+    }
 }
 
 /// A `[sources.NAME.multiline]` table: which lines make one record (see
@@ -323,6 +354,7 @@ pub struct SourceSettings {
     pub poll_interval: Duration,
     pub max_line_bytes: u64,
     pub multiline: Option<Arc<Multiline>>,
+    pub parse: Option<Arc<Parser>>,
 }
 
 impl SourceSettings {
@@ -352,6 +384,7 @@ impl SourceSettings {
             poll_interval: Duration::from_millis(10),
             max_line_bytes: 1 << 20,
             multiline: None,
+            parse: None,
         }
     }
 }
@@ -493,6 +526,14 @@ impl Config {
             if let Some(Err(problem)) = source.get_ref().multiline.as_ref().map(MultilineConfig::compile) {
                 report(format!("{key}.multiline"), source.span(), problem);
             }
+            if let Some(Err(problem)) = source.get_ref().parse.as_ref().map(ParseConfig::compile) {
+                report(format!("{key}.parse"), source.span(), problem);
+            }
+            if source.get_ref().parse.is_some() && source.get_ref().format == Some(LineFormat::Json) {
+                let why =
+                    "format = \"json\" and a parse table both say how to read a record: a parsed record is JSON already; leave format out";
+                report(format!("{key}.format"), source.span(), why.into());
+            }
         }
         for (name, sink) in &self.sinks {
             let key = format!("sinks.{name}");
@@ -612,13 +653,15 @@ impl Config {
                     exclude: source.exclude.clone(),
                     ignore_older_than: source.ignore_older_than,
                     max_open_files: source.max_open_files,
-                    format: source.format,
+                    // A parsed record is checked by its parser; the JSON it gives is not checked again.
+                    format: source.format.unwrap_or(if source.parse.is_some() { LineFormat::Raw } else { LineFormat::Json }),
                     read_from_head: source.read_from_head,
                     refresh_interval: source.refresh_interval,
                     poll_interval: source.poll_interval,
                     max_line_bytes: source.max_line_bytes.0,
                     // Checked by `Config::parse`: a table that does not compile never gets here.
                     multiline: source.multiline.as_ref().and_then(|multiline| multiline.compile().ok()).map(Arc::new),
+                    parse: source.parse.as_ref().and_then(|parse| parse.compile().ok()).map(Arc::new),
                 }
             })
             .collect()
@@ -687,9 +730,6 @@ fn default_unhealthy_after() -> Duration {
 }
 fn default_true() -> bool {
     true
-}
-fn default_format() -> LineFormat {
-    LineFormat::Json
 }
 fn default_max_queue_bytes() -> ByteSize {
     ByteSize(1024 * 1024 * 1024)

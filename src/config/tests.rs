@@ -171,3 +171,23 @@ fn the_admin_endpoint_is_on_loopback_by_default_and_can_be_turned_off() {
     assert!(!off.admin.enabled);
     assert_eq!(off.admin.address.to_string(), "0.0.0.0:9000");
 }
+
+#[test]
+fn a_parse_table_gives_the_source_a_parser_and_its_mistakes_are_reported_on_its_source() {
+    let nginx =
+        SEED_LIKE.replace("format = \"json\"\n", "") + "\n[sources.conect.parse]\ntype = \"nginx\"\ntypes = { code = \"integer\" }\n";
+    let sources = parse(&nginx).expect("valid").source_settings();
+    let parser = sources[0].parse.as_ref().expect("a parser");
+    let object = parser.parse(br#"::1 - - [01/Dec/2026:12:00:00 +0000] "GET / HTTP/1.1" 200 5"#).expect("parses");
+    assert!(String::from_utf8_lossy(&object).contains(r#""code":200"#));
+    // A parsed record is not checked as JSON text again.
+    assert_eq!(sources[0].format, LineFormat::Raw);
+
+    let both = SEED_LIKE.to_owned() + "\n[sources.conect.parse]\ntype = \"logfmt\"\n";
+    let keys: Vec<String> = problems(&both).into_iter().map(|problem| problem.key).collect();
+    assert_eq!(keys, ["sources.conect.format"]);
+    let wrong = SEED_LIKE.replace("format = \"json\"\n", "") + "\n[sources.conect.parse]\ntype = \"regex\"\npattern = \"^(\\\\d+)$\"\n";
+    let problems = problems(&wrong);
+    assert_eq!((problems[0].key.as_str(), problems[0].line), ("sources.conect.parse", Some(4)));
+    assert!(problems[0].message.contains("no named capture"), "{}", problems[0].message);
+}

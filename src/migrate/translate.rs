@@ -55,7 +55,19 @@ pub struct TailSource {
     pub multiline_start: Option<String>,
     /// in_tail's `multiline_flush_interval`, as a humantime string.
     pub multiline_flush_interval: Option<String>,
+    /// A `<parse>` that builds records from fields, as a `[sources.NAME.parse]` table.
+    pub parse: Option<ParseTable>,
     pub location: Location,
+}
+
+/// A `[sources.NAME.parse]` table (see `crate::source::parse`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseTable {
+    pub parser_type: String,
+    pub pattern: Option<String>,
+    pub columns: Option<Vec<String>>,
+    /// Field and type, in Fluentd's `types` order.
+    pub types: Vec<(String, String)>,
 }
 
 /// A `kinesis_firehose` output, with the sources routed to it.
@@ -213,6 +225,7 @@ fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<T
         ignore_older_than: None,
         multiline_start: None,
         multiline_flush_interval: None,
+        parse: None,
         location: section.location.clone(),
     };
     for param in &section.params {
@@ -271,6 +284,11 @@ fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<T
             multiline_parse(parse, &mut source, notes);
             continue;
         }
+        if let Some(table) = fields_parse(kind, parse, notes) {
+            source.format = LineFormat::Raw;
+            source.parse = Some(table);
+            continue;
+        }
         source.format = line_format(kind, type_location(parse), notes);
         for param in parse.params.iter().filter(|param| param.key != "@type") {
             notes.push(
@@ -302,10 +320,12 @@ fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<T
     Some(source)
 }
 
-/// `<parse> @type multiline`: `format_firstline` begins each record (docs/records.md); the
-/// fields `format1`… parsed out of it are not kept, the record is its lines as written.
+/// `<parse> @type multiline`: `format_firstline` begins each record (docs/records.md), and
+/// `format1`, `format2`… joined in order are the pattern the whole record is parsed by, as
+/// Fluentd joins them (its `.` matches newlines there: `(?s)`).
 fn multiline_parse(parse: &Directive, source: &mut TailSource, notes: &mut Notes) {
     source.format = LineFormat::Raw;
+    let mut formats: Vec<(u32, String)> = Vec::new();
     for param in parse.params.iter().filter(|param| param.key != "@type") {
         let location = &param.location;
         match param.key.as_str() {
@@ -321,13 +341,29 @@ fn multiline_parse(parse: &Directive, source: &mut TailSource, notes: &mut Notes
                     ),
                 }
             }
-            key if key.starts_with("format") => notes.push(
-                Severity::ChangesDelivery,
-                location,
-                key,
-                "Fluentd parsed each event into fields; tailhose delivers the event's lines as written (format = \"raw\")".into(),
-            ),
+            key if key.strip_prefix("format").is_some_and(|number| number.parse::<u32>().is_ok()) => {
+                let number = key["format".len()..].parse::<u32>().unwrap_or_default();
+                formats.push((number, ruby_regexp(&param.value)));
+            }
             key => notes.push(Severity::ChangesDelivery, location, key, "a multiline parser option tailhose does not translate".into()),
+        }
+    }
+    formats.sort();
+    let numbered_in_order = formats.iter().enumerate().all(|(index, (number, _))| *number as usize == index + 1);
+    if !formats.is_empty() {
+        let pattern = format!("(?s){}", formats.iter().map(|(_, format)| format.as_str()).collect::<String>());
+        let table = ParseTable { parser_type: "regex".into(), pattern: Some(pattern), columns: None, types: Vec::new() };
+        match table.compile() {
+            Ok(_) if numbered_in_order => source.parse = Some(table),
+            outcome => notes.push(
+                Severity::ChangesDelivery,
+                &parse.location,
+                "format1",
+                match outcome {
+                    Err(problem) => format!("the joined formats cannot be kept ({problem}): records are delivered as written"),
+                    Ok(_) => "formats are not numbered 1, 2, 3…: records are delivered as written".into(),
+                },
+            ),
         }
     }
     if source.multiline_start.is_none() {
@@ -337,6 +373,84 @@ fn multiline_parse(parse: &Directive, source: &mut TailSource, notes: &mut Notes
             "@type multiline",
             "no usable format_firstline: records are one line each".into(),
         );
+    }
+}
+
+/// A `<parse>` that builds each record from fields (`regexp`, `nginx`, `apache2`, `syslog`, `csv`,
+/// `tsv`, `ltsv`, `logfmt`) as a parse table, checked by compiling it; `None` for the others
+/// (`json`, `none` and parsers tailhose does not have), or when the table cannot work (noted).
+fn fields_parse(kind: &str, parse: &Directive, notes: &mut Notes) -> Option<ParseTable> {
+    let mut table = ParseTable { parser_type: kind.to_owned(), pattern: None, columns: None, types: Vec::new() };
+    match kind {
+        "regexp" => table.parser_type = "regex".into(),
+        "nginx" | "apache2" | "csv" | "tsv" | "ltsv" | "logfmt" => {}
+        "syslog" => {
+            table.parser_type = match parse.value("message_format").unwrap_or("rfc3164") {
+                "rfc5424" => "syslog_rfc5424",
+                "auto" => "syslog",
+                _ => "syslog_rfc3164",
+            }
+            .into()
+        }
+        _ => return None,
+    }
+    for param in parse.params.iter().filter(|param| param.key != "@type") {
+        let location = &param.location;
+        match (kind, param.key.as_str()) {
+            ("regexp", "expression") => table.pattern = Some(ruby_regexp(&param.value)),
+            ("csv" | "tsv", "keys") => {
+                table.columns = Some(param.value.split(',').map(|key| key.trim().to_owned()).filter(|key| !key.is_empty()).collect())
+            }
+            (_, "types") => {
+                for pair in param.value.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
+                    let (field, kind) = pair.split_once(':').unwrap_or((pair, "string"));
+                    match crate::source::parse::FieldType::named(kind.trim()) {
+                        Some(_) => table.types.push((field.trim().to_owned(), kind.trim().to_owned())),
+                        None => notes.push(
+                            Severity::ChangesDelivery,
+                            location,
+                            "types",
+                            format!("`{pair}`: tailhose converts to integer, float, bool or string; `{field}` stays a string"),
+                        ),
+                    }
+                }
+            }
+            ("syslog", "message_format" | "with_priority") => notes.push(
+                Severity::Info,
+                location,
+                &param.key,
+                "tailhose reads the priority when the message has one, whatever with_priority says".into(),
+            ),
+            (
+                _,
+                "time_key" | "time_format" | "time_type" | "keep_time_key" | "timezone" | "utc" | "localtime" | "estimate_current_event",
+            ) => notes.push(
+                Severity::Info,
+                location,
+                &param.key,
+                "the time field stays in the record as its text (Fluentd moved it into the event time unless keep_time_key true)".into(),
+            ),
+            (_, key) => notes.push(Severity::ChangesDelivery, location, key, "a parser option tailhose does not translate".into()),
+        }
+    }
+    match table.compile() {
+        Ok(_) => Some(table),
+        Err(problem) => {
+            notes.push(
+                Severity::ChangesDelivery,
+                type_location(parse),
+                "@type",
+                format!("`{kind}` cannot be kept as it is ({problem}): lines are delivered as written (format = \"raw\")"),
+            );
+            None
+        }
+    }
+}
+
+impl ParseTable {
+    /// The parser the table makes, or why it cannot work.
+    fn compile(&self) -> Result<crate::source::parse::Parser, crate::source::parse::ParserError> {
+        crate::source::parse::Parser::new(&self.parser_type, self.pattern.as_deref(), self.columns.as_deref(), &self.types)
     }
 }
 
@@ -583,11 +697,14 @@ pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path
             let exclude: Vec<String> = source.exclude.iter().map(|path| quote(path)).collect();
             out.push_str(&format!("exclude = [{}]\n", exclude.join(", ")));
         }
-        let format = match source.format {
-            LineFormat::Json => "json",
-            LineFormat::Raw => "raw",
-        };
-        out.push_str(&format!("format = \"{format}\"\n"));
+        // A parse table says how records are read: a format beside it would contradict it.
+        if source.parse.is_none() {
+            let format = match source.format {
+                LineFormat::Json => "json",
+                LineFormat::Raw => "raw",
+            };
+            out.push_str(&format!("format = \"{format}\"\n"));
+        }
         out.push_str(&format!("read_from_head = {}\n", source.read_from_head));
         out.push_str(&format!("refresh_interval = {}\n", quote(&source.refresh_interval)));
         if let Some(age) = &source.ignore_older_than {
@@ -597,6 +714,29 @@ pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path
             out.push_str(&format!("\n[sources.{}.multiline]\nstart = {}\n", source.name, quote(start)));
             if let Some(timeout) = &source.multiline_flush_interval {
                 out.push_str(&format!("flush_timeout = {}\n", quote(timeout)));
+            }
+        }
+        if let Some(parse) = &source.parse {
+            out.push_str(&format!("\n[sources.{}.parse]\ntype = {}\n", source.name, quote(&parse.parser_type)));
+            if let Some(pattern) = &parse.pattern {
+                out.push_str(&format!("pattern = {}\n", quote(pattern)));
+            }
+            if let Some(columns) = &parse.columns {
+                let columns: Vec<String> = columns.iter().map(|column| quote(column)).collect();
+                out.push_str(&format!("columns = [{}]\n", columns.join(", ")));
+            }
+            if !parse.types.is_empty() {
+                // A bare key where TOML allows one (letters, digits, `_`, `-`), quoted otherwise.
+                let key = |field: &str| {
+                    let bare = !field.is_empty() && field.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
+                    if bare {
+                        field.to_owned()
+                    } else {
+                        quote(field)
+                    }
+                };
+                let types: Vec<String> = parse.types.iter().map(|(field, kind)| format!("{} = {}", key(field), quote(kind))).collect();
+                out.push_str(&format!("types = {{ {} }}\n", types.join(", ")));
             }
         }
     }
@@ -707,7 +847,7 @@ mod tests {
     }
 
     #[test]
-    fn a_multiline_parser_becomes_a_start_pattern_and_its_fields_are_named_as_not_kept() {
+    fn a_multiline_parser_becomes_a_start_pattern_and_its_formats_the_pattern_of_the_whole_record() {
         let translation = translated(
             "<source>\n  @type tail\n  path /var/log/app/*.log\n  tag app\n  multiline_flush_interval 5s\n  <parse>\n    @type multiline\n    format_firstline /^\\d{4}-\\d{2}-\\d{2} /\n    format1 /^(?<time>\\S+ \\S+) (?<level>\\w+) (?<message>.*)/\n  </parse>\n</source>\n<match app>\n  @type kinesis_firehose\n  delivery_stream_name s\n</match>\n",
         );
@@ -715,13 +855,53 @@ mod tests {
         assert_eq!((source.format, source.multiline_start.as_deref()), (LineFormat::Raw, Some(r"^\d{4}-\d{2}-\d{2} ")));
         let changed: Vec<&str> =
             translation.notes.iter().filter(|note| note.severity == Severity::ChangesDelivery).map(|note| note.key.as_str()).collect();
-        assert_eq!(changed, ["format1"], "{:?}", translation.notes);
+        assert!(changed.is_empty(), "{:?}", translation.notes);
         let toml = render_toml(&translation, "/var/lib/tailhose", Path::new("td-agent.conf"));
         assert!(toml.contains("[sources.app.multiline]\nstart = '^\\d{4}-\\d{2}-\\d{2} '\nflush_timeout = \"5s\"\n"), "{toml}");
+        assert!(
+            toml.contains("[sources.app.parse]\ntype = \"regex\"\npattern = '(?s)^(?<time>\\S+ \\S+) (?<level>\\w+) (?<message>.*)'\n"),
+            "{toml}"
+        );
         let config = Config::parse(&toml, Path::new("/etc/tailhose/tailhose.toml")).expect("the rendered configuration is valid");
         let settings = config.source_settings();
         let multiline = settings[0].multiline.as_ref().expect("records of several lines");
         assert_eq!(multiline.flush_timeout, std::time::Duration::from_secs(5));
+        let parser = settings[0].parse.as_ref().expect("a parser");
+        let object = parser.parse(b"2026-12-01 12:00:00 ERROR failed\n\tat a").expect("the record parses");
+        assert_eq!(object, br#"{"time":"2026-12-01 12:00:00","level":"ERROR","message":"failed\n\tat a"}"#);
+    }
+
+    #[test]
+    fn text_parsers_become_parse_tables_with_their_types_and_the_result_is_a_valid_configuration() {
+        let conf = "<source>\n  @type tail\n  path /var/log/nginx/access.log\n  tag nginx\n  <parse>\n    @type nginx\n    types code:integer,size:integer\n    keep_time_key true\n  </parse>\n</source>\n\
+<source>\n  @type tail\n  path /var/log/messages\n  tag sys\n  <parse>\n    @type syslog\n    message_format auto\n  </parse>\n</source>\n\
+<source>\n  @type tail\n  path /var/log/app/views.csv\n  tag views\n  <parse>\n    @type csv\n    keys user,video,seconds\n    types seconds:float,when:time\n  </parse>\n</source>\n\
+<source>\n  @type tail\n  path /var/log/app/api.log\n  tag api\n  <parse>\n    @type regexp\n    expression /^(?<status>\\d+) (?<path>\\S+)$/\n  </parse>\n</source>\n\
+<match **>\n  @type kinesis_firehose\n  delivery_stream_name s\n</match>\n";
+        let translation = translated(conf);
+        let tables: Vec<(&str, &str)> = translation
+            .sources
+            .iter()
+            .map(|source| (source.name.as_str(), source.parse.as_ref().map_or("-", |parse| parse.parser_type.as_str())))
+            .collect();
+        assert_eq!(tables, [("nginx", "nginx"), ("sys", "syslog"), ("views", "csv"), ("api", "regex")]);
+        let changed: Vec<(&str, &str)> = translation
+            .notes
+            .iter()
+            .filter(|note| note.severity == Severity::ChangesDelivery)
+            .map(|note| (note.key.as_str(), note.message.as_str()))
+            .collect();
+        // Only the conversion tailhose does not have (Fluentd's `time` type) changes what is sent.
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert!(changed[0].1.contains("when:time"), "{changed:?}");
+        let toml = render_toml(&translation, "/var/lib/tailhose", Path::new("td-agent.conf"));
+        assert!(toml.contains("[sources.nginx.parse]\ntype = \"nginx\"\ntypes = { code = \"integer\", size = \"integer\" }\n"), "{toml}");
+        assert!(toml.contains("columns = [\"user\", \"video\", \"seconds\"]\ntypes = { seconds = \"float\" }\n"), "{toml}");
+        assert!(!toml.contains("format = "), "a parsed source has no format line: {toml}");
+        let config = Config::parse(&toml, Path::new("/etc/tailhose/tailhose.toml")).expect("the rendered configuration is valid");
+        let settings = config.source_settings();
+        let api = settings.iter().find(|source| source.name == "api").and_then(|source| source.parse.as_ref()).expect("api parser");
+        assert_eq!(api.parse(b"404 /missing").expect("parses"), br#"{"status":"404","path":"/missing"}"#);
     }
 
     #[test]

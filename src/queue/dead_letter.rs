@@ -30,6 +30,9 @@ pub enum DeadLetterReason {
     RejectedBySink,
     /// A chunk failed verification and its bytes no longer exist in the source file.
     Unrecoverable,
+    /// The record does not parse by its source's `parse` table (a line no pattern matches, a
+    /// CSV row of another width, a value that is not the type asked for).
+    ParseFailed,
 }
 
 impl DeadLetterReason {
@@ -40,6 +43,7 @@ impl DeadLetterReason {
             DeadLetterReason::RecordTooLarge => "record_too_large",
             DeadLetterReason::RejectedBySink => "rejected_by_sink",
             DeadLetterReason::Unrecoverable => "unrecoverable",
+            DeadLetterReason::ParseFailed => "parse_failed",
         }
     }
 }

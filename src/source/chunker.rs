@@ -5,6 +5,7 @@ use std::sync::Arc;
 use memchr::memchr;
 
 use super::multiline::{LineRole, Multiline};
+use super::parse::Parser;
 use super::CHUNK_TARGET_BYTES;
 use crate::config::LineFormat;
 use crate::queue::dead_letter::MAX_KEPT_RECORD_BYTES;
@@ -51,6 +52,8 @@ pub struct LineChunker {
     blank_lines: u64,
     /// How lines make records, when a record may span lines.
     multiline: Option<Arc<Multiline>>,
+    /// How a record's text becomes the JSON object queued in its place.
+    parser: Option<Arc<Parser>>,
     /// The record of several lines being put together: it starts at `draft.meta.end_offset`.
     in_progress: Option<RecordInProgress>,
     multiline_splits: u64,
@@ -81,6 +84,7 @@ impl LineChunker {
             dead_letters: Vec::new(),
             blank_lines: 0,
             multiline: None,
+            parser: None,
             in_progress: None,
             multiline_splits: 0,
         }
@@ -89,6 +93,12 @@ impl LineChunker {
     /// Puts lines together into records by `multiline` (none: one record per line).
     pub fn with_multiline(mut self, multiline: Option<Arc<Multiline>>) -> LineChunker {
         self.multiline = multiline;
+        self
+    }
+
+    /// Queues each record as the JSON object `parser` makes of it (none: the record's bytes).
+    pub fn with_parser(mut self, parser: Option<Arc<Parser>>) -> LineChunker {
+        self.parser = parser;
         self
     }
 
@@ -269,6 +279,15 @@ impl LineChunker {
             self.blank_lines += 1;
             return;
         }
+        if let Some(parser) = &self.parser {
+            // The record's identity stays its bytes in the file (offsets, recovery); what is
+            // queued and sent is the object they parse to, the same each time they are read.
+            match parser.parse(line) {
+                Ok(object) => self.draft.push_record(&object),
+                Err(failure) => self.dead_letter(DeadLetterReason::ParseFailed, failure.to_string(), line_start, line_len, line),
+            }
+            return;
+        }
         match self.format {
             LineFormat::Raw => self.draft.push_record(line),
             LineFormat::Json => match json_problem(line) {
@@ -362,6 +381,40 @@ mod tests {
         );
         assert_eq!(chunk.dead_letters[2].detail, "invalid UTF-8 after byte 6");
         assert_eq!(chunk.draft.meta.end_offset, 39);
+    }
+
+    #[test]
+    fn a_parsed_record_is_queued_as_its_object_and_one_that_does_not_parse_is_a_dead_letter_at_its_offset() {
+        let parser = Parser::new("logfmt", None, None, &[]).expect("logfmt");
+        let mut chunker = chunker(LineFormat::Raw, 1024).with_parser(Some(Arc::new(parser)));
+        let mut sealed = Vec::new();
+        chunker.feed(b"a=1 b=\"x y\"\nnot logfmt \"\n\nc=3\n", &mut sealed);
+        sealed.extend(chunker.seal());
+        assert_eq!(records(&sealed), vec![br#"{"a":"1","b":"x y"}"#.to_vec(), br#"{"c":"3"}"#.to_vec()]);
+        let letter = &sealed[0].dead_letters[0];
+        assert_eq!((letter.reason, letter.offset, letter.record_len), (DeadLetterReason::ParseFailed, 12, 12));
+        assert_eq!(letter.record, b"not logfmt \"");
+        assert_eq!((sealed[0].blank_lines, sealed[0].draft.meta.end_offset), (1, 30));
+    }
+
+    #[test]
+    fn a_record_of_several_lines_is_parsed_whole() {
+        let multiline = Multiline {
+            rule: super::super::multiline::MultilineRule::Start(regex::bytes::Regex::new(r"^\d").expect("pattern")),
+            flush_timeout: std::time::Duration::from_secs(1),
+            max_lines: 10,
+            max_bytes: 1024,
+        };
+        let parser = Parser::new("regex", Some(r"(?s)^(?<at>\d+) (?<message>.*)$"), None, &[]).expect("regex");
+        let mut chunker = chunker(LineFormat::Raw, 1024).with_multiline(Some(Arc::new(multiline))).with_parser(Some(Arc::new(parser)));
+        let mut sealed = Vec::new();
+        chunker.feed(b"1 failed\n  at a\n  at b\n2 next\n", &mut sealed);
+        chunker.finish_unterminated_line();
+        sealed.extend(chunker.seal());
+        assert_eq!(
+            records(&sealed),
+            vec![br#"{"at":"1","message":"failed\n  at a\n  at b"}"#.to_vec(), br#"{"at":"2","message":"next"}"#.to_vec()]
+        );
     }
 
     #[test]

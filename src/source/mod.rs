@@ -1,13 +1,14 @@
 //! Source: find the files a source's globs name, read their complete lines, check them against
-//! the source's format and hand them to the queue in chunks.
+//! the source's format (or parse them into JSON objects, [`parse`]) and hand them to the queue
+//! in chunks.
 //!
 //! Guarantees:
 //! - Only complete lines become records: a last line without its `\n` waits for the rest (a file
 //!   that is closed after rotation or deletion is the exception: its unterminated last line can
 //!   no longer grow and is delivered as it is).
 //! - Every byte of a file up to the read position is accounted for: as a record in a chunk, as a
-//!   dead letter (malformed or over-long line) or as a counted blank line. Nothing is dropped
-//!   without a counter and a log line.
+//!   dead letter (malformed, unparsed or over-long line) or as a counted blank line. Nothing is
+//!   dropped without a counter and a log line.
 //! - Files are known by [`FileIdentity`](crate::queue::FileIdentity) (device, inode, fingerprint
 //!   of the first bytes), so a renamed file is not read twice and a reused inode is a new file.
 //! - Memory per file is bounded by `max_line_bytes` plus one chunk (plus `multiline.max_bytes`
@@ -21,6 +22,7 @@
 mod chunker;
 mod identity;
 pub mod multiline;
+pub mod parse;
 mod tail;
 mod watch;
 

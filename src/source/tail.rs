@@ -799,6 +799,7 @@ fn start_name(start: StartAt) -> &'static str {
 fn new_chunker(identity: FileIdentity, path: &Path, source: &SourceSettings, offset: u64) -> LineChunker {
     LineChunker::new(identity, path.as_os_str().as_bytes().to_vec(), source.format, source.max_line_bytes, offset)
         .with_multiline(source.multiline.clone())
+        .with_parser(source.parse.clone())
 }
 
 /// Gives a file that was empty its identity once it has bytes. Returns whether it has one.
