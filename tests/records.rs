@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
@@ -199,4 +200,44 @@ fn a_parse_table_that_cannot_work_is_refused_with_its_key() {
         assert!(!output.status.success(), "{table}: accepted");
         assert!(stderr.contains("sources.app.parse") && stderr.contains(expected), "{table}: {stderr}");
     }
+}
+
+#[test]
+fn added_fields_are_on_every_record_and_the_copies_that_resends_and_a_kill_bring_share_their_record_id() {
+    // Every third answer is cut off after the records were taken: those records are sent again.
+    let fake = FakeFirehose::start(Faults { tear_every_nth_call: Some(3), ..Faults::default() });
+    let workspace = Workspace::new();
+    let fields = "\n[sources.conect.add_fields]\nstatic = { env = \"prod\" }\nhostname_key = \"host\"\npath_key = \"file\"\n\
+                  source_key = \"source\"\nread_time_key = \"read_at\"\nrecord_id_key = \"record_id\"";
+    workspace.write_config_for_endpoint(&fake.endpoint, fields, "retry_max_backoff = \"200ms\"");
+    let written = 3_000u64;
+    support::write_seed_records(&workspace.log_file(), 0..written, written, Duration::ZERO);
+    let daemon = workspace.start_daemon();
+    wait_until(Duration::from_secs(30), "a third of the records accepted", || (fake.seen().accepted.len() >= 1_000).then_some(()));
+    daemon.kill();
+    let daemon = workspace.start_daemon();
+    wait_until(Duration::from_secs(60), "every record accepted", || {
+        (support::count_seqs(fake.seen().accepted.iter().map(Vec::as_slice)).len() as u64 == written).then_some(())
+    });
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("host name").trim().to_owned();
+    let accepted = fake.seen().accepted;
+    let mut by_id: BTreeMap<String, (u64, Vec<u8>)> = BTreeMap::new();
+    for record in &accepted {
+        let object: serde_json::Value = serde_json::from_slice(record).expect("a JSON object");
+        assert_eq!(
+            (object["env"].as_str(), object["host"].as_str(), object["source"].as_str()),
+            (Some("prod"), Some(host.as_str()), Some("conect"))
+        );
+        assert!(object["file"].as_str().is_some_and(|file| file.ends_with(".log")), "{object}");
+        assert!(object["read_at"].as_str().is_some_and(|time| chrono::DateTime::parse_from_rfc3339(time).is_ok()), "{object}");
+        let id = object["record_id"].as_str().expect("a record id").to_owned();
+        let seq = support::seq_of(record);
+        let first = by_id.entry(id.clone()).or_insert_with(|| (seq, record.clone()));
+        // A copy is the record sent again: the same id, the same bytes, its first read time included.
+        assert_eq!((first.0, &first.1), (seq, record), "record id {id}");
+    }
+    assert!(accepted.len() as u64 > written, "cut-off answers and the kill brought copies ({} accepted)", accepted.len());
+    assert_eq!(by_id.len() as u64, written, "one id per record");
 }

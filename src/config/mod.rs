@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::source::fields::{host_name, AddedFields};
 use crate::source::multiline::{Multiline, MultilineRule};
 use crate::source::parse::Parser;
 
@@ -145,6 +146,74 @@ pub struct SourceConfig {
     /// Text records parsed into JSON objects: `[sources.NAME.parse]`.
     #[serde(default)]
     pub parse: Option<ParseConfig>,
+    /// Fields appended to each record's object: `[sources.NAME.add_fields]`.
+    #[serde(default)]
+    pub add_fields: Option<AddFieldsConfig>,
+}
+
+/// A `[sources.NAME.add_fields]` table: fields appended to each record's JSON object (see
+/// [`crate::source::fields`]); each `*_key` names the field its value is added under.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddFieldsConfig {
+    /// Fixed fields: strings, numbers or booleans, added in name order.
+    #[serde(rename = "static", default)]
+    pub fixed: BTreeMap<String, toml::Value>,
+    /// The host's name (`gethostname`, read once at start-up).
+    pub hostname_key: Option<String>,
+    /// The path of the file the record was read from.
+    pub path_key: Option<String>,
+    /// The source's name (Fluentd's tag).
+    pub source_key: Option<String>,
+    /// When tailhose read the record: RFC 3339, UTC, milliseconds.
+    pub read_time_key: Option<String>,
+    /// The record's stable id (file identity and byte offset), the same in every delivery.
+    pub record_id_key: Option<String>,
+}
+
+impl AddFieldsConfig {
+    /// The fields this table adds to the records of source `source`, or what is wrong with it.
+    pub fn compile(&self, source: &str) -> Result<AddedFields, String> {
+        let mut fixed = Vec::new();
+        for (name, value) in &self.fixed {
+            let json = match value {
+                toml::Value::String(text) => serde_json::Value::from(text.as_str()),
+                toml::Value::Integer(number) => serde_json::Value::from(*number),
+                toml::Value::Float(number) if number.is_finite() => serde_json::Value::from(*number),
+                toml::Value::Boolean(flag) => serde_json::Value::from(*flag),
+                _ => return Err(format!("static.{name}: a string, a number or a boolean")),
+            };
+            fixed.push((name.clone(), json));
+        }
+        let hostname = match &self.hostname_key {
+            Some(key) => Some((key.clone(), host_name().map_err(|error| format!("cannot read the host name: {error}"))?)),
+            None => None,
+        };
+        let fields = AddedFields {
+            fixed,
+            hostname,
+            path_key: self.path_key.clone(),
+            source: self.source_key.clone().map(|key| (key, source.to_owned())),
+            read_time_key: self.read_time_key.clone(),
+            record_id_key: self.record_id_key.clone(),
+        };
+        let mut names: Vec<&str> = fields.fixed.iter().map(|(name, _)| name.as_str()).collect();
+        names.extend(fields.hostname.iter().map(|(name, _)| name.as_str()));
+        names.extend(fields.source.iter().map(|(name, _)| name.as_str()));
+        names.extend([&fields.path_key, &fields.read_time_key, &fields.record_id_key].into_iter().flatten().map(String::as_str));
+        if names.iter().any(|name| name.is_empty()) {
+            return Err("a field name is empty".into());
+        }
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(format!("`{}` is added twice", pair[0]));
+        }
+        if fields.is_empty() {
+            return Err("adds nothing: give static fields or a *_key".into());
+        }
+        Ok(fields)
+    }
 }
 
 /// A `[sources.NAME.parse]` table: how a text record becomes a JSON object (see
@@ -355,6 +424,7 @@ pub struct SourceSettings {
     pub max_line_bytes: u64,
     pub multiline: Option<Arc<Multiline>>,
     pub parse: Option<Arc<Parser>>,
+    pub add_fields: Option<Arc<AddedFields>>,
 }
 
 impl SourceSettings {
@@ -385,6 +455,7 @@ impl SourceSettings {
             max_line_bytes: 1 << 20,
             multiline: None,
             parse: None,
+            add_fields: None,
         }
     }
 }
@@ -529,6 +600,14 @@ impl Config {
             if let Some(Err(problem)) = source.get_ref().parse.as_ref().map(ParseConfig::compile) {
                 report(format!("{key}.parse"), source.span(), problem);
             }
+            if let Some(Err(problem)) = source.get_ref().add_fields.as_ref().map(|fields| fields.compile(name)) {
+                report(format!("{key}.add_fields"), source.span(), problem);
+            }
+            if source.get_ref().add_fields.is_some() && source.get_ref().parse.is_none() && source.get_ref().format == Some(LineFormat::Raw)
+            {
+                let why = "add_fields appends to a JSON object: read JSON (format = \"json\") or parse the text (a parse table)";
+                report(format!("{key}.add_fields"), source.span(), why.into());
+            }
             if source.get_ref().parse.is_some() && source.get_ref().format == Some(LineFormat::Json) {
                 let why =
                     "format = \"json\" and a parse table both say how to read a record: a parsed record is JSON already; leave format out";
@@ -662,6 +741,7 @@ impl Config {
                     // Checked by `Config::parse`: a table that does not compile never gets here.
                     multiline: source.multiline.as_ref().and_then(|multiline| multiline.compile().ok()).map(Arc::new),
                     parse: source.parse.as_ref().and_then(|parse| parse.compile().ok()).map(Arc::new),
+                    add_fields: source.add_fields.as_ref().and_then(|fields| fields.compile(name).ok()).map(Arc::new),
                 }
             })
             .collect()

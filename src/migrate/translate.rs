@@ -57,7 +57,25 @@ pub struct TailSource {
     pub multiline_flush_interval: Option<String>,
     /// A `<parse>` that builds records from fields, as a `[sources.NAME.parse]` table.
     pub parse: Option<ParseTable>,
+    /// in_tail's `path_key`, a `record_transformer`'s `<record>`, the output's `<inject>`.
+    pub add_fields: ImportedFields,
     pub location: Location,
+}
+
+/// Fields Fluentd added to a source's records, as a `[sources.NAME.add_fields]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportedFields {
+    /// Fixed values, TOML-quoted as strings (Fluentd's record values are strings).
+    pub fixed: Vec<(String, String)>,
+    pub hostname_key: Option<String>,
+    pub path_key: Option<String>,
+    pub read_time_key: Option<String>,
+}
+
+impl ImportedFields {
+    fn is_empty(&self) -> bool {
+        self.fixed.is_empty() && self.hostname_key.is_none() && self.path_key.is_none() && self.read_time_key.is_none()
+    }
 }
 
 /// A `[sources.NAME.parse]` table (see `crate::source::parse`).
@@ -82,6 +100,10 @@ pub struct FirehoseOutput {
     pub max_batch_records: Option<u32>,
     pub max_batch_bytes: Option<u64>,
     pub inputs: Vec<String>,
+    /// `<inject>`: fields added to the records of every source routed here (`tag_key` is the
+    /// source's tag, a fixed value per source).
+    pub inject: ImportedFields,
+    pub inject_tag_key: Option<String>,
     pub location: Location,
 }
 
@@ -111,7 +133,12 @@ pub fn translate(root: &Directive) -> Translation {
     for section in sections.iter().filter(|section| section.name == "source") {
         let Some(mut source) = tail_source(section, translation.sources.len(), &mut notes) else { continue };
         source.name = unique_name(source.name, translation.sources.iter().map(|source| source.name.as_str()));
-        for filter in filters.iter().filter(|filter| tag_matches(&filter.argument, &source.tag)) {
+        let tag = source.tag.clone();
+        for filter in filters.iter().filter(|filter| tag_matches(&filter.argument, &tag)) {
+            if filter.value("@type") == Some("record_transformer") {
+                record_transformer(filter, &mut source, &mut notes);
+                continue;
+            }
             notes.push(
                 Severity::ChangesDelivery,
                 &filter.location,
@@ -143,7 +170,9 @@ pub fn translate(root: &Directive) -> Translation {
                             translation.outputs.len() - 1
                         }
                     };
-                    translation.outputs[output].inputs.push(source.name.clone());
+                    let routed_to = &mut translation.outputs[output];
+                    routed_to.inputs.push(source.name.clone());
+                    inject_into(routed_to, &mut source, &mut notes);
                     translation.sources.push(source);
                 }
                 "null" => notes.push(
@@ -164,6 +193,64 @@ pub fn translate(root: &Directive) -> Translation {
     translation.notes = notes.0;
     translation.notes.sort_by(|a, b| (&a.location.file, a.location.line).cmp(&(&b.location.file, b.location.line)));
     translation
+}
+
+/// A `<filter> @type record_transformer`: its `<record>` values become added fields: a string as
+/// it is, `"#{Socket.gethostname}"` and `${hostname}` the host name, `${tag}` the source's tag.
+/// Anything else Ruby would compute is listed as changing delivery.
+fn record_transformer(filter: &Directive, source: &mut TailSource, notes: &mut Notes) {
+    for param in filter.params.iter().filter(|param| param.key != "@type") {
+        let why = match param.key.as_str() {
+            "enable_ruby" if param.value == "false" => continue,
+            "auto_typecast" => "values stay strings in tailhose (`static` takes numbers and booleans: edit the table)",
+            _ => "reshapes records (removes, keeps or renews keys, or runs Ruby); tailhose only adds fields",
+        };
+        notes.push(Severity::ChangesDelivery, &param.location, &param.key, why.into());
+    }
+    for record in filter.children_named("record") {
+        for param in &record.params {
+            let value = param.value.trim_matches('"');
+            match value {
+                "#{Socket.gethostname}" | "${hostname}" => source.add_fields.hostname_key = Some(param.key.clone()),
+                "${tag}" => source.add_fields.fixed.push((param.key.clone(), source.tag.clone())),
+                _ if value.contains("${") || value.contains("#{") => notes.push(
+                    Severity::ChangesDelivery,
+                    &param.location,
+                    &param.key,
+                    format!("`{value}` is computed by Fluentd for each event; tailhose adds the host name, the tag and fixed values only"),
+                ),
+                _ => source.add_fields.fixed.push((param.key.clone(), value.to_owned())),
+            }
+        }
+    }
+    for child in filter.children.iter().filter(|child| child.name != "record") {
+        notes.push(
+            Severity::ChangesDelivery,
+            &child.location,
+            &child.name,
+            "a record_transformer section tailhose does not translate".into(),
+        );
+    }
+}
+
+/// The output's `<inject>` fields, on a source routed to it.
+fn inject_into(output: &FirehoseOutput, source: &mut TailSource, notes: &mut Notes) {
+    let fields = &mut source.add_fields;
+    fields.hostname_key = fields.hostname_key.take().or_else(|| output.inject.hostname_key.clone());
+    fields.read_time_key = fields.read_time_key.take().or_else(|| output.inject.read_time_key.clone());
+    if let Some(key) = &output.inject_tag_key {
+        fields.fixed.push((key.clone(), source.tag.clone()));
+    }
+    // Fields go on JSON objects only: a source delivering raw lines cannot take them.
+    if !fields.is_empty() && source.format == LineFormat::Raw && source.parse.is_none() {
+        notes.push(
+            Severity::ChangesDelivery,
+            &source.location,
+            "add_fields",
+            "Fluentd added fields (path_key, <record>, <inject>) to records tailhose delivers as raw lines; they are left out".into(),
+        );
+        source.add_fields = ImportedFields::default();
+    }
 }
 
 #[derive(Default)]
@@ -226,6 +313,7 @@ fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<T
         multiline_start: None,
         multiline_flush_interval: None,
         parse: None,
+        add_fields: ImportedFields::default(),
         location: section.location.clone(),
     };
     for param in &section.params {
@@ -269,12 +357,7 @@ fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<T
             ),
             "format" => source.format = line_format(&param.value, location, notes),
             "multiline_flush_interval" => source.multiline_flush_interval = Some(fluentd_duration(&param.value)),
-            "path_key" => notes.push(
-                Severity::ChangesDelivery,
-                location,
-                &param.key,
-                "adds to or reshapes records; tailhose delivers lines as written".into(),
-            ),
+            "path_key" => source.add_fields.path_key = Some(param.value.clone()),
             other => notes.push(Severity::ChangesDelivery, location, other, "an in_tail parameter tailhose does not know".into()),
         }
     }
@@ -284,10 +367,17 @@ fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<T
             multiline_parse(parse, &mut source, notes);
             continue;
         }
-        if let Some(table) = fields_parse(kind, parse, notes) {
-            source.format = LineFormat::Raw;
-            source.parse = Some(table);
-            continue;
+        match fields_parse(kind, parse, notes) {
+            FieldsParse::Table(table) => {
+                source.format = LineFormat::Raw;
+                source.parse = Some(table);
+                continue;
+            }
+            FieldsParse::CannotKeep => {
+                source.format = LineFormat::Raw;
+                continue;
+            }
+            FieldsParse::NotOne => {}
         }
         source.format = line_format(kind, type_location(parse), notes);
         for param in parse.params.iter().filter(|param| param.key != "@type") {
@@ -351,17 +441,22 @@ fn multiline_parse(parse: &Directive, source: &mut TailSource, notes: &mut Notes
     formats.sort();
     let numbered_in_order = formats.iter().enumerate().all(|(index, (number, _))| *number as usize == index + 1);
     if !formats.is_empty() {
-        let pattern = format!("(?s){}", formats.iter().map(|(_, format)| format.as_str()).collect::<String>());
+        // Fluentd joins the formats into one Ruby regexp with its multiline flag: `.` crosses
+        // lines, and `^` and `$` are line anchors, as they always are in Ruby.
+        let pattern = format!("(?sm){}", formats.iter().map(|(_, format)| format.as_str()).collect::<String>());
         let table = ParseTable { parser_type: "regex".into(), pattern: Some(pattern), columns: None, types: Vec::new() };
         match table.compile() {
-            Ok(_) if numbered_in_order => source.parse = Some(table),
+            // Without a first-line pattern the lines are not put together: the pattern of the
+            // whole record would refuse each line alone.
+            Ok(_) if numbered_in_order && source.multiline_start.is_some() => source.parse = Some(table),
             outcome => notes.push(
                 Severity::ChangesDelivery,
                 &parse.location,
                 "format1",
                 match outcome {
                     Err(problem) => format!("the joined formats cannot be kept ({problem}): records are delivered as written"),
-                    Ok(_) => "formats are not numbered 1, 2, 3…: records are delivered as written".into(),
+                    Ok(_) if !numbered_in_order => "formats are not numbered 1, 2, 3…: records are delivered as written".into(),
+                    Ok(_) => "no usable format_firstline to put lines together: records are delivered as written".into(),
                 },
             ),
         }
@@ -379,7 +474,7 @@ fn multiline_parse(parse: &Directive, source: &mut TailSource, notes: &mut Notes
 /// A `<parse>` that builds each record from fields (`regexp`, `nginx`, `apache2`, `syslog`, `csv`,
 /// `tsv`, `ltsv`, `logfmt`) as a parse table, checked by compiling it; `None` for the others
 /// (`json`, `none` and parsers tailhose does not have), or when the table cannot work (noted).
-fn fields_parse(kind: &str, parse: &Directive, notes: &mut Notes) -> Option<ParseTable> {
+fn fields_parse(kind: &str, parse: &Directive, notes: &mut Notes) -> FieldsParse {
     let mut table = ParseTable { parser_type: kind.to_owned(), pattern: None, columns: None, types: Vec::new() };
     match kind {
         "regexp" => table.parser_type = "regex".into(),
@@ -392,16 +487,28 @@ fn fields_parse(kind: &str, parse: &Directive, notes: &mut Notes) -> Option<Pars
             }
             .into()
         }
-        _ => return None,
+        _ => return FieldsParse::NotOne,
     }
     for param in parse.params.iter().filter(|param| param.key != "@type") {
         let location = &param.location;
         match (kind, param.key.as_str()) {
-            ("regexp", "expression") => table.pattern = Some(ruby_regexp(&param.value)),
+            ("regexp", "expression") => table.pattern = Some(ruby_pattern(&param.value)),
             ("csv" | "tsv", "keys") => {
-                table.columns = Some(param.value.split(',').map(|key| key.trim().to_owned()).filter(|key| !key.is_empty()).collect())
+                // Fluentd takes `a,b` or a JSON array `["a","b"]`.
+                let keys = match serde_json::from_str::<Vec<String>>(&param.value) {
+                    Ok(keys) => keys,
+                    Err(_) => param.value.split(',').map(|key| key.trim().to_owned()).collect(),
+                };
+                table.columns = Some(keys.into_iter().filter(|key| !key.is_empty()).collect())
             }
             (_, "types") => {
+                notes.push(
+                    Severity::Info,
+                    location,
+                    "types",
+                    "a value that does not convert is a parse_failed dead letter, and `-` or an empty value is null (Fluentd's to_i made both 0)"
+                        .into(),
+                );
                 for pair in param.value.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
                     let (field, kind) = pair.split_once(':').unwrap_or((pair, "string"));
                     match crate::source::parse::FieldType::named(kind.trim()) {
@@ -434,7 +541,7 @@ fn fields_parse(kind: &str, parse: &Directive, notes: &mut Notes) -> Option<Pars
         }
     }
     match table.compile() {
-        Ok(_) => Some(table),
+        Ok(_) => FieldsParse::Table(table),
         Err(problem) => {
             notes.push(
                 Severity::ChangesDelivery,
@@ -442,9 +549,18 @@ fn fields_parse(kind: &str, parse: &Directive, notes: &mut Notes) -> Option<Pars
                 "@type",
                 format!("`{kind}` cannot be kept as it is ({problem}): lines are delivered as written (format = \"raw\")"),
             );
-            None
+            FieldsParse::CannotKeep
         }
     }
+}
+
+/// What [`fields_parse`] made of a `<parse>`.
+enum FieldsParse {
+    /// Not a parser that builds records from fields (`json`, `none`, unknown ones).
+    NotOne,
+    Table(ParseTable),
+    /// One that cannot be kept as it is: noted, and the lines are delivered raw.
+    CannotKeep,
 }
 
 impl ParseTable {
@@ -452,6 +568,24 @@ impl ParseTable {
     fn compile(&self) -> Result<crate::source::parse::Parser, crate::source::parse::ParserError> {
         crate::source::parse::Parser::new(&self.parser_type, self.pattern.as_deref(), self.columns.as_deref(), &self.types)
     }
+}
+
+/// A Ruby `/pattern/flags` literal as the pattern of a record parser: Ruby's `^` and `$` are
+/// always line anchors (`(?m)`), its `m` flag makes `.` cross lines (`(?s)`), `i` and `x` are
+/// the same; anything that is not a literal, as it is.
+fn ruby_pattern(literal: &str) -> String {
+    let trimmed = literal.trim();
+    let Some((pattern, flags)) = trimmed.strip_prefix('/').and_then(|rest| rest.rfind('/').map(|end| (&rest[..end], &rest[end + 1..])))
+    else {
+        return trimmed.to_owned();
+    };
+    let mut inline = String::from("m");
+    for (flag, rust) in [('m', 's'), ('i', 'i'), ('x', 'x')] {
+        if flags.contains(flag) {
+            inline.push(rust);
+        }
+    }
+    format!("(?{inline}){pattern}")
 }
 
 /// A Ruby `/pattern/` literal's pattern (flags after the last slash are dropped); anything else
@@ -524,6 +658,8 @@ fn firehose_output(section: &Directive, index: usize, notes: &mut Notes) -> Opti
         max_batch_records: None,
         max_batch_bytes: None,
         inputs: Vec::new(),
+        inject: ImportedFields::default(),
+        inject_tag_key: None,
         location: section.location.clone(),
     };
     for param in &section.params {
@@ -591,6 +727,36 @@ fn firehose_output(section: &Directive, index: usize, notes: &mut Notes) -> Opti
                 }
             }
             "format" if matches!(child.value("@type"), None | Some("json")) => {}
+            "inject" => {
+                for param in &child.params {
+                    match param.key.as_str() {
+                        "hostname_key" => output.inject.hostname_key = Some(param.value.clone()),
+                        "tag_key" => output.inject_tag_key = Some(param.value.clone()),
+                        "time_key" => {
+                            output.inject.read_time_key = Some(param.value.clone());
+                            notes.push(
+                                Severity::Info,
+                                &param.location,
+                                "time_key",
+                                "the time tailhose read the record, RFC 3339 UTC with ms (Fluentd's event time: the same unless a parser took a time field)"
+                                    .into(),
+                            );
+                        }
+                        "time_type" | "time_format" | "localtime" | "utc" | "timezone" => notes.push(
+                            Severity::Info,
+                            &param.location,
+                            &param.key,
+                            "tailhose writes the time as RFC 3339 in UTC with milliseconds".into(),
+                        ),
+                        other => notes.push(
+                            Severity::ChangesDelivery,
+                            &param.location,
+                            other,
+                            "an <inject> setting tailhose does not translate".into(),
+                        ),
+                    }
+                }
+            }
             _ => notes.push(
                 Severity::ChangesDelivery,
                 &child.location,
@@ -683,6 +849,16 @@ fn expand_braces(pattern: &str) -> Vec<String> {
 }
 
 /// The tailhose configuration text for a translation, with where each part came from.
+/// A bare TOML key where TOML allows one (letters, digits, `_`, `-`), a quoted one otherwise.
+fn toml_key(name: &str) -> String {
+    let bare = !name.is_empty() && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
+    if bare {
+        name.to_owned()
+    } else {
+        toml::Value::String(name.to_owned()).to_string()
+    }
+}
+
 pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path::Path) -> String {
     let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
     let mut out = String::new();
@@ -726,17 +902,24 @@ pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path
                 out.push_str(&format!("columns = [{}]\n", columns.join(", ")));
             }
             if !parse.types.is_empty() {
-                // A bare key where TOML allows one (letters, digits, `_`, `-`), quoted otherwise.
-                let key = |field: &str| {
-                    let bare = !field.is_empty() && field.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
-                    if bare {
-                        field.to_owned()
-                    } else {
-                        quote(field)
-                    }
-                };
-                let types: Vec<String> = parse.types.iter().map(|(field, kind)| format!("{} = {}", key(field), quote(kind))).collect();
+                let types: Vec<String> = parse.types.iter().map(|(field, kind)| format!("{} = {}", toml_key(field), quote(kind))).collect();
                 out.push_str(&format!("types = {{ {} }}\n", types.join(", ")));
+            }
+        }
+        let fields = &source.add_fields;
+        if !fields.is_empty() {
+            out.push_str(&format!("\n[sources.{}.add_fields]\n", source.name));
+            if !fields.fixed.is_empty() {
+                let fixed: Vec<String> =
+                    fields.fixed.iter().map(|(name, value)| format!("{} = {}", toml_key(name), quote(value))).collect();
+                out.push_str(&format!("static = {{ {} }}\n", fixed.join(", ")));
+            }
+            for (setting, key) in
+                [("hostname_key", &fields.hostname_key), ("path_key", &fields.path_key), ("read_time_key", &fields.read_time_key)]
+            {
+                if let Some(key) = key {
+                    out.push_str(&format!("{setting} = {}\n", quote(key)));
+                }
             }
         }
     }
@@ -791,7 +974,7 @@ mod tests {
     #[test]
     fn unknown_inputs_filters_and_outputs_are_listed_as_changing_delivery() {
         let translation = translated(
-            "<source>\n  @type forward\n</source>\n<source>\n  @type tail\n  path /a/*.log\n  tag app.a\n  format none\n</source>\n<filter app.**>\n  @type record_transformer\n</filter>\n<match app.**>\n  @type s3\n</match>\n",
+            "<source>\n  @type forward\n</source>\n<source>\n  @type tail\n  path /a/*.log\n  tag app.a\n  format none\n</source>\n<filter app.**>\n  @type grep\n</filter>\n<match app.**>\n  @type s3\n</match>\n",
         );
         assert!(translation.changes_delivery());
         let keys: Vec<(usize, &str)> = translation
@@ -859,7 +1042,7 @@ mod tests {
         let toml = render_toml(&translation, "/var/lib/tailhose", Path::new("td-agent.conf"));
         assert!(toml.contains("[sources.app.multiline]\nstart = '^\\d{4}-\\d{2}-\\d{2} '\nflush_timeout = \"5s\"\n"), "{toml}");
         assert!(
-            toml.contains("[sources.app.parse]\ntype = \"regex\"\npattern = '(?s)^(?<time>\\S+ \\S+) (?<level>\\w+) (?<message>.*)'\n"),
+            toml.contains("[sources.app.parse]\ntype = \"regex\"\npattern = '(?sm)^(?<time>\\S+ \\S+) (?<level>\\w+) (?<message>.*)'\n"),
             "{toml}"
         );
         let config = Config::parse(&toml, Path::new("/etc/tailhose/tailhose.toml")).expect("the rendered configuration is valid");
@@ -902,6 +1085,36 @@ mod tests {
         let settings = config.source_settings();
         let api = settings.iter().find(|source| source.name == "api").and_then(|source| source.parse.as_ref()).expect("api parser");
         assert_eq!(api.parse(b"404 /missing").expect("parses"), br#"{"status":"404","path":"/missing"}"#);
+    }
+
+    #[test]
+    fn record_transformer_values_inject_and_path_key_become_added_fields() {
+        let conf = "<source>\n  @type tail\n  path /var/log/app/app.log\n  tag app\n  path_key file\n  <parse>\n    @type json\n  </parse>\n</source>\n\
+<filter app>\n  @type record_transformer\n  <record>\n    hostname \"#{Socket.gethostname}\"\n    env prod\n    from ${tag}\n    took ${record[\"ms\"]}\n  </record>\n</filter>\n\
+<match app>\n  @type kinesis_firehose\n  delivery_stream_name s\n  <inject>\n    tag_key tag\n    time_key read_at\n  </inject>\n</match>\n";
+        let translation = translated(conf);
+        let fields = &translation.sources[0].add_fields;
+        assert_eq!(
+            fields,
+            &ImportedFields {
+                fixed: vec![("env".into(), "prod".into()), ("from".into(), "app".into()), ("tag".into(), "app".into())],
+                hostname_key: Some("hostname".into()),
+                path_key: Some("file".into()),
+                read_time_key: Some("read_at".into()),
+            }
+        );
+        // Only the value Ruby computes from each event changes what is sent.
+        let changed: Vec<&str> =
+            translation.notes.iter().filter(|note| note.severity == Severity::ChangesDelivery).map(|note| note.key.as_str()).collect();
+        assert_eq!(changed, ["took"], "{:?}", translation.notes);
+        let toml = render_toml(&translation, "/var/lib/tailhose", Path::new("td-agent.conf"));
+        assert!(
+            toml.contains("[sources.app.add_fields]\nstatic = { env = \"prod\", from = \"app\", tag = \"app\" }\nhostname_key = \"hostname\"\npath_key = \"file\"\nread_time_key = \"read_at\"\n"),
+            "{toml}"
+        );
+        let config = Config::parse(&toml, Path::new("/etc/tailhose/tailhose.toml")).expect("the rendered configuration is valid");
+        let added = config.source_settings()[0].add_fields.clone().expect("added fields");
+        assert_eq!(added.hostname.as_ref().map(|(key, _)| key.as_str()), Some("hostname"));
     }
 
     #[test]

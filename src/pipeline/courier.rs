@@ -42,6 +42,10 @@ pub(super) struct Courier {
     pub(super) shutdown_timeout: Duration,
     /// The pace of calls, learned from throttling (see [`crate::sink::rate`]).
     pub(super) governor: Mutex<RateGovernor>,
+    /// Calls wait for the pace in turn, the first come first (a fair lock): batches are
+    /// acknowledged in order, and a call that lost every race for the next slot to later ones
+    /// would hold back all of their acknowledgements.
+    pub(super) pace_turns: tokio::sync::Mutex<()>,
     /// Where leftovers of partly accepted calls wait to be sent together, by the resender or
     /// riding in new batches' calls (see [`super::resender`]).
     pub(super) leftovers: Leftovers,
@@ -228,12 +232,15 @@ impl Courier {
     /// governor what the answer took and refused.
     pub(super) async fn call(&self, records: &OutgoingRecords, group: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
         let size = call_size(records, group);
-        // Asked again after each wait: a pace lowered meanwhile holds this call back too.
-        loop {
-            let pace = self.lock_governor().try_reserve(size, Instant::now());
-            match pace {
-                Ok(()) => break,
-                Err(wait) => tokio::time::sleep(wait).await,
+        {
+            let _turn = self.pace_turns.lock().await;
+            // Asked again after each wait: a pace lowered meanwhile holds this call back too.
+            loop {
+                let pace = self.lock_governor().try_reserve(size, Instant::now());
+                match pace {
+                    Ok(()) => break,
+                    Err(wait) => tokio::time::sleep(wait).await,
+                }
             }
         }
         let sent_at = Instant::now();

@@ -281,6 +281,7 @@ impl Flusher {
             stop: stopping.stop.clone(),
             shutdown_timeout: stopping.shutdown_timeout,
             governor: Mutex::new(RateGovernor::new(settings.rate_ceiling)),
+            pace_turns: tokio::sync::Mutex::new(()),
             leftovers: Leftovers::default(),
             calls_out: Arc::default(),
         });

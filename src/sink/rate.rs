@@ -153,6 +153,9 @@ const QUOTA_AT_ONCE_CALLS: usize = 8;
 const REFUSED_IN_FULL_AT_LEAST: u64 = 32;
 /// Below this share, refusals are never a signal (a record or two at a window's edge).
 const SMALLEST_SIGNAL: f64 = 0.005;
+/// The least records a call has for a quarter of them refused entry by entry to be a quota's
+/// shape (see [`CallAnswer::refused_by_entry_in_bulk`]).
+const BULK_CALL_AT_LEAST: u64 = 128;
 /// A test lasts at least this long, and until this many calls sent at the lower rate are
 /// answered; then until the shares differ by more than their spread, or it has lasted
 /// [`TEST_LONGEST`], when their point estimates decide.
@@ -544,7 +547,7 @@ impl RateGovernor {
         }
         // Where the share refused before came in lumps, its own spread is large, and a fall by
         // less than three times that spread is a fall noise could give: calls throttled whole at
-        // random come in lumps too. But noise never refuses a quarter of a call's entries one by one,
+        // random come in lumps too. But noise does not refuse a quarter of a call's entries one by one,
         // a quota refuses every entry past it: when such a call made the lumps, the question is
         // only whether the calls sent since are refused less, and their own spread answers it
         // (a test of one second, not of five, at 10 % below the pace).
@@ -740,14 +743,14 @@ impl Learning {
 }
 
 impl CallAnswer {
-    /// A quarter or more of a call's entries, and at least [`REFUSED_IN_FULL_AT_LEAST`], refused
-    /// for throughput in an answer given entry by entry: what a quota running out does to the
-    /// call that meets it and to those after it in the same second. Random refusals of single
-    /// records, up to 10 % of them, refuse that many only by chance of one in millions (a
-    /// quarter of 128 records is 5.6 standard deviations above 10 %; of 500, 11).
+    /// A quarter or more of the entries of a call of [`BULK_CALL_AT_LEAST`] records refused for
+    /// throughput, in an answer given entry by entry: what a quota running out does to the call
+    /// that meets it and to those after it in the same second. Random refusals of single
+    /// records, up to 10 % of them, refuse that many by a chance of one in a million for a call
+    /// of 128 records (5.6 standard deviations), one in 10⁹ at 200, never at 500.
     fn refused_by_entry_in_bulk(&self) -> bool {
         !self.throttled_whole
-            && self.refused_for_throughput >= REFUSED_IN_FULL_AT_LEAST
+            && self.sent.records >= BULK_CALL_AT_LEAST
             && self.refused_for_throughput as f64 >= QUOTA_AT_ONCE * self.sent.records as f64
     }
 

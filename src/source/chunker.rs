@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use memchr::memchr;
 
+use super::fields::{AddedFields, RecordPlace};
 use super::multiline::{LineRole, Multiline};
 use super::parse::Parser;
 use super::CHUNK_TARGET_BYTES;
@@ -54,6 +55,8 @@ pub struct LineChunker {
     multiline: Option<Arc<Multiline>>,
     /// How a record's text becomes the JSON object queued in its place.
     parser: Option<Arc<Parser>>,
+    /// Fields appended to each record's object.
+    added: Option<Arc<AddedFields>>,
     /// The record of several lines being put together: it starts at `draft.meta.end_offset`.
     in_progress: Option<RecordInProgress>,
     multiline_splits: u64,
@@ -85,6 +88,7 @@ impl LineChunker {
             blank_lines: 0,
             multiline: None,
             parser: None,
+            added: None,
             in_progress: None,
             multiline_splits: 0,
         }
@@ -99,6 +103,12 @@ impl LineChunker {
     /// Queues each record as the JSON object `parser` makes of it (none: the record's bytes).
     pub fn with_parser(mut self, parser: Option<Arc<Parser>>) -> LineChunker {
         self.parser = parser;
+        self
+    }
+
+    /// Appends `added` to each record's JSON object (none: records as they are).
+    pub fn with_added_fields(mut self, added: Option<Arc<AddedFields>>) -> LineChunker {
+        self.added = added;
         self
     }
 
@@ -279,21 +289,33 @@ impl LineChunker {
             self.blank_lines += 1;
             return;
         }
-        if let Some(parser) = &self.parser {
+        let record = match (&self.parser, self.format) {
             // The record's identity stays its bytes in the file (offsets, recovery); what is
             // queued and sent is the object they parse to, the same each time they are read.
-            match parser.parse(line) {
-                Ok(object) => self.draft.push_record(&object),
-                Err(failure) => self.dead_letter(DeadLetterReason::ParseFailed, failure.to_string(), line_start, line_len, line),
-            }
-            return;
-        }
-        match self.format {
-            LineFormat::Raw => self.draft.push_record(line),
-            LineFormat::Json => match json_problem(line) {
-                None => self.draft.push_record(line),
-                Some(problem) => self.dead_letter(DeadLetterReason::InvalidJson, problem, line_start, line_len, line),
+            (Some(parser), _) => match parser.parse(line) {
+                Ok(object) => std::borrow::Cow::Owned(object),
+                Err(failure) => {
+                    self.dead_letter(DeadLetterReason::ParseFailed, failure.to_string(), line_start, line_len, line);
+                    return;
+                }
             },
+            (None, LineFormat::Raw) => std::borrow::Cow::Borrowed(line),
+            (None, LineFormat::Json) => match json_problem(line) {
+                None => std::borrow::Cow::Borrowed(line),
+                Some(problem) => {
+                    self.dead_letter(DeadLetterReason::InvalidJson, problem, line_start, line_len, line);
+                    return;
+                }
+            },
+        };
+        let Some(added) = &self.added else {
+            self.draft.push_record(&record);
+            return;
+        };
+        let place = RecordPlace { file: self.file, path: &self.path, offset: line_start, read_at_ms: now_ms() };
+        match added.add_to(&record, place) {
+            Ok(with_fields) => self.draft.push_record(&with_fields),
+            Err(problem) => self.dead_letter(DeadLetterReason::InvalidJson, problem.to_string(), line_start, line_len, line),
         }
     }
 
@@ -395,6 +417,24 @@ mod tests {
         assert_eq!((letter.reason, letter.offset, letter.record_len), (DeadLetterReason::ParseFailed, 12, 12));
         assert_eq!(letter.record, b"not logfmt \"");
         assert_eq!((sealed[0].blank_lines, sealed[0].draft.meta.end_offset), (1, 30));
+    }
+
+    #[test]
+    fn added_fields_go_on_each_object_and_a_json_value_that_is_not_an_object_is_a_dead_letter() {
+        let added = AddedFields { record_id_key: Some("id".into()), path_key: Some("file".into()), ..AddedFields::default() };
+        let mut chunker = chunker(LineFormat::Json, 1024).with_added_fields(Some(Arc::new(added)));
+        let mut sealed = Vec::new();
+        chunker.feed(b"{\"a\":1}\n[1,2]\n{}\n", &mut sealed);
+        sealed.extend(chunker.seal());
+        assert_eq!(
+            records(&sealed),
+            vec![br#"{"a":1,"file":"/a.log","id":"1-2-00000004-0"}"#.to_vec(), br#"{"file":"/a.log","id":"1-2-00000004-e"}"#.to_vec()]
+        );
+        let letter = &sealed[0].dead_letters[0];
+        assert_eq!(
+            (letter.reason, letter.offset, letter.detail.as_str()),
+            (DeadLetterReason::InvalidJson, 8, "a JSON array, not an object: add_fields needs an object")
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! read again from its start (see `docs/tailing.md`).
 
 mod chunker;
+pub mod fields;
 mod identity;
 pub mod multiline;
 pub mod parse;

@@ -168,8 +168,11 @@ impl Parser {
 
     /// The JSON object `record` parses to, or why it does not.
     pub fn parse(&self, record: &[u8]) -> Result<Vec<u8>, ParseFailure> {
+        // A line of a file written with CRLF ends in `\r`: not part of its last field (Fluentd's
+        // in_tail strips it too).
+        let record = record.strip_suffix(b"\r").unwrap_or(record);
         let text = std::str::from_utf8(record).map_err(|error| ParseFailure::NotUtf8 { valid_up_to: error.valid_up_to() })?;
-        let mut fields = Fields(Vec::with_capacity(16));
+        let mut fields = Fields::with_capacity(16);
         match &self.grammar {
             Grammar::Pattern(regex) => captures(regex, text, "regex", &mut fields)?,
             Grammar::Syslog { rfc5424, rfc3164 } => {
@@ -213,7 +216,7 @@ impl Parser {
         if text == "-" && self.dash_is_null.contains(&field) {
             return Ok(Converted::Null);
         }
-        let failed = |wanted| ParseFailure::Conversion { field: field.into(), value: text.into(), wanted };
+        let failed = |wanted| ParseFailure::Conversion { field: field.into(), value: preview(text).into(), wanted };
         match self.types.get(field).copied().unwrap_or(FieldType::String) {
             FieldType::String => Ok(Converted::Text(text)),
             // An empty value or `-` is "none" in every log that writes it for a number.
@@ -252,13 +255,33 @@ enum FieldText<'a> {
 /// The fields of one record in order; a name given twice keeps its last value, in its first
 /// place (a JSON object's names are unique).
 #[derive(Debug)]
-struct Fields<'a>(Vec<(&'a str, FieldText<'a>)>);
+struct Fields<'a>(Vec<(&'a str, FieldText<'a>)>, Option<HashMap<&'a str, usize>>);
+
+/// Past this many fields, names are looked up in an index: a line of a megabyte of bare words
+/// is 150,000 logfmt keys, and a scan of those before it for each would take minutes.
+const SCANNED_FIELDS_AT_MOST: usize = 16;
 
 impl<'a> Fields<'a> {
+    fn with_capacity(capacity: usize) -> Fields<'a> {
+        Fields(Vec::with_capacity(capacity), None)
+    }
+
     fn push(&mut self, name: &'a str, value: FieldText<'a>) {
-        match self.0.iter_mut().find(|(known, _)| *known == name) {
-            Some(field) => field.1 = value,
-            None => self.0.push((name, value)),
+        let known = match &mut self.1 {
+            Some(index) => index.get(name).copied(),
+            None => self.0.iter().position(|(known, _)| *known == name),
+        };
+        match known {
+            Some(place) => self.0[place].1 = value,
+            None => {
+                if let Some(index) = &mut self.1 {
+                    index.insert(name, self.0.len());
+                }
+                self.0.push((name, value));
+                if self.1.is_none() && self.0.len() > SCANNED_FIELDS_AT_MOST {
+                    self.1 = Some(self.0.iter().enumerate().map(|(place, (name, _))| (*name, place)).collect());
+                }
+            }
         }
     }
 }
@@ -305,7 +328,7 @@ fn delimited<'a>(text: &str, columns: &'a [String], delimiter: u8, quoted: bool,
 
 fn ltsv<'a>(text: &'a str, fields: &mut Fields<'a>) -> Result<(), ParseFailure> {
     for pair in text.split('\t') {
-        let (label, value) = pair.split_once(':').ok_or_else(|| ParseFailure::Syntax(format!("`{pair}` is not label:value")))?;
+        let (label, value) = pair.split_once(':').ok_or_else(|| ParseFailure::Syntax(format!("`{}` is not label:value", preview(pair))))?;
         fields.push(label, FieldText::Text(Cow::Borrowed(value)));
     }
     Ok(())
@@ -463,6 +486,27 @@ mod tests {
         for bad in ["", "msg=\"unterminated", "=value", "a=\"x\"b", "a=x\"y"] {
             assert!(matches!(logfmt.parse(bad.as_bytes()), Err(ParseFailure::Syntax(_))), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn past_sixteen_fields_a_name_given_again_still_keeps_its_first_place_and_last_value() {
+        let mut line: Vec<String> = (0..40).map(|key| format!("k{key}={key}")).collect();
+        line.push("k3=again k39=last flag".into());
+        let object: serde_json::Map<String, Value> =
+            serde_json::from_slice(&parser("logfmt").parse(line.join(" ").as_bytes()).expect("parses")).expect("JSON");
+        let names: Vec<&str> = object.keys().map(String::as_str).collect();
+        assert_eq!(names.len(), 41);
+        assert_eq!((object["k3"].as_str(), object["k39"].as_str(), object["flag"].as_bool()), (Some("again"), Some("last"), Some(true)));
+        // A megabyte of bare words: each a key, looked up in an index, not a scan.
+        let words: String = (0..150_000).map(|word| format!("w{word} ")).collect();
+        assert!(parser("logfmt").parse(words.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_line_written_with_crlf_parses_without_its_carriage_return() {
+        let line = "::1 - - [01/Dec/2026:12:00:00 +0000] \"GET / HTTP/1.1\" 200 5 \"-\" \"curl\"\r";
+        assert!(parsed(&parser("nginx"), line).ends_with(r#""agent":"curl"}"#));
+        assert_eq!(parsed(&parser("logfmt"), "a=1\r"), r#"{"a":"1"}"#);
     }
 
     #[test]

@@ -1,0 +1,271 @@
+//! Added fields: what the record does not say about itself (which host, which file, which
+//! source, when it was read, and a stable id), appended to each record's JSON object.
+//!
+//! Invariants:
+//! - Only a JSON object takes fields: a source with `add_fields` reads JSON (`format = "json"`)
+//!   or parses its records (`parse`); a JSON value that is not an object is a dead letter
+//!   (`invalid_json`, "not an object"), never sent without its fields.
+//! - A field the record has already keeps the record's value, and the added one is left out
+//!   (as Fluent Bit's `modify` filter's `Add`): an object never has a name twice, which
+//!   OpenSearch would refuse.
+//! - Every added field but the read time is a pure function of the record's place (host,
+//!   source, file identity, path, byte offset): a recovery from the source gives the same
+//!   values, and the **record id** is the same however often the record is sent. The queue
+//!   stores the record with its fields, so a replay and a resend after a crash carry the same
+//!   read time as the first delivery; only a recovery from the source file (a corrupt chunk)
+//!   reads the record again and gives it a new read time.
+
+use std::fmt::Write as _;
+
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+use crate::queue::FileIdentity;
+
+/// The fields a source adds, each under its own name (absent: not added).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AddedFields {
+    /// Fixed fields, written as JSON values (`"prod"`, `3`, `true`), in the configuration's order.
+    pub fixed: Vec<(String, serde_json::Value)>,
+    /// The host name (`hostname_key`) and the name it is added under.
+    pub hostname: Option<(String, String)>,
+    pub path_key: Option<String>,
+    /// The source's name (`source_key`) and the name it is added under.
+    pub source: Option<(String, String)>,
+    pub read_time_key: Option<String>,
+    pub record_id_key: Option<String>,
+}
+
+/// Where a record was read: what the added fields are made of.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordPlace<'a> {
+    pub file: FileIdentity,
+    pub path: &'a [u8],
+    /// Where the record starts in its file.
+    pub offset: u64,
+    /// When it was read, in ms since the Unix epoch.
+    pub read_at_ms: u64,
+}
+
+/// Why fields could not be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAnObject {
+    #[error("a JSON {0}, not an object: add_fields needs an object")]
+    Value(&'static str),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl AddedFields {
+    pub fn is_empty(&self) -> bool {
+        self.fixed.is_empty()
+            && self.hostname.is_none()
+            && self.path_key.is_none()
+            && self.source.is_none()
+            && self.read_time_key.is_none()
+            && self.record_id_key.is_none()
+    }
+
+    /// `object` (one JSON object's text, already checked to be valid JSON) with the fields
+    /// appended before its closing brace.
+    pub fn add_to(&self, object: &[u8], place: RecordPlace<'_>) -> Result<Vec<u8>, NotAnObject> {
+        let names = top_level_names(object)?;
+        let body_end = object.iter().rposition(|&byte| byte == b'}').ok_or(NotAnObject::Value("value"))?;
+        let mut out = Vec::with_capacity(object.len() + 160);
+        out.extend_from_slice(&object[..body_end]);
+        let mut first = names.is_empty();
+        let mut add = |out: &mut Vec<u8>, name: &str, write: &dyn Fn(&mut Vec<u8>)| {
+            if names.iter().any(|known| known == name) {
+                return;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            // Writing strings and values into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, name);
+            out.push(b':');
+            write(out);
+        };
+        for (name, value) in &self.fixed {
+            add(&mut out, name, &|out| {
+                let _ = serde_json::to_writer(out, value);
+            });
+        }
+        if let Some((name, host)) = &self.hostname {
+            add(&mut out, name, &|out| {
+                let _ = serde_json::to_writer(out, host);
+            });
+        }
+        if let Some(name) = &self.path_key {
+            add(&mut out, name, &|out| {
+                let _ = serde_json::to_writer(out, &String::from_utf8_lossy(place.path));
+            });
+        }
+        if let Some((name, source)) = &self.source {
+            add(&mut out, name, &|out| {
+                let _ = serde_json::to_writer(out, source);
+            });
+        }
+        if let Some(name) = &self.read_time_key {
+            add(&mut out, name, &|out| {
+                let _ = serde_json::to_writer(out, &rfc3339_millis(place.read_at_ms));
+            });
+        }
+        if let Some(name) = &self.record_id_key {
+            add(&mut out, name, &|out| {
+                let _ = serde_json::to_writer(out, &record_id(place.file, place.offset));
+            });
+        }
+        out.push(b'}');
+        Ok(out)
+    }
+}
+
+/// A record's stable id: its file's identity (device, inode, fingerprint of the first bytes)
+/// and its byte offset, in hexadecimal: `DEVICE-INODE-FINGERPRINT-OFFSET`. The same record
+/// has the same id in every delivery; two records never share one on a host (two files with
+/// the same identity are one file to tailhose). Across hosts, pair it with the host name.
+pub fn record_id(file: FileIdentity, offset: u64) -> String {
+    let mut id = String::with_capacity(40);
+    let _ = write!(id, "{:x}-{:x}-{:08x}-{:x}", file.device, file.inode, file.fingerprint, offset);
+    id
+}
+
+/// `ms` since the Unix epoch as RFC 3339 in UTC with milliseconds (`2026-12-01T12:00:00.123Z`).
+pub fn rfc3339_millis(ms: u64) -> String {
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(|| ms.to_string(), |time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// This host's name, as `gethostname(2)` gives it.
+pub fn host_name() -> std::io::Result<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length, which is what is passed.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let end = buffer.iter().position(|&byte| byte == 0).unwrap_or(buffer.len());
+    Ok(String::from_utf8_lossy(&buffer[..end]).into_owned())
+}
+
+/// The names of a JSON object's own fields, or what the text is instead.
+fn top_level_names(text: &[u8]) -> Result<Vec<String>, NotAnObject> {
+    struct Names;
+    impl<'de> Visitor<'de> for Names {
+        type Value = Result<Vec<String>, NotAnObject>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut names = Vec::new();
+            while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                map.next_value::<IgnoredAny>()?;
+                names.push(name.into_owned());
+            }
+            Ok(Ok(names))
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Err(NotAnObject::Value("array")))
+        }
+
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Err(NotAnObject::Value("string")))
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Err(NotAnObject::Value("boolean")))
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Err(NotAnObject::Value("number")))
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Err(NotAnObject::Value("number")))
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Err(NotAnObject::Value("number")))
+        }
+
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Err(NotAnObject::Value("null")))
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    let names = deserializer.deserialize_any(Names).map_err(|error| NotAnObject::Invalid(error.to_string()))?;
+    deserializer.end().map_err(|error| NotAnObject::Invalid(error.to_string()))?;
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: FileIdentity = FileIdentity { device: 0x801, inode: 0x2a, fingerprint_len: 256, fingerprint: 0xdead_beef };
+
+    fn place(offset: u64) -> RecordPlace<'static> {
+        RecordPlace { file: FILE, path: b"/srv/conect/source/a.log", offset, read_at_ms: 1_796_126_400_123 }
+    }
+
+    fn every_field() -> AddedFields {
+        AddedFields {
+            fixed: vec![("env".into(), serde_json::json!("prod")), ("shard".into(), serde_json::json!(3))],
+            hostname: Some(("host".into(), "web-1".into())),
+            path_key: Some("file".into()),
+            source: Some(("source".into(), "conect".into())),
+            read_time_key: Some("read_at".into()),
+            record_id_key: Some("record_id".into()),
+        }
+    }
+
+    fn added(fields: &AddedFields, object: &str) -> String {
+        String::from_utf8(fields.add_to(object.as_bytes(), place(4096)).expect("an object")).expect("UTF-8")
+    }
+
+    #[test]
+    fn fields_are_appended_to_the_object_as_written() {
+        assert_eq!(
+            added(&every_field(), r#"{"board_id": 1, "nested": {"env": "x"}}  "#),
+            r#"{"board_id": 1, "nested": {"env": "x"},"env":"prod","shard":3,"host":"web-1","file":"/srv/conect/source/a.log","source":"conect","read_at":"2026-12-01T12:00:00.123Z","record_id":"801-2a-deadbeef-1000"}"#
+        );
+        let only_id = AddedFields { record_id_key: Some("id".into()), ..AddedFields::default() };
+        assert_eq!(added(&only_id, "{ }"), r#"{ "id":"801-2a-deadbeef-1000"}"#);
+    }
+
+    #[test]
+    fn a_field_the_record_has_keeps_its_value() {
+        assert_eq!(
+            added(&every_field(), r#"{"host":"the app's own","env":"dev"}"#),
+            r#"{"host":"the app's own","env":"dev","shard":3,"file":"/srv/conect/source/a.log","source":"conect","read_at":"2026-12-01T12:00:00.123Z","record_id":"801-2a-deadbeef-1000"}"#
+        );
+        let object: serde_json::Value = serde_json::from_str(&added(&every_field(), r#"{"a\u0062":1,"record_id":2}"#)).expect("JSON");
+        assert_eq!(object["record_id"], 2);
+    }
+
+    #[test]
+    fn a_value_that_is_not_an_object_is_refused() {
+        for (text, kind) in [("[1,2]", "array"), ("\"text\"", "string"), ("17", "number"), ("null", "null"), ("true", "boolean")] {
+            assert_eq!(every_field().add_to(text.as_bytes(), place(0)), Err(NotAnObject::Value(kind)), "{text}");
+        }
+        assert!(matches!(every_field().add_to(b"{\"a\":", place(0)), Err(NotAnObject::Invalid(_))));
+    }
+
+    #[test]
+    fn the_record_id_is_the_same_for_the_same_place_and_differs_for_another() {
+        assert_eq!(record_id(FILE, 4096), record_id(FILE, 4096));
+        assert_ne!(record_id(FILE, 4096), record_id(FILE, 4097));
+        assert_ne!(record_id(FILE, 0), record_id(FileIdentity { inode: 0x2b, ..FILE }, 0));
+    }
+
+    #[test]
+    fn the_host_name_is_known() {
+        assert!(!host_name().expect("gethostname").is_empty());
+    }
+}
