@@ -46,6 +46,9 @@ pub(super) struct Courier {
     /// acknowledged in order, and a call that lost every race for the next slot to later ones
     /// would hold back all of their acknowledgements.
     pub(super) pace_turns: tokio::sync::Mutex<()>,
+    /// Wakes the call waiting for its turn when the pace changes: a test undone (the rate
+    /// restored) lets it go at once instead of at the end of a wait the lower rate had set.
+    pub(super) pace_changed: tokio::sync::Notify,
     /// Where leftovers of partly accepted calls wait to be sent together, by the resender or
     /// riding in new batches' calls (see [`super::resender`]).
     pub(super) leftovers: Leftovers,
@@ -232,14 +235,25 @@ impl Courier {
     /// governor what the answer took and refused.
     pub(super) async fn call(&self, records: &OutgoingRecords, group: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
         let size = call_size(records, group);
-        {
+        // Unpaced (or with a slot free), a call goes at once, with no turn to take.
+        let at_once = self.lock_governor().try_reserve(size, Instant::now());
+        if at_once.is_err() {
             let _turn = self.pace_turns.lock().await;
             // Asked again after each wait: a pace lowered meanwhile holds this call back too.
             loop {
+                let changed = self.pace_changed.notified();
+                tokio::pin!(changed);
+                // Registered before asking: a change between the answer and the sleep still wakes it.
+                changed.as_mut().enable();
                 let pace = self.lock_governor().try_reserve(size, Instant::now());
                 match pace {
                     Ok(()) => break,
-                    Err(wait) => tokio::time::sleep(wait).await,
+                    Err(wait) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = &mut changed => {}
+                        }
+                    }
                 }
             }
         }
@@ -363,6 +377,7 @@ impl Courier {
         if let Some(change) = governor.answered(answer, Instant::now()) {
             let allowance = governor.call_allowance();
             drop(governor);
+            self.pace_changed.notify_waiters();
             self.events.pace_changed(&self.route, &change, allowance);
         }
     }

@@ -282,6 +282,7 @@ impl Flusher {
             shutdown_timeout: stopping.shutdown_timeout,
             governor: Mutex::new(RateGovernor::new(settings.rate_ceiling)),
             pace_turns: tokio::sync::Mutex::new(()),
+            pace_changed: tokio::sync::Notify::new(),
             leftovers: Leftovers::default(),
             calls_out: Arc::default(),
         });
