@@ -216,8 +216,11 @@ fn added_fields_are_on_every_record_and_the_copies_that_resends_and_a_kill_bring
     wait_until(Duration::from_secs(30), "a third of the records accepted", || (fake.seen().accepted.len() >= 1_000).then_some(()));
     daemon.kill();
     let daemon = workspace.start_daemon();
-    wait_until(Duration::from_secs(60), "every record accepted", || {
-        (support::count_seqs(fake.seen().accepted.iter().map(Vec::as_slice)).len() as u64 == written).then_some(())
+    // Each record of a cut-off call is sent again: accepted once more at least.
+    wait_until(Duration::from_secs(60), "every record accepted, those of cut-off calls again", || {
+        let seen = fake.seen();
+        let distinct = support::count_seqs(seen.accepted.iter().map(Vec::as_slice)).len() as u64;
+        (distinct == written && seen.accepted.len() as u64 >= written + seen.accepted_in_torn_calls).then_some(())
     });
     assert!(daemon.terminate(Duration::from_secs(15)).success());
 
@@ -238,6 +241,43 @@ fn added_fields_are_on_every_record_and_the_copies_that_resends_and_a_kill_bring
         // A copy is the record sent again: the same id, the same bytes, its first read time included.
         assert_eq!((first.0, &first.1), (seq, record), "record id {id}");
     }
-    assert!(accepted.len() as u64 > written, "cut-off answers and the kill brought copies ({} accepted)", accepted.len());
+    let seen = fake.seen();
+    assert!(
+        accepted.len() as u64 > written,
+        "cut-off answers and the kill brought copies ({} accepted, {} calls, {} in cut-off calls)",
+        accepted.len(),
+        seen.calls,
+        seen.accepted_in_torn_calls
+    );
     assert_eq!(by_id.len() as u64, written, "one id per record");
+}
+
+#[test]
+fn a_kubernetes_containers_cri_log_is_sent_as_one_object_a_line_with_its_parts_joined_and_its_pod_named() {
+    let fake = FakeFirehose::start(Faults::default());
+    let workspace = Workspace::new();
+    write_config(&workspace, &fake.endpoint, "[sources.app.parse]\ntype = \"cri\"");
+    let id = "4f3c2b1a".repeat(8);
+    let file = workspace.path().join(format!("source/checkout-5c7d9_shop_api-{id}.log"));
+    let long = "x".repeat(20_000);
+    let lines = format!(
+        "2026-12-01T12:00:00.000000001Z stdout P {}\n2026-12-01T12:00:00.000000002Z stdout F {}\n\
+         2026-12-01T12:00:01.5Z stderr F order 17 failed\nnot a cri line\n",
+        &long[..16_384],
+        &long[16_384..]
+    );
+    std::fs::write(&file, lines).expect("write the container's log");
+    let daemon = workspace.start_daemon();
+    let address = workspace.admin_address();
+    wait_until(Duration::from_secs(30), "two records acknowledged", || (records_acked(&address) == Some(2)).then_some(()));
+    let (_, metrics) = http_get(&address, "/metrics").expect("metrics");
+    assert!(metrics.contains("tailhose_dead_letters_total{reason=\"parse_failed\"} 1"), "{metrics}");
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    let objects: Vec<serde_json::Value> = accepted(&fake).iter().map(|record| serde_json::from_str(record).expect("JSON")).collect();
+    assert_eq!(objects.len(), 2, "the split line is one record");
+    assert_eq!(objects[0]["log"].as_str().map(str::len), Some(20_000));
+    assert_eq!(objects[0]["time"], "2026-12-01T12:00:00.000000001Z");
+    let pod = serde_json::json!({"pod_name": "checkout-5c7d9", "namespace_name": "shop", "container_name": "api", "container_id": id});
+    assert_eq!((&objects[0]["kubernetes"], &objects[1]["kubernetes"]), (&pod, &pod));
+    assert_eq!((objects[1]["stream"].as_str(), objects[1]["log"].as_str()), (Some("stderr"), Some("order 17 failed")));
 }

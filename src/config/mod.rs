@@ -597,8 +597,13 @@ impl Config {
             if let Some(Err(problem)) = source.get_ref().multiline.as_ref().map(MultilineConfig::compile) {
                 report(format!("{key}.multiline"), source.span(), problem);
             }
-            if let Some(Err(problem)) = source.get_ref().parse.as_ref().map(ParseConfig::compile) {
-                report(format!("{key}.parse"), source.span(), problem);
+            match source.get_ref().parse.as_ref().map(ParseConfig::compile) {
+                Some(Err(problem)) => report(format!("{key}.parse"), source.span(), problem),
+                Some(Ok(parser)) if parser.partial_lines().is_some() && source.get_ref().multiline.is_some() => {
+                    let why = "a container log's parser joins the lines its runtime split itself: leave the multiline table out";
+                    report(format!("{key}.multiline"), source.span(), why.into());
+                }
+                _ => {}
             }
             if let Some(Err(problem)) = source.get_ref().add_fields.as_ref().map(|fields| fields.compile(name)) {
                 report(format!("{key}.add_fields"), source.span(), problem);
@@ -726,6 +731,7 @@ impl Config {
             .iter()
             .map(|(name, source)| {
                 let source = source.get_ref();
+                let parse = source.parse.as_ref().and_then(|parse| parse.compile().ok()).map(Arc::new);
                 SourceSettings {
                     name: name.clone(),
                     paths: source.paths.clone(),
@@ -739,8 +745,18 @@ impl Config {
                     poll_interval: source.poll_interval,
                     max_line_bytes: source.max_line_bytes.0,
                     // Checked by `Config::parse`: a table that does not compile never gets here.
-                    multiline: source.multiline.as_ref().and_then(|multiline| multiline.compile().ok()).map(Arc::new),
-                    parse: source.parse.as_ref().and_then(|parse| parse.compile().ok()).map(Arc::new),
+                    multiline: match (&source.multiline, parse.as_ref().and_then(|parse| parse.partial_lines())) {
+                        (Some(multiline), _) => multiline.compile().ok().map(Arc::new),
+                        // A container log's parser joins the parts its runtime split a line into.
+                        (None, Some(kind)) => Some(Arc::new(Multiline {
+                            rule: MultilineRule::Partial(kind),
+                            flush_timeout: default_multiline_flush_timeout(),
+                            max_lines: default_multiline_max_lines(),
+                            max_bytes: default_multiline_max_bytes().0,
+                        })),
+                        (None, None) => None,
+                    },
+                    parse,
                     add_fields: source.add_fields.as_ref().and_then(|fields| fields.compile(name).ok()).map(Arc::new),
                 }
             })

@@ -292,7 +292,7 @@ impl LineChunker {
         let record = match (&self.parser, self.format) {
             // The record's identity stays its bytes in the file (offsets, recovery); what is
             // queued and sent is the object they parse to, the same each time they are read.
-            (Some(parser), _) => match parser.parse(line) {
+            (Some(parser), _) => match parser.parse_at(line, &self.path) {
                 Ok(object) => std::borrow::Cow::Owned(object),
                 Err(failure) => {
                     self.dead_letter(DeadLetterReason::ParseFailed, failure.to_string(), line_start, line_len, line);
@@ -435,6 +435,29 @@ mod tests {
             (letter.reason, letter.offset, letter.detail.as_str()),
             (DeadLetterReason::InvalidJson, 8, "a JSON array, not an object: add_fields needs an object")
         );
+    }
+
+    #[test]
+    fn a_container_runtimes_parts_are_queued_as_one_record_of_the_joined_line() {
+        let parser = Parser::new("cri", None, None, &[]).expect("cri");
+        let multiline = Multiline {
+            rule: super::super::multiline::MultilineRule::Partial(super::super::multiline::PartialLines::Cri),
+            flush_timeout: std::time::Duration::from_secs(1),
+            max_lines: 1000,
+            max_bytes: 1024,
+        };
+        let mut chunker = chunker(LineFormat::Raw, 1024).with_multiline(Some(Arc::new(multiline))).with_parser(Some(Arc::new(parser)));
+        let mut sealed = Vec::new();
+        chunker.feed(b"T1 stdout P one \nT2 stdout F line\nT3 stderr F two\n", &mut sealed);
+        sealed.extend(chunker.seal());
+        assert_eq!(
+            records(&sealed),
+            vec![
+                br#"{"time":"T1","stream":"stdout","log":"one line"}"#.to_vec(),
+                br#"{"time":"T3","stream":"stderr","log":"two"}"#.to_vec()
+            ]
+        );
+        assert_eq!(sealed[0].draft.meta.end_offset, 50, "the chunk ends where the last record does");
     }
 
     #[test]

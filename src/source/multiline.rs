@@ -50,6 +50,46 @@ pub enum MultilineRule {
     Continuation(Regex),
     /// A preset's state machine.
     States(StateMachine),
+    /// A container runtime's log lines: a line the runtime split (a partial line) is continued
+    /// by the next, up to the line that ends the application's line.
+    Partial(PartialLines),
+}
+
+/// How a container runtime marks a line it split (at 16 KiB) into parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartialLines {
+    /// CRI (containerd, CRI-O): `TIME STREAM P|F MESSAGE`; `P` is a part, `F` the last one.
+    Cri,
+    /// Docker's json-file: `{"log":"…","stream":"…","time":"…"}`; a part's `log` does not end
+    /// with a newline, the last one's does.
+    Docker,
+}
+
+/// In a [`MultilineRule::Partial`] record: the last line was a part, the next continues it.
+const PART_OPEN: usize = 0;
+/// The last line ended the application's line: the record is complete.
+const PARTS_DONE: usize = 1;
+
+impl PartialLines {
+    /// Whether `line` is a part that the next line continues. A line that is not in the
+    /// runtime's format is no part (its parser makes it a dead letter).
+    pub fn is_part(self, line: &[u8]) -> bool {
+        match self {
+            PartialLines::Cri => {
+                let mut fields = line.splitn(4, |&byte| byte == b' ');
+                let tag = fields.nth(2).unwrap_or_default();
+                tag.first() == Some(&b'P') && (tag.len() == 1 || tag.get(1) == Some(&b':'))
+            }
+            PartialLines::Docker => {
+                #[derive(serde::Deserialize)]
+                struct Line<'a> {
+                    #[serde(borrow)]
+                    log: std::borrow::Cow<'a, str>,
+                }
+                serde_json::from_slice::<Line<'_>>(line).is_ok_and(|line| !line.log.ends_with('\n'))
+            }
+        }
+    }
 }
 
 /// What a line is to the record in progress.
@@ -77,6 +117,14 @@ impl MultilineRule {
                 _ => LineRole::Begins { state: 0 },
             },
             MultilineRule::States(machine) => machine.classify(line, in_progress),
+            MultilineRule::Partial(kind) => {
+                let state = if kind.is_part(line) { PART_OPEN } else { PARTS_DONE };
+                match in_progress {
+                    Some(PART_OPEN) => LineRole::Continues { state },
+                    _ if state == PART_OPEN => LineRole::Begins { state },
+                    _ => LineRole::Alone,
+                }
+            }
         }
     }
 
@@ -84,6 +132,7 @@ impl MultilineRule {
     pub fn is_complete(&self, state: usize) -> bool {
         match self {
             MultilineRule::States(machine) => machine.states.get(state).is_none_or(Vec::is_empty),
+            MultilineRule::Partial(_) => state == PARTS_DONE,
             MultilineRule::Start(_) | MultilineRule::Continuation(_) => false,
         }
     }
@@ -191,6 +240,46 @@ const GO: RuleTable = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_runtimes_parts_continue_until_the_line_that_ends_them() {
+        let cri = MultilineRule::Partial(PartialLines::Cri);
+        let lines = [
+            "2026-12-01T12:00:00.1Z stdout P first ",
+            "2026-12-01T12:00:00.2Z stdout P and ",
+            "2026-12-01T12:00:00.3Z stdout F last",
+            "2026-12-01T12:00:01Z stderr F alone",
+            "not cri at all",
+        ];
+        let roles: Vec<LineRole> = {
+            let mut state = None;
+            lines
+                .iter()
+                .map(|line| {
+                    let role = cri.classify(line.as_bytes(), state);
+                    state = match role {
+                        LineRole::Continues { state } | LineRole::Begins { state } if !cri.is_complete(state) => Some(state),
+                        _ => None,
+                    };
+                    role
+                })
+                .collect()
+        };
+        assert_eq!(
+            roles,
+            [
+                LineRole::Begins { state: PART_OPEN },
+                LineRole::Continues { state: PART_OPEN },
+                LineRole::Continues { state: PARTS_DONE },
+                LineRole::Alone,
+                LineRole::Alone
+            ]
+        );
+        let docker = PartialLines::Docker;
+        assert!(docker.is_part(br#"{"log":"part of a long line","stream":"stdout","time":"2026-12-01T12:00:00Z"}"#));
+        assert!(!docker.is_part(br#"{"log":"the end\n","stream":"stdout","time":"2026-12-01T12:00:00Z"}"#));
+        assert!(!docker.is_part(b"{broken"));
+    }
 
     /// The records `rule` makes of `text`'s lines: lines joined with `\n`, no limits.
     fn records(rule: &MultilineRule, text: &str) -> Vec<String> {

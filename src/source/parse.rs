@@ -20,9 +20,13 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use super::multiline::PartialLines;
 
 /// The presets and grammars a `[sources.NAME.parse]` table may name as its `type`.
-pub const TYPES: &[&str] = &["regex", "nginx", "apache2", "syslog", "syslog_rfc3164", "syslog_rfc5424", "csv", "tsv", "ltsv", "logfmt"];
+pub const TYPES: &[&str] =
+    &["regex", "nginx", "apache2", "syslog", "syslog_rfc3164", "syslog_rfc5424", "csv", "tsv", "ltsv", "logfmt", "cri", "docker"];
 
 /// Fluentd's `nginx` parser (`parser_nginx.rb`): every field a string.
 const NGINX: &str = r#"^(?<remote>[^ ]*) (?<host>[^ ]*) (?<user>[^ ]*) \[(?<time>[^\]]*)\] "(?<method>\S+)(?: +(?<path>[^"]*?)(?: +\S*)?)?" (?<code>[^ ]*) (?<size>[^ ]*)(?: "(?<referer>[^"]*)" "(?<agent>[^"]*)"(?:\s+(?<http_x_forwarded_for>[^ ]+))?)?$"#;
@@ -56,6 +60,9 @@ enum Grammar {
     Ltsv,
     /// `key=value` pairs separated by spaces, values bare or in double quotes.
     Logfmt,
+    /// A container runtime's lines (a record is an application's line, its parts joined),
+    /// with the pod, namespace and container a Kubernetes log file's name gives.
+    Container(PartialLines),
 }
 
 /// What a field's text is converted to.
@@ -111,6 +118,8 @@ pub enum ParserError {
     NotForType(&'static str, String),
     #[error("types.{field}: `{name}` is not a type (string, integer, float, bool)")]
     UnknownFieldType { field: String, name: String },
+    #[error("`types` does not apply to type = \"{0}\": its fields are time, stream and log")]
+    TypesNotFor(String),
 }
 
 impl Parser {
@@ -152,6 +161,9 @@ impl Parser {
             "tsv" => delimited(b'\t', false)?,
             "ltsv" => Grammar::Ltsv,
             "logfmt" => Grammar::Logfmt,
+            "cri" | "docker" if !types.is_empty() => return Err(ParserError::TypesNotFor(kind.into())),
+            "cri" => Grammar::Container(PartialLines::Cri),
+            "docker" => Grammar::Container(PartialLines::Docker),
             other => return Err(ParserError::UnknownType(other.into())),
         };
         if kind.starts_with("syslog") {
@@ -166,8 +178,26 @@ impl Parser {
         Ok(Parser { grammar, types: field_types, dash_is_null })
     }
 
+    /// The runtime whose split lines a record joins, for a container log's parser: the source's
+    /// records are then put together by [`super::multiline::MultilineRule::Partial`].
+    pub fn partial_lines(&self) -> Option<PartialLines> {
+        match self.grammar {
+            Grammar::Container(kind) => Some(kind),
+            _ => None,
+        }
+    }
+
     /// The JSON object `record` parses to, or why it does not.
     pub fn parse(&self, record: &[u8]) -> Result<Vec<u8>, ParseFailure> {
+        self.parse_at(record, b"")
+    }
+
+    /// The JSON object `record`, read from the file at `path`, parses to (a container log's
+    /// file name names its pod), or why it does not.
+    pub fn parse_at(&self, record: &[u8], path: &[u8]) -> Result<Vec<u8>, ParseFailure> {
+        if let Grammar::Container(kind) = self.grammar {
+            return container_record(kind, record, path);
+        }
         // A line of a file written with CRLF ends in `\r`: not part of its last field (Fluentd's
         // in_tail strips it too).
         let record = record.strip_suffix(b"\r").unwrap_or(record);
@@ -185,6 +215,8 @@ impl Parser {
             Grammar::Delimited { columns, delimiter, quoted } => delimited(text, columns, *delimiter, *quoted, &mut fields)?,
             Grammar::Ltsv => ltsv(text, &mut fields)?,
             Grammar::Logfmt => logfmt(text, &mut fields)?,
+            // Answered above, from the record's parts.
+            Grammar::Container(kind) => return container_record(*kind, record, path),
         }
         let mut object = Vec::with_capacity(record.len() + 16 * fields.0.len());
         object.push(b'{');
@@ -242,6 +274,98 @@ enum Converted<'t> {
     Float(f64),
     Bool(bool),
     Null,
+}
+
+/// One application line from a container runtime's parts, as Fluent Bit's `cri` and `docker`
+/// parsers name its fields, and the Kubernetes names its file gives.
+#[derive(Serialize)]
+struct ContainerRecord<'a> {
+    /// The first part's time, as the runtime wrote it.
+    time: &'a str,
+    stream: &'a str,
+    /// The parts joined, without the line's newline.
+    log: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<PodFile<'a>>,
+}
+
+/// What a kubelet's `/var/log/containers/POD_NAMESPACE_CONTAINER-ID.log` name says (the names of
+/// Fluent Bit's kubernetes filter; no API server is asked).
+#[derive(Serialize, Debug, PartialEq, Eq)]
+struct PodFile<'a> {
+    pod_name: &'a str,
+    namespace_name: &'a str,
+    container_name: &'a str,
+    container_id: &'a str,
+}
+
+#[derive(Deserialize)]
+struct DockerLine<'a> {
+    #[serde(borrow)]
+    log: Cow<'a, str>,
+    #[serde(borrow)]
+    stream: Cow<'a, str>,
+    #[serde(borrow)]
+    time: Cow<'a, str>,
+}
+
+/// Joins the parts of one application line (the record's lines, `\n` between them).
+fn container_record(kind: PartialLines, record: &[u8], path: &[u8]) -> Result<Vec<u8>, ParseFailure> {
+    let text = std::str::from_utf8(record).map_err(|error| ParseFailure::NotUtf8 { valid_up_to: error.valid_up_to() })?;
+    let file_name = path.rsplit(|&byte| byte == b'/').next().and_then(|name| std::str::from_utf8(name).ok()).unwrap_or_default();
+    let kubernetes = pod_file(file_name);
+    let mut log = String::with_capacity(text.len());
+    let object = match kind {
+        PartialLines::Cri => {
+            let mut first: Option<(&str, &str)> = None;
+            for line in text.split('\n') {
+                let line = line.strip_suffix('\r').unwrap_or(line);
+                let mut fields = line.splitn(4, ' ');
+                let (Some(time), Some(stream), Some(tag), message) = (fields.next(), fields.next(), fields.next(), fields.next()) else {
+                    return Err(ParseFailure::NoMatch { grammar: "cri" });
+                };
+                if !matches!(stream, "stdout" | "stderr") || !(tag.starts_with('P') || tag.starts_with('F')) {
+                    return Err(ParseFailure::NoMatch { grammar: "cri" });
+                }
+                first.get_or_insert((time, stream));
+                log.push_str(message.unwrap_or_default());
+            }
+            let (time, stream) = first.ok_or(ParseFailure::NoMatch { grammar: "cri" })?;
+            serde_json::to_vec(&ContainerRecord { time, stream, log, kubernetes })
+        }
+        PartialLines::Docker => {
+            let mut parts = Vec::new();
+            for line in text.split('\n') {
+                let part: DockerLine<'_> =
+                    serde_json::from_str(line).map_err(|error| ParseFailure::Syntax(format!("not a json-file line: {error}")))?;
+                parts.push(part);
+            }
+            for part in &parts {
+                log.push_str(&part.log);
+            }
+            if log.ends_with('\n') {
+                log.pop();
+            }
+            let first = parts.first().ok_or(ParseFailure::NoMatch { grammar: "docker" })?;
+            serde_json::to_vec(&ContainerRecord { time: &first.time, stream: &first.stream, log, kubernetes })
+        }
+    };
+    object.map_err(|error| ParseFailure::Syntax(error.to_string()))
+}
+
+/// `POD_NAMESPACE_CONTAINER-ID.log`, the name the kubelet links each container's log under.
+fn pod_file(name: &str) -> Option<PodFile<'_>> {
+    let stem = name.strip_suffix(".log")?;
+    let (pod_name, rest) = stem.split_once('_')?;
+    let (namespace_name, rest) = rest.split_once('_')?;
+    let (container_name, container_id) = rest.rsplit_once('-')?;
+    let is_id = container_id.len() == 64 && container_id.bytes().all(|byte| byte.is_ascii_hexdigit());
+    (is_id && !pod_name.is_empty() && !namespace_name.is_empty() && !container_name.is_empty()).then_some(PodFile {
+        pod_name,
+        namespace_name,
+        container_name,
+        container_id,
+    })
 }
 
 /// A field's text as the grammar found it, borrowed from the record where it can be;
@@ -507,6 +631,48 @@ mod tests {
         let line = "::1 - - [01/Dec/2026:12:00:00 +0000] \"GET / HTTP/1.1\" 200 5 \"-\" \"curl\"\r";
         assert!(parsed(&parser("nginx"), line).ends_with(r#""agent":"curl"}"#));
         assert_eq!(parsed(&parser("logfmt"), "a=1\r"), r#"{"a":"1"}"#);
+    }
+
+    const POD_LOG: &[u8] = b"/var/log/containers/web-7d9f_shop_nginx-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.log";
+
+    #[test]
+    fn a_cri_records_parts_are_one_log_with_the_pod_its_file_names() {
+        let cri = parser("cri");
+        let record = "2026-12-01T12:00:00.1Z stdout P a line the runtime \n2026-12-01T12:00:00.2Z stdout F split in two";
+        let object: Value = serde_json::from_slice(&cri.parse_at(record.as_bytes(), POD_LOG).expect("parses")).expect("JSON");
+        assert_eq!(
+            object,
+            serde_json::json!({"time": "2026-12-01T12:00:00.1Z", "stream": "stdout", "log": "a line the runtime split in two",
+                "kubernetes": {"pod_name": "web-7d9f", "namespace_name": "shop", "container_name": "nginx",
+                    "container_id": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}})
+        );
+        // Outside the kubelet's naming, no pod; an empty message is an empty log.
+        assert_eq!(parsed(&cri, "2026-12-01T12:00:00Z stderr F"), r#"{"time":"2026-12-01T12:00:00Z","stream":"stderr","log":""}"#);
+        assert_eq!(cri.parse(b"2026-12-01T12:00:00Z stdin F x"), Err(ParseFailure::NoMatch { grammar: "cri" }));
+        assert_eq!(cri.parse(b"just text"), Err(ParseFailure::NoMatch { grammar: "cri" }));
+        assert!(matches!(Parser::new("cri", None, None, &[("log".into(), "integer".into())]), Err(ParserError::TypesNotFor(_))));
+    }
+
+    #[test]
+    fn a_docker_json_file_records_parts_are_one_log_without_its_newline() {
+        let docker = parser("docker");
+        let record = "{\"log\":\"first half, \",\"stream\":\"stdout\",\"time\":\"2026-12-01T12:00:00.1Z\"}\n{\"log\":\"second half\\n\",\"stream\":\"stdout\",\"time\":\"2026-12-01T12:00:00.2Z\"}";
+        assert_eq!(parsed(&docker, record), r#"{"time":"2026-12-01T12:00:00.1Z","stream":"stdout","log":"first half, second half"}"#);
+        assert!(matches!(docker.parse(b"{\"log\":1}"), Err(ParseFailure::Syntax(_))));
+    }
+
+    #[test]
+    fn only_the_kubelets_file_names_give_a_pod() {
+        assert!(pod_file("web_shop_nginx-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.log").is_some());
+        for name in [
+            "web_shop_nginx-0123.log",
+            "web_shop_nginx.log",
+            "_shop_nginx-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.log",
+            "app.log",
+            "",
+        ] {
+            assert_eq!(pod_file(name), None, "{name}");
+        }
     }
 
     #[test]
