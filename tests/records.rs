@@ -53,6 +53,17 @@ append_newline = true
     std::fs::write(workspace.config(), text).expect("write config");
 }
 
+/// Runs the daemon until two records are acknowledged, checks that one record failed to
+/// parse (a counted dead letter), and stops it.
+fn run_until_two_records_and_one_parse_failure(workspace: &Workspace) {
+    let daemon = workspace.start_daemon();
+    let address = workspace.admin_address();
+    wait_until(Duration::from_secs(30), "two records acknowledged", || (records_acked(&address) == Some(2)).then_some(()));
+    let (_, metrics) = http_get(&address, "/metrics").expect("metrics");
+    assert!(metrics.contains("tailhose_dead_letters_total{reason=\"parse_failed\"} 1"), "{metrics}");
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+}
+
 fn multiline(rule: &str) -> String {
     format!("[sources.app.multiline]\n{rule}")
 }
@@ -134,19 +145,28 @@ fn with_the_java_preset_an_exception_and_its_frames_are_one_record_and_ordinary_
 }
 
 #[test]
-fn a_multiline_table_that_cannot_work_is_refused_with_its_key() {
+fn a_multiline_or_parse_table_that_cannot_work_is_refused_with_its_key() {
     let workspace = Workspace::new();
-    for (table, expected) in [
-        ("start = '(unclosed'", "is not a valid regular expression"),
-        ("preset = \"cobol\"", "no preset is named `cobol` (presets: java, python, go)"),
-        ("start = 'a'\ncontinuation = 'b'", "give exactly one of `start`, `continuation` and `preset`"),
+    for (table, text, expected) in [
+        ("multiline", "start = '(unclosed'", "is not a valid regular expression"),
+        ("multiline", "preset = \"cobol\"", "no preset is named `cobol` (presets: java, python, go)"),
+        ("multiline", "start = 'a'\ncontinuation = 'b'", "give exactly one of `start`, `continuation` and `preset`"),
+        ("parse", "type = \"grok\"", "no parser type is named `grok`"),
+        ("parse", "type = \"csv\"", "needs `columns`"),
+        ("parse", "type = \"regex\"\npattern = '(?<a>'", "is not a valid regular expression"),
+        ("parse", "type = \"nginx\"\ntypes = { code = \"number\" }", "types.code: `number` is not a type"),
     ] {
-        write_config(&workspace, "http://127.0.0.1:9", &multiline(table));
-        let output = workspace.run(&["check-config", "--config", "tailhose.toml"]);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{table}: accepted");
-        assert!(stderr.contains("sources.app.multiline") && stderr.contains(expected), "{table}: {stderr}");
+        assert_refused(&workspace, table, text, expected);
     }
+}
+
+/// `check-config` refuses `[sources.app.TABLE]` holding `text`, naming the table and `expected`.
+fn assert_refused(workspace: &Workspace, table: &str, text: &str, expected: &str) {
+    write_config(workspace, "http://127.0.0.1:9", &format!("[sources.app.{table}]\n{text}"));
+    let output = workspace.run(&["check-config", "--config", "tailhose.toml"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{text}: accepted");
+    assert!(stderr.contains(&format!("sources.app.{table}")) && stderr.contains(expected), "{text}: {stderr}");
 }
 
 #[test]
@@ -158,12 +178,7 @@ fn nginx_lines_are_sent_as_json_objects_and_a_line_that_does_not_parse_is_a_coun
     let garbled = "nginx: [emerg] bind() to 0.0.0.0:80 failed";
     let second = r#"203.0.113.10 - bob [01/Dec/2026:12:00:01 +0000] "POST /views HTTP/1.1" 201 0 "-" "curl/8.5""#;
     append(&workspace, &format!("{first}\n{garbled}\n{second}\n"));
-    let daemon = workspace.start_daemon();
-    let address = workspace.admin_address();
-    wait_until(Duration::from_secs(30), "two records acknowledged", || (records_acked(&address) == Some(2)).then_some(()));
-    let (_, metrics) = http_get(&address, "/metrics").expect("metrics");
-    assert!(metrics.contains("tailhose_dead_letters_total{reason=\"parse_failed\"} 1"), "{metrics}");
-    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    run_until_two_records_and_one_parse_failure(&workspace);
 
     let objects: Vec<serde_json::Value> =
         accepted(&fake).iter().map(|record| serde_json::from_str(record).expect("each record is JSON")).collect();
@@ -183,23 +198,6 @@ fn nginx_lines_are_sent_as_json_objects_and_a_line_that_does_not_parse_is_a_coun
     assert_eq!(letters[0]["reason"], "parse_failed");
     assert_eq!(letters[0]["offset"].as_u64(), Some(first.len() as u64 + 1));
     assert!(letters[0]["detail"].as_str().is_some_and(|detail| detail.contains("does not match")), "{letters:?}");
-}
-
-#[test]
-fn a_parse_table_that_cannot_work_is_refused_with_its_key() {
-    let workspace = Workspace::new();
-    for (table, expected) in [
-        ("type = \"grok\"", "no parser type is named `grok`"),
-        ("type = \"csv\"", "needs `columns`"),
-        ("type = \"regex\"\npattern = '(?<a>'", "is not a valid regular expression"),
-        ("type = \"nginx\"\ntypes = { code = \"number\" }", "types.code: `number` is not a type"),
-    ] {
-        write_config(&workspace, "http://127.0.0.1:9", &format!("[sources.app.parse]\n{table}"));
-        let output = workspace.run(&["check-config", "--config", "tailhose.toml"]);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{table}: accepted");
-        assert!(stderr.contains("sources.app.parse") && stderr.contains(expected), "{table}: {stderr}");
-    }
 }
 
 #[test]
@@ -267,12 +265,7 @@ fn a_kubernetes_containers_cri_log_is_sent_as_one_object_a_line_with_its_parts_j
         &long[16_384..]
     );
     std::fs::write(&file, lines).expect("write the container's log");
-    let daemon = workspace.start_daemon();
-    let address = workspace.admin_address();
-    wait_until(Duration::from_secs(30), "two records acknowledged", || (records_acked(&address) == Some(2)).then_some(()));
-    let (_, metrics) = http_get(&address, "/metrics").expect("metrics");
-    assert!(metrics.contains("tailhose_dead_letters_total{reason=\"parse_failed\"} 1"), "{metrics}");
-    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    run_until_two_records_and_one_parse_failure(&workspace);
     let objects: Vec<serde_json::Value> = accepted(&fake).iter().map(|record| serde_json::from_str(record).expect("JSON")).collect();
     assert_eq!(objects.len(), 2, "the split line is one record");
     assert_eq!(objects[0]["log"].as_str().map(str::len), Some(20_000));

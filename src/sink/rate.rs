@@ -1147,6 +1147,16 @@ mod tests {
         assert_eq!(ceiling.call_allowance(), CallSize { bytes: 100_000, records: u64::MAX }, "a configured ceiling paces from the start");
     }
 
+    /// A governor that saw calls 0 to 199 sent 10 ms apart from `start`, each answered at once
+    /// with nothing refused: two seconds of clean traffic.
+    fn after_two_clean_seconds(start: Instant) -> RateGovernor {
+        let mut governor = RateGovernor::new(Rates::default());
+        for call in 0..200 {
+            governor.answered(answer(sent(start, call), 0), sent(start, call));
+        }
+        governor
+    }
+
     /// When call `call` of a run sent 10 ms apart from `start` left.
     fn sent(start: Instant, call: u64) -> Instant {
         start + Duration::from_millis(10 * call)
@@ -1204,10 +1214,7 @@ mod tests {
     #[test]
     fn a_call_mostly_refused_entry_by_entry_makes_a_test_of_one_second() {
         let start = Instant::now();
-        let mut governor = RateGovernor::new(Rates::default());
-        for call in 0..200 {
-            governor.answered(answer(sent(start, call), 0), sent(start, call));
-        }
+        let mut governor = after_two_clean_seconds(start);
         // A quota ran out in this call: 400 of its 500 entries refused, one by one. One lumpy
         // call among a hundred makes the share's spread as large as the share, as one call
         // throttled whole would (see the test below, where that waits for five seconds).
@@ -1221,10 +1228,7 @@ mod tests {
     #[test]
     fn calls_waiting_for_the_pace_when_it_falls_go_at_the_lower_pace() {
         let start = Instant::now();
-        let mut governor = RateGovernor::new(Rates::default());
-        for call in 0..200 {
-            governor.answered(answer(sent(start, call), 0), sent(start, call));
-        }
+        let mut governor = after_two_clean_seconds(start);
         let refused_at = sent(start, 200);
         assert_eq!(governor.answered(answer(refused_at, 500), refused_at).map(|change| change.decision), Some(PaceDecision::Lowered));
         let (_, now) = answer_calls(&mut governor, refused_at, Duration::from_millis(2_500), Duration::from_millis(1), 0);
@@ -1256,10 +1260,7 @@ mod tests {
     #[test]
     fn after_a_hold_the_rate_grows_by_steps_that_double_each_second_the_pace_limits() {
         let start = Instant::now();
-        let mut governor = RateGovernor::new(Rates::default());
-        for call in 0..200 {
-            governor.answered(answer(sent(start, call), 0), sent(start, call));
-        }
+        let mut governor = after_two_clean_seconds(start);
         let tested_at = sent(start, 200);
         let refused = CallAnswer {
             accepted: CallSize { bytes: 0, records: 0 },
