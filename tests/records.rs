@@ -8,6 +8,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use support::fake_firehose::{FakeFirehose, Faults};
+use support::fake_imds::FakeImds;
 use support::{http_get, wait_until, Workspace};
 
 /// A Java service's log: ordinary lines and stack traces.
@@ -273,4 +274,45 @@ fn a_kubernetes_containers_cri_log_is_sent_as_one_object_a_line_with_its_parts_j
     let pod = serde_json::json!({"pod_name": "checkout-5c7d9", "namespace_name": "shop", "container_name": "api", "container_id": id});
     assert_eq!((&objects[0]["kubernetes"], &objects[1]["kubernetes"]), (&pod, &pod));
     assert_eq!((objects[1]["stream"].as_str(), objects[1]["log"].as_str()), (Some("stderr"), Some("order 17 failed")));
+}
+
+#[test]
+fn ec2_instance_metadata_is_read_once_through_imdsv2_and_added_to_every_record_and_without_imds_start_up_stops() {
+    let fake = FakeFirehose::start(Faults::default());
+    let imds = FakeImds::start();
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "\n[sources.conect.add_fields]\nec2_metadata_key = \"ec2\"", "");
+    support::write_seed_records(&workspace.log_file(), 0..1_000, 1_000, Duration::ZERO);
+    let output = workspace
+        .tailhose(&["run", "--config", "tailhose.toml", "--once"])
+        .env("AWS_EC2_METADATA_DISABLED", "false")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds.endpoint)
+        .output()
+        .expect("tailhose runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let accepted = accepted(&fake);
+    assert_eq!(accepted.len(), 1_000);
+    let instance =
+        serde_json::json!({"instance_id": "i-0123456789abcdef0", "region": "ap-northeast-2", "availability_zone": "ap-northeast-2c"});
+    for record in &accepted {
+        let object: serde_json::Value = serde_json::from_str(record).expect("JSON");
+        assert_eq!(object["ec2"], instance, "{record}");
+    }
+    // Once at start-up, not per record: a token, then each value with it.
+    assert_eq!(
+        imds.requests(),
+        [
+            "PUT /latest/api/token",
+            "GET /latest/meta-data/instance-id",
+            "GET /latest/meta-data/placement/region",
+            "GET /latest/meta-data/placement/availability-zone"
+        ]
+    );
+
+    // With IMDS turned off, records would go out without the fields asked for: start-up stops.
+    support::write_seed_records(&workspace.log_file(), 1_000..1_010, 10, Duration::ZERO);
+    let output = workspace.run(&["run", "--config", "tailhose.toml", "--once"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("AWS_EC2_METADATA_DISABLED turns IMDS off"), "{stderr}");
+    assert_eq!(fake.seen().accepted.len(), 1_000, "nothing sent without its fields");
 }

@@ -169,6 +169,8 @@ pub struct AddFieldsConfig {
     pub read_time_key: Option<String>,
     /// The record's stable id (file identity and byte offset), the same in every delivery.
     pub record_id_key: Option<String>,
+    /// The EC2 instance's id, region and availability zone (IMDSv2, read once at start-up).
+    pub ec2_metadata_key: Option<String>,
 }
 
 impl AddFieldsConfig {
@@ -196,11 +198,18 @@ impl AddFieldsConfig {
             source: self.source_key.clone().map(|key| (key, source.to_owned())),
             read_time_key: self.read_time_key.clone(),
             record_id_key: self.record_id_key.clone(),
+            ec2_metadata_key: self.ec2_metadata_key.clone(),
+            ec2: None,
         };
         let mut names: Vec<&str> = fields.fixed.iter().map(|(name, _)| name.as_str()).collect();
         names.extend(fields.hostname.iter().map(|(name, _)| name.as_str()));
         names.extend(fields.source.iter().map(|(name, _)| name.as_str()));
-        names.extend([&fields.path_key, &fields.read_time_key, &fields.record_id_key].into_iter().flatten().map(String::as_str));
+        names.extend(
+            [&fields.path_key, &fields.read_time_key, &fields.record_id_key, &fields.ec2_metadata_key]
+                .into_iter()
+                .flatten()
+                .map(String::as_str),
+        );
         if names.iter().any(|name| name.is_empty()) {
             return Err("a field name is empty".into());
         }

@@ -57,6 +57,8 @@ pub enum PipelineError {
     Task(String),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error(transparent)]
+    Ec2Metadata(#[from] crate::source::fields::Ec2MetadataError),
     #[error("sink {sink}: {source}")]
     SinkSetup { sink: String, source: crate::sink::SinkSetupError },
     #[error("sink {sink}: pack_records = true would change what the destination stores: {reason}; set pack_records = false for this sink")]
@@ -77,7 +79,8 @@ impl PipelineError {
             | PipelineError::Task(_)
             | PipelineError::Admin(_)
             | PipelineError::PackingRefused { .. }
-            | PipelineError::SinkSetup { .. } => 1,
+            | PipelineError::SinkSetup { .. }
+            | PipelineError::Ec2Metadata(_) => 1,
         }
     }
 }
@@ -115,7 +118,7 @@ pub async fn run_with_store(
         true => Some(admin::bind(config.admin.address)?),
         false => None,
     };
-    let sources = config.source_settings();
+    let sources = crate::source::fields::with_ec2_metadata(config.source_settings()).await?;
     let mut tasks = tokio::task::JoinSet::new();
     // Tasks around the routes; aborted when the routes are done.
     let mut helpers = Vec::new();

@@ -1,5 +1,6 @@
 //! Added fields: what the record does not say about itself (which host, which file, which
-//! source, when it was read, and a stable id), appended to each record's JSON object.
+//! source, when it was read, a stable id, which EC2 instance), appended to each record's JSON
+//! object.
 //!
 //! Invariants:
 //! - Only a JSON object takes fields: a source with `add_fields` reads JSON (`format = "json"`)
@@ -17,8 +18,11 @@
 
 use std::fmt::Write as _;
 
+use std::sync::Arc;
+
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 
+use crate::config::SourceSettings;
 use crate::queue::FileIdentity;
 
 /// The fields a source adds, each under its own name (absent: not added).
@@ -33,6 +37,30 @@ pub struct AddedFields {
     pub source: Option<(String, String)>,
     pub read_time_key: Option<String>,
     pub record_id_key: Option<String>,
+    /// The name EC2 instance metadata is added under, as an object.
+    pub ec2_metadata_key: Option<String>,
+    /// The instance's metadata, fetched once at start-up ([`with_ec2_metadata`]).
+    pub ec2: Option<Ec2Metadata>,
+}
+
+/// What IMDSv2 says of the instance tailhose runs on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Ec2Metadata {
+    pub instance_id: String,
+    pub region: String,
+    pub availability_zone: String,
+}
+
+/// Why the instance's metadata could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Ec2MetadataError {
+    #[error("ec2_metadata_key asks for EC2 instance metadata, but AWS_EC2_METADATA_DISABLED turns IMDS off")]
+    Disabled,
+    #[error(
+        "cannot read EC2 instance metadata ({path}) through IMDSv2: {error}; not on EC2, or IMDS unreachable (set \
+         AWS_EC2_METADATA_SERVICE_ENDPOINT, or a hop limit of 2 in a container), or remove ec2_metadata_key"
+    )]
+    Unreachable { path: &'static str, error: String },
 }
 
 /// Where a record was read: what the added fields are made of.
@@ -63,6 +91,7 @@ impl AddedFields {
             && self.source.is_none()
             && self.read_time_key.is_none()
             && self.record_id_key.is_none()
+            && self.ec2_metadata_key.is_none()
     }
 
     /// `object` (one JSON object's text, already checked to be valid JSON) with the fields
@@ -116,6 +145,11 @@ impl AddedFields {
                 let _ = serde_json::to_writer(out, &record_id(place.file, place.offset));
             });
         }
+        if let (Some(name), Some(ec2)) = (&self.ec2_metadata_key, &self.ec2) {
+            add(&mut out, name, &|out| {
+                let _ = serde_json::to_writer(out, ec2);
+            });
+        }
         out.push(b'}');
         Ok(out)
     }
@@ -136,6 +170,46 @@ pub fn rfc3339_millis(ms: u64) -> String {
     let ms = i64::try_from(ms).unwrap_or(i64::MAX);
     chrono::DateTime::from_timestamp_millis(ms)
         .map_or_else(|| ms.to_string(), |time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// Sources whose added fields include EC2 instance metadata get it, fetched once for all of
+/// them (IMDSv2, honouring `AWS_EC2_METADATA_SERVICE_ENDPOINT` and `AWS_EC2_METADATA_DISABLED`).
+/// A source that asks for it and cannot have it stops start-up: its records would otherwise
+/// go out without the fields the operator asked for.
+pub async fn with_ec2_metadata(mut sources: Vec<SourceSettings>) -> Result<Vec<SourceSettings>, Ec2MetadataError> {
+    let wanted = |source: &SourceSettings| source.add_fields.as_ref().is_some_and(|fields| fields.ec2_metadata_key.is_some());
+    if !sources.iter().any(wanted) {
+        return Ok(sources);
+    }
+    let metadata = fetch_ec2_metadata().await?;
+    for source in sources.iter_mut().filter(|source| wanted(source)) {
+        if let Some(fields) = source.add_fields.as_mut() {
+            Arc::make_mut(fields).ec2 = Some(metadata.clone());
+        }
+    }
+    Ok(sources)
+}
+
+async fn fetch_ec2_metadata() -> Result<Ec2Metadata, Ec2MetadataError> {
+    let disabled = std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|value| value.trim().eq_ignore_ascii_case("true"));
+    if disabled {
+        return Err(Ec2MetadataError::Disabled);
+    }
+    // A few quick attempts: at boot IMDS may answer late, off EC2 it never answers.
+    let client = aws_config::imds::client::Client::builder()
+        .max_attempts(3)
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .read_timeout(std::time::Duration::from_secs(1))
+        .build();
+    let get = |path: &'static str| {
+        let client = client.clone();
+        async move { client.get(path).await.map(String::from).map_err(|error| Ec2MetadataError::Unreachable { path, error: error.to_string() }) }
+    };
+    Ok(Ec2Metadata {
+        instance_id: get("/latest/meta-data/instance-id").await?,
+        region: get("/latest/meta-data/placement/region").await?,
+        availability_zone: get("/latest/meta-data/placement/availability-zone").await?,
+    })
 }
 
 /// This host's name, as `gethostname(2)` gives it.
@@ -222,6 +296,12 @@ mod tests {
             source: Some(("source".into(), "conect".into())),
             read_time_key: Some("read_at".into()),
             record_id_key: Some("record_id".into()),
+            ec2_metadata_key: Some("ec2".into()),
+            ec2: Some(Ec2Metadata {
+                instance_id: "i-0abc".into(),
+                region: "ap-northeast-2".into(),
+                availability_zone: "ap-northeast-2a".into(),
+            }),
         }
     }
 
@@ -233,7 +313,7 @@ mod tests {
     fn fields_are_appended_to_the_object_as_written() {
         assert_eq!(
             added(&every_field(), r#"{"board_id": 1, "nested": {"env": "x"}}  "#),
-            r#"{"board_id": 1, "nested": {"env": "x"},"env":"prod","shard":3,"host":"web-1","file":"/srv/conect/source/a.log","source":"conect","read_at":"2026-12-01T12:00:00.123Z","record_id":"801-2a-deadbeef-1000"}"#
+            r#"{"board_id": 1, "nested": {"env": "x"},"env":"prod","shard":3,"host":"web-1","file":"/srv/conect/source/a.log","source":"conect","read_at":"2026-12-01T12:00:00.123Z","record_id":"801-2a-deadbeef-1000","ec2":{"instance_id":"i-0abc","region":"ap-northeast-2","availability_zone":"ap-northeast-2a"}}"#
         );
         let only_id = AddedFields { record_id_key: Some("id".into()), ..AddedFields::default() };
         assert_eq!(added(&only_id, "{ }"), r#"{ "id":"801-2a-deadbeef-1000"}"#);
@@ -243,7 +323,7 @@ mod tests {
     fn a_field_the_record_has_keeps_its_value() {
         assert_eq!(
             added(&every_field(), r#"{"host":"the app's own","env":"dev"}"#),
-            r#"{"host":"the app's own","env":"dev","shard":3,"file":"/srv/conect/source/a.log","source":"conect","read_at":"2026-12-01T12:00:00.123Z","record_id":"801-2a-deadbeef-1000"}"#
+            r#"{"host":"the app's own","env":"dev","shard":3,"file":"/srv/conect/source/a.log","source":"conect","read_at":"2026-12-01T12:00:00.123Z","record_id":"801-2a-deadbeef-1000","ec2":{"instance_id":"i-0abc","region":"ap-northeast-2","availability_zone":"ap-northeast-2a"}}"#
         );
         let object: serde_json::Value = serde_json::from_str(&added(&every_field(), r#"{"a\u0062":1,"record_id":2}"#)).expect("JSON");
         assert_eq!(object["record_id"], 2);

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fake_firehose;
+pub mod fake_imds;
 pub mod proxy;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,75 @@
+//! EC2's instance metadata service as IMDSv2 answers on 127.0.0.1: `PUT /latest/api/token`
+//! (with a TTL header) gives a session token, and metadata is read only with it. Every request
+//! is recorded (`METHOD path`). Its threads end with the test process.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+const TOKEN: &str = "AQAEAFakeImdsToken==";
+
+pub struct FakeImds {
+    /// What `AWS_EC2_METADATA_SERVICE_ENDPOINT` is set to.
+    pub endpoint: String,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeImds {
+    pub fn start() -> FakeImds {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake IMDS");
+        let endpoint = format!("http://{}/", listener.local_addr().expect("address"));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let recorded = requests.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let recorded = recorded.clone();
+                std::thread::spawn(move || {
+                    let _ = answer(client, &recorded);
+                });
+            }
+        });
+        FakeImds { endpoint, requests }
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("requests").clone()
+    }
+}
+
+/// Answers the requests of one connection, one after the other, until the client closes it.
+fn answer(client: TcpStream, recorded: &Mutex<Vec<String>>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut writer = client;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let mut headers = Vec::new();
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header)?;
+            if header.trim().is_empty() {
+                break;
+            }
+            headers.push(header.trim().to_ascii_lowercase());
+        }
+        let mut parts = request_line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or_default().to_owned(), parts.next().unwrap_or_default().to_owned());
+        recorded.lock().expect("requests").push(format!("{method} {path}"));
+        let has = |name: &str| headers.iter().any(|header| header.starts_with(name));
+        let with_token = headers.iter().any(|header| header == &format!("x-aws-ec2-metadata-token: {}", TOKEN.to_ascii_lowercase()));
+        let (status, body) = match (method.as_str(), path.as_str()) {
+            ("PUT", "/latest/api/token") if has("x-aws-ec2-metadata-token-ttl-seconds:") => ("200 OK", TOKEN),
+            ("PUT", _) => ("400 Bad Request", ""),
+            ("GET", _) if !with_token => ("401 Unauthorized", ""),
+            ("GET", "/latest/meta-data/instance-id") => ("200 OK", "i-0123456789abcdef0"),
+            ("GET", "/latest/meta-data/placement/region") => ("200 OK", "ap-northeast-2"),
+            ("GET", "/latest/meta-data/placement/availability-zone") => ("200 OK", "ap-northeast-2c"),
+            _ => ("404 Not Found", ""),
+        };
+        let ttl = if path == "/latest/api/token" { "x-aws-ec2-metadata-token-ttl-seconds: 21600\r\n" } else { "" };
+        write!(writer, "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\n{ttl}content-length: {}\r\n\r\n{body}", body.len())?;
+        writer.flush()?;
+    }
+}
