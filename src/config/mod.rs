@@ -231,7 +231,8 @@ impl AddFieldsConfig {
 #[serde(deny_unknown_fields)]
 pub struct ParseConfig {
     /// `regex`, a preset (`nginx`, `apache2`, `syslog`, `syslog_rfc3164`, `syslog_rfc5424`),
-    /// or a grammar (`csv`, `tsv`, `ltsv`, `logfmt`).
+    /// a grammar (`csv`, `tsv`, `ltsv`, `logfmt`), or a container runtime's lines (`cri`,
+    /// `docker`).
     #[serde(rename = "type")]
     pub parser_type: String,
     /// For `regex`: named captures are the fields.
