@@ -203,7 +203,13 @@ async fn fetch_ec2_metadata() -> Result<Ec2Metadata, Ec2MetadataError> {
         .build();
     let get = |path: &'static str| {
         let client = client.clone();
-        async move { client.get(path).await.map(String::from).map_err(|error| Ec2MetadataError::Unreachable { path, error: error.to_string() }) }
+        async move {
+            client.get(path).await.map(String::from).map_err(|error| Ec2MetadataError::Unreachable {
+                path,
+                // The whole chain of causes: "dispatch failure" alone says nothing of a timeout.
+                error: aws_smithy_types::error::display::DisplayErrorContext(&error).to_string(),
+            })
+        }
     };
     Ok(Ec2Metadata {
         instance_id: get("/latest/meta-data/instance-id").await?,

@@ -65,30 +65,100 @@ pub enum PartialLines {
     Docker,
 }
 
-/// In a [`MultilineRule::Partial`] record: the last line was a part, the next continues it.
-const PART_OPEN: usize = 0;
+/// In a [`MultilineRule::Partial`] record: a part of stdout is open, the next stdout line
+/// continues it.
+const OPEN_STDOUT: usize = 0;
 /// The last line ended the application's line: the record is complete.
 const PARTS_DONE: usize = 1;
+/// A part of stderr is open.
+const OPEN_STDERR: usize = 2;
+
+/// What one line of a container runtime's log is to the parts of an application's line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// A part that the next line of the same stream continues.
+    Continued { stderr: bool },
+    /// The last (or only) part of an application's line.
+    Last { stderr: bool },
+    /// Not a line the runtime writes: a record alone (its parser makes it a dead letter), so
+    /// that it takes no valid part down with it.
+    Foreign,
+}
+
+/// A CRI line's fields: `TIME STREAM TAG MESSAGE`, the tag `P` (a part) or `F` (the last),
+/// possibly followed by `:`-separated flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CriLine<'a> {
+    pub time: &'a str,
+    pub stream: &'a str,
+    pub partial: bool,
+    pub message: &'a str,
+}
+
+impl<'a> CriLine<'a> {
+    /// `line`'s fields (a trailing `\r` left out), or `None` if the runtime did not write it.
+    pub fn parse(line: &'a str) -> Option<CriLine<'a>> {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let mut fields = line.splitn(4, ' ');
+        let (time, stream, tag) = (fields.next()?, fields.next()?, fields.next()?);
+        let partial = match tag.split(':').next()? {
+            "P" => true,
+            "F" => false,
+            _ => return None,
+        };
+        (!time.is_empty() && matches!(stream, "stdout" | "stderr")).then_some(CriLine {
+            time,
+            stream,
+            partial,
+            message: fields.next().unwrap_or_default(),
+        })
+    }
+}
+
+/// A Docker json-file line: `{"log": "…", "stream": "stdout" | "stderr", "time": "…"}`.
+#[derive(Debug, serde::Deserialize)]
+pub struct DockerLine<'a> {
+    #[serde(borrow)]
+    pub log: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub stream: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub time: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> DockerLine<'a> {
+    pub fn parse(line: &'a str) -> Option<DockerLine<'a>> {
+        serde_json::from_str::<DockerLine<'_>>(line).ok().filter(|line| matches!(line.stream.as_ref(), "stdout" | "stderr"))
+    }
+}
 
 impl PartialLines {
-    /// Whether `line` is a part that the next line continues. A line that is not in the
-    /// runtime's format is no part (its parser makes it a dead letter).
-    pub fn is_part(self, line: &[u8]) -> bool {
-        match self {
-            PartialLines::Cri => {
-                let mut fields = line.splitn(4, |&byte| byte == b' ');
-                let tag = fields.nth(2).unwrap_or_default();
-                tag.first() == Some(&b'P') && (tag.len() == 1 || tag.get(1) == Some(&b':'))
-            }
-            PartialLines::Docker => {
-                #[derive(serde::Deserialize)]
-                struct Line<'a> {
-                    #[serde(borrow)]
-                    log: std::borrow::Cow<'a, str>,
-                }
-                serde_json::from_slice::<Line<'_>>(line).is_ok_and(|line| !line.log.ends_with('\n'))
-            }
+    fn part(self, line: &[u8]) -> Part {
+        let Ok(line) = std::str::from_utf8(line) else { return Part::Foreign };
+        let (partial, stderr) = match self {
+            PartialLines::Cri => match CriLine::parse(line) {
+                Some(cri) => (cri.partial, cri.stream == "stderr"),
+                None => return Part::Foreign,
+            },
+            PartialLines::Docker => match DockerLine::parse(line) {
+                Some(docker) => (!docker.log.ends_with('\n'), docker.stream == "stderr"),
+                None => return Part::Foreign,
+            },
+        };
+        if partial {
+            Part::Continued { stderr }
+        } else {
+            Part::Last { stderr }
         }
+    }
+}
+
+/// The state of a record whose part of this stream is open.
+fn open(stderr: bool) -> usize {
+    if stderr {
+        OPEN_STDERR
+    } else {
+        OPEN_STDOUT
     }
 }
 
@@ -117,14 +187,14 @@ impl MultilineRule {
                 _ => LineRole::Begins { state: 0 },
             },
             MultilineRule::States(machine) => machine.classify(line, in_progress),
-            MultilineRule::Partial(kind) => {
-                let state = if kind.is_part(line) { PART_OPEN } else { PARTS_DONE };
-                match in_progress {
-                    Some(PART_OPEN) => LineRole::Continues { state },
-                    _ if state == PART_OPEN => LineRole::Begins { state },
-                    _ => LineRole::Alone,
-                }
-            }
+            // A part continues only the open part of its own stream: the runtime writes stdout
+            // and stderr into one file, and a line of the other stream ends what was open.
+            MultilineRule::Partial(kind) => match kind.part(line) {
+                Part::Continued { stderr } if in_progress == Some(open(stderr)) => LineRole::Continues { state: open(stderr) },
+                Part::Continued { stderr } => LineRole::Begins { state: open(stderr) },
+                Part::Last { stderr } if in_progress == Some(open(stderr)) => LineRole::Continues { state: PARTS_DONE },
+                Part::Last { .. } | Part::Foreign => LineRole::Alone,
+            },
         }
     }
 
@@ -268,17 +338,24 @@ mod tests {
         assert_eq!(
             roles,
             [
-                LineRole::Begins { state: PART_OPEN },
-                LineRole::Continues { state: PART_OPEN },
+                LineRole::Begins { state: OPEN_STDOUT },
+                LineRole::Continues { state: OPEN_STDOUT },
                 LineRole::Continues { state: PARTS_DONE },
                 LineRole::Alone,
                 LineRole::Alone
             ]
         );
+        // A line of the other stream, or one the runtime did not write, continues no part.
+        assert_eq!(cri.classify(b"T stderr F oops", Some(OPEN_STDOUT)), LineRole::Alone);
+        assert_eq!(cri.classify(b"T stderr P half", Some(OPEN_STDOUT)), LineRole::Begins { state: OPEN_STDERR });
+        assert_eq!(cri.classify(b"garbage", Some(OPEN_STDOUT)), LineRole::Alone);
+        assert_eq!(cri.classify(b"T stdout P:x part\r", Some(OPEN_STDOUT)), LineRole::Continues { state: OPEN_STDOUT });
         let docker = PartialLines::Docker;
-        assert!(docker.is_part(br#"{"log":"part of a long line","stream":"stdout","time":"2026-12-01T12:00:00Z"}"#));
-        assert!(!docker.is_part(br#"{"log":"the end\n","stream":"stdout","time":"2026-12-01T12:00:00Z"}"#));
-        assert!(!docker.is_part(b"{broken"));
+        assert_eq!(docker.part(br#"{"log":"part of a long line","stream":"stdout","time":"T"}"#), Part::Continued { stderr: false });
+        assert_eq!(docker.part(br#"{"log":"the end\n","stream":"stderr","time":"T"}"#), Part::Last { stderr: true });
+        for foreign in [&b"{broken"[..], br#"{"log":"no stream or time"}"#, br#"{"log":"x","stream":"stdin","time":"T"}"#] {
+            assert_eq!(docker.part(foreign), Part::Foreign);
+        }
     }
 
     /// The records `rule` makes of `text`'s lines: lines joined with `\n`, no limits.

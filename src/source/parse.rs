@@ -20,9 +20,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use regex::Regex;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::multiline::PartialLines;
+use super::multiline::{CriLine, DockerLine, PartialLines};
 
 /// The presets and grammars a `[sources.NAME.parse]` table may name as its `type`.
 pub const TYPES: &[&str] =
@@ -299,16 +299,6 @@ struct PodFile<'a> {
     container_id: &'a str,
 }
 
-#[derive(Deserialize)]
-struct DockerLine<'a> {
-    #[serde(borrow)]
-    log: Cow<'a, str>,
-    #[serde(borrow)]
-    stream: Cow<'a, str>,
-    #[serde(borrow)]
-    time: Cow<'a, str>,
-}
-
 /// Joins the parts of one application line (the record's lines, `\n` between them).
 fn container_record(kind: PartialLines, record: &[u8], path: &[u8]) -> Result<Vec<u8>, ParseFailure> {
     let text = std::str::from_utf8(record).map_err(|error| ParseFailure::NotUtf8 { valid_up_to: error.valid_up_to() })?;
@@ -319,16 +309,9 @@ fn container_record(kind: PartialLines, record: &[u8], path: &[u8]) -> Result<Ve
         PartialLines::Cri => {
             let mut first: Option<(&str, &str)> = None;
             for line in text.split('\n') {
-                let line = line.strip_suffix('\r').unwrap_or(line);
-                let mut fields = line.splitn(4, ' ');
-                let (Some(time), Some(stream), Some(tag), message) = (fields.next(), fields.next(), fields.next(), fields.next()) else {
-                    return Err(ParseFailure::NoMatch { grammar: "cri" });
-                };
-                if !matches!(stream, "stdout" | "stderr") || !(tag.starts_with('P') || tag.starts_with('F')) {
-                    return Err(ParseFailure::NoMatch { grammar: "cri" });
-                }
-                first.get_or_insert((time, stream));
-                log.push_str(message.unwrap_or_default());
+                let cri = CriLine::parse(line).ok_or(ParseFailure::NoMatch { grammar: "cri" })?;
+                first.get_or_insert((cri.time, cri.stream));
+                log.push_str(cri.message);
             }
             let (time, stream) = first.ok_or(ParseFailure::NoMatch { grammar: "cri" })?;
             serde_json::to_vec(&ContainerRecord { time, stream, log, kubernetes })
@@ -336,9 +319,7 @@ fn container_record(kind: PartialLines, record: &[u8], path: &[u8]) -> Result<Ve
         PartialLines::Docker => {
             let mut parts = Vec::new();
             for line in text.split('\n') {
-                let part: DockerLine<'_> =
-                    serde_json::from_str(line).map_err(|error| ParseFailure::Syntax(format!("not a json-file line: {error}")))?;
-                parts.push(part);
+                parts.push(DockerLine::parse(line).ok_or_else(|| ParseFailure::Syntax("not a json-file line (log, stream, time)".into()))?);
             }
             for part in &parts {
                 log.push_str(&part.log);
