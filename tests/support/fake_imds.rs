@@ -3,7 +3,7 @@
 //! is recorded (`METHOD path`). Its threads end with the test process.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 
 const TOKEN: &str = "AQAEAFakeImdsToken==";
@@ -16,19 +16,8 @@ pub struct FakeImds {
 
 impl FakeImds {
     pub fn start() -> FakeImds {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake IMDS");
-        let endpoint = format!("http://{}/", listener.local_addr().expect("address"));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let recorded = requests.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let recorded = recorded.clone();
-                std::thread::spawn(move || {
-                    let _ = answer(client, &recorded);
-                });
-            }
-        });
-        FakeImds { endpoint, requests }
+        let (address, requests) = super::serve_connections(answer);
+        FakeImds { endpoint: format!("http://{address}/"), requests }
     }
 
     pub fn requests(&self) -> Vec<String> {

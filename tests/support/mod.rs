@@ -21,6 +21,28 @@ pub const REGION: &str = "ap-northeast-2";
 pub const BUCKET: &str = "sw-test123";
 pub const STREAM: &str = "test-fluentd-firehose";
 
+/// A server on 127.0.0.1 that hands each connection, on a thread of its own, to `serve` with
+/// the list every request is recorded in (`METHOD target`); returns its address and that list.
+/// Its threads end with the test process.
+pub fn serve_connections(
+    serve: fn(std::net::TcpStream, &std::sync::Mutex<Vec<String>>) -> std::io::Result<()>,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback server");
+    let address = listener.local_addr().expect("its address");
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = requests.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let recorded = recorded.clone();
+            // A failed exchange is the client's to report, as with a real server.
+            std::thread::spawn(move || {
+                let _ = serve(client, &recorded);
+            });
+        }
+    });
+    (address, requests)
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -4,7 +4,7 @@
 //! request's target is recorded. Its threads end with the test process.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 
 pub struct ForwardProxy {
@@ -15,20 +15,8 @@ pub struct ForwardProxy {
 
 impl ForwardProxy {
     pub fn start() -> ForwardProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
-        let url = format!("http://{}", listener.local_addr().expect("proxy address"));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let recorded = requests.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                let recorded = recorded.clone();
-                std::thread::spawn(move || {
-                    // A failed relay is the client's problem to report, as with a real proxy.
-                    let _ = relay(client, &recorded);
-                });
-            }
-        });
-        ForwardProxy { url, requests }
+        let (address, requests) = super::serve_connections(relay);
+        ForwardProxy { url: format!("http://{address}"), requests }
     }
 
     pub fn requests(&self) -> Vec<String> {
