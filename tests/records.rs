@@ -316,3 +316,73 @@ fn ec2_instance_metadata_is_read_once_through_imdsv2_and_added_to_every_record_a
     assert!(!output.status.success() && stderr.contains("AWS_EC2_METADATA_DISABLED turns IMDS off"), "{stderr}");
     assert_eq!(fake.seen().accepted.len(), 1_000, "nothing sent without its fields");
 }
+
+/// Every line of every file under `folder`, in no particular order.
+fn lines_under(folder: &std::path::Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(folder).expect("read the folder").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            lines.extend(lines_under(&path));
+        } else {
+            lines.extend(std::fs::read_to_string(&path).expect("read a file").lines().map(str::to_owned));
+        }
+    }
+    lines
+}
+
+#[test]
+fn parsed_records_with_added_fields_land_the_same_in_s3_packed_or_not_and_in_the_directory_sink() {
+    let text: String = (0..500).map(|seq| format!("seq={seq} level=info msg=\"viewed video {seq}\"\n")).collect();
+    let tables = "\n[sources.conect.parse]\ntype = \"logfmt\"\ntypes = { seq = \"integer\" }\n\
+                  [sources.conect.add_fields]\nstatic = { env = \"prod\" }\nrecord_id_key = \"record_id\"";
+    // What each run delivered, without the record ids (each run reads its own file).
+    let mut runs: Vec<Vec<String>> = Vec::new();
+    let without_id = |lines: Vec<String>| -> Vec<String> {
+        let mut objects: Vec<String> = lines
+            .iter()
+            .map(|line| {
+                let mut object: serde_json::Value = serde_json::from_str(line).expect("each line one JSON object");
+                let id = object.as_object_mut().and_then(|fields| fields.remove("record_id"));
+                assert!(id.is_some_and(|id| id.is_string()), "{line}");
+                object.to_string()
+            })
+            .collect();
+        objects.sort();
+        objects
+    };
+    for sink_lines in ["", "pack_records = true"] {
+        let moto = support::Moto::start();
+        let workspace = Workspace::new();
+        workspace.write_config_for_endpoint(&moto.endpoint, tables, sink_lines);
+        workspace.rewrite_config(|config| config.replace("format = \"json\"\n", ""));
+        std::fs::write(workspace.log_file(), &text).expect("write the log");
+        let output = workspace.run_once();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let delivered = moto.delivered();
+        assert_eq!(delivered.records.len(), 500, "{sink_lines}");
+        let ids: std::collections::BTreeSet<String> = delivered
+            .records
+            .iter()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("JSON")["record_id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 500, "one id per record");
+        runs.push(without_id(delivered.records));
+    }
+    // The directory sink, with the same source.
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint("http://127.0.0.1:9", tables, "");
+    workspace.rewrite_config(|config| {
+        let config = config.replace("format = \"json\"\n", "");
+        let sink = config.find("[sinks.events]").expect("the sink table");
+        format!("{}[sinks.events]\ntype = \"directory\"\ninputs = [\"conect\"]\npath = \"out\"\nflush_interval = \"200ms\"\nappend_newline = true\n", &config[..sink])
+    });
+    std::fs::write(workspace.log_file(), &text).expect("write the log");
+    let output = workspace.run_once();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    runs.push(without_id(lines_under(&workspace.path().join("out"))));
+    assert_eq!(runs[0].len(), 500);
+    assert_eq!(runs[0], runs[1], "packed records unpack to the same objects");
+    assert_eq!(runs[0], runs[2], "the directory sink holds the same objects");
+    assert!(runs[0][0].contains("\"env\":\"prod\"") && runs[0][0].contains("\"seq\":"), "{}", runs[0][0]);
+}
