@@ -574,10 +574,8 @@ impl ParseTable {
 /// always line anchors (`(?m)`), its `m` flag makes `.` cross lines (`(?s)`), `i` and `x` are
 /// the same; anything that is not a literal, as it is.
 fn ruby_pattern(literal: &str) -> String {
-    let trimmed = literal.trim();
-    let Some((pattern, flags)) = trimmed.strip_prefix('/').and_then(|rest| rest.rfind('/').map(|end| (&rest[..end], &rest[end + 1..])))
-    else {
-        return trimmed.to_owned();
+    let Some((pattern, flags)) = ruby_literal(literal) else {
+        return literal.trim().to_owned();
     };
     let mut inline = String::from("m");
     for (flag, rust) in [('m', 's'), ('i', 'i'), ('x', 'x')] {
@@ -591,11 +589,14 @@ fn ruby_pattern(literal: &str) -> String {
 /// A Ruby `/pattern/` literal's pattern (flags after the last slash are dropped); anything else
 /// as it is.
 fn ruby_regexp(literal: &str) -> String {
-    let literal = literal.trim();
-    match literal.strip_prefix('/').and_then(|rest| rest.rfind('/').map(|end| &rest[..end])) {
-        Some(pattern) => pattern.to_owned(),
-        None => literal.to_owned(),
-    }
+    ruby_literal(literal).map_or_else(|| literal.trim().to_owned(), |(pattern, _)| pattern.to_owned())
+}
+
+/// A Ruby `/pattern/flags` literal's pattern and flags; `None` when the text is not one.
+fn ruby_literal(literal: &str) -> Option<(&str, &str)> {
+    let rest = literal.trim().strip_prefix('/')?;
+    let end = rest.rfind('/')?;
+    Some((&rest[..end], &rest[end + 1..]))
 }
 
 /// Where a section's `@type` is written (the section's own line when it has none).

@@ -1,5 +1,6 @@
 //! Turning a file's bytes into records, dead letters and chunks.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use memchr::memchr;
@@ -293,15 +294,15 @@ impl LineChunker {
             // The record's identity stays its bytes in the file (offsets, recovery); what is
             // queued and sent is the object they parse to, the same each time they are read.
             (Some(parser), _) => match parser.parse_at(line, &self.path) {
-                Ok(object) => std::borrow::Cow::Owned(object),
+                Ok(object) => Cow::Owned(object),
                 Err(failure) => {
                     self.dead_letter(DeadLetterReason::ParseFailed, failure.to_string(), line_start, line_len, line);
                     return;
                 }
             },
-            (None, LineFormat::Raw) => std::borrow::Cow::Borrowed(line),
+            (None, LineFormat::Raw) => Cow::Borrowed(line),
             (None, LineFormat::Json) => match json_problem(line) {
-                None => std::borrow::Cow::Borrowed(line),
+                None => Cow::Borrowed(line),
                 Some(problem) => {
                     self.dead_letter(DeadLetterReason::InvalidJson, problem, line_start, line_len, line);
                     return;

@@ -195,9 +195,6 @@ impl Parser {
     /// The JSON object `record`, read from the file at `path`, parses to (a container log's
     /// file name names its pod), or why it does not.
     pub fn parse_at(&self, record: &[u8], path: &[u8]) -> Result<Vec<u8>, ParseFailure> {
-        if let Grammar::Container(kind) = self.grammar {
-            return container_record(kind, record, path);
-        }
         // A line of a file written with CRLF ends in `\r`: not part of its last field (Fluentd's
         // in_tail strips it too).
         let record = record.strip_suffix(b"\r").unwrap_or(record);
@@ -215,8 +212,8 @@ impl Parser {
             Grammar::Delimited { columns, delimiter, quoted } => delimited(text, columns, *delimiter, *quoted, &mut fields)?,
             Grammar::Ltsv => ltsv(text, &mut fields)?,
             Grammar::Logfmt => logfmt(text, &mut fields)?,
-            // Answered above, from the record's parts.
-            Grammar::Container(kind) => return container_record(*kind, record, path),
+            // An object of its own shape, from the record's parts.
+            Grammar::Container(kind) => return container_record(*kind, text, path),
         }
         let mut object = Vec::with_capacity(record.len() + 16 * fields.0.len());
         object.push(b'{');
@@ -300,8 +297,7 @@ struct PodFile<'a> {
 }
 
 /// Joins the parts of one application line (the record's lines, `\n` between them).
-fn container_record(kind: PartialLines, record: &[u8], path: &[u8]) -> Result<Vec<u8>, ParseFailure> {
-    let text = std::str::from_utf8(record).map_err(|error| ParseFailure::NotUtf8 { valid_up_to: error.valid_up_to() })?;
+fn container_record(kind: PartialLines, text: &str, path: &[u8]) -> Result<Vec<u8>, ParseFailure> {
     let file_name = path.rsplit(|&byte| byte == b'/').next().and_then(|name| std::str::from_utf8(name).ok()).unwrap_or_default();
     let kubernetes = pod_file(file_name);
     let mut log = String::with_capacity(text.len());
