@@ -214,3 +214,37 @@ fn a_quota_halved_mid_run_is_followed() {
         "the lower quota was learned: {throttled} of {calls} calls quota-throttled from {LEARNING:?} after the change on"
     );
 }
+
+/// The value of the `/metrics` sample `name{label="value"}`.
+fn labelled_sample(metrics: &str, name: &str, label: &str, value: &str) -> Option<u64> {
+    let prefix = format!("{name}{{{label}=\"{value}\"}} ");
+    metrics.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|count| count.trim().parse::<f64>().ok()).map(|count| count as u64)
+}
+
+#[test]
+fn each_kind_of_refusal_is_counted_in_metrics_under_its_own_label() {
+    // Entries refused as InternalFailure (a fault, not a rate), calls throttled whole, calls
+    // answered 500: each is counted under its own label, as many as the fake refused (a call
+    // that carried several batches' records is one failed call, not one per batch).
+    let noise = noise(0.02, EntryCode::InternalFailure, 0.1, 0.1);
+    let fake = FakeFirehose::start(Faults { noise: Some(noise), ..Faults::default() });
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", FAST_RETRIES);
+    let records = 20_000u64;
+    support::write_seed_records(&workspace.log_file(), 0..records, records, Duration::ZERO);
+    let daemon = workspace.start_daemon();
+    let address = workspace.admin_address();
+    let metrics = support::wait_until(Duration::from_secs(60), "every record acknowledged", || {
+        let (_, metrics) = support::http_get(&address, "/metrics")?;
+        let acked = metrics.lines().find_map(|line| line.strip_prefix("tailhose_records_acked_total "))?.trim().parse::<f64>().ok()?;
+        (acked as u64 == records).then_some(metrics)
+    });
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    let seen = fake.seen();
+    assert!(seen.noise_refused_records > 0 && seen.noise_throttled_calls > 0 && seen.noise_failed_calls > 0, "every kind of refusal came");
+    let sample = |name: &str, label: &str, value: &str| labelled_sample(&metrics, name, label, value);
+    assert_eq!(sample("tailhose_refused_entries_total", "reason", "internal_failure"), Some(seen.noise_refused_records), "{metrics}");
+    assert_eq!(sample("tailhose_refused_entries_total", "reason", "throughput"), Some(0), "no entry was refused for throughput");
+    assert_eq!(sample("tailhose_call_failures_total", "cause", "throttled"), Some(seen.noise_throttled_calls));
+    assert_eq!(sample("tailhose_call_failures_total", "cause", "server_error"), Some(seen.noise_failed_calls));
+}

@@ -164,18 +164,11 @@ impl Courier {
                         }
                         RetryCause::FailedEntries
                     }
-                    Err(SinkError::Throttled { message }) => {
-                        self.events.call_throttled(route, &message);
-                        RetryCause::Throttled
-                    }
-                    Err(SinkError::ServerError { message, .. }) => {
-                        self.events.call_failed(route, CallFailure::ServerError, &message);
-                        RetryCause::ServerError
-                    }
-                    Err(SinkError::Transient { message }) => {
-                        self.events.call_failed(route, CallFailure::Network, &message);
-                        RetryCause::Transient
-                    }
+                    // Counted where the call was made (`Courier::call`): once per call, however
+                    // many batches rode in it.
+                    Err(SinkError::Throttled { .. }) => RetryCause::Throttled,
+                    Err(SinkError::ServerError { .. }) => RetryCause::ServerError,
+                    Err(SinkError::Transient { .. }) => RetryCause::Transient,
                     Err(SinkError::Unavailable { message, fix, .. }) => {
                         self.events.sink_unavailable(route, &message, &fix);
                         let delay = self.settings.retry_max_backoff;
@@ -260,6 +253,14 @@ impl Courier {
         let sent_at = Instant::now();
         let answer = self.sink.put(records, group).await;
         self.events.call_answered(group.len() as u64, sent_at.elapsed());
+        // A failed call is counted here, once: the batches whose records rode in it each hear
+        // of it and retry, but it was one call.
+        match &answer {
+            Err(SinkError::Throttled { message }) => self.events.call_throttled(&self.route, message),
+            Err(SinkError::ServerError { message, .. }) => self.events.call_failed(&self.route, CallFailure::ServerError, message),
+            Err(SinkError::Transient { message }) => self.events.call_failed(&self.route, CallFailure::Network, message),
+            _ => {}
+        }
         let told = match &answer {
             Ok(outcomes) => {
                 let read = read_outcomes(records, group, outcomes);
