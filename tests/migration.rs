@@ -239,3 +239,142 @@ fn packing_is_refused_for_a_stream_that_makes_one_document_per_record() {
     let message = stderr(&output);
     assert!(message.contains("Elasticsearch") && message.contains("pack_records = false"), "{message}");
 }
+
+/// The agent's checkpoint file as its `SQLiteFileCheckpointStore` creates it, with one row.
+fn write_agent_checkpoint(path: &Path, flow: &str, recorded_path: &Path, file: &Path, offset: u64) {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(file).expect("metadata");
+    let connection = rusqlite::Connection::open(path).expect("checkpoint file");
+    connection
+        .execute_batch(
+            "create table if not exists FILE_CHECKPOINTS(flow text, path text, fileId text, lastModifiedTime bigint, size bigint, offset bigint, lastUpdated datetime, primary key (flow, path))",
+        )
+        .expect("table");
+    // OpenJDK's UnixFileKey: the device in hex, the inode in decimal.
+    let file_id = format!("(dev={:x},ino={})", metadata.dev(), metadata.ino());
+    connection
+        .execute(
+            "insert into FILE_CHECKPOINTS values (?1, ?2, ?3, 0, ?4, ?5, strftime('%Y-%m-%d %H:%M:%f', 'now'))",
+            rusqlite::params![flow, recorded_path.to_string_lossy(), file_id, metadata.len() as i64, offset as i64],
+        )
+        .expect("row");
+}
+
+fn set_modified(path: &Path, seconds_ago: u64) {
+    let file = std::fs::OpenOptions::new().append(true).open(path).expect("open");
+    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(seconds_ago)).expect("set mtime");
+}
+
+#[test]
+fn the_kinesis_agents_flow_and_checkpoint_import_and_tailhose_resumes_exactly_where_the_agent_stopped() {
+    let moto = Moto::start();
+    let workspace = Workspace::new();
+    let folder = workspace.path().join("source");
+    std::fs::create_dir_all(&folder).expect("source folder");
+    // The agent had finished the oldest file, was 300 lines into the one rotated since (its
+    // checkpoint names it by its name then), and had not reached the newest.
+    let (finished, reading, newest) = (folder.join("events.log.2"), folder.join("events.log.1"), folder.join("events.log"));
+    write_seed_records(&finished, 0..200, 200, Duration::ZERO);
+    write_seed_records(&reading, 200..700, 500, Duration::ZERO);
+    write_seed_records(&newest, 700..1000, 300, Duration::ZERO);
+    std::fs::write(folder.join("events.log.3.gz"), b"\x1f\x8b not read by the agent").expect("compressed");
+    for (path, seconds_ago) in [(&finished, 300), (&reading, 200), (&newest, 100)] {
+        set_modified(path, seconds_ago);
+    }
+    let text = std::fs::read_to_string(&reading).expect("log");
+    let stopped_at: u64 = text.lines().take(300).map(|line| line.len() as u64 + 1).sum();
+    let pattern = format!("{}/events.log*", folder.display());
+    let checkpoints = workspace.path().join("checkpoints");
+    write_agent_checkpoint(&checkpoints, &format!("fh:{}:{pattern}", support::STREAM), &newest, &reading, stopped_at);
+    let agent_json = workspace.path().join("agent.json");
+    let agent = serde_json::json!({
+        "cloudwatch.emitMetrics": false,
+        "firehose.endpoint": moto.endpoint,
+        "checkpointFile": checkpoints,
+        "flows": [{"filePattern": pattern, "deliveryStream": support::STREAM, "maxBufferAgeMillis": 1000}],
+    });
+    std::fs::write(&agent_json, serde_json::to_string_pretty(&agent).expect("json")).expect("agent.json");
+
+    let output = workspace.run(&[
+        "import",
+        "kinesis-agent",
+        "--config",
+        agent_json.to_str().expect("utf-8"),
+        "--out",
+        "tailhose.toml",
+        "--data-dir",
+        "state",
+    ]);
+    let report = stderr(&output);
+    assert!(output.status.success(), "{report}");
+    for expected in [
+        format!("{} (the file the agent was reading): imported: tailhose starts at byte {stopped_at}", reading.display()),
+        format!("{} (newer than the agent's file, not reached yet): imported: tailhose starts at byte 0", newest.display()),
+        format!("{} (older than the agent's file, finished): imported", finished.display()),
+        "action needed: `firehose.endpoint`".to_owned(),
+    ] {
+        assert!(report.contains(&expected), "missing {expected:?} in\n{report}");
+    }
+    // What the operator does for a test endpoint: the agent took the region from the instance.
+    workspace.rewrite_config(|config| config.replace("endpoint_url = ", &format!("region = \"{}\"\nendpoint_url = ", support::REGION)));
+    allow_parallel_daemons(&workspace);
+
+    let daemon = workspace.start_daemon();
+    workspace.admin_address();
+    moto.wait_for(Duration::from_secs(60), |delivered| delivered.records.len() >= 500);
+    write_seed_records(&newest, 1000..1100, 100, Duration::ZERO);
+    moto.wait_for(Duration::from_secs(60), |delivered| delivered.records.len() >= 600);
+    std::thread::sleep(Duration::from_millis(1500));
+    let counts = moto.delivered().seq_counts();
+    assert_eq!(counts.keys().copied().collect::<Vec<u64>>(), (500..1100).collect::<Vec<u64>>(), "nothing the agent sent, all it had not");
+    assert!(counts.values().all(|&count| count == 1), "none twice: {counts:?}");
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn an_agent_flow_tailhose_cannot_keep_is_listed_with_its_line_and_the_import_exits_non_zero() {
+    let workspace = Workspace::new();
+    let agent_json = workspace.path().join("agent.json");
+    std::fs::write(
+        &agent_json,
+        r#"{
+  "awsSecretAccessKey": "SECRETEXAMPLE",
+  "flows": [
+    {
+      "filePattern": "/var/log/app/*.log",
+      "deliveryStream": "app",
+      "dataProcessingOptions": [{"optionName": "SINGLELINE"}]
+    },
+    {
+      "filePattern": "/var/log/other/*.log",
+      "kinesisStream": "other"
+    }
+  ]
+}"#,
+    )
+    .expect("agent.json");
+    let output = workspace.run(&[
+        "import",
+        "kinesis-agent",
+        "--config",
+        agent_json.to_str().expect("utf-8"),
+        "--out",
+        "tailhose.toml",
+        "--data-dir",
+        "state",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let report = stderr(&output);
+    for expected in [
+        "agent.json:1: action needed: `awsSecretAccessKey`",
+        "agent.json:5: changes delivery: `dataProcessingOptions SINGLELINE`",
+        "agent.json:10: changes delivery: `kinesisStream`",
+        "positions not imported",
+    ] {
+        assert!(report.contains(expected), "missing {expected:?} in\n{report}");
+    }
+    let written = std::fs::read_to_string(workspace.config()).expect("the configuration is written for review");
+    assert!(!written.contains("SECRETEXAMPLE"), "credentials are never copied");
+    assert!(written.contains("# flow at ") && written.contains("paths = [\"/var/log/app/*.log\"]"), "{written}");
+    assert!(!workspace.path().join("state/queue").exists(), "no positions imported");
+}

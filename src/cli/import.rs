@@ -1,33 +1,60 @@
-//! `tailhose import fluentd`: a Fluentd configuration and its positions, carried over.
+//! `tailhose import fluentd` and `tailhose import kinesis-agent`: another forwarder's
+//! configuration and positions, carried over.
 
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::migrate::translate::{self, Severity};
-use crate::migrate::{fluentd_syntax, pos_file};
+use crate::migrate::{agent_checkpoints, fluentd_syntax, kinesis_agent, pos_file};
 use crate::queue::route_name;
 
 pub struct ImportRequest<'a> {
-    pub fluentd_config: &'a Path,
+    /// The other forwarder's configuration.
+    pub from: &'a Path,
     pub out: Option<&'a Path>,
     pub data_dir: &'a Path,
     pub overwrite: bool,
 }
 
 pub fn fluentd(request: ImportRequest<'_>) -> anyhow::Result<()> {
-    let root = fluentd_syntax::parse_file(request.fluentd_config)?;
+    let root = fluentd_syntax::parse_file(request.from)?;
     let translation = translate::translate(&root);
+    if translation.sources.is_empty() {
+        for note in &translation.notes {
+            eprintln!("{note}");
+        }
+        anyhow::bail!("no in_tail source routed to kinesis_firehose was found in {}", request.from.display());
+    }
+    let Some(config) = write_translation(&request, &translation)? else { return finish(&translation, false) };
+    import_positions(&config, &translation)?;
+    finish(&translation, true)
+}
+
+pub fn kinesis_agent(request: ImportRequest<'_>, checkpoints: Option<&Path>) -> anyhow::Result<()> {
+    let import = kinesis_agent::read_file(request.from)?;
+    if import.translation.sources.is_empty() {
+        for note in &import.translation.notes {
+            eprintln!("{note}");
+        }
+        anyhow::bail!("no flow to a Firehose delivery stream was found in {}", request.from.display());
+    }
+    let Some(config) = write_translation(&request, &import.translation)? else { return finish(&import.translation, false) };
+    let checkpoint_file = checkpoints.map_or_else(|| import.checkpoint_file.clone(), Path::to_path_buf);
+    import_checkpoints(&config, &import, &checkpoint_file)?;
+    finish(&import.translation, true)
+}
+
+/// Prints the notes and writes the configuration; returns it, loaded, when positions may be
+/// imported into it (written to a file, and nothing changes delivery).
+fn write_translation(request: &ImportRequest<'_>, translation: &translate::Translation) -> anyhow::Result<Option<Config>> {
     for note in &translation.notes {
         eprintln!("{note}");
     }
     let data_dir = std::path::absolute(request.data_dir)?;
-    let text = translate::render_toml(&translation, &data_dir.to_string_lossy(), request.fluentd_config);
-    if translation.sources.is_empty() {
-        anyhow::bail!("no in_tail source routed to kinesis_firehose was found in {}", request.fluentd_config.display());
-    }
+    let text = translate::render_toml(translation, &data_dir.to_string_lossy(), request.from);
     let Some(out) = request.out else {
         print!("{text}");
-        return finish(&translation, false);
+        return Ok(None);
     };
     if out.exists() && !request.overwrite {
         anyhow::bail!("{} exists; add --force to replace it", out.display());
@@ -38,10 +65,9 @@ pub fn fluentd(request: ImportRequest<'_>) -> anyhow::Result<()> {
     let config = Config::load(out)?;
     if translation.changes_delivery() {
         eprintln!("positions not imported: fix the points marked `changes delivery` first, then import again");
-        return finish(&translation, false);
+        return Ok(None);
     }
-    import_positions(&config, &translation)?;
-    finish(&translation, true)
+    Ok(Some(config))
 }
 
 fn finish(translation: &translate::Translation, positions_done: bool) -> anyhow::Result<()> {
@@ -50,9 +76,47 @@ fn finish(translation: &translate::Translation, positions_done: bool) -> anyhow:
         anyhow::bail!("{count} point(s) would change what is delivered (listed above as `changes delivery`)");
     }
     if positions_done {
-        eprintln!("done: stop Fluentd before starting tailhose with this configuration (see docs/migrating-from-fluentd.md)");
+        let (forwarder, page) = match translation.origin {
+            translate::Origin::Fluentd => ("Fluentd", "docs/migrating-from-fluentd.md"),
+            translate::Origin::KinesisAgent => ("the Kinesis Agent", "docs/migrating-from-kinesis-agent.md"),
+        };
+        eprintln!("done: stop {forwarder} before starting tailhose with this configuration (see {page})");
     }
     Ok(())
+}
+
+/// The agent's checkpoints, flow by flow, into the routes of the flow's source.
+fn import_checkpoints(config: &Config, import: &kinesis_agent::AgentImport, checkpoint_file: &Path) -> anyhow::Result<()> {
+    if !checkpoint_file.exists() {
+        eprintln!("no checkpoint file at {}: no positions imported; tailhose starts as read_from_head says", checkpoint_file.display());
+        return Ok(());
+    }
+    let checkpoints = agent_checkpoints::CheckpointFile::open(checkpoint_file)?;
+    let sources = config.source_settings();
+    let store = with_store(config)?;
+    for flow in &import.flows {
+        let Some(source) = sources.iter().find(|source| source.name == flow.source) else { continue };
+        let checkpoint = checkpoints.latest(&flow.id)?;
+        for sink in config.sink_settings().iter().filter(|sink| sink.inputs.contains(&source.name)) {
+            let route = route_name(&source.name, &sink.name);
+            let (queue, _) = store.open_route(&route, config.max_queue_bytes.0)?;
+            match agent_checkpoints::import(&queue, source, checkpoint.as_ref())? {
+                agent_checkpoints::FlowOutcome::Files(files) => {
+                    for file in files {
+                        eprintln!("flow {} → route {route}: {file}", flow.id);
+                    }
+                }
+                other => eprintln!("flow {} → route {route}: {other}", flow.id),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The queue of `config`'s data_dir, created if need be.
+fn with_store(config: &Config) -> anyhow::Result<crate::queue::QueueStore> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    super::open_store(&config.data_dir, config.queue_cache_bytes.0)
 }
 
 fn import_positions(config: &Config, translation: &translate::Translation) -> anyhow::Result<()> {
@@ -77,10 +141,7 @@ fn import_positions(config: &Config, translation: &translate::Translation) -> an
         let Some(source) = sources.iter().find(|source| source.name == imported.name) else { continue };
         let store = match &store {
             Some(store) => store,
-            None => {
-                std::fs::create_dir_all(&config.data_dir)?;
-                store.insert(super::open_store(&config.data_dir, config.queue_cache_bytes.0)?)
-            }
+            None => store.insert(with_store(config)?),
         };
         for sink in config.sink_settings().iter().filter(|sink| sink.inputs.contains(&source.name)) {
             let route = route_name(&source.name, &sink.name);

@@ -130,6 +130,28 @@ pub enum ImportCommand {
         #[arg(long)]
         force: bool,
     },
+    /// The Kinesis Agent's agent.json (flows tailing files to Firehose) and its checkpoint file.
+    /// Lists every key it cannot carry over; exits 1 when one would change what is delivered
+    /// (positions are then not imported).
+    KinesisAgent {
+        /// The agent's configuration (/etc/aws-kinesis/agent.json).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The agent's checkpoint file; its `checkpointFile` (or
+        /// /var/run/aws-kinesis-agent/checkpoints) when absent.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// Where to write the tailhose configuration; printed to stdout when absent (and then no
+        /// positions are imported).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The data_dir written into the configuration, where positions are imported.
+        #[arg(long, default_value = "/var/lib/tailhose")]
+        data_dir: PathBuf,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Which queue a `tailhose queue` command works on.
@@ -164,8 +186,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Status { config, json } => status::show(&config, json).await,
         Command::Queue { command } => queue::execute(command).await,
         Command::Import { command: ImportCommand::Fluentd { config, out, data_dir, force } } => {
-            import::fluentd(import::ImportRequest { fluentd_config: &config, out: out.as_deref(), data_dir: &data_dir, overwrite: force })
+            import::fluentd(import::ImportRequest { from: &config, out: out.as_deref(), data_dir: &data_dir, overwrite: force })
         }
+        Command::Import { command: ImportCommand::KinesisAgent { config, checkpoints, out, data_dir, force } } => import::kinesis_agent(
+            import::ImportRequest { from: &config, out: out.as_deref(), data_dir: &data_dir, overwrite: force },
+            checkpoints.as_deref(),
+        ),
         Command::Generate { out, count, first_seq, rate, burst, seed } => {
             generate::generate(generate::GenerateRequest { out: &out, count, first_seq, rate, burst, seed })
         }

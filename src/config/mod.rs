@@ -242,13 +242,21 @@ pub struct ParseConfig {
     /// Fields converted from their text: `integer`, `float`, `bool` or `string`.
     #[serde(default)]
     pub types: BTreeMap<String, String>,
+    /// Values that mean "none", made null in every field (Fluentd's `null_value_pattern`; the
+    /// Kinesis Agent's Apache formats: `^-$`).
+    pub null_value_pattern: Option<String>,
 }
 
 impl ParseConfig {
     /// The parser this table describes, or what is wrong with it.
     pub fn compile(&self) -> Result<Parser, String> {
         let types: Vec<(String, String)> = self.types.iter().map(|(field, kind)| (field.clone(), kind.clone())).collect();
-        Parser::new(&self.parser_type, self.pattern.as_deref(), self.columns.as_deref(), &types).map_err(|error| error.to_string())
+        let parser = Parser::new(&self.parser_type, self.pattern.as_deref(), self.columns.as_deref(), &types);
+        let parser = match &self.null_value_pattern {
+            Some(pattern) => parser.and_then(|parser| parser.with_null_value_pattern(pattern)),
+            None => parser,
+        };
+        parser.map_err(|error| error.to_string())
     }
 }
 

@@ -56,7 +56,7 @@ pub enum Outcome {
     },
     /// Fluentd had stopped watching the file.
     Unwatched,
-    /// Another file is at the path now (rotated since Fluentd recorded it).
+    /// Another file is at the path now (rotated since it was recorded).
     InodeChanged {
         recorded: u64,
         found: u64,
@@ -79,7 +79,7 @@ impl std::fmt::Display for Outcome {
             Outcome::Unwatched => write!(f, "not imported: Fluentd no longer watched this file"),
             Outcome::InodeChanged { recorded, found } => write!(
                 f,
-                "not imported: Fluentd recorded inode {recorded}, the file there now is inode {found} (rotated since?); tailhose treats it as a file without position"
+                "not imported: the recorded inode is {recorded}, the file there now is inode {found} (rotated since?); tailhose treats it as a file without position"
             ),
             Outcome::Missing => write!(f, "not imported: the file no longer exists"),
             Outcome::Shorter { size } => write!(f, "not imported: the file is now {size} bytes, shorter than the recorded offset (truncated?)"),
@@ -115,20 +115,26 @@ fn import_one(queue: &RouteQueue, source: &SourceSettings, entry: &PosEntry) -> 
     if metadata.len() < entry.offset {
         return Ok(Outcome::Shorter { size: metadata.len() });
     }
-    let identity = match crate::source::identify(&file) {
+    adopt(queue, &file, &entry.path, entry.offset)
+}
+
+/// Makes `offset` the read and acknowledged position of `file` (open at `path`), unless the
+/// queue knows the file already.
+pub fn adopt(queue: &RouteQueue, file: &std::fs::File, path: &Path, offset: u64) -> Result<Outcome, QueueError> {
+    let identity = match crate::source::identify(file) {
         Ok(Some(identity)) => identity,
         // An empty file: nothing was read from it, and reading from its head loses nothing.
         Ok(None) | Err(_) => return Ok(Outcome::Imported { offset: 0 }),
     };
     use std::os::unix::ffi::OsStrExt;
-    match queue.adopt_position(identity, entry.path.as_os_str().as_bytes().to_vec(), entry.offset)? {
-        true => Ok(Outcome::Imported { offset: entry.offset }),
+    match queue.adopt_position(identity, path.as_os_str().as_bytes().to_vec(), offset)? {
+        true => Ok(Outcome::Imported { offset }),
         false => Ok(Outcome::AlreadyKnown),
     }
 }
 
 /// Whether the source's globs (less its exclusions) name `path`.
-fn names(source: &SourceSettings, path: &Path) -> bool {
+pub fn names(source: &SourceSettings, path: &Path) -> bool {
     let matches =
         |patterns: &[String]| patterns.iter().any(|pattern| glob::Pattern::new(pattern).is_ok_and(|pattern| pattern.matches_path(path)));
     matches(&source.paths) && !matches(&source.exclude)

@@ -86,6 +86,7 @@ pub struct ParseTable {
     pub columns: Option<Vec<String>>,
     /// Field and type, in Fluentd's `types` order.
     pub types: Vec<(String, String)>,
+    pub null_value_pattern: Option<String>,
 }
 
 /// A `kinesis_firehose` output, with the sources routed to it.
@@ -109,9 +110,29 @@ pub struct FirehoseOutput {
 
 #[derive(Debug, Clone, Default)]
 pub struct Translation {
+    pub origin: Origin,
     pub sources: Vec<TailSource>,
     pub outputs: Vec<FirehoseOutput>,
     pub notes: Vec<Note>,
+}
+
+/// Which forwarder's set-up a translation comes from: it names the file and its sections in the
+/// comments of the configuration written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Origin {
+    #[default]
+    Fluentd,
+    KinesisAgent,
+}
+
+impl Origin {
+    /// The file, the command, a source's section, what names a source, an output's section.
+    fn describe(self) -> (&'static str, &'static str, &'static str, &'static str, &'static str) {
+        match self {
+            Origin::Fluentd => ("the Fluentd configuration", "tailhose import fluentd", "<source>", "tag", "<match>"),
+            Origin::KinesisAgent => ("the Kinesis Agent configuration", "tailhose import kinesis-agent", "flow", "flow id", "flow"),
+        }
+    }
 }
 
 impl Translation {
@@ -254,10 +275,10 @@ fn inject_into(output: &FirehoseOutput, source: &mut TailSource, notes: &mut Not
 }
 
 #[derive(Default)]
-struct Notes(Vec<Note>);
+pub(crate) struct Notes(pub(crate) Vec<Note>);
 
 impl Notes {
-    fn push(&mut self, severity: Severity, location: &Location, key: &str, message: String) {
+    pub(crate) fn push(&mut self, severity: Severity, location: &Location, key: &str, message: String) {
         self.0.push(Note { severity, location: location.clone(), key: key.to_owned(), message });
     }
 }
@@ -444,7 +465,8 @@ fn multiline_parse(parse: &Directive, source: &mut TailSource, notes: &mut Notes
         // Fluentd joins the formats into one Ruby regexp with its multiline flag: `.` crosses
         // lines, and `^` and `$` are line anchors, as they always are in Ruby.
         let pattern = format!("(?sm){}", formats.iter().map(|(_, format)| format.as_str()).collect::<String>());
-        let table = ParseTable { parser_type: "regex".into(), pattern: Some(pattern), columns: None, types: Vec::new() };
+        let table =
+            ParseTable { parser_type: "regex".into(), pattern: Some(pattern), columns: None, types: Vec::new(), null_value_pattern: None };
         match table.compile() {
             // Without a first-line pattern the lines are not put together: the pattern of the
             // whole record would refuse each line alone.
@@ -475,7 +497,7 @@ fn multiline_parse(parse: &Directive, source: &mut TailSource, notes: &mut Notes
 /// `tsv`, `ltsv`, `logfmt`) as a parse table, checked by compiling it; `None` for the others
 /// (`json`, `none` and parsers tailhose does not have), or when the table cannot work (noted).
 fn fields_parse(kind: &str, parse: &Directive, notes: &mut Notes) -> FieldsParse {
-    let mut table = ParseTable { parser_type: kind.to_owned(), pattern: None, columns: None, types: Vec::new() };
+    let mut table = ParseTable { parser_type: kind.to_owned(), pattern: None, columns: None, types: Vec::new(), null_value_pattern: None };
     match kind {
         "regexp" => table.parser_type = "regex".into(),
         "nginx" | "apache2" | "csv" | "tsv" | "ltsv" | "logfmt" => {}
@@ -493,6 +515,7 @@ fn fields_parse(kind: &str, parse: &Directive, notes: &mut Notes) -> FieldsParse
         let location = &param.location;
         match (kind, param.key.as_str()) {
             ("regexp", "expression") => table.pattern = Some(ruby_pattern(&param.value)),
+            (_, "null_value_pattern") => table.null_value_pattern = Some(ruby_pattern(&param.value)),
             ("csv" | "tsv", "keys") => {
                 // Fluentd takes `a,b` or a JSON array `["a","b"]`.
                 let keys = match serde_json::from_str::<Vec<String>>(&param.value) {
@@ -565,8 +588,12 @@ enum FieldsParse {
 
 impl ParseTable {
     /// The parser the table makes, or why it cannot work.
-    fn compile(&self) -> Result<crate::source::parse::Parser, crate::source::parse::ParserError> {
-        crate::source::parse::Parser::new(&self.parser_type, self.pattern.as_deref(), self.columns.as_deref(), &self.types)
+    pub fn compile(&self) -> Result<crate::source::parse::Parser, crate::source::parse::ParserError> {
+        let parser = crate::source::parse::Parser::new(&self.parser_type, self.pattern.as_deref(), self.columns.as_deref(), &self.types)?;
+        match &self.null_value_pattern {
+            Some(pattern) => parser.with_null_value_pattern(pattern),
+            None => Ok(parser),
+        }
     }
 }
 
@@ -791,7 +818,7 @@ fn fluentd_size(value: &str) -> Option<u64> {
 }
 
 /// A TOML-friendly name from a tag or stream name.
-fn name_from(text: &str, fallback: &str, index: usize) -> String {
+pub(crate) fn name_from(text: &str, fallback: &str, index: usize) -> String {
     let name: String = text.chars().map(|character| if character.is_ascii_alphanumeric() { character } else { '_' }).collect();
     let name = name.trim_matches('_').to_owned();
     if name.is_empty() {
@@ -802,7 +829,7 @@ fn name_from(text: &str, fallback: &str, index: usize) -> String {
 }
 
 /// `name`, or `name_2`, `name_3`, … when it is taken already (two sources with one tag, say).
-fn unique_name<'a>(name: String, taken: impl Iterator<Item = &'a str> + Clone) -> String {
+pub(crate) fn unique_name<'a>(name: String, taken: impl Iterator<Item = &'a str> + Clone) -> String {
     let is_free = |candidate: &str| !taken.clone().any(|used| used == candidate);
     if is_free(&name) {
         return name;
@@ -862,12 +889,16 @@ fn toml_key(name: &str) -> String {
 
 pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path::Path) -> String {
     let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
+    let (described, command, source_section, source_named_by, output_section) = translation.origin.describe();
     let mut out = String::new();
-    out.push_str(&format!("# Translated from the Fluentd configuration {} by `tailhose import fluentd`.\n", origin.display()));
+    out.push_str(&format!("# Translated from {described} {} by `{command}`.\n", origin.display()));
     out.push_str("# Check it with `tailhose check-config --config FILE`.\n\n");
     out.push_str(&format!("data_dir = {}\n", quote(data_dir)));
     for source in &translation.sources {
-        out.push_str(&format!("\n# <source> at {} (tag {})\n[sources.{}]\n", source.location, source.tag, source.name));
+        out.push_str(&format!(
+            "\n# {source_section} at {} ({source_named_by} {})\n[sources.{}]\n",
+            source.location, source.tag, source.name
+        ));
         let paths: Vec<String> = source.paths.iter().map(|path| quote(path)).collect();
         out.push_str(&format!("paths = [{}]\n", paths.join(", ")));
         if !source.exclude.is_empty() {
@@ -906,6 +937,9 @@ pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path
                 let types: Vec<String> = parse.types.iter().map(|(field, kind)| format!("{} = {}", toml_key(field), quote(kind))).collect();
                 out.push_str(&format!("types = {{ {} }}\n", types.join(", ")));
             }
+            if let Some(pattern) = &parse.null_value_pattern {
+                out.push_str(&format!("null_value_pattern = {}\n", quote(pattern)));
+            }
         }
         let fields = &source.add_fields;
         if !fields.is_empty() {
@@ -925,7 +959,7 @@ pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path
         }
     }
     for output in &translation.outputs {
-        out.push_str(&format!("\n# <match> at {}\n[sinks.{}]\ntype = \"firehose\"\n", output.location, output.name));
+        out.push_str(&format!("\n# {output_section} at {}\n[sinks.{}]\ntype = \"firehose\"\n", output.location, output.name));
         let inputs: Vec<String> = output.inputs.iter().map(|input| quote(input)).collect();
         out.push_str(&format!("inputs = [{}]\n", inputs.join(", ")));
         out.push_str(&format!("delivery_stream = {}\n", quote(&output.delivery_stream)));
@@ -1060,7 +1094,7 @@ mod tests {
         let conf = "<source>\n  @type tail\n  path /var/log/nginx/access.log\n  tag nginx\n  <parse>\n    @type nginx\n    types code:integer,size:integer\n    keep_time_key true\n  </parse>\n</source>\n\
 <source>\n  @type tail\n  path /var/log/messages\n  tag sys\n  <parse>\n    @type syslog\n    message_format auto\n  </parse>\n</source>\n\
 <source>\n  @type tail\n  path /var/log/app/views.csv\n  tag views\n  <parse>\n    @type csv\n    keys user,video,seconds\n    types seconds:float,when:time\n  </parse>\n</source>\n\
-<source>\n  @type tail\n  path /var/log/app/api.log\n  tag api\n  <parse>\n    @type regexp\n    expression /^(?<status>\\d+) (?<path>\\S+)$/\n  </parse>\n</source>\n\
+<source>\n  @type tail\n  path /var/log/app/api.log\n  tag api\n  <parse>\n    @type regexp\n    expression /^(?<status>\\d+) (?<path>\\S+)$/\n    null_value_pattern /^-$/\n  </parse>\n</source>\n\
 <match **>\n  @type kinesis_firehose\n  delivery_stream_name s\n</match>\n";
         let translation = translated(conf);
         let tables: Vec<(&str, &str)> = translation
@@ -1086,6 +1120,7 @@ mod tests {
         let settings = config.source_settings();
         let api = settings.iter().find(|source| source.name == "api").and_then(|source| source.parse.as_ref()).expect("api parser");
         assert_eq!(api.parse(b"404 /missing").expect("parses"), br#"{"status":"404","path":"/missing"}"#);
+        assert_eq!(api.parse(b"404 -").expect("parses"), br#"{"status":"404","path":null}"#, "null_value_pattern carried over");
     }
 
     #[test]

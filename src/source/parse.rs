@@ -46,6 +46,8 @@ pub struct Parser {
     types: HashMap<String, FieldType>,
     /// Fields whose value `-` means "none" (null): Apache's convention for an absent value.
     dash_is_null: &'static [&'static str],
+    /// Values that mean "none" (null) in every field: Fluentd's `null_value_pattern`.
+    null_value: Option<Regex>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +122,8 @@ pub enum ParserError {
     UnknownFieldType { field: String, name: String },
     #[error("`types` does not apply to type = \"{0}\": its fields are time, stream and log")]
     TypesNotFor(String),
+    #[error("`{0}` does not apply to a container runtime's lines (type = \"cri\" or \"docker\")")]
+    NotForContainer(&'static str),
 }
 
 impl Parser {
@@ -175,7 +179,18 @@ impl Parser {
             let kind = FieldType::named(name).ok_or_else(|| ParserError::UnknownFieldType { field: field.clone(), name: name.clone() })?;
             field_types.insert(field.clone(), kind);
         }
-        Ok(Parser { grammar, types: field_types, dash_is_null })
+        Ok(Parser { grammar, types: field_types, dash_is_null, null_value: None })
+    }
+
+    /// The same parser, with every value that `pattern` matches (Fluentd's `null_value_pattern`:
+    /// a search, not a whole match) made null.
+    pub fn with_null_value_pattern(mut self, pattern: &str) -> Result<Parser, ParserError> {
+        if matches!(self.grammar, Grammar::Container(_)) {
+            return Err(ParserError::NotForContainer("null_value_pattern"));
+        }
+        let regex = Regex::new(pattern).map_err(|error| ParserError::BadPattern { pattern: pattern.into(), error: error.to_string() })?;
+        self.null_value = Some(regex);
+        Ok(self)
     }
 
     /// The runtime whose split lines a record joins, for a container log's parser: the source's
@@ -242,7 +257,7 @@ impl Parser {
             FieldText::Flag => return Ok(Converted::Bool(true)),
             FieldText::Text(text) => text.as_ref(),
         };
-        if text == "-" && self.dash_is_null.contains(&field) {
+        if text == "-" && self.dash_is_null.contains(&field) || self.null_value.as_ref().is_some_and(|null| null.is_match(text)) {
             return Ok(Converted::Null);
         }
         let failed = |wanted| ParseFailure::Conversion { field: field.into(), value: preview(text).into(), wanted };
@@ -562,6 +577,21 @@ mod tests {
             r#"{"pri":14,"time":"2026-12-01T12:00:00Z","host":"web-1","ident":"app","pid":"-","msgid":"-","extradata":"-"}"#
         );
         assert_eq!(syslog.parse(b"<14>1 2026"), Err(ParseFailure::NoMatch { grammar: "syslog (RFC 5424)" }));
+    }
+
+    #[test]
+    fn a_null_value_pattern_makes_matching_values_null_in_every_field() {
+        let types = [("size".to_owned(), "integer".to_owned())];
+        let parser = Parser::new("regex", Some(r"^(?<user>\S+) (?<size>\S+) (?<note>.*)$"), None, &types)
+            .and_then(|parser| parser.with_null_value_pattern("^(-|none)$"))
+            .expect("parser");
+        assert_eq!(parsed(&parser, "- none a-b"), r#"{"user":null,"size":null,"note":"a-b"}"#);
+        assert_eq!(parsed(&parser, "alice 12 -"), r#"{"user":"alice","size":12,"note":null}"#);
+        assert!(matches!(
+            Parser::new("cri", None, None, &[]).and_then(|parser| parser.with_null_value_pattern("-")),
+            Err(ParserError::NotForContainer(_))
+        ));
+        assert!(matches!(parser.with_null_value_pattern("("), Err(ParserError::BadPattern { .. })));
     }
 
     #[test]

@@ -1,0 +1,704 @@
+//! From the Kinesis Agent's `agent.json` (flows tailing files to Firehose) to the tailhose
+//! configuration that delivers the same records.
+//!
+//! Read from the agent's own source (awslabs/amazon-kinesis-agent): a flow with `deliveryStream`
+//! is a Firehose flow, one with `kinesisStream` a Kinesis Data Streams flow; `filePattern` globs
+//! the file name only, in one directory; files ending in `.gz`, `.bz2` or `.zip` are never read;
+//! `initialPosition` (`END_OF_FILE` unless said) applies only where no checkpoint does; a record is
+//! a line with its `\n` (or, with `multiLineStartPattern`, the lines from one start to the next),
+//! and what `dataProcessingOptions` make of it ends in `\n` too.
+//!
+//! Every key is accounted for, as for Fluentd ([`super::translate`]): mapped, or listed in a
+//! [`Note`] with its reason, [`Severity::ChangesDelivery`] where the records would differ.
+//! Credentials are never copied.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use super::fluentd_syntax::Location;
+use super::translate::{
+    name_from, unique_name, FirehoseOutput, ImportedFields, Notes, Origin, ParseTable, Severity, TailSource, Translation,
+};
+use crate::config::{firehose_limits, LineFormat};
+
+/// Where the agent keeps its checkpoints unless `checkpointFile` says otherwise.
+pub const DEFAULT_CHECKPOINT_FILE: &str = "/var/run/aws-kinesis-agent/checkpoints";
+
+/// The agent's `maxBufferAgeMillis` default: records waited up to a minute.
+const AGENT_BUFFER_AGE_MILLIS: u64 = 60_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not JSON the agent reads: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: {message}")]
+    Shape { path: PathBuf, message: String },
+}
+
+/// What a flow is to its checkpoints: the agent's id for it, and the files it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowIdentity {
+    /// The tailhose source made of the flow.
+    pub source: String,
+    /// `fh:STREAM:DIRECTORY/PATTERN`, the `flow` column of the checkpoint file.
+    pub id: String,
+}
+
+/// An `agent.json`, translated.
+#[derive(Debug, Clone)]
+pub struct AgentImport {
+    pub translation: Translation,
+    pub flows: Vec<FlowIdentity>,
+    /// `checkpointFile`, or the agent's default.
+    pub checkpoint_file: PathBuf,
+}
+
+pub fn read_file(path: &Path) -> Result<AgentImport, AgentConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AgentConfigError::Read { path: path.to_owned(), source })?;
+    translate_text(&text, path)
+}
+
+/// Translates the text of an `agent.json` read from `path`.
+pub fn translate_text(text: &str, path: &Path) -> Result<AgentImport, AgentConfigError> {
+    let shape = |message: &str| AgentConfigError::Shape { path: path.to_owned(), message: message.to_owned() };
+    let root: Value = serde_json::from_str(text).map_err(|source| AgentConfigError::Json { path: path.to_owned(), source })?;
+    let root = root.as_object().ok_or_else(|| shape("not a JSON object"))?;
+    let mut notes = Notes(Vec::new());
+    let whole = Location { file: path.to_owned(), line: 1 };
+    let line_of = FlowLines::new(text);
+    let settings = Settings::read(root, &whole, &mut notes);
+    let flows = match root.get("flows") {
+        Some(Value::Array(flows)) => flows.as_slice(),
+        Some(_) => return Err(shape("`flows` is not a list")),
+        None => &[],
+    };
+    let mut translation = Translation { origin: Origin::KinesisAgent, ..Translation::default() };
+    let mut identities = Vec::new();
+    for (index, flow) in flows.iter().enumerate() {
+        let location = Location { file: path.to_owned(), line: line_of.flow(index) };
+        let Some(flow) = flow.as_object() else {
+            notes.push(Severity::ChangesDelivery, &location, "flows", format!("flow {} is not an object; not imported", index + 1));
+            continue;
+        };
+        let Some(mut translated) = translate_flow(flow, index, &settings, location, &mut notes) else { continue };
+        let name = unique_name(translated.source.name.clone(), translation.sources.iter().map(|source| source.name.as_str()));
+        translated.source.name = name.clone();
+        translated.output.name = unique_name(name.clone(), translation.outputs.iter().map(|output| output.name.as_str()));
+        translated.output.inputs = vec![name.clone()];
+        identities.push(FlowIdentity { source: name, id: translated.id });
+        translation.sources.push(translated.source);
+        translation.outputs.push(translated.output);
+    }
+    translation.notes = notes.0;
+    translation.notes.sort_by_key(|note| note.location.line);
+    let checkpoint_file = settings.checkpoint_file.unwrap_or_else(|| PathBuf::from(DEFAULT_CHECKPOINT_FILE));
+    Ok(AgentImport { translation, flows: identities, checkpoint_file })
+}
+
+/// The line of each flow in the file, for notes: the agent's JSON has no other address than
+/// "the n-th flow", and a line is what an operator finds.
+struct FlowLines(Vec<usize>);
+
+impl FlowLines {
+    fn new(text: &str) -> FlowLines {
+        let lines = text.lines().enumerate().filter(|(_, line)| line.contains("\"filePattern\"")).map(|(index, _)| index + 1).collect();
+        FlowLines(lines)
+    }
+
+    fn flow(&self, index: usize) -> usize {
+        self.0.get(index).copied().unwrap_or(1)
+    }
+}
+
+/// The top-level keys a flow's translation needs.
+#[derive(Debug, Default)]
+struct Settings {
+    firehose_endpoint: Option<String>,
+    checkpoint_file: Option<PathBuf>,
+}
+
+impl Settings {
+    fn read(root: &Map<String, Value>, location: &Location, notes: &mut Notes) -> Settings {
+        let mut settings = Settings::default();
+        for (key, value) in root {
+            match key.as_str() {
+                "flows" => {}
+                "firehose.endpoint" => settings.firehose_endpoint = value.as_str().map(str::to_owned),
+                "checkpointFile" => settings.checkpoint_file = value.as_str().map(PathBuf::from),
+                "awsAccessKeyId" | "awsSecretAccessKey" => notes.push(
+                    Severity::ActionNeeded,
+                    location,
+                    key,
+                    "credentials are not copied: give tailhose the same ones through its credential chain (environment, profile, instance role)".into(),
+                ),
+                "assumeRoleARN" | "assumeRoleExternalId" | "sts.endpoint" => notes.push(
+                    Severity::ActionNeeded,
+                    location,
+                    key,
+                    "assume the role through the credential chain (a profile with role_arn, or AWS_ROLE_ARN with a web identity)".into(),
+                ),
+                "kinesis.endpoint" | "kinesis.region" => notes.push(
+                    Severity::Info,
+                    location,
+                    key,
+                    "for Kinesis Data Streams flows, which tailhose does not import yet".into(),
+                ),
+                key if key.starts_with("cloudwatch.") || key.starts_with("log.") => notes.push(
+                    Severity::Info,
+                    location,
+                    key,
+                    "the agent's own metrics and status log: tailhose serves its counters at /metrics (Prometheus) and `tailhose status`".into(),
+                ),
+                key if key.starts_with("checkpoints.") || key == "checkpointTimeToLiveDays" => {
+                    notes.push(Severity::Info, location, key, "about the agent's checkpoint store, read only to import positions".into())
+                }
+                _ => notes.push(
+                    Severity::Info,
+                    location,
+                    key,
+                    "threads, connections and time-outs of the agent's HTTP client: tailhose's own defaults apply".into(),
+                ),
+            }
+        }
+        settings
+    }
+}
+
+/// What one flow becomes.
+struct TranslatedFlow {
+    source: TailSource,
+    output: FirehoseOutput,
+    id: String,
+}
+
+fn translate_flow(
+    flow: &Map<String, Value>,
+    index: usize,
+    settings: &Settings,
+    location: Location,
+    notes: &mut Notes,
+) -> Option<TranslatedFlow> {
+    let Some(pattern) = flow.get("filePattern").and_then(Value::as_str) else {
+        notes.push(Severity::ChangesDelivery, &location, "filePattern", "a flow without a file pattern; not imported".into());
+        return None;
+    };
+    let stream = match (flow.get("deliveryStream").and_then(Value::as_str), flow.get("kinesisStream").and_then(Value::as_str)) {
+        (Some(stream), _) => stream,
+        (None, Some(stream)) => {
+            notes.push(
+                Severity::ChangesDelivery,
+                &location,
+                "kinesisStream",
+                format!("flow to the Kinesis data stream {stream}: tailhose has no Kinesis Data Streams sink yet; not imported"),
+            );
+            return None;
+        }
+        (None, None) => {
+            notes.push(
+                Severity::ChangesDelivery,
+                &location,
+                "deliveryStream",
+                "a flow with neither deliveryStream nor kinesisStream".into(),
+            );
+            return None;
+        }
+    };
+    // The agent's flow id: the directory and the file name's glob, as Java's Path joins them.
+    let file_pattern = Path::new(pattern);
+    let directory = file_pattern.parent().unwrap_or(Path::new("/"));
+    let id = format!("fh:{stream}:{}", file_pattern.display());
+    let excluded =
+        ["gz", "bz2", "zip"].iter().map(|extension| directory.join(format!("*.{extension}")).to_string_lossy().into_owned()).collect();
+    let base = file_pattern.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut source = TailSource {
+        name: name_from(&base.replace('*', ""), "flow", index),
+        tag: id.clone(),
+        paths: vec![pattern.to_owned()],
+        exclude: excluded,
+        pos_file: None,
+        read_from_head: false,
+        refresh_interval: "10s".into(),
+        format: LineFormat::Raw,
+        ignore_older_than: None,
+        multiline_start: None,
+        multiline_flush_interval: None,
+        parse: None,
+        add_fields: ImportedFields::default(),
+        location: location.clone(),
+    };
+    let (region, endpoint) = endpoint_of(settings.firehose_endpoint.as_deref());
+    let mut output = FirehoseOutput {
+        name: name_from(stream, "firehose", index),
+        delivery_stream: stream.to_owned(),
+        region,
+        endpoint,
+        append_newline: true,
+        flush_interval: "1s".into(),
+        max_batch_records: None,
+        max_batch_bytes: None,
+        inputs: Vec::new(),
+        inject: ImportedFields::default(),
+        inject_tag_key: None,
+        location: location.clone(),
+    };
+    if output.region.is_none() {
+        notes.push(
+            Severity::ActionNeeded,
+            &location,
+            "firehose.endpoint",
+            "no AWS endpoint names the region (the agent asked the instance for it): set `region` in the sink, or AWS_REGION".into(),
+        );
+    }
+    let mut buffer_age = None;
+    for (key, value) in flow {
+        let number = value.as_u64();
+        match key.as_str() {
+            "filePattern" | "deliveryStream" => {}
+            "initialPosition" => match value.as_str() {
+                Some("END_OF_FILE") => {}
+                Some("START_OF_FILE") => {
+                    source.read_from_head = true;
+                    notes.push(
+                        Severity::Info,
+                        &location,
+                        key,
+                        "where no position is known, tailhose reads every file the pattern names from its head (the agent only the newest); positions imported from the checkpoints make the difference moot".into(),
+                    );
+                }
+                _ => notes.push(Severity::ChangesDelivery, &location, key, format!("{value} is neither START_OF_FILE nor END_OF_FILE")),
+            },
+            "multiLineStartPattern" => match value.as_str().map(regex::Regex::new) {
+                Some(Ok(_)) => source.multiline_start = value.as_str().map(str::to_owned),
+                _ => notes.push(
+                    Severity::ChangesDelivery,
+                    &location,
+                    key,
+                    format!("{value} is not a pattern tailhose reads (Java's lookaround and backreferences are not kept); lines stay single records"),
+                ),
+            },
+            "skipHeaderLines" if number == Some(0) => {}
+            "skipHeaderLines" => notes.push(
+                Severity::ChangesDelivery,
+                &location,
+                key,
+                "tailhose does not skip a file's header lines: they would be delivered (or be parse_failed dead letters with a parser)".into(),
+            ),
+            "fileFooterPattern" => notes.push(
+                Severity::ChangesDelivery,
+                &location,
+                key,
+                "tailhose does not stop reading a file at a footer line: the footer and anything after it would be delivered".into(),
+            ),
+            "truncatedRecordTerminator" => notes.push(
+                Severity::Info,
+                &location,
+                key,
+                "tailhose never truncates: a record over Firehose's 1,000 KiB is a counted dead letter, kept whole".into(),
+            ),
+            "maxBufferAgeMillis" => buffer_age = number,
+            "maxBufferSizeRecords" => match number.and_then(|records| u32::try_from(records).ok()) {
+                Some(records) if (1..=firehose_limits::MAX_BATCH_RECORDS).contains(&records) => output.max_batch_records = Some(records),
+                _ => notes.push(Severity::Info, &location, key, format!("{value} is not 1 to 500: tailhose's default (500) applies")),
+            },
+            "maxBufferSizeBytes" => match number {
+                Some(bytes) if bytes > 0 && bytes <= firehose_limits::MAX_BATCH_BYTES => output.max_batch_bytes = Some(bytes),
+                _ => notes.push(Severity::Info, &location, key, format!("{value} is not 1 B to 4 MiB: tailhose's default applies")),
+            },
+            "aggregatedRecordSizeBytes" => notes.push(
+                Severity::Info,
+                &location,
+                key,
+                "the agent put several records into one Firehose record; S3 gets the same bytes either way. For the same bill, add `pack_records = true` to the sink".into(),
+            ),
+            "dataProcessingOptions" => match value.as_array() {
+                Some(options) => processing(options, &location, &mut source, notes),
+                None => notes.push(Severity::ChangesDelivery, &location, key, "not a list of options".into()),
+            },
+            "partitionKeyOption" => notes.push(Severity::Info, &location, key, "only for Kinesis Data Streams flows".into()),
+            _ => notes.push(
+                Severity::Info,
+                &location,
+                key,
+                "the agent's reading and retry timing: tailhose's own defaults apply (it polls files on change, resends at once and backs off on outages)".into(),
+            ),
+        }
+    }
+    let buffer_age = buffer_age.unwrap_or(AGENT_BUFFER_AGE_MILLIS);
+    if buffer_age < 1_000 {
+        output.flush_interval = format!("{buffer_age}ms");
+    } else if buffer_age > 1_000 {
+        // A record waited up to a minute in the agent by default: tailhose's one second is what
+        // an operator replacing it wants (records at the destination sooner, the same records).
+        notes.push(
+            Severity::Info,
+            &location,
+            "maxBufferAgeMillis",
+            format!("the agent sent a buffer after up to {buffer_age} ms; tailhose sends within flush_interval = \"1s\""),
+        );
+    }
+    Some(TranslatedFlow { source, output, id })
+}
+
+/// The region an endpoint `firehose.REGION.amazonaws.com` names, or the endpoint itself when it
+/// is not AWS's (a VPC endpoint, a test server).
+fn endpoint_of(endpoint: Option<&str>) -> (Option<String>, Option<String>) {
+    let Some(endpoint) = endpoint else { return (None, None) };
+    let host = endpoint.trim_start_matches("https://").trim_end_matches('/');
+    if let Some(region) = host.strip_prefix("firehose.").and_then(|rest| rest.strip_suffix(".amazonaws.com")) {
+        if !region.is_empty() && !region.contains('.') {
+            return (Some(region.to_owned()), None);
+        }
+    }
+    let url = if endpoint.contains("://") { endpoint.to_owned() } else { format!("https://{endpoint}") };
+    (None, Some(url))
+}
+
+/// `dataProcessingOptions`, applied in order by the agent: the one that turns a line into JSON
+/// becomes a parse table; the others change records in ways tailhose does not.
+fn processing(options: &[Value], location: &Location, source: &mut TailSource, notes: &mut Notes) {
+    for option in options {
+        let name = option.get("optionName").and_then(Value::as_str).unwrap_or("?");
+        let key = format!("dataProcessingOptions {name}");
+        if option.get("jsonFormat").and_then(Value::as_str).is_some_and(|format| format != "COMPACT") {
+            notes.push(Severity::ChangesDelivery, location, &key, "tailhose writes compact JSON, one record per line".into());
+        }
+        let table = match name {
+            "LOGTOJSON" => log_to_json(option),
+            "CSVTOJSON" => csv_to_json(option),
+            "SINGLELINE" => Err("tailhose keeps a multi-line record's line breaks (the agent removed them and the lines' indentation)".into()),
+            "ADDMETADATA" => Err("tailhose adds fields to a JSON record; it does not wrap the line as {\"metadata\", \"data\"}".into()),
+            "ADDEC2METADATA" => Err(
+                "tailhose adds the instance's id, region and zone under one key (`add_fields.ec2_metadata_key`), not the agent's eight top-level fields and tags".into(),
+            ),
+            "ADDBRACKETS" => Err("tailhose does not wrap lines in braces".into()),
+            _ => Err(format!("`{name}` is not an option tailhose translates")),
+        };
+        match table {
+            Ok(_) if source.parse.is_some() => {
+                notes.push(Severity::ChangesDelivery, location, &key, "a second conversion to JSON after the first is not kept".into())
+            }
+            Ok((table, caveat)) => {
+                notes.push(Severity::Info, location, &key, caveat);
+                source.parse = Some(table);
+            }
+            Err(reason) => notes.push(Severity::ChangesDelivery, location, &key, reason),
+        }
+    }
+}
+
+/// A parse table and what differs from the agent in a way that does not change the records it
+/// delivered (or why none can be made).
+type Converted = Result<(ParseTable, String), String>;
+
+/// LOGTOJSON: the agent's patterns (`PatternConstants` in its source) with its field names as
+/// named captures, or `matchPattern` with `customFieldNames`.
+fn log_to_json(option: &Value) -> Converted {
+    let format = option.get("logFormat").and_then(Value::as_str).ok_or("LOGTOJSON without logFormat")?;
+    let custom: Option<Vec<String>> = option
+        .get("customFieldNames")
+        .and_then(Value::as_array)
+        .map(|names| names.iter().filter_map(Value::as_str).map(str::to_owned).collect());
+    let (pattern, fields, dash_is_null) = match format {
+        "COMMONAPACHELOG" => (format!("{}.*", agent_patterns::common_apache_log()), agent_patterns::COMMON_LOG_FIELDS.to_vec(), true),
+        "COMBINEDAPACHELOG" => (format!("{}.*", agent_patterns::combined_apache_log()), agent_patterns::COMBINED_LOG_FIELDS.to_vec(), true),
+        "APACHEERRORLOG" => (agent_patterns::apache_error_log(), agent_patterns::ERROR_LOG_FIELDS.to_vec(), true),
+        "SYSLOG" => (agent_patterns::syslog(agent_patterns::SyslogTime::Bsd), agent_patterns::SYSLOG_FIELDS.to_vec(), false),
+        "RFC3339SYSLOG" => (agent_patterns::syslog(agent_patterns::SyslogTime::Rfc3339), agent_patterns::SYSLOG_FIELDS.to_vec(), false),
+        other => return Err(format!("logFormat `{other}` is not one of the agent's")),
+    };
+    let pattern = match option.get("matchPattern").and_then(Value::as_str) {
+        Some(custom_pattern) => custom_pattern.to_owned(),
+        None => pattern,
+    };
+    let names: Vec<String> = match custom {
+        Some(names) => names,
+        None if option.get("matchPattern").is_some() => {
+            return Err("matchPattern without customFieldNames (the agent refuses it too)".into())
+        }
+        None => fields.iter().map(|field| (*field).to_owned()).collect(),
+    };
+    // The agent matches the whole record (Java's `matches()`).
+    let named = format!("\\A(?:{})\\z", named_groups(&pattern, &names)?);
+    let table = ParseTable {
+        parser_type: "regex".into(),
+        pattern: Some(named),
+        columns: None,
+        types: Vec::new(),
+        // The agent's Apache parser: "the field is not found if it shows as `-`".
+        null_value_pattern: dash_is_null.then(|| "^-$".to_owned()),
+    };
+    table.compile().map_err(|error| format!("the pattern cannot be kept ({error})"))?;
+    Ok((
+        table,
+        "a line that does not match is a counted parse_failed dead letter, kept (the agent dropped it); a field the line lacks is left out instead of null"
+            .into(),
+    ))
+}
+
+/// CSVTOJSON: columns named by `customFieldNames`, split at `delimiter` (`,` unless said).
+fn csv_to_json(option: &Value) -> Converted {
+    let names: Vec<String> = option
+        .get("customFieldNames")
+        .and_then(Value::as_array)
+        .ok_or("CSVTOJSON without customFieldNames")?
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    let parser_type = match option.get("delimiter").and_then(Value::as_str).unwrap_or(",") {
+        "," => "csv",
+        "\t" | "\\t" => "tsv",
+        other => return Err(format!("delimiter `{other}`: tailhose splits at `,` (csv) or a tab (tsv) only")),
+    };
+    let table =
+        ParseTable { parser_type: parser_type.into(), pattern: None, columns: Some(names), types: Vec::new(), null_value_pattern: None };
+    table.compile().map_err(|error| format!("the columns cannot be kept ({error})"))?;
+    Ok((
+        table,
+        "a row of another width than the names is a counted parse_failed dead letter (the agent filled nulls or dropped columns); csv reads double-quoted values as RFC 4180 has them (the agent split inside quotes too)".into(),
+    ))
+}
+
+/// `pattern` with its capture groups named `names` in order: the agent numbers its groups and
+/// names them by position. Refused when the counts differ, as the agent refuses such a record.
+fn named_groups(pattern: &str, names: &[String]) -> Result<String, String> {
+    let mut named = String::with_capacity(pattern.len() + 16 * names.len());
+    let mut names_left = names.iter();
+    let mut in_class = false;
+    let mut characters = pattern.chars().peekable();
+    while let Some(character) = characters.next() {
+        match character {
+            '\\' => {
+                named.push(character);
+                if let Some(escaped) = characters.next() {
+                    named.push(escaped);
+                }
+                continue;
+            }
+            '[' if !in_class => in_class = true,
+            ']' if in_class => in_class = false,
+            '(' if !in_class && characters.peek() != Some(&'?') => {
+                let name = names_left.next().ok_or_else(|| format!("the pattern has more groups than the {} field names", names.len()))?;
+                let valid = name.chars().next().is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+                    && name.chars().all(|character| character.is_ascii_alphanumeric() || character == '_');
+                if !valid {
+                    return Err(format!("field name `{name}`: tailhose names fields with letters, digits and `_`"));
+                }
+                named.push_str(&format!("(?<{name}>"));
+                continue;
+            }
+            _ => {}
+        }
+        named.push(character);
+    }
+    match names_left.next() {
+        Some(_) => Err(format!("the pattern has fewer groups than the {} field names", names.len())),
+        None => Ok(named),
+    }
+}
+
+/// The agent's log patterns, from `PatternConstants.java` (the same text, as Rust strings).
+mod agent_patterns {
+    const INT: &str = r"(?:[+-]?(?:[0-9]+))";
+    const POSINT: &str = r"(?:[1-9][0-9]*)";
+    const NONNEGINT: &str = r"(?:[0-9]+)";
+    const WORD: &str = r"\w+";
+    const NOQUOTE: &str = r#"[^"]+"#;
+    const IP: &str = r"(?:[\d\.]+)";
+    const HOSTNAME: &str = r"(?:[\w\-]+)(?:\.(?:[\w\-]+))*(?:\.?|\b)";
+    const USER: &str = r"(?:[a-zA-Z0-9._-]+)";
+    const MONTHDAY: &str = r"(?:(?:0[1-9])|(?:[12][0-9])|(?:3[01])|[1-9])";
+    const DAY: &str = r"(?:Mon(?:day)?|Tue(?:sday)?|Wed(?:nesday)?|Thu(?:rsday)?|Fri(?:day)?|Sat(?:urday)?|Sun(?:day)?)";
+    const MONTH: &str = r"\b(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|Jun(?:e)?|Jul(?:y)?|Aug(?:ust)?|Sep(?:tember)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\b";
+    const YEAR: &str = r"(?:[1-9]\d*)";
+    const HOUR: &str = r"(?:2[0123]|[01]?[0-9])";
+    const MINUTE: &str = r"(?:[0-5][0-9])";
+    const SECOND: &str = r"(?:(?:[0-5]?[0-9]|60)(?:[:\.,][0-9]+)?)";
+    const RFC3339: &str = r"(?:\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?)(?:Z|(?:[-+]\d{2}:\d{2}))";
+
+    pub const COMMON_LOG_FIELDS: [&str; 7] = ["host", "ident", "authuser", "datetime", "request", "response", "bytes"];
+    pub const COMBINED_LOG_FIELDS: [&str; 9] =
+        ["host", "ident", "authuser", "datetime", "request", "response", "bytes", "referer", "agent"];
+    pub const ERROR_LOG_FIELDS: [&str; 7] = ["timestamp", "module", "severity", "processid", "threadid", "client", "message"];
+    pub const SYSLOG_FIELDS: [&str; 5] = ["timestamp", "hostname", "program", "processid", "message"];
+
+    fn time() -> String {
+        format!("(?:{HOUR}:{MINUTE}:{SECOND})")
+    }
+
+    fn iporhost() -> String {
+        format!("(?:{HOSTNAME}|{IP})")
+    }
+
+    pub fn common_apache_log() -> String {
+        let httpdate = format!(r"(?:{MONTHDAY}/{MONTH}/{YEAR}:{}\s{INT})", time());
+        format!(r#"^({}) ({USER}) ({USER}) \[({httpdate})\] "({NOQUOTE})" ({INT}|\-) ({INT}|\-)"#, iporhost())
+    }
+
+    pub fn combined_apache_log() -> String {
+        format!(r#"{} "({NOQUOTE})" "({NOQUOTE})""#, common_apache_log())
+    }
+
+    pub fn apache_error_log() -> String {
+        let timestamp = format!(r"(?:{DAY}\s+{MONTH}\s+{MONTHDAY}\s+{}\s+{YEAR})", time());
+        let urihost = format!("(?:{}(?::{POSINT})?)", iporhost());
+        format!(r"^\[({timestamp})\] \[(?:({WORD}):)?({WORD})\] \[pid ({NONNEGINT})(?::tid ({NONNEGINT}))?\] \[client ({urihost})\] (.*)")
+    }
+
+    /// How a syslog line's time is written: `Dec  1 12:00:00` (SYSLOG) or RFC 3339 (RFC3339SYSLOG).
+    pub enum SyslogTime {
+        Bsd,
+        Rfc3339,
+    }
+
+    pub fn syslog(time_format: SyslogTime) -> String {
+        let timestamp = match time_format {
+            SyslogTime::Bsd => format!(r"(?:{MONTH}\s+{MONTHDAY}\s+{})", time()),
+            SyslogTime::Rfc3339 => RFC3339.to_owned(),
+        };
+        let facility = format!("<{NONNEGINT}.{NONNEGINT}>");
+        let program = format!(r"([\w\._/%-]+)(?:\[({POSINT})\])?");
+        format!("^({timestamp}) (?:{facility} )?({USER}) {program}: (.*)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::parse::Parser;
+
+    fn imported(text: &str) -> AgentImport {
+        translate_text(text, Path::new("agent.json")).expect("translates")
+    }
+
+    fn parser_of(import: &AgentImport) -> Parser {
+        import.translation.sources[0].parse.as_ref().expect("a parse table").compile().expect("compiles")
+    }
+
+    fn parsed(parser: &Parser, line: &str) -> serde_json::Value {
+        serde_json::from_slice(&parser.parse(line.as_bytes()).expect("parses")).expect("JSON")
+    }
+
+    #[test]
+    fn a_firehose_flow_becomes_a_source_and_a_sink_with_the_agents_flow_id() {
+        let import = imported(
+            r#"{
+  "checkpointFile": "/tmp/agent/checkpoints",
+  "firehose.endpoint": "firehose.ap-northeast-2.amazonaws.com",
+  "awsAccessKeyId": "AKIA...",
+  "flows": [
+    {
+      "filePattern": "/var/log/app/events.log*",
+      "deliveryStream": "test-firehose",
+      "initialPosition": "START_OF_FILE",
+      "maxBufferSizeRecords": 100,
+      "multiLineStartPattern": "^\\d{4}-"
+    },
+    {
+      "filePattern": "/var/log/other/*.log",
+      "kinesisStream": "a-stream"
+    }
+  ]
+}"#,
+        );
+        assert_eq!(import.checkpoint_file, PathBuf::from("/tmp/agent/checkpoints"));
+        assert_eq!(
+            import.flows,
+            vec![FlowIdentity { source: "events_log".into(), id: "fh:test-firehose:/var/log/app/events.log*".into() }]
+        );
+        let source = &import.translation.sources[0];
+        assert_eq!(source.paths, vec!["/var/log/app/events.log*".to_owned()]);
+        assert!(source.exclude.contains(&"/var/log/app/*.gz".to_owned()), "{:?}", source.exclude);
+        assert!(source.read_from_head);
+        assert_eq!(source.multiline_start.as_deref(), Some(r"^\d{4}-"));
+        let output = &import.translation.outputs[0];
+        assert_eq!((output.region.as_deref(), output.endpoint.as_deref()), (Some("ap-northeast-2"), None));
+        assert_eq!(output.max_batch_records, Some(100));
+        assert!(output.append_newline);
+        let keyed =
+            |key: &str| import.translation.notes.iter().find(|note| note.key == key).map(|note| (note.severity, note.location.line));
+        assert_eq!(keyed("awsAccessKeyId"), Some((Severity::ActionNeeded, 1)));
+        assert_eq!(keyed("kinesisStream"), Some((Severity::ChangesDelivery, 14)), "{:#?}", import.translation.notes);
+        assert!(import.translation.changes_delivery());
+    }
+
+    #[test]
+    fn logtojson_combined_apache_gives_the_agents_field_names_and_dash_as_null() {
+        let import = imported(
+            r#"{"flows": [{"filePattern": "/var/log/httpd/access_log*", "deliveryStream": "web",
+                "dataProcessingOptions": [{"optionName": "LOGTOJSON", "logFormat": "COMBINEDAPACHELOG"}]}]}"#,
+        );
+        assert!(!import.translation.changes_delivery(), "{:#?}", import.translation.notes);
+        let record = parsed(
+            &parser_of(&import),
+            r#"203.0.113.9 - alice [01/Dec/2026:12:00:00 +0000] "GET /videos/17 HTTP/1.1" 200 - "https://example.com/" "Mozilla/5.0 (X11)""#,
+        );
+        assert_eq!(
+            record,
+            serde_json::json!({"host": "203.0.113.9", "ident": null, "authuser": "alice", "datetime": "01/Dec/2026:12:00:00 +0000",
+                "request": "GET /videos/17 HTTP/1.1", "response": "200", "bytes": null, "referer": "https://example.com/", "agent": "Mozilla/5.0 (X11)"})
+        );
+    }
+
+    #[test]
+    fn logtojson_syslog_and_a_custom_pattern_name_their_groups_in_order() {
+        let import = imported(
+            r#"{"flows": [{"filePattern": "/var/log/messages", "deliveryStream": "sys",
+                "dataProcessingOptions": [{"optionName": "LOGTOJSON", "logFormat": "SYSLOG"}]}]}"#,
+        );
+        let record = parsed(&parser_of(&import), "Dec  1 12:00:00 web-1 sshd[4242]: Accepted publickey for alice");
+        assert_eq!(
+            record,
+            serde_json::json!({"timestamp": "Dec  1 12:00:00", "hostname": "web-1", "program": "sshd", "processid": "4242", "message": "Accepted publickey for alice"})
+        );
+        let custom = imported(
+            r#"{"flows": [{"filePattern": "/var/log/app.log", "deliveryStream": "s",
+                "dataProcessingOptions": [{"optionName": "LOGTOJSON", "logFormat": "COMMONAPACHELOG",
+                "matchPattern": "^([\\w.]+) \\[(\\d+)\\] (.*)", "customFieldNames": ["host", "code", "text"]}]}]}"#,
+        );
+        let record = parsed(&parser_of(&custom), "web.1 [500] (oops) [x]");
+        assert_eq!(record, serde_json::json!({"host": "web.1", "code": "500", "text": "(oops) [x]"}));
+        assert_eq!(named_groups(r"(a)(?:b)[(]\((c)", &["x".into(), "y".into()]).as_deref(), Ok(r"(?<x>a)(?:b)[(]\((?<y>c)"));
+        assert!(named_groups("(a)(b)", &["x".into()]).is_err());
+        assert!(named_groups("(a)", &["x".into(), "y".into()]).is_err());
+    }
+
+    #[test]
+    fn csvtojson_names_columns_and_what_cannot_be_kept_says_why() {
+        let import = imported(
+            r#"{"flows": [{"filePattern": "/data/*.csv", "deliveryStream": "s", "skipHeaderLines": 1,
+                "dataProcessingOptions": [{"optionName": "CSVTOJSON", "customFieldNames": ["id", "name"]},
+                                          {"optionName": "ADDMETADATA", "metadata": {"env": "prod"}}]}]}"#,
+        );
+        assert_eq!(parsed(&parser_of(&import), "7,alice"), serde_json::json!({"id": "7", "name": "alice"}));
+        let changing: Vec<&str> = import
+            .translation
+            .notes
+            .iter()
+            .filter(|note| note.severity == Severity::ChangesDelivery)
+            .map(|note| note.key.as_str())
+            .collect();
+        assert_eq!(changing, vec!["skipHeaderLines", "dataProcessingOptions ADDMETADATA"]);
+    }
+
+    #[test]
+    fn an_endpoint_that_is_not_aws_is_kept_as_the_endpoint_url() {
+        assert_eq!(endpoint_of(Some("https://firehose.us-east-1.amazonaws.com")), (Some("us-east-1".into()), None));
+        assert_eq!(endpoint_of(Some("http://127.0.0.1:4566")), (None, Some("http://127.0.0.1:4566".into())));
+        assert_eq!(
+            endpoint_of(Some("vpce-1.firehose.us-east-1.vpce.amazonaws.com")),
+            (None, Some("https://vpce-1.firehose.us-east-1.vpce.amazonaws.com".into()))
+        );
+    }
+
+    #[test]
+    fn a_config_that_is_not_the_agents_json_is_refused_with_its_path() {
+        let error = translate_text("{ flows: [] }", Path::new("/etc/aws-kinesis/agent.json")).expect_err("not JSON");
+        assert!(error.to_string().starts_with("/etc/aws-kinesis/agent.json: not JSON"), "{error}");
+        let error = translate_text(r#"{"flows": {}}"#, Path::new("agent.json")).expect_err("flows not a list");
+        assert_eq!(error.to_string(), "agent.json: `flows` is not a list");
+    }
+}
