@@ -28,6 +28,7 @@ pub struct Events {
     records_queued: AtomicU64,
     chunks_queued: AtomicU64,
     blank_lines: AtomicU64,
+    header_lines: AtomicU64,
     multiline_splits: AtomicU64,
     dead_letters: AtomicU64,
     dead_invalid_json: AtomicU64,
@@ -188,6 +189,7 @@ impl Default for Events {
             records_queued: AtomicU64::default(),
             chunks_queued: AtomicU64::default(),
             blank_lines: AtomicU64::default(),
+            header_lines: AtomicU64::default(),
             multiline_splits: AtomicU64::default(),
             dead_letters: AtomicU64::default(),
             dead_invalid_json: AtomicU64::default(),
@@ -244,6 +246,7 @@ pub struct EventCounts {
     pub records_queued: u64,
     pub chunks_queued: u64,
     pub blank_lines: u64,
+    pub header_lines: u64,
     pub multiline_splits: u64,
     pub dead_letters: u64,
     pub dead_invalid_json: u64,
@@ -428,6 +431,15 @@ impl Events {
         if chunk.blank_lines > 0 {
             bump(&self.blank_lines, chunk.blank_lines);
             tracing::debug!(route, blank_lines = chunk.blank_lines, "blank lines skipped (they carry no record)");
+        }
+        if chunk.header_lines > 0 {
+            bump(&self.header_lines, chunk.header_lines);
+            tracing::info!(
+                route,
+                path = %String::from_utf8_lossy(&chunk.draft.meta.path),
+                header_lines = chunk.header_lines,
+                "a file's header lines skipped (skip_header_lines)"
+            );
         }
         if chunk.multiline_splits > 0 {
             bump(&self.multiline_splits, chunk.multiline_splits);
@@ -683,6 +695,7 @@ impl Events {
             records_queued: load(&self.records_queued),
             chunks_queued: load(&self.chunks_queued),
             blank_lines: load(&self.blank_lines),
+            header_lines: load(&self.header_lines),
             multiline_splits: load(&self.multiline_splits),
             dead_letters: load(&self.dead_letters),
             dead_invalid_json: load(&self.dead_invalid_json),

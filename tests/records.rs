@@ -386,3 +386,38 @@ fn parsed_records_with_added_fields_land_the_same_in_s3_packed_or_not_and_in_the
     assert_eq!(runs[0], runs[2], "the directory sink holds the same objects");
     assert!(runs[0][0].contains("\"env\":\"prod\"") && runs[0][0].contains("\"seq\":"), "{}", runs[0][0]);
 }
+
+#[test]
+fn a_csv_files_header_is_skipped_and_counted_and_a_restart_after_it_skips_nothing() {
+    let fake = FakeFirehose::start(Faults::default());
+    let workspace = Workspace::new();
+    write_config(
+        &workspace,
+        &fake.endpoint,
+        "skip_header_lines = 1\n\n[sources.app.parse]\ntype = \"csv\"\ncolumns = [\"user\", \"video\", \"seconds\"]",
+    );
+    append(&workspace, "user,video,seconds\nalice,17,15\nbob,18,3\n");
+    let daemon = workspace.start_daemon();
+    let address = workspace.admin_address();
+    wait_until(Duration::from_secs(30), "two records acknowledged", || (records_acked(&address) == Some(2)).then_some(()));
+    let (_, metrics) = http_get(&address, "/metrics").expect("metrics");
+    assert!(metrics.contains("tailhose_header_lines_total 1"), "{metrics}");
+    assert!(!metrics.contains("reason=\"parse_failed\"} 1"), "the header is no dead letter: {metrics}");
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+
+    append(&workspace, "carol,19,9\n");
+    let daemon = workspace.start_daemon();
+    let address = workspace.admin_address();
+    wait_until(Duration::from_secs(30), "the record written while stopped", || (records_acked(&address) == Some(1)).then_some(()));
+    let (_, metrics) = http_get(&address, "/metrics").expect("metrics");
+    assert!(metrics.contains("tailhose_header_lines_total 0"), "read from its position, the file has no header: {metrics}");
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    assert_eq!(
+        accepted(&fake),
+        vec![
+            r#"{"user":"alice","video":"17","seconds":"15"}"#,
+            r#"{"user":"bob","video":"18","seconds":"3"}"#,
+            r#"{"user":"carol","video":"19","seconds":"9"}"#
+        ]
+    );
+}

@@ -15,7 +15,7 @@ use crate::queue::{QueueError, QueueStats};
 pub fn render(state: &AdminState) -> Result<String, QueueError> {
     let counts = state.events.snapshot();
     let mut out = Exposition::default();
-    let counters: [(&str, &str, u64); 27] = [
+    let counters: [(&str, &str, u64); 28] = [
         ("tailhose_records_read_total", "Records taken from files: queued, or dead-lettered as read.", counts.records_read),
         ("tailhose_records_queued_total", "Records appended to the queue.", counts.records_queued),
         ("tailhose_records_acked_total", "Records the sink acknowledged.", counts.records_acked),
@@ -33,6 +33,7 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
         ("tailhose_files_truncated_total", "Files found truncated and read again from their start.", counts.files_truncated),
         ("tailhose_read_errors_total", "Errors opening or reading files.", counts.read_errors),
         ("tailhose_blank_lines_total", "Blank lines skipped.", counts.blank_lines),
+        ("tailhose_header_lines_total", "Header lines of files read from their head skipped (skip_header_lines).", counts.header_lines),
         ("tailhose_multiline_splits_total", "Records of several lines cut at multiline.max_lines or max_bytes.", counts.multiline_splits),
         ("tailhose_chunks_set_aside_total", "Queue chunks that failed verification.", counts.chunks_set_aside),
         ("tailhose_ranges_recovered_total", "Ranges of set-aside chunks re-read from their source.", counts.ranges_recovered),

@@ -130,6 +130,11 @@ pub struct SourceConfig {
     /// buffered whole: this bounds the reader's memory.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: ByteSize,
+    /// The first lines of a file read from its head are a header, not records (a CSV's column
+    /// names): skipped and counted. A file read from a later offset skips none (its header
+    /// was read before), as the Kinesis Agent's `skipHeaderLines`.
+    #[serde(default)]
+    pub skip_header_lines: u32,
     /// Globs of paths that `paths` matches but that are not to be read.
     #[serde(default)]
     pub exclude: Vec<String>,
@@ -440,6 +445,7 @@ pub struct SourceSettings {
     pub refresh_interval: Duration,
     pub poll_interval: Duration,
     pub max_line_bytes: u64,
+    pub skip_header_lines: u32,
     pub multiline: Option<Arc<Multiline>>,
     pub parse: Option<Arc<Parser>>,
     pub add_fields: Option<Arc<AddedFields>>,
@@ -471,6 +477,7 @@ impl SourceSettings {
             refresh_interval: Duration::ZERO,
             poll_interval: Duration::from_millis(10),
             max_line_bytes: 1 << 20,
+            skip_header_lines: 0,
             multiline: None,
             parse: None,
             add_fields: None,
@@ -762,6 +769,7 @@ impl Config {
                     refresh_interval: source.refresh_interval,
                     poll_interval: source.poll_interval,
                     max_line_bytes: source.max_line_bytes.0,
+                    skip_header_lines: source.skip_header_lines,
                     // Checked by `Config::parse`: a table that does not compile never gets here.
                     multiline: match (&source.multiline, parse.as_ref().and_then(|parse| parse.partial_lines())) {
                         (Some(multiline), _) => multiline.compile().ok().map(Arc::new),

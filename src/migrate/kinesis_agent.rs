@@ -223,6 +223,7 @@ fn translate_flow(
         refresh_interval: "10s".into(),
         format: LineFormat::Raw,
         ignore_older_than: None,
+        skip_header_lines: 0,
         multiline_start: None,
         multiline_flush_interval: None,
         parse: None,
@@ -279,13 +280,10 @@ fn translate_flow(
                     format!("{value} is not a pattern tailhose reads (Java's lookaround and backreferences are not kept); lines stay single records"),
                 ),
             },
-            "skipHeaderLines" if number == Some(0) => {}
-            "skipHeaderLines" => notes.push(
-                Severity::ChangesDelivery,
-                &location,
-                key,
-                "tailhose does not skip a file's header lines: they would be delivered (or be parse_failed dead letters with a parser)".into(),
-            ),
+            "skipHeaderLines" => match number.and_then(|lines| u32::try_from(lines).ok()) {
+                Some(lines) => source.skip_header_lines = lines,
+                None => notes.push(Severity::ChangesDelivery, &location, key, format!("{value} is not a number of lines")),
+            },
             "fileFooterPattern" => notes.push(
                 Severity::ChangesDelivery,
                 &location,
@@ -681,7 +679,8 @@ mod tests {
             .filter(|note| note.severity == Severity::ChangesDelivery)
             .map(|note| note.key.as_str())
             .collect();
-        assert_eq!(changing, vec!["skipHeaderLines", "dataProcessingOptions ADDMETADATA"]);
+        assert_eq!(changing, vec!["dataProcessingOptions ADDMETADATA"]);
+        assert_eq!(import.translation.sources[0].skip_header_lines, 1);
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct TailSource {
     pub refresh_interval: String,
     pub format: LineFormat,
     pub ignore_older_than: Option<String>,
+    /// The Kinesis Agent's `skipHeaderLines`.
+    pub skip_header_lines: u32,
     /// `<parse> @type multiline`'s `format_firstline`, as a regular expression.
     pub multiline_start: Option<String>,
     /// in_tail's `multiline_flush_interval`, as a humantime string.
@@ -331,6 +333,7 @@ fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<T
         refresh_interval: FLUENTD_REFRESH_INTERVAL.into(),
         format: LineFormat::Json,
         ignore_older_than: None,
+        skip_header_lines: 0,
         multiline_start: None,
         multiline_flush_interval: None,
         parse: None,
@@ -917,6 +920,9 @@ pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path
         out.push_str(&format!("refresh_interval = {}\n", quote(&source.refresh_interval)));
         if let Some(age) = &source.ignore_older_than {
             out.push_str(&format!("ignore_older_than = {}\n", quote(age)));
+        }
+        if source.skip_header_lines > 0 {
+            out.push_str(&format!("skip_header_lines = {}\n", source.skip_header_lines));
         }
         if let Some(start) = &source.multiline_start {
             out.push_str(&format!("\n[sources.{}.multiline]\nstart = {}\n", source.name, quote(start)));

@@ -27,6 +27,8 @@ pub struct SealedChunk {
     pub draft: ChunkDraft,
     pub dead_letters: Vec<DeadLetter>,
     pub blank_lines: u64,
+    /// A file's header lines skipped (`skip_header_lines`).
+    pub header_lines: u64,
     /// Records of several lines cut at `max_lines` or `max_bytes` (see [`super::multiline`]).
     pub multiline_splits: u64,
 }
@@ -52,6 +54,11 @@ pub struct LineChunker {
     draft: ChunkDraft,
     dead_letters: Vec<DeadLetter>,
     blank_lines: u64,
+    /// Header lines still to skip: set only for a file read from its head. Until the last is
+    /// read, the draft's end stays at 0, so that no position lands inside the header (a read
+    /// from there would take the rest of the header for records).
+    header_lines_left: u32,
+    header_lines: u64,
     /// How lines make records, when a record may span lines.
     multiline: Option<Arc<Multiline>>,
     /// How a record's text becomes the JSON object queued in its place.
@@ -87,12 +94,22 @@ impl LineChunker {
             oversized_len: None,
             dead_letters: Vec::new(),
             blank_lines: 0,
+            header_lines_left: 0,
+            header_lines: 0,
             multiline: None,
             parser: None,
             added: None,
             in_progress: None,
             multiline_splits: 0,
         }
+    }
+
+    /// Skips the first `lines` lines of the file as its header, when reading from its head.
+    pub fn with_header_lines(mut self, lines: u32) -> LineChunker {
+        if self.fed_offset == 0 {
+            self.header_lines_left = lines;
+        }
+        self
     }
 
     /// Puts lines together into records by `multiline` (none: one record per line).
@@ -192,6 +209,7 @@ impl LineChunker {
             draft,
             dead_letters: std::mem::take(&mut self.dead_letters),
             blank_lines: std::mem::take(&mut self.blank_lines),
+            header_lines: std::mem::take(&mut self.header_lines),
             multiline_splits: std::mem::take(&mut self.multiline_splits),
         })
     }
@@ -214,6 +232,15 @@ impl LineChunker {
     /// Takes one complete line ending just before `line_end` (which is after its newline, if
     /// any): a record, or part of the record in progress.
     fn complete_line(&mut self, line: &[u8], oversized_len: Option<u64>, line_end: u64) {
+        if self.header_lines_left > 0 {
+            self.header_lines_left -= 1;
+            self.header_lines += 1;
+            if self.header_lines_left == 0 {
+                // The whole header read: it is covered by the draft, as blank lines are.
+                self.draft.meta.end_offset = line_end;
+            }
+            return;
+        }
         // A line read whole in one buffer was not measured on the way in.
         let oversized_len = oversized_len.or_else(|| (line.len() > self.max_line_bytes).then_some(line.len() as u64));
         let Some(multiline) = self.multiline.clone() else {
@@ -386,6 +413,46 @@ mod tests {
         assert_eq!(records(&sealed), vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec()]);
         assert_eq!(sealed[1].draft.meta.start_offset, 8);
         assert_eq!(sealed[1].draft.meta.end_offset, 16);
+    }
+
+    #[test]
+    fn a_files_header_is_skipped_from_its_head_only_and_no_chunk_ends_inside_it() {
+        let columns = vec!["id".to_owned(), "name".to_owned()];
+        let csv = || Some(Arc::new(Parser::new("csv", None, Some(&columns), &[]).expect("csv")));
+        let mut chunker = chunker(LineFormat::Raw, 1024).with_header_lines(2).with_parser(csv());
+        let mut sealed = Vec::new();
+        // The header arrives in two reads, with a seal between (a flush, a quiet file).
+        chunker.feed(
+            b"id,name
+",
+            &mut sealed,
+        );
+        assert_eq!(chunker.seal(), None, "no chunk, no position, inside the header");
+        chunker.feed(
+            b"# exported 2026-12-01
+7,alice
+8,bob
+",
+            &mut sealed,
+        );
+        sealed.extend(chunker.seal());
+        assert_eq!(records(&sealed), vec![br#"{"id":"7","name":"alice"}"#.to_vec(), br#"{"id":"8","name":"bob"}"#.to_vec()]);
+        assert_eq!((sealed[0].draft.meta.start_offset, sealed[0].header_lines, sealed[0].dead_letters.len()), (0, 2, 0));
+        // Read again from a later offset (a restart), nothing is taken for a header.
+        let mut resumed = LineChunker::new(
+            FileIdentity { device: 1, inode: 2, fingerprint_len: 3, fingerprint: 4 },
+            b"/a.log".to_vec(),
+            LineFormat::Raw,
+            1024,
+            38,
+        )
+        .with_header_lines(2)
+        .with_parser(csv());
+        let mut again = Vec::new();
+        resumed.feed(b"8,bob\n", &mut again);
+        again.extend(resumed.seal());
+        assert_eq!(records(&again), vec![br#"{"id":"8","name":"bob"}"#.to_vec()]);
+        assert_eq!(again[0].header_lines, 0);
     }
 
     #[test]
