@@ -378,3 +378,127 @@ fn an_agent_flow_tailhose_cannot_keep_is_listed_with_its_line_and_the_import_exi
     assert!(written.contains("# flow at ") && written.contains("paths = [\"/var/log/app/*.log\"]"), "{written}");
     assert!(!workspace.path().join("state/queue").exists(), "no positions imported");
 }
+
+#[test]
+fn a_fluentd_configuration_with_nginx_multiline_record_transformer_and_copy_imports_and_every_record_arrives_parsed_once() {
+    let moto = Moto::start();
+    let workspace = Workspace::new();
+    let folder = workspace.path().join("source");
+    std::fs::create_dir_all(&folder).expect("source folder");
+    let (access, app) = (folder.join("access.log"), folder.join("orders.log"));
+    let fluentd = workspace.path().join("td-agent.conf");
+    let firehose = format!(
+        "@type kinesis_firehose\n    delivery_stream_name {}\n    region {}\n    endpoint {}\n    <buffer>\n      flush_interval 1s\n    </buffer>",
+        support::STREAM,
+        support::REGION,
+        moto.endpoint
+    );
+    std::fs::write(
+        &fluentd,
+        format!(
+            r##"<source>
+  @type tail
+  path {access}
+  pos_file {folder}/access.pos
+  tag web.access
+  read_from_head true
+  <parse>
+    @type nginx
+  </parse>
+</source>
+<source>
+  @type tail
+  path {app}
+  pos_file {folder}/orders.pos
+  tag app.orders
+  read_from_head true
+  <parse>
+    @type multiline
+    format_firstline /^\d{{4}}-\d{{2}}-\d{{2}}/
+    format1 /^(?<time>\S+ \S+) (?<level>\w+) +(?<message>.*)/
+  </parse>
+</source>
+<filter app.**>
+  @type record_transformer
+  <record>
+    host "#{{Socket.gethostname}}"
+    service orders
+  </record>
+</filter>
+<match web.**>
+  @type copy
+  <store>
+    {firehose}
+  </store>
+  <store>
+    @type stdout
+  </store>
+</match>
+<match app.**>
+  {firehose}
+</match>
+"##,
+            access = access.display(),
+            app = app.display(),
+            folder = folder.display(),
+        ),
+    )
+    .expect("td-agent.conf");
+    let nginx_line = |index: u64| {
+        format!(r#"203.0.113.{index} - - [01/Dec/2026:12:00:00 +0000] "GET /videos/{index} HTTP/1.1" 200 5120 "-" "Mozilla/5.0""#)
+    };
+    let mut lines: String = (0..100).map(|index| nginx_line(index) + "\n").collect();
+    std::fs::write(&access, &lines).expect("access log");
+    let trace = |index: u64| {
+        format!(
+            "2026-12-01 12:00:{:02}.000 ERROR [main] order {index} failed\njava.lang.IllegalStateException: order {index}\n\tat com.example.Orders.place(Orders.java:42)\n\tat com.example.Main.main(Main.java:7)\n",
+            index % 60
+        )
+    };
+    let traces: String = (0..50).map(trace).collect();
+    std::fs::write(&app, &traces).expect("app log");
+
+    let output = import(&workspace, &fluentd);
+    let report = stderr(&output);
+    assert!(output.status.success(), "{report}");
+    assert!(report.contains("a `stdout` store only prints its copy"), "{report}");
+    allow_parallel_daemons(&workspace);
+    let daemon = workspace.start_daemon();
+    workspace.admin_address();
+    // The last trace is the file's last record: sent once the file has been quiet for the
+    // multiline flush timeout.
+    lines = (100..120).map(|index| nginx_line(index) + "\n").collect();
+    write_to(&access, &lines);
+    moto.wait_for(Duration::from_secs(60), |delivered| delivered.records.len() >= 170);
+    std::thread::sleep(Duration::from_millis(1500));
+    let delivered = moto.delivered();
+    assert_eq!(delivered.records.len(), 170, "120 requests and 50 traces: {:?}", &delivered.records[..delivered.records.len().min(3)]);
+    let objects: Vec<serde_json::Value> =
+        delivered.records.iter().map(|record| serde_json::from_str(record).expect("every record arrives as a JSON object")).collect();
+    let mut requests: Vec<&str> = objects.iter().filter_map(|object| object["remote"].as_str()).collect();
+    requests.sort_unstable();
+    requests.dedup();
+    assert_eq!(requests.len(), 120, "each request once");
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname").trim().to_owned();
+    let mut orders: Vec<&serde_json::Value> = objects.iter().filter(|object| object["service"] == "orders").collect();
+    assert_eq!(orders.len(), 50, "each trace one record, once");
+    orders.sort_by_key(|object| object["message"].as_str().map(str::to_owned));
+    let first = orders
+        .iter()
+        .find(|object| object["message"].as_str().is_some_and(|message| message.starts_with("[main] order 7 failed")))
+        .expect("trace 7");
+    assert_eq!(first["level"], "ERROR");
+    assert_eq!(first["host"].as_str(), Some(hostname.as_str()));
+    assert!(first["message"].as_str().is_some_and(|message| message.ends_with("\tat com.example.Main.main(Main.java:7)")), "{first}");
+    assert!(
+        objects.iter().filter(|object| object["remote"].is_string()).all(|object| object["service"].is_null()),
+        "fields only where Fluentd added them"
+    );
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+}
+
+fn write_to(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).expect("open for append");
+    file.write_all(text.as_bytes()).expect("append");
+}

@@ -184,19 +184,47 @@ pub fn translate(root: &Directive) -> Translation {
             ),
             Some(matched) => match matched.value("@type").unwrap_or_default() {
                 "kinesis_firehose" => {
-                    let output = match translation.outputs.iter().position(|output| output.location == matched.location) {
-                        Some(index) => index,
-                        None => {
-                            let Some(mut output) = firehose_output(matched, translation.outputs.len(), &mut notes) else { continue };
-                            output.name = unique_name(output.name, translation.outputs.iter().map(|output| output.name.as_str()));
-                            translation.outputs.push(output);
-                            translation.outputs.len() - 1
+                    if route_to_firehose(matched, &mut translation, &mut source, &mut notes).is_some() {
+                        translation.sources.push(source);
+                    }
+                }
+                // Every <store> gets every event: several sinks for one source, each with its
+                // own route (queue, positions), as each store had its own buffer.
+                "copy" => {
+                    copy_parameters(matched, &mut notes);
+                    let mut routed = Vec::new();
+                    for store in matched.children_named("store") {
+                        match store.value("@type").unwrap_or_default() {
+                            "kinesis_firehose" => routed.extend(route_to_firehose(store, &mut translation, &mut source, &mut notes)),
+                            "null" => notes.push(Severity::Info, &store.location, "<store>", "a `null` store discards its copy".into()),
+                            "stdout" => {
+                                notes.push(Severity::Info, &store.location, "<store>", "a `stdout` store only prints its copy".into())
+                            }
+                            other => notes.push(
+                                Severity::ChangesDelivery,
+                                type_location(store),
+                                "@type",
+                                format!(
+                                    "a copy of tag {} goes to `{other}`, which tailhose does not deliver to (only kinesis_firehose)",
+                                    source.tag
+                                ),
+                            ),
                         }
-                    };
-                    let routed_to = &mut translation.outputs[output];
-                    routed_to.inputs.push(source.name.clone());
-                    inject_into(routed_to, &mut source, &mut notes);
-                    translation.sources.push(source);
+                    }
+                    // Added fields belong to the source, so to every sink it feeds.
+                    let injected = |index: &usize| (&translation.outputs[*index].inject, &translation.outputs[*index].inject_tag_key);
+                    if routed.windows(2).any(|pair| injected(&pair[0]) != injected(&pair[1])) {
+                        notes.push(
+                            Severity::ChangesDelivery,
+                            &matched.location,
+                            "<inject>",
+                            "the stores inject different fields; tailhose adds fields per source, so every store would get all of them"
+                                .into(),
+                        );
+                    }
+                    if !routed.is_empty() {
+                        translation.sources.push(source);
+                    }
                 }
                 "null" => notes.push(
                     Severity::Info,
@@ -216,6 +244,44 @@ pub fn translate(root: &Directive) -> Translation {
     translation.notes = notes.0;
     translation.notes.sort_by(|a, b| (&a.location.file, a.location.line).cmp(&(&b.location.file, b.location.line)));
     translation
+}
+
+/// Routes `source` to the `kinesis_firehose` output `section` (a `<match>` or a copy's
+/// `<store>`), translated once however many sources it takes. Returns the output's index, or
+/// none when it cannot be translated.
+fn route_to_firehose(section: &Directive, translation: &mut Translation, source: &mut TailSource, notes: &mut Notes) -> Option<usize> {
+    let output = match translation.outputs.iter().position(|output| output.location == section.location) {
+        Some(index) => index,
+        None => {
+            let mut output = firehose_output(section, translation.outputs.len(), notes)?;
+            output.name = unique_name(output.name, translation.outputs.iter().map(|output| output.name.as_str()));
+            translation.outputs.push(output);
+            translation.outputs.len() - 1
+        }
+    };
+    let routed_to = &mut translation.outputs[output];
+    routed_to.inputs.push(source.name.clone());
+    inject_into(routed_to, source, notes);
+    Some(output)
+}
+
+/// The parameters of `@type copy` itself: how Fluentd shared an event between its stores.
+fn copy_parameters(section: &Directive, notes: &mut Notes) {
+    for param in section.params.iter().filter(|param| param.key != "@type") {
+        let message = match param.key.as_str() {
+            "copy_mode" | "deep_copy" => "each sink is sent the record as read; no store can change another's copy".into(),
+            other => format!("a copy parameter (`{other}`) with no effect on what tailhose delivers"),
+        };
+        notes.push(Severity::Info, &param.location, &param.key, message);
+    }
+    for store in section.children_named("store").filter(|store| !store.argument.is_empty()) {
+        notes.push(
+            Severity::Info,
+            &store.location,
+            "<store ignore_error>",
+            "each sink has its own queue: one that fails holds back no other, and nothing is given up".into(),
+        );
+    }
 }
 
 /// A `<filter> @type record_transformer`: its `<record>` values become added fields: a string as
@@ -262,7 +328,10 @@ fn inject_into(output: &FirehoseOutput, source: &mut TailSource, notes: &mut Not
     fields.hostname_key = fields.hostname_key.take().or_else(|| output.inject.hostname_key.clone());
     fields.read_time_key = fields.read_time_key.take().or_else(|| output.inject.read_time_key.clone());
     if let Some(key) = &output.inject_tag_key {
-        fields.fixed.push((key.clone(), source.tag.clone()));
+        // Two stores of a copy with the same <inject> add the tag once.
+        if !fields.fixed.iter().any(|(name, _)| name == key) {
+            fields.fixed.push((key.clone(), source.tag.clone()));
+        }
     }
     // Fields go on JSON objects only: a source delivering raw lines cannot take them.
     if !fields.is_empty() && source.format == LineFormat::Raw && source.parse.is_none() {
@@ -1025,6 +1094,33 @@ mod tests {
             .map(|note| (note.location.line, note.key.as_str()))
             .collect();
         assert_eq!(keys, vec![(2, "@type"), (8, "@type none"), (10, "<filter>"), (14, "@type")]);
+    }
+
+    #[test]
+    fn a_copy_to_two_streams_is_two_sinks_for_one_source_and_a_store_tailhose_lacks_is_listed() {
+        let translation = translated(
+            "<source>\n  @type tail\n  path /a/*.log\n  tag app\n</source>\n<match app>\n  @type copy\n  copy_mode deep\n  <store>\n    @type kinesis_firehose\n    delivery_stream_name one\n  </store>\n  <store ignore_error>\n    @type kinesis_firehose\n    delivery_stream_name two\n  </store>\n  <store>\n    @type s3\n  </store>\n</match>\n",
+        );
+        let outputs: Vec<(&str, &[String])> =
+            translation.outputs.iter().map(|output| (output.delivery_stream.as_str(), output.inputs.as_slice())).collect();
+        assert_eq!(outputs, vec![("one", &["app".to_owned()][..]), ("two", &["app".to_owned()][..])]);
+        let notes: Vec<(Severity, usize, &str)> =
+            translation.notes.iter().map(|note| (note.severity, note.location.line, note.key.as_str())).collect();
+        assert_eq!(
+            notes,
+            vec![(Severity::Info, 8, "copy_mode"), (Severity::Info, 13, "<store ignore_error>"), (Severity::ChangesDelivery, 18, "@type")]
+        );
+        let config = render_toml(&translation, "/var/lib/tailhose", Path::new("td-agent.conf"));
+        Config::parse(&config, Path::new("/etc/tailhose/tailhose.toml")).expect("two sinks for one source is a valid configuration");
+
+        let differing = translated(
+            "<source>\n  @type tail\n  path /a/*.log\n  tag app\n</source>\n<match app>\n  @type copy\n  <store>\n    @type kinesis_firehose\n    delivery_stream_name one\n    <inject>\n      hostname_key host\n    </inject>\n  </store>\n  <store>\n    @type kinesis_firehose\n    delivery_stream_name two\n  </store>\n</match>\n",
+        );
+        assert!(
+            differing.notes.iter().any(|note| note.key == "<inject>" && note.severity == Severity::ChangesDelivery),
+            "{:#?}",
+            differing.notes
+        );
     }
 
     #[test]
