@@ -6,7 +6,7 @@
 //! deliver something else than Fluentd did (another input type, a filter that rewrites records,
 //! an output tailhose does not have): the caller exits non-zero.
 
-use super::fluentd_syntax::{Directive, Location};
+use super::fluentd_syntax::{Directive, Location, Param};
 use crate::config::{firehose_limits, LineFormat};
 
 /// How much a note matters.
@@ -409,10 +409,13 @@ fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<T
         add_fields: ImportedFields::default(),
         location: section.location.clone(),
     };
+    let legacy = legacy_parse(section);
     for param in &section.params {
         let location = &param.location;
         match param.key.as_str() {
             "@type" | "path" | "tag" => {}
+            // Read as the <parse> section they stand for, below.
+            key if legacy.is_some() && (key == "format" || is_legacy_parser_key(key)) => {}
             "pos_file" => source.pos_file = Some(param.value.clone()),
             "read_from_head" => source.read_from_head = param.value == "true",
             "refresh_interval" => source.refresh_interval = fluentd_duration(&param.value),
@@ -454,7 +457,7 @@ fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<T
             other => notes.push(Severity::ChangesDelivery, location, other, "an in_tail parameter tailhose does not know".into()),
         }
     }
-    for parse in section.children_named("parse") {
+    for parse in legacy.iter().chain(section.children_named("parse")) {
         let kind = parse.value("@type").unwrap_or_default();
         if kind == "multiline" {
             multiline_parse(parse, &mut source, notes);
@@ -501,6 +504,44 @@ fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<T
         _ => {}
     }
     Some(source)
+}
+
+/// Fluentd v0.12's parser settings, written as in_tail parameters (`format nginx`, `format /…/`,
+/// `format multiline` with `format_firstline` and `format1`…, `types`, `keys`): the `<parse>`
+/// section they stand for (Fluentd v1 reads them so too), when the source has none of its own.
+fn legacy_parse(section: &Directive) -> Option<Directive> {
+    let format = section.param("format")?;
+    if section.children_named("parse").next().is_some() {
+        return None;
+    }
+    let at = |key: &str, value: &str| Param { key: key.into(), value: value.into(), location: format.location.clone() };
+    let mut params = match format.value.starts_with('/') {
+        true => vec![at("@type", "regexp"), at("expression", &format.value)],
+        false => vec![at("@type", &format.value)],
+    };
+    params.extend(section.params.iter().filter(|param| is_legacy_parser_key(&param.key)).cloned());
+    Some(Directive { name: "parse".into(), argument: String::new(), params, children: Vec::new(), location: format.location.clone() })
+}
+
+/// The in_tail parameters that were parser settings before `<parse>` sections.
+fn is_legacy_parser_key(key: &str) -> bool {
+    matches!(
+        key,
+        "format_firstline"
+            | "types"
+            | "keys"
+            | "time_format"
+            | "time_key"
+            | "keep_time_key"
+            | "time_type"
+            | "timezone"
+            | "utc"
+            | "localtime"
+            | "estimate_current_event"
+            | "null_value_pattern"
+            | "message_format"
+            | "with_priority"
+    ) || key.strip_prefix("format").is_some_and(|number| number.parse::<u32>().is_ok())
 }
 
 /// `<parse> @type multiline`: `format_firstline` begins each record (docs/records.md), and
@@ -1121,6 +1162,32 @@ mod tests {
             "{:#?}",
             differing.notes
         );
+    }
+
+    #[test]
+    fn fluentd_v0_12_parser_parameters_in_the_source_are_read_as_the_parse_section_they_stand_for() {
+        let translation = translated(
+            "<source>\n  @type tail\n  path /var/log/nginx/access.log\n  tag web\n  format nginx\n  types code:integer\n</source>\n\
+<source>\n  @type tail\n  path /var/log/app.log\n  tag app\n  format multiline\n  format_firstline /^\\d{4}-/\n  format1 /^(?<time>\\S+) (?<message>.*)/\n</source>\n\
+<source>\n  @type tail\n  path /var/log/api.log\n  tag api\n  format /^(?<status>\\d+) (?<path>\\S+)$/\n</source>\n\
+<match **>\n  @type kinesis_firehose\n  delivery_stream_name s\n</match>\n",
+        );
+        assert!(!translation.changes_delivery(), "{:#?}", translation.notes);
+        let parsed: Vec<(&str, &str, Option<&str>)> = translation
+            .sources
+            .iter()
+            .map(|source| {
+                let parse = source.parse.as_ref().expect("a parse table");
+                (source.name.as_str(), parse.parser_type.as_str(), source.multiline_start.as_deref())
+            })
+            .collect();
+        assert_eq!(parsed, vec![("web", "nginx", None), ("app", "regex", Some("^\\d{4}-")), ("api", "regex", None)]);
+        assert_eq!(
+            translation.sources[0].parse.as_ref().map(|parse| parse.types.clone()),
+            Some(vec![("code".to_owned(), "integer".to_owned())])
+        );
+        let config = render_toml(&translation, "/var/lib/tailhose", Path::new("td-agent.conf"));
+        Config::parse(&config, Path::new("/etc/tailhose/tailhose.toml")).expect("valid");
     }
 
     #[test]
