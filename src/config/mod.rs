@@ -178,18 +178,30 @@ pub struct AddFieldsConfig {
     pub ec2_metadata_key: Option<String>,
 }
 
+/// A static field's TOML value as the JSON it adds: tables and arrays as objects and arrays (the
+/// Kinesis Agent's `metadata` is any JSON). A date is refused: JSON has none, and its text would
+/// be a guess at a format.
+fn static_json(value: &toml::Value) -> Result<serde_json::Value, String> {
+    Ok(match value {
+        toml::Value::String(text) => serde_json::Value::from(text.as_str()),
+        toml::Value::Integer(number) => serde_json::Value::from(*number),
+        toml::Value::Float(number) if number.is_finite() => serde_json::Value::from(*number),
+        toml::Value::Float(_) => return Err("not a finite number (JSON has no NaN or infinity)".into()),
+        toml::Value::Boolean(flag) => serde_json::Value::from(*flag),
+        toml::Value::Datetime(_) => return Err("a TOML date; write it as the string it is to be sent as".into()),
+        toml::Value::Array(items) => serde_json::Value::Array(items.iter().map(static_json).collect::<Result<_, _>>()?),
+        toml::Value::Table(fields) => serde_json::Value::Object(
+            fields.iter().map(|(name, value)| static_json(value).map(|json| (name.clone(), json))).collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
 impl AddFieldsConfig {
     /// The fields this table adds to the records of source `source`, or what is wrong with it.
     pub fn compile(&self, source: &str) -> Result<AddedFields, String> {
         let mut fixed = Vec::new();
         for (name, value) in &self.fixed {
-            let json = match value {
-                toml::Value::String(text) => serde_json::Value::from(text.as_str()),
-                toml::Value::Integer(number) => serde_json::Value::from(*number),
-                toml::Value::Float(number) if number.is_finite() => serde_json::Value::from(*number),
-                toml::Value::Boolean(flag) => serde_json::Value::from(*flag),
-                _ => return Err(format!("static.{name}: a string, a number or a boolean")),
-            };
+            let json = static_json(value).map_err(|problem| format!("static.{name}: {problem}"))?;
             fixed.push((name.clone(), json));
         }
         let hostname = match &self.hostname_key {
@@ -250,18 +262,17 @@ pub struct ParseConfig {
     /// Values that mean "none", made null in every field (Fluentd's `null_value_pattern`; the
     /// Kinesis Agent's Apache formats: `^-$`).
     pub null_value_pattern: Option<String>,
+    /// For `none`: the field the record's text goes in (`message` unless said).
+    pub message_key: Option<String>,
 }
 
 impl ParseConfig {
     /// The parser this table describes, or what is wrong with it.
     pub fn compile(&self) -> Result<Parser, String> {
         let types: Vec<(String, String)> = self.types.iter().map(|(field, kind)| (field.clone(), kind.clone())).collect();
-        let parser = Parser::new(&self.parser_type, self.pattern.as_deref(), self.columns.as_deref(), &types);
-        let parser = match &self.null_value_pattern {
-            Some(pattern) => parser.and_then(|parser| parser.with_null_value_pattern(pattern)),
-            None => parser,
-        };
-        parser.map_err(|error| error.to_string())
+        Parser::new(&self.parser_type, self.pattern.as_deref(), self.columns.as_deref(), &types)
+            .and_then(|parser| parser.with_options(self.null_value_pattern.as_deref(), self.message_key.as_deref()))
+            .map_err(|error| error.to_string())
     }
 }
 

@@ -194,17 +194,25 @@ fn a_parse_table_gives_the_source_a_parser_and_its_mistakes_are_reported_on_its_
 
 #[test]
 fn added_fields_need_json_objects_and_say_what_they_add_once() {
-    let table = "\n[sources.conect.add_fields]\nstatic = { env = \"prod\", shard = 3 }\nrecord_id_key = \"record_id\"\n";
+    let table = "\n[sources.conect.add_fields]\nstatic = { env = \"prod\", shard = 3, meta = { team = \"video\", zones = [\"a\", \"b\"] } }\nrecord_id_key = \"record_id\"\n";
     let sources = parse(&(SEED_LIKE.to_owned() + table)).expect("valid").source_settings();
     let added = sources[0].add_fields.as_ref().expect("fields");
-    assert_eq!(added.fixed, vec![("env".to_owned(), serde_json::json!("prod")), ("shard".to_owned(), serde_json::json!(3))]);
+    assert_eq!(
+        added.fixed,
+        vec![
+            ("env".to_owned(), serde_json::json!("prod")),
+            ("meta".to_owned(), serde_json::json!({"team": "video", "zones": ["a", "b"]})),
+            ("shard".to_owned(), serde_json::json!(3))
+        ]
+    );
     assert_eq!(added.record_id_key.as_deref(), Some("record_id"));
 
     let raw = SEED_LIKE.replace("format = \"json\"", "format = \"raw\"") + table;
     assert_eq!(problems(&raw).into_iter().map(|problem| problem.key).collect::<Vec<_>>(), ["sources.conect.add_fields"]);
     for (wrong, expected) in [
         ("static = { env = \"a\" }\nsource_key = \"env\"", "`env` is added twice"),
-        ("static = { when = 1979-05-27 }", "static.when: a string, a number or a boolean"),
+        ("static = { when = 1979-05-27 }", "static.when: a TOML date"),
+        ("static = { ratio = nan }", "static.ratio: not a finite number"),
         ("hostname_key = \"\"", "a field name is empty"),
         ("", "adds nothing"),
     ] {

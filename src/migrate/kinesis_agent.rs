@@ -367,7 +367,10 @@ fn processing(options: &[Value], location: &Location, source: &mut TailSource, n
             "LOGTOJSON" => log_to_json(option),
             "CSVTOJSON" => csv_to_json(option),
             "SINGLELINE" => Err("tailhose keeps a multi-line record's line breaks (the agent removed them and the lines' indentation)".into()),
-            "ADDMETADATA" => Err("tailhose adds fields to a JSON record; it does not wrap the line as {\"metadata\", \"data\"}".into()),
+            "ADDMETADATA" => {
+                add_metadata(option, location, source, notes);
+                continue;
+            }
             "ADDEC2METADATA" => Err(
                 "tailhose adds the instance's id, region and zone under one key (`add_fields.ec2_metadata_key`), not the agent's eight top-level fields and tags".into(),
             ),
@@ -384,6 +387,64 @@ fn processing(options: &[Value], location: &Location, source: &mut TailSource, n
             }
             Err(reason) => notes.push(Severity::ChangesDelivery, location, &key, reason),
         }
+    }
+}
+
+/// ADDMETADATA: `{"ts": the time read, "metadata": …, "data": the record's text}`, as a `none`
+/// parse table (the text in `data`) with `metadata` as a static field and `ts` the read time.
+fn add_metadata(option: &Value, location: &Location, source: &mut TailSource, notes: &mut Notes) {
+    let key = "dataProcessingOptions ADDMETADATA";
+    if source.parse.is_some() {
+        let reason =
+            "after a conversion to JSON the agent wraps that JSON as the text of `data`; tailhose wraps a line, not a record it made";
+        notes.push(Severity::ChangesDelivery, location, key, reason.into());
+        return;
+    }
+    let metadata = match option.get("metadata") {
+        None | Some(Value::Null) => {
+            notes.push(
+                Severity::ChangesDelivery,
+                location,
+                key,
+                "no `metadata`: the agent writes \"metadata\": null, which tailhose cannot add".into(),
+            );
+            return;
+        }
+        Some(metadata) => metadata.clone(),
+    };
+    if contains_null(&metadata) {
+        notes.push(Severity::ChangesDelivery, location, key, "a null inside `metadata`: tailhose's static fields cannot hold one".into());
+        return;
+    }
+    source.parse = Some(ParseTable {
+        parser_type: "none".into(),
+        pattern: None,
+        columns: None,
+        types: Vec::new(),
+        null_value_pattern: None,
+        message_key: Some("data".into()),
+    });
+    source.add_fields.fixed.push(("metadata".into(), metadata));
+    // The agent reads `timestamp` as the string "true"; a JSON true is what its users write too.
+    let timestamp =
+        matches!(option.get("timestamp"), Some(Value::Bool(true))) || option.get("timestamp").and_then(Value::as_str) == Some("true");
+    if timestamp {
+        source.add_fields.read_time_key = Some("ts".into());
+    }
+    notes.push(
+        Severity::Info,
+        location,
+        key,
+        "the same fields, in the order data, metadata, ts (the agent: ts, metadata, data); ts is the time tailhose read the record, in the agent's format (UTC, milliseconds)".into(),
+    );
+}
+
+fn contains_null(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Array(items) => items.iter().any(contains_null),
+        Value::Object(fields) => fields.values().any(contains_null),
+        _ => false,
     }
 }
 
@@ -427,6 +488,7 @@ fn log_to_json(option: &Value) -> Converted {
         types: Vec::new(),
         // The agent's Apache parser: "the field is not found if it shows as `-`".
         null_value_pattern: dash_is_null.then(|| "^-$".to_owned()),
+        message_key: None,
     };
     table.compile().map_err(|error| format!("the pattern cannot be kept ({error})"))?;
     Ok((
@@ -451,8 +513,14 @@ fn csv_to_json(option: &Value) -> Converted {
         "\t" | "\\t" => "tsv",
         other => return Err(format!("delimiter `{other}`: tailhose splits at `,` (csv) or a tab (tsv) only")),
     };
-    let table =
-        ParseTable { parser_type: parser_type.into(), pattern: None, columns: Some(names), types: Vec::new(), null_value_pattern: None };
+    let table = ParseTable {
+        parser_type: parser_type.into(),
+        pattern: None,
+        columns: Some(names),
+        types: Vec::new(),
+        null_value_pattern: None,
+        message_key: None,
+    };
     table.compile().map_err(|error| format!("the columns cannot be kept ({error})"))?;
     Ok((
         table,
@@ -669,7 +737,7 @@ mod tests {
         let import = imported(
             r#"{"flows": [{"filePattern": "/data/*.csv", "deliveryStream": "s", "skipHeaderLines": 1,
                 "dataProcessingOptions": [{"optionName": "CSVTOJSON", "customFieldNames": ["id", "name"]},
-                                          {"optionName": "ADDMETADATA", "metadata": {"env": "prod"}}]}]}"#,
+                                          {"optionName": "ADDBRACKETS"}]}]}"#,
         );
         assert_eq!(parsed(&parser_of(&import), "7,alice"), serde_json::json!({"id": "7", "name": "alice"}));
         let changing: Vec<&str> = import
@@ -679,8 +747,33 @@ mod tests {
             .filter(|note| note.severity == Severity::ChangesDelivery)
             .map(|note| note.key.as_str())
             .collect();
-        assert_eq!(changing, vec!["dataProcessingOptions ADDMETADATA"]);
+        assert_eq!(changing, vec!["dataProcessingOptions ADDBRACKETS"]);
         assert_eq!(import.translation.sources[0].skip_header_lines, 1);
+    }
+
+    #[test]
+    fn addmetadata_wraps_the_line_as_data_with_the_metadata_and_the_read_time() {
+        let import = imported(
+            r#"{"flows": [{"filePattern": "/var/log/app.log", "deliveryStream": "s",
+                "dataProcessingOptions": [{"optionName": "ADDMETADATA", "timestamp": "true", "metadata": {"env": "prod", "zones": [1, 2]}}]}]}"#,
+        );
+        assert!(!import.translation.changes_delivery(), "{:#?}", import.translation.notes);
+        let source = &import.translation.sources[0];
+        assert_eq!(parsed(&parser_of(&import), "plain text, \"quoted\""), serde_json::json!({"data": "plain text, \"quoted\""}));
+        assert_eq!(source.add_fields.fixed, vec![("metadata".to_owned(), serde_json::json!({"env": "prod", "zones": [1, 2]}))]);
+        assert_eq!(source.add_fields.read_time_key.as_deref(), Some("ts"));
+        let config = super::super::translate::render_toml(&import.translation, "/var/lib/tailhose", Path::new("agent.json"));
+        assert!(config.contains("static = { metadata = { env = \"prod\", zones = [1, 2] } }"), "{config}");
+        let config = crate::config::Config::parse(&config, Path::new("/etc/tailhose/tailhose.toml")).expect("valid");
+        let settings = config.source_settings();
+        let added = settings[0].add_fields.as_ref().expect("fields");
+        assert_eq!(added.fixed, vec![("metadata".to_owned(), serde_json::json!({"env": "prod", "zones": [1, 2]}))]);
+
+        let after_json = imported(
+            r#"{"flows": [{"filePattern": "/var/log/app.log", "deliveryStream": "s",
+                "dataProcessingOptions": [{"optionName": "CSVTOJSON", "customFieldNames": ["a"]}, {"optionName": "ADDMETADATA", "metadata": 1}]}]}"#,
+        );
+        assert!(after_json.translation.changes_delivery());
     }
 
     #[test]

@@ -67,8 +67,9 @@ pub struct TailSource {
 /// Fields Fluentd added to a source's records, as a `[sources.NAME.add_fields]` table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImportedFields {
-    /// Fixed values, TOML-quoted as strings (Fluentd's record values are strings).
-    pub fixed: Vec<(String, String)>,
+    /// Fixed values: strings from Fluentd (its record values are strings), any JSON from the
+    /// Kinesis Agent's `metadata`.
+    pub fixed: Vec<(String, serde_json::Value)>,
     pub hostname_key: Option<String>,
     pub path_key: Option<String>,
     pub read_time_key: Option<String>,
@@ -89,6 +90,7 @@ pub struct ParseTable {
     /// Field and type, in Fluentd's `types` order.
     pub types: Vec<(String, String)>,
     pub null_value_pattern: Option<String>,
+    pub message_key: Option<String>,
 }
 
 /// A `kinesis_firehose` output, with the sources routed to it.
@@ -301,14 +303,14 @@ fn record_transformer(filter: &Directive, source: &mut TailSource, notes: &mut N
             let value = param.value.trim_matches('"');
             match value {
                 "#{Socket.gethostname}" | "${hostname}" => source.add_fields.hostname_key = Some(param.key.clone()),
-                "${tag}" => source.add_fields.fixed.push((param.key.clone(), source.tag.clone())),
+                "${tag}" => source.add_fields.fixed.push((param.key.clone(), source.tag.clone().into())),
                 _ if value.contains("${") || value.contains("#{") => notes.push(
                     Severity::ChangesDelivery,
                     &param.location,
                     &param.key,
                     format!("`{value}` is computed by Fluentd for each event; tailhose adds the host name, the tag and fixed values only"),
                 ),
-                _ => source.add_fields.fixed.push((param.key.clone(), value.to_owned())),
+                _ => source.add_fields.fixed.push((param.key.clone(), value.into())),
             }
         }
     }
@@ -330,7 +332,7 @@ fn inject_into(output: &FirehoseOutput, source: &mut TailSource, notes: &mut Not
     if let Some(key) = &output.inject_tag_key {
         // Two stores of a copy with the same <inject> add the tag once.
         if !fields.fixed.iter().any(|(name, _)| name == key) {
-            fields.fixed.push((key.clone(), source.tag.clone()));
+            fields.fixed.push((key.clone(), source.tag.clone().into()));
         }
     }
     // Fields go on JSON objects only: a source delivering raw lines cannot take them.
@@ -578,8 +580,14 @@ fn multiline_parse(parse: &Directive, source: &mut TailSource, notes: &mut Notes
         // Fluentd joins the formats into one Ruby regexp with its multiline flag: `.` crosses
         // lines, and `^` and `$` are line anchors, as they always are in Ruby.
         let pattern = format!("(?sm){}", formats.iter().map(|(_, format)| format.as_str()).collect::<String>());
-        let table =
-            ParseTable { parser_type: "regex".into(), pattern: Some(pattern), columns: None, types: Vec::new(), null_value_pattern: None };
+        let table = ParseTable {
+            parser_type: "regex".into(),
+            pattern: Some(pattern),
+            columns: None,
+            types: Vec::new(),
+            null_value_pattern: None,
+            message_key: None,
+        };
         match table.compile() {
             // Without a first-line pattern the lines are not put together: the pattern of the
             // whole record would refuse each line alone.
@@ -607,13 +615,21 @@ fn multiline_parse(parse: &Directive, source: &mut TailSource, notes: &mut Notes
 }
 
 /// A `<parse>` that builds each record from fields (`regexp`, `nginx`, `apache2`, `syslog`, `csv`,
-/// `tsv`, `ltsv`, `logfmt`) as a parse table, checked by compiling it; `None` for the others
-/// (`json`, `none` and parsers tailhose does not have), or when the table cannot work (noted).
+/// `tsv`, `ltsv`, `logfmt`, and `none`'s one field) as a parse table, checked by compiling it;
+/// `None` for the others (`json` and parsers tailhose does not have), or when the table cannot
+/// work (noted).
 fn fields_parse(kind: &str, parse: &Directive, notes: &mut Notes) -> FieldsParse {
-    let mut table = ParseTable { parser_type: kind.to_owned(), pattern: None, columns: None, types: Vec::new(), null_value_pattern: None };
+    let mut table = ParseTable {
+        parser_type: kind.to_owned(),
+        pattern: None,
+        columns: None,
+        types: Vec::new(),
+        null_value_pattern: None,
+        message_key: None,
+    };
     match kind {
         "regexp" => table.parser_type = "regex".into(),
-        "nginx" | "apache2" | "csv" | "tsv" | "ltsv" | "logfmt" => {}
+        "nginx" | "apache2" | "csv" | "tsv" | "ltsv" | "logfmt" | "none" => {}
         "syslog" => {
             table.parser_type = match parse.value("message_format").unwrap_or("rfc3164") {
                 "rfc5424" => "syslog_rfc5424",
@@ -629,6 +645,7 @@ fn fields_parse(kind: &str, parse: &Directive, notes: &mut Notes) -> FieldsParse
         match (kind, param.key.as_str()) {
             ("regexp", "expression") => table.pattern = Some(ruby_pattern(&param.value)),
             (_, "null_value_pattern") => table.null_value_pattern = Some(ruby_pattern(&param.value)),
+            ("none", "message_key") => table.message_key = Some(param.value.clone()),
             ("csv" | "tsv", "keys") => {
                 // Fluentd takes `a,b` or a JSON array `["a","b"]`.
                 let keys = match serde_json::from_str::<Vec<String>>(&param.value) {
@@ -702,11 +719,8 @@ enum FieldsParse {
 impl ParseTable {
     /// The parser the table makes, or why it cannot work.
     pub fn compile(&self) -> Result<crate::source::parse::Parser, crate::source::parse::ParserError> {
-        let parser = crate::source::parse::Parser::new(&self.parser_type, self.pattern.as_deref(), self.columns.as_deref(), &self.types)?;
-        match &self.null_value_pattern {
-            Some(pattern) => parser.with_null_value_pattern(pattern),
-            None => Ok(parser),
-        }
+        crate::source::parse::Parser::new(&self.parser_type, self.pattern.as_deref(), self.columns.as_deref(), &self.types)?
+            .with_options(self.null_value_pattern.as_deref(), self.message_key.as_deref())
     }
 }
 
@@ -1000,6 +1014,27 @@ fn toml_key(name: &str) -> String {
     }
 }
 
+/// A JSON value as a TOML inline value (a null, which TOML has not, as an empty string: the
+/// translations check for nulls before they get here).
+fn toml_inline(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Null => "\"\"".into(),
+        Value::Bool(flag) => flag.to_string(),
+        Value::Number(number) => number.to_string(),
+        Value::String(text) => toml::Value::String(text.clone()).to_string(),
+        Value::Array(items) => format!("[{}]", items.iter().map(toml_inline).collect::<Vec<_>>().join(", ")),
+        Value::Object(fields) => {
+            let fields: Vec<String> = fields.iter().map(|(name, value)| format!("{} = {}", toml_key(name), toml_inline(value))).collect();
+            if fields.is_empty() {
+                "{}".into()
+            } else {
+                format!("{{ {} }}", fields.join(", "))
+            }
+        }
+    }
+}
+
 pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path::Path) -> String {
     let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
     let (described, command, source_section, source_named_by, output_section) = translation.origin.describe();
@@ -1056,13 +1091,16 @@ pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path
             if let Some(pattern) = &parse.null_value_pattern {
                 out.push_str(&format!("null_value_pattern = {}\n", quote(pattern)));
             }
+            if let Some(key) = &parse.message_key {
+                out.push_str(&format!("message_key = {}\n", quote(key)));
+            }
         }
         let fields = &source.add_fields;
         if !fields.is_empty() {
             out.push_str(&format!("\n[sources.{}.add_fields]\n", source.name));
             if !fields.fixed.is_empty() {
                 let fixed: Vec<String> =
-                    fields.fixed.iter().map(|(name, value)| format!("{} = {}", toml_key(name), quote(value))).collect();
+                    fields.fixed.iter().map(|(name, value)| format!("{} = {}", toml_key(name), toml_inline(value))).collect();
                 out.push_str(&format!("static = {{ {} }}\n", fixed.join(", ")));
             }
             for (setting, key) in
@@ -1134,7 +1172,7 @@ mod tests {
             .filter(|note| note.severity == Severity::ChangesDelivery)
             .map(|note| (note.location.line, note.key.as_str()))
             .collect();
-        assert_eq!(keys, vec![(2, "@type"), (8, "@type none"), (10, "<filter>"), (14, "@type")]);
+        assert_eq!(keys, vec![(2, "@type"), (10, "<filter>"), (14, "@type")]);
     }
 
     #[test]

@@ -26,7 +26,10 @@ use super::multiline::{CriLine, DockerLine, PartialLines};
 
 /// The presets and grammars a `[sources.NAME.parse]` table may name as its `type`.
 pub const TYPES: &[&str] =
-    &["regex", "nginx", "apache2", "syslog", "syslog_rfc3164", "syslog_rfc5424", "csv", "tsv", "ltsv", "logfmt", "cri", "docker"];
+    &["regex", "nginx", "apache2", "syslog", "syslog_rfc3164", "syslog_rfc5424", "csv", "tsv", "ltsv", "logfmt", "none", "cri", "docker"];
+
+/// The field a `none` record's text goes in unless `message_key` says otherwise (Fluentd's).
+pub const DEFAULT_MESSAGE_KEY: &str = "message";
 
 /// Fluentd's `nginx` parser (`parser_nginx.rb`): every field a string.
 const NGINX: &str = r#"^(?<remote>[^ ]*) (?<host>[^ ]*) (?<user>[^ ]*) \[(?<time>[^\]]*)\] "(?<method>\S+)(?: +(?<path>[^"]*?)(?: +\S*)?)?" (?<code>[^ ]*) (?<size>[^ ]*)(?: "(?<referer>[^"]*)" "(?<agent>[^"]*)"(?:\s+(?<http_x_forwarded_for>[^ ]+))?)?$"#;
@@ -60,6 +63,8 @@ enum Grammar {
     Delimited { columns: Vec<String>, delimiter: u8, quoted: bool },
     /// `label:value` pairs separated by tabs.
     Ltsv,
+    /// The whole record's text as one field (Fluentd's `none`: `{"message": line}`).
+    Whole { key: String },
     /// `key=value` pairs separated by spaces, values bare or in double quotes.
     Logfmt,
     /// A container runtime's lines (a record is an application's line, its parts joined),
@@ -164,6 +169,7 @@ impl Parser {
             "csv" => delimited(b',', true)?,
             "tsv" => delimited(b'\t', false)?,
             "ltsv" => Grammar::Ltsv,
+            "none" => Grammar::Whole { key: DEFAULT_MESSAGE_KEY.into() },
             "logfmt" => Grammar::Logfmt,
             "cri" | "docker" if !types.is_empty() => return Err(ParserError::TypesNotFor(kind.into())),
             "cri" => Grammar::Container(PartialLines::Cri),
@@ -190,6 +196,28 @@ impl Parser {
         }
         let regex = Regex::new(pattern).map_err(|error| ParserError::BadPattern { pattern: pattern.into(), error: error.to_string() })?;
         self.null_value = Some(regex);
+        Ok(self)
+    }
+
+    /// The same parser with a table's optional settings applied: `null_value_pattern`, and
+    /// `message_key` (for `none`).
+    pub fn with_options(self, null_value_pattern: Option<&str>, message_key: Option<&str>) -> Result<Parser, ParserError> {
+        let parser = match null_value_pattern {
+            Some(pattern) => self.with_null_value_pattern(pattern)?,
+            None => self,
+        };
+        match message_key {
+            Some(key) => parser.with_message_key(key),
+            None => Ok(parser),
+        }
+    }
+
+    /// The same `none` parser, its record's text in field `key` (Fluentd's `message_key`).
+    pub fn with_message_key(mut self, key: &str) -> Result<Parser, ParserError> {
+        match &mut self.grammar {
+            Grammar::Whole { key: field } => *field = key.to_owned(),
+            _ => return Err(ParserError::NotForType("message_key", "none".into())),
+        }
         Ok(self)
     }
 
@@ -226,6 +254,7 @@ impl Parser {
             }
             Grammar::Delimited { columns, delimiter, quoted } => delimited(text, columns, *delimiter, *quoted, &mut fields)?,
             Grammar::Ltsv => ltsv(text, &mut fields)?,
+            Grammar::Whole { key } => fields.0.push((key.as_str(), FieldText::Text(Cow::Borrowed(text)))),
             Grammar::Logfmt => logfmt(text, &mut fields)?,
             // An object of its own shape, from the record's parts.
             Grammar::Container(kind) => return container_record(*kind, text, path),
@@ -577,6 +606,15 @@ mod tests {
             r#"{"pri":14,"time":"2026-12-01T12:00:00Z","host":"web-1","ident":"app","pid":"-","msgid":"-","extradata":"-"}"#
         );
         assert_eq!(syslog.parse(b"<14>1 2026"), Err(ParseFailure::NoMatch { grammar: "syslog (RFC 5424)" }));
+    }
+
+    #[test]
+    fn none_puts_the_whole_record_in_one_field_as_fluentd_does() {
+        let parser = parser("none");
+        assert_eq!(parsed(&parser, "any text, \"quoted\" \\ and\ttabs"), r#"{"message":"any text, \"quoted\" \\ and\ttabs"}"#);
+        let data = Parser::new("none", None, None, &[]).and_then(|parser| parser.with_message_key("data")).expect("none");
+        assert_eq!(parsed(&data, "line one\nline two"), r#"{"data":"line one\nline two"}"#);
+        assert!(matches!(self::parser("logfmt").with_message_key("x"), Err(ParserError::NotForType("message_key", _))));
     }
 
     #[test]
