@@ -343,7 +343,7 @@ fn an_agent_flow_tailhose_cannot_keep_is_listed_with_its_line_and_the_import_exi
     {
       "filePattern": "/var/log/app/*.log",
       "deliveryStream": "app",
-      "dataProcessingOptions": [{"optionName": "SINGLELINE"}]
+      "dataProcessingOptions": [{"optionName": "ADDBRACKETS"}]
     },
     {
       "filePattern": "/var/log/other/*.log",
@@ -367,7 +367,7 @@ fn an_agent_flow_tailhose_cannot_keep_is_listed_with_its_line_and_the_import_exi
     let report = stderr(&output);
     for expected in [
         "agent.json:1: action needed: `awsSecretAccessKey`",
-        "agent.json:5: changes delivery: `dataProcessingOptions SINGLELINE`",
+        "agent.json:5: changes delivery: `dataProcessingOptions ADDBRACKETS`",
         "agent.json:10: changes delivery: `kinesisStream`",
         "positions not imported",
     ] {

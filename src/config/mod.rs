@@ -25,7 +25,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::source::fields::{host_name, AddedFields};
-use crate::source::multiline::{Multiline, MultilineRule};
+use crate::source::multiline::{Multiline, MultilineRule, SingleLine};
 use crate::source::parse::Parser;
 
 /// Firehose's own limits for `PutRecordBatch` (they cannot be raised).
@@ -154,6 +154,27 @@ pub struct SourceConfig {
     /// Fields appended to each record's object: `[sources.NAME.add_fields]`.
     #[serde(default)]
     pub add_fields: Option<AddFieldsConfig>,
+    /// A record of several lines sent as one line: `[sources.NAME.single_line]`.
+    #[serde(default)]
+    pub single_line: Option<SingleLineConfig>,
+}
+
+/// A `[sources.NAME.single_line]` table (see [`crate::source::multiline::SingleLine`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SingleLineConfig {
+    /// Each line trimmed of the spaces and control characters at its ends (the default).
+    #[serde(default = "default_true")]
+    pub trim: bool,
+    /// What joins the lines (nothing unless said; `" "` or `"\\n"` keep them apart).
+    #[serde(default)]
+    pub separator: String,
+}
+
+impl SingleLineConfig {
+    fn compile(&self) -> SingleLine {
+        SingleLine { trim: self.trim, separator: self.separator.clone().into_bytes() }
+    }
 }
 
 /// A `[sources.NAME.add_fields]` table: fields appended to each record's JSON object (see
@@ -460,6 +481,7 @@ pub struct SourceSettings {
     pub multiline: Option<Arc<Multiline>>,
     pub parse: Option<Arc<Parser>>,
     pub add_fields: Option<Arc<AddedFields>>,
+    pub single_line: Option<Arc<SingleLine>>,
 }
 
 impl SourceSettings {
@@ -492,6 +514,7 @@ impl SourceSettings {
             multiline: None,
             parse: None,
             add_fields: None,
+            single_line: None,
         }
     }
 }
@@ -638,6 +661,10 @@ impl Config {
                 Some(Ok(parser)) if parser.partial_lines().is_some() && source.get_ref().multiline.is_some() => {
                     let why = "a container log's parser joins the lines its runtime split itself: leave the multiline table out";
                     report(format!("{key}.multiline"), source.span(), why.into());
+                }
+                Some(Ok(parser)) if parser.partial_lines().is_some() && source.get_ref().single_line.is_some() => {
+                    let why = "a container log's lines are the runtime's, each a record's part: single_line would break them";
+                    report(format!("{key}.single_line"), source.span(), why.into());
                 }
                 _ => {}
             }
@@ -795,6 +822,7 @@ impl Config {
                     },
                     parse,
                     add_fields: source.add_fields.as_ref().and_then(|fields| fields.compile(name).ok()).map(Arc::new),
+                    single_line: source.single_line.as_ref().map(|single_line| Arc::new(single_line.compile())),
                 }
             })
             .collect()

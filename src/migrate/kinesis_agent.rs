@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use super::fluentd_syntax::Location;
 use super::translate::{
-    name_from, unique_name, FirehoseOutput, ImportedFields, Notes, Origin, ParseTable, Severity, TailSource, Translation,
+    name_from, unique_name, FirehoseOutput, ImportedFields, Notes, Origin, ParseTable, Severity, SingleLineTable, TailSource, Translation,
 };
 use crate::config::{firehose_limits, LineFormat};
 
@@ -224,6 +224,7 @@ fn translate_flow(
         format: LineFormat::Raw,
         ignore_older_than: None,
         skip_header_lines: 0,
+        single_line: None,
         multiline_start: None,
         multiline_flush_interval: None,
         parse: None,
@@ -366,7 +367,14 @@ fn processing(options: &[Value], location: &Location, source: &mut TailSource, n
         let table = match name {
             "LOGTOJSON" => log_to_json(option),
             "CSVTOJSON" => csv_to_json(option),
-            "SINGLELINE" => Err("tailhose keeps a multi-line record's line breaks (the agent removed them and the lines' indentation)".into()),
+            "SINGLELINE" => {
+                if source.parse.is_some() {
+                    let differs = "tailhose makes a record one line before it parses it; the agent parsed the record of several lines first (the same JSON, unless a pattern's `.` stopped at a line's end)";
+                    notes.push(Severity::Info, location, &key, differs.into());
+                }
+                source.single_line = Some(single_line(option));
+                continue;
+            }
             "ADDMETADATA" => {
                 add_metadata(option, location, source, notes);
                 continue;
@@ -387,6 +395,20 @@ fn processing(options: &[Value], location: &Location, source: &mut TailSource, n
             }
             Err(reason) => notes.push(Severity::ChangesDelivery, location, &key, reason),
         }
+    }
+}
+
+/// SINGLELINE: each line trimmed unless `NO_TRIM`, joined by nothing, or with `ESCAPE_NEW_LINE`
+/// by the agent's `\\n` (two backslashes and an n: its Java literal is `"\\\\n"`). tailhose
+/// applies it before parsing, where the agent's chain usually has it.
+fn single_line(option: &Value) -> SingleLineTable {
+    let options: Vec<&str> = option
+        .get("parseOptions")
+        .and_then(Value::as_array)
+        .map_or(Vec::new(), |options| options.iter().filter_map(Value::as_str).collect());
+    SingleLineTable {
+        trim: !options.contains(&"NO_TRIM"),
+        separator: if options.contains(&"ESCAPE_NEW_LINE") { r"\\n".into() } else { String::new() },
     }
 }
 
@@ -774,6 +796,35 @@ mod tests {
                 "dataProcessingOptions": [{"optionName": "CSVTOJSON", "customFieldNames": ["a"]}, {"optionName": "ADDMETADATA", "metadata": 1}]}]}"#,
         );
         assert!(after_json.translation.changes_delivery());
+    }
+
+    #[test]
+    fn singleline_with_a_start_pattern_sends_each_trace_as_one_trimmed_line() {
+        let import = imported(
+            r#"{"flows": [{"filePattern": "/var/log/app.log", "deliveryStream": "s", "multiLineStartPattern": "^\\d{4}-",
+                "dataProcessingOptions": [{"optionName": "SINGLELINE"}]},
+                {"filePattern": "/var/log/b.log", "deliveryStream": "s",
+                "dataProcessingOptions": [{"optionName": "SINGLELINE", "parseOptions": ["NO_TRIM", "ESCAPE_NEW_LINE"]}]}]}"#,
+        );
+        assert!(!import.translation.changes_delivery(), "{:#?}", import.translation.notes);
+        let tables: Vec<Option<SingleLineTable>> = import.translation.sources.iter().map(|source| source.single_line.clone()).collect();
+        assert_eq!(
+            tables,
+            vec![
+                Some(SingleLineTable { trim: true, separator: String::new() }),
+                Some(SingleLineTable { trim: false, separator: r"\\n".into() })
+            ]
+        );
+        let config = super::super::translate::render_toml(&import.translation, "/var/lib/tailhose", Path::new("agent.json"));
+        let config = crate::config::Config::parse(&config, Path::new("/etc/tailhose/tailhose.toml")).expect("valid");
+        let settings = config.source_settings();
+        let rule = settings[0].single_line.as_ref().expect("single_line");
+        assert_eq!(
+            rule.apply(b"2026-12-01 ERROR boom\n\tat a.B(B.java:1)\n  \tat c.D(D.java:2)  "),
+            b"2026-12-01 ERROR boomat a.B(B.java:1)at c.D(D.java:2)".to_vec()
+        );
+        let escaped = settings[1].single_line.as_ref().expect("single_line");
+        assert_eq!(escaped.apply(b"a\n b"), br"a\\n b".to_vec());
     }
 
     #[test]

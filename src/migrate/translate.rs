@@ -53,6 +53,8 @@ pub struct TailSource {
     pub ignore_older_than: Option<String>,
     /// The Kinesis Agent's `skipHeaderLines`.
     pub skip_header_lines: u32,
+    /// The Kinesis Agent's SINGLELINE.
+    pub single_line: Option<SingleLineTable>,
     /// `<parse> @type multiline`'s `format_firstline`, as a regular expression.
     pub multiline_start: Option<String>,
     /// in_tail's `multiline_flush_interval`, as a humantime string.
@@ -79,6 +81,13 @@ impl ImportedFields {
     fn is_empty(&self) -> bool {
         self.fixed.is_empty() && self.hostname_key.is_none() && self.path_key.is_none() && self.read_time_key.is_none()
     }
+}
+
+/// A `[sources.NAME.single_line]` table (see `crate::source::multiline::SingleLine`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SingleLineTable {
+    pub trim: bool,
+    pub separator: String,
 }
 
 /// A `[sources.NAME.parse]` table (see `crate::source::parse`).
@@ -405,6 +414,7 @@ fn tail_source(section: &Directive, index: usize, notes: &mut Notes) -> Option<T
         format: LineFormat::Json,
         ignore_older_than: None,
         skip_header_lines: 0,
+        single_line: None,
         multiline_start: None,
         multiline_flush_interval: None,
         parse: None,
@@ -1094,6 +1104,14 @@ pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path
             if let Some(key) = &parse.message_key {
                 out.push_str(&format!("message_key = {}\n", quote(key)));
             }
+        }
+        if let Some(single_line) = &source.single_line {
+            out.push_str(&format!(
+                "\n[sources.{}.single_line]\ntrim = {}\nseparator = {}\n",
+                source.name,
+                single_line.trim,
+                quote(&single_line.separator)
+            ));
         }
         let fields = &source.add_fields;
         if !fields.is_empty() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use memchr::memchr;
 
 use super::fields::{AddedFields, RecordPlace};
-use super::multiline::{LineRole, Multiline};
+use super::multiline::{LineRole, Multiline, SingleLine};
 use super::parse::Parser;
 use super::CHUNK_TARGET_BYTES;
 use crate::config::LineFormat;
@@ -61,6 +61,8 @@ pub struct LineChunker {
     header_lines: u64,
     /// How lines make records, when a record may span lines.
     multiline: Option<Arc<Multiline>>,
+    /// A record of several lines made one line before it is parsed or queued.
+    single_line: Option<Arc<SingleLine>>,
     /// How a record's text becomes the JSON object queued in its place.
     parser: Option<Arc<Parser>>,
     /// Fields appended to each record's object.
@@ -97,6 +99,7 @@ impl LineChunker {
             header_lines_left: 0,
             header_lines: 0,
             multiline: None,
+            single_line: None,
             parser: None,
             added: None,
             in_progress: None,
@@ -115,6 +118,12 @@ impl LineChunker {
     /// Puts lines together into records by `multiline` (none: one record per line).
     pub fn with_multiline(mut self, multiline: Option<Arc<Multiline>>) -> LineChunker {
         self.multiline = multiline;
+        self
+    }
+
+    /// Makes each record one line by `single_line` before it is parsed (none: as read).
+    pub fn with_single_line(mut self, single_line: Option<Arc<SingleLine>>) -> LineChunker {
+        self.single_line = single_line;
         self
     }
 
@@ -317,19 +326,23 @@ impl LineChunker {
             self.blank_lines += 1;
             return;
         }
+        // Dead letters keep the record as the file holds it; what is parsed and queued is the
+        // record made one line, the same each time it is read.
+        let single: Option<Vec<u8>> = self.single_line.as_ref().map(|rule| rule.apply(line));
+        let text = single.as_deref().unwrap_or(line);
         let record = match (&self.parser, self.format) {
             // The record's identity stays its bytes in the file (offsets, recovery); what is
             // queued and sent is the object they parse to, the same each time they are read.
-            (Some(parser), _) => match parser.parse_at(line, &self.path) {
+            (Some(parser), _) => match parser.parse_at(text, &self.path) {
                 Ok(object) => Cow::Owned(object),
                 Err(failure) => {
                     self.dead_letter(DeadLetterReason::ParseFailed, failure.to_string(), line_start, line_len, line);
                     return;
                 }
             },
-            (None, LineFormat::Raw) => Cow::Borrowed(line),
-            (None, LineFormat::Json) => match json_problem(line) {
-                None => Cow::Borrowed(line),
+            (None, LineFormat::Raw) => Cow::Borrowed(text),
+            (None, LineFormat::Json) => match json_problem(text) {
+                None => Cow::Borrowed(text),
                 Some(problem) => {
                     self.dead_letter(DeadLetterReason::InvalidJson, problem, line_start, line_len, line);
                     return;
@@ -453,6 +466,21 @@ mod tests {
         again.extend(resumed.seal());
         assert_eq!(records(&again), vec![br#"{"id":"8","name":"bob"}"#.to_vec()]);
         assert_eq!(again[0].header_lines, 0);
+    }
+
+    #[test]
+    fn single_line_sends_a_record_of_several_lines_as_one_line_and_its_offsets_stay_the_files() {
+        let rule = super::super::multiline::MultilineRule::Start(regex::bytes::Regex::new(r"^\d{4} ").expect("pattern"));
+        let multiline = Multiline { rule, flush_timeout: std::time::Duration::from_secs(1), max_lines: 100, max_bytes: 1 << 20 };
+        let single = SingleLine { trim: true, separator: b" | ".to_vec() };
+        let mut chunker = chunker(LineFormat::Raw, 1024).with_multiline(Some(Arc::new(multiline))).with_single_line(Some(Arc::new(single)));
+        let mut sealed = Vec::new();
+        let text = b"2026 first\n  at a\n\tat b  \n2026 second\n";
+        chunker.feed(text, &mut sealed);
+        chunker.finish_unterminated_line();
+        sealed.extend(chunker.seal());
+        assert_eq!(records(&sealed), vec![b"2026 first | at a | at b".to_vec(), b"2026 second".to_vec()]);
+        assert_eq!((sealed[0].draft.meta.start_offset, sealed[0].draft.meta.end_offset), (0, text.len() as u64));
     }
 
     #[test]

@@ -29,6 +29,43 @@ use std::time::Duration;
 
 use regex::bytes::Regex;
 
+/// A record of several lines sent as one line (`[sources.NAME.single_line]`, the Kinesis
+/// Agent's SINGLELINE): each line trimmed of the spaces and control characters at its ends, then
+/// the lines joined by `separator`. Applied to what is queued; the record's identity stays its
+/// bytes in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SingleLine {
+    pub trim: bool,
+    pub separator: Vec<u8>,
+}
+
+impl SingleLine {
+    /// The record's lines as one line. As the agent splits (Java's `String.split`), empty lines
+    /// at the record's end are left out.
+    pub fn apply(&self, record: &[u8]) -> Vec<u8> {
+        let mut lines: Vec<&[u8]> = record.split(|&byte| byte == b'\n').collect();
+        while lines.len() > 1 && lines.last().is_some_and(|line| line.is_empty()) {
+            lines.pop();
+        }
+        let mut joined = Vec::with_capacity(record.len());
+        for (index, line) in lines.into_iter().enumerate() {
+            if index > 0 {
+                joined.extend_from_slice(&self.separator);
+            }
+            // Java's `trim()`: every character up to U+0020, which in UTF-8 are single bytes.
+            let line = if self.trim { trim_spaces_and_controls(line) } else { line };
+            joined.extend_from_slice(line);
+        }
+        joined
+    }
+}
+
+fn trim_spaces_and_controls(line: &[u8]) -> &[u8] {
+    let start = line.iter().position(|&byte| byte > b' ').unwrap_or(line.len());
+    let end = line.iter().rposition(|&byte| byte > b' ').map_or(start, |last| last + 1);
+    &line[start..end]
+}
+
 /// How the lines of a source are put together into records.
 #[derive(Debug, Clone)]
 pub struct Multiline {

@@ -800,6 +800,7 @@ fn new_chunker(identity: FileIdentity, path: &Path, source: &SourceSettings, off
     LineChunker::new(identity, path.as_os_str().as_bytes().to_vec(), source.format, source.max_line_bytes, offset)
         .with_header_lines(source.skip_header_lines)
         .with_multiline(source.multiline.clone())
+        .with_single_line(source.single_line.clone())
         .with_parser(source.parse.clone())
         .with_added_fields(source.add_fields.clone())
 }
