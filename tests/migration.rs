@@ -33,6 +33,18 @@ fn import(workspace: &Workspace, fluentd: &Path) -> std::process::Output {
     workspace.run(&["import", "fluentd", "--config", fluentd.to_str().expect("utf-8"), "--out", "tailhose.toml", "--data-dir", "state"])
 }
 
+/// An import that would change delivery: exit 1, each of `expected` reported, the configuration
+/// written for review (returned), no positions imported.
+fn assert_refused_for_review(workspace: &Workspace, output: &std::process::Output, expected: &[&str]) -> String {
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(output));
+    let report = stderr(output);
+    for expected in expected.iter().chain(&["positions not imported"]) {
+        assert!(report.contains(expected), "missing {expected:?} in\n{report}");
+    }
+    assert!(!workspace.path().join("state/queue").exists(), "no positions imported");
+    std::fs::read_to_string(workspace.config()).expect("the configuration is written for review")
+}
+
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -162,21 +174,18 @@ fn an_import_that_would_change_delivery_lists_every_point_with_its_line_and_exit
     )
     .expect("write");
     let output = import(&workspace, &fluentd);
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    let report = stderr(&output);
-    for expected in [
-        "td-agent.conf:2: changes delivery: `@type`",
-        "td-agent.conf:10: changes delivery: `@type`",
-        "td-agent.conf:13: changes delivery: `<filter>`",
-        "td-agent.conf:19: action needed: `aws_key_id`",
-        "td-agent.conf:20: changes delivery: `compression`",
-        "positions not imported",
-    ] {
-        assert!(report.contains(expected), "missing {expected:?} in\n{report}");
-    }
-    let written = std::fs::read_to_string(workspace.config()).expect("the configuration is written for review");
+    let written = assert_refused_for_review(
+        &workspace,
+        &output,
+        &[
+            "td-agent.conf:2: changes delivery: `@type`",
+            "td-agent.conf:10: changes delivery: `@type`",
+            "td-agent.conf:13: changes delivery: `<filter>`",
+            "td-agent.conf:19: action needed: `aws_key_id`",
+            "td-agent.conf:20: changes delivery: `compression`",
+        ],
+    );
     assert!(!written.contains("AKIAEXAMPLE"), "credentials are never copied");
-    assert!(!workspace.path().join("state/queue").exists(), "no positions imported");
 }
 
 /// Runs `records` seed records through `tailhose run --once` to `endpoint`, packed or not;
@@ -278,6 +287,10 @@ fn the_kinesis_agents_flow_and_checkpoint_import_and_tailhose_resumes_exactly_wh
     write_seed_records(&reading, 200..700, 500, Duration::ZERO);
     write_seed_records(&newest, 700..1000, 300, Duration::ZERO);
     std::fs::write(folder.join("events.log.3.gz"), b"\x1f\x8b not read by the agent").expect("compressed");
+    // Created empty by the application just before the cut-over: nothing to import, and its
+    // first lines, written before tailhose starts, are new to the agent too.
+    let empty = folder.join("events.log.new");
+    std::fs::write(&empty, b"").expect("empty file");
     for (path, seconds_ago) in [(&finished, 300), (&reading, 200), (&newest, 100)] {
         set_modified(path, seconds_ago);
     }
@@ -315,18 +328,21 @@ fn the_kinesis_agents_flow_and_checkpoint_import_and_tailhose_resumes_exactly_wh
     ] {
         assert!(report.contains(&expected), "missing {expected:?} in\n{report}");
     }
-    // What the operator does for a test endpoint: the agent took the region from the instance.
+    let imported = std::fs::read_to_string(workspace.config()).expect("imported config");
+    assert!(imported.contains("read_from_head = true"), "files without a position are read from their head: {imported}");
+    // What the operator does for an endpoint that names no region.
     workspace.rewrite_config(|config| config.replace("endpoint_url = ", &format!("region = \"{}\"\nendpoint_url = ", support::REGION)));
     allow_parallel_daemons(&workspace);
+    write_seed_records(&empty, 1100..1110, 10, Duration::ZERO);
 
     let daemon = workspace.start_daemon();
     workspace.admin_address();
-    moto.wait_for(Duration::from_secs(60), |delivered| delivered.records.len() >= 500);
+    moto.wait_for(Duration::from_secs(60), |delivered| delivered.records.len() >= 510);
     write_seed_records(&newest, 1000..1100, 100, Duration::ZERO);
-    moto.wait_for(Duration::from_secs(60), |delivered| delivered.records.len() >= 600);
+    moto.wait_for(Duration::from_secs(60), |delivered| delivered.records.len() >= 610);
     std::thread::sleep(Duration::from_millis(1500));
     let counts = moto.delivered().seq_counts();
-    assert_eq!(counts.keys().copied().collect::<Vec<u64>>(), (500..1100).collect::<Vec<u64>>(), "nothing the agent sent, all it had not");
+    assert_eq!(counts.keys().copied().collect::<Vec<u64>>(), (500..1110).collect::<Vec<u64>>(), "nothing the agent sent, all it had not");
     assert!(counts.values().all(|&count| count == 1), "none twice: {counts:?}");
     assert!(daemon.terminate(Duration::from_secs(15)).success());
 }
@@ -363,20 +379,17 @@ fn an_agent_flow_tailhose_cannot_keep_is_listed_with_its_line_and_the_import_exi
         "--data-dir",
         "state",
     ]);
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    let report = stderr(&output);
-    for expected in [
-        "agent.json:1: action needed: `awsSecretAccessKey`",
-        "agent.json:5: changes delivery: `dataProcessingOptions ADDBRACKETS`",
-        "agent.json:10: changes delivery: `kinesisStream`",
-        "positions not imported",
-    ] {
-        assert!(report.contains(expected), "missing {expected:?} in\n{report}");
-    }
-    let written = std::fs::read_to_string(workspace.config()).expect("the configuration is written for review");
+    let written = assert_refused_for_review(
+        &workspace,
+        &output,
+        &[
+            "agent.json:1: action needed: `awsSecretAccessKey`",
+            "agent.json:5: changes delivery: `dataProcessingOptions ADDBRACKETS`",
+            "agent.json:10: changes delivery: `kinesisStream`",
+        ],
+    );
     assert!(!written.contains("SECRETEXAMPLE"), "credentials are never copied");
     assert!(written.contains("# flow at ") && written.contains("paths = [\"/var/log/app/*.log\"]"), "{written}");
-    assert!(!workspace.path().join("state/queue").exists(), "no positions imported");
 }
 
 #[test]

@@ -31,17 +31,77 @@ pub fn fluentd(request: ImportRequest<'_>) -> anyhow::Result<()> {
 }
 
 pub fn kinesis_agent(request: ImportRequest<'_>, checkpoints: Option<&Path>) -> anyhow::Result<()> {
-    let import = kinesis_agent::read_file(request.from)?;
+    let mut import = kinesis_agent::read_file(request.from)?;
     if import.translation.sources.is_empty() {
         for note in &import.translation.notes {
             eprintln!("{note}");
         }
         anyhow::bail!("no flow to a Firehose delivery stream was found in {}", request.from.display());
     }
+    let checkpoint_file = match checkpoints {
+        Some(given) if !given.exists() => anyhow::bail!("no checkpoint file at {}", given.display()),
+        Some(given) => given.to_path_buf(),
+        None => import.checkpoint_file.clone(),
+    };
+    // Where each flow resumes is decided before the configuration is written: a flow that
+    // resumes from its checkpoint reads files without a position (empty now, or created before
+    // tailhose starts) from their head, as the agent reads the files newer than its own.
+    let plans = plan_checkpoints(&mut import, &checkpoint_file, request.out.is_some())?;
     let Some(config) = write_translation(&request, &import.translation)? else { return finish(&import.translation, false) };
-    let checkpoint_file = checkpoints.map_or_else(|| import.checkpoint_file.clone(), Path::to_path_buf);
-    import_checkpoints(&config, &import, &checkpoint_file)?;
+    apply_checkpoints(&config, plans)?;
     finish(&import.translation, true)
+}
+
+/// Each flow's plan (or why it has none), in the order of `import.flows`; an empty list when no
+/// positions will be imported.
+fn plan_checkpoints(import: &mut kinesis_agent::AgentImport, checkpoint_file: &Path, writes_a_file: bool) -> anyhow::Result<Vec<FlowPlan>> {
+    if !writes_a_file || import.translation.changes_delivery() {
+        return Ok(Vec::new());
+    }
+    if !checkpoint_file.exists() {
+        eprintln!("no checkpoint file at {}: no positions imported; tailhose starts as read_from_head says", checkpoint_file.display());
+        return Ok(Vec::new());
+    }
+    let checkpoints = agent_checkpoints::CheckpointFile::open(checkpoint_file)?;
+    let mut plans = Vec::with_capacity(import.flows.len());
+    for flow in &import.flows {
+        let Some(source) = import.translation.sources.iter_mut().find(|source| source.name == flow.source) else { continue };
+        let plan = agent_checkpoints::plan(&source.paths, &source.exclude, checkpoints.latest(&flow.id)?.as_ref());
+        if plan.is_ok() {
+            source.read_from_head = true;
+        }
+        plans.push(FlowPlan { flow: flow.clone(), plan });
+    }
+    Ok(plans)
+}
+
+/// Where one flow's files resume, or why they do not.
+struct FlowPlan {
+    flow: kinesis_agent::FlowIdentity,
+    plan: Result<agent_checkpoints::Plan, agent_checkpoints::NotImported>,
+}
+
+/// The plans' positions, flow by flow, into the routes of the flow's source.
+fn apply_checkpoints(config: &Config, plans: Vec<FlowPlan>) -> anyhow::Result<()> {
+    if plans.is_empty() {
+        return Ok(());
+    }
+    let store = with_store(config)?;
+    for FlowPlan { flow, plan } in plans {
+        for sink in config.sink_settings().iter().filter(|sink| sink.inputs.contains(&flow.source)) {
+            let route = route_name(&flow.source, &sink.name);
+            match &plan {
+                Ok(plan) => {
+                    let (queue, _) = store.open_route(&route, config.max_queue_bytes.0)?;
+                    for file in plan.apply(&queue)? {
+                        eprintln!("flow {} → route {route}: {file}", flow.id);
+                    }
+                }
+                Err(why) => eprintln!("flow {} → route {route}: {why}", flow.id),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Prints the notes and writes the configuration; returns it, loaded, when positions may be
@@ -81,34 +141,6 @@ fn finish(translation: &translate::Translation, positions_done: bool) -> anyhow:
             translate::Origin::KinesisAgent => ("the Kinesis Agent", "docs/migrating-from-kinesis-agent.md"),
         };
         eprintln!("done: stop {forwarder} before starting tailhose with this configuration (see {page})");
-    }
-    Ok(())
-}
-
-/// The agent's checkpoints, flow by flow, into the routes of the flow's source.
-fn import_checkpoints(config: &Config, import: &kinesis_agent::AgentImport, checkpoint_file: &Path) -> anyhow::Result<()> {
-    if !checkpoint_file.exists() {
-        eprintln!("no checkpoint file at {}: no positions imported; tailhose starts as read_from_head says", checkpoint_file.display());
-        return Ok(());
-    }
-    let checkpoints = agent_checkpoints::CheckpointFile::open(checkpoint_file)?;
-    let sources = config.source_settings();
-    let store = with_store(config)?;
-    for flow in &import.flows {
-        let Some(source) = sources.iter().find(|source| source.name == flow.source) else { continue };
-        let checkpoint = checkpoints.latest(&flow.id)?;
-        for sink in config.sink_settings().iter().filter(|sink| sink.inputs.contains(&source.name)) {
-            let route = route_name(&source.name, &sink.name);
-            let (queue, _) = store.open_route(&route, config.max_queue_bytes.0)?;
-            match agent_checkpoints::import(&queue, source, checkpoint.as_ref())? {
-                agent_checkpoints::FlowOutcome::Files(files) => {
-                    for file in files {
-                        eprintln!("flow {} → route {route}: {file}", flow.id);
-                    }
-                }
-                other => eprintln!("flow {} → route {route}: {other}", flow.id),
-            }
-        }
     }
     Ok(())
 }

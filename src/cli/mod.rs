@@ -119,16 +119,8 @@ pub enum ImportCommand {
         /// The Fluentd configuration (td-agent.conf, fluent.conf); @include is followed.
         #[arg(long, short)]
         config: PathBuf,
-        /// Where to write the tailhose configuration; printed to stdout when absent (and then no
-        /// positions are imported).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// The data_dir written into the configuration, where positions are imported.
-        #[arg(long, default_value = "/var/lib/tailhose")]
-        data_dir: PathBuf,
-        /// Replace --out if it exists.
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        written: ImportOutput,
     },
     /// The Kinesis Agent's agent.json (flows tailing files to Firehose) and its checkpoint file.
     /// Lists every key it cannot carry over; exits 1 when one would change what is delivered
@@ -141,17 +133,30 @@ pub enum ImportCommand {
         /// /var/run/aws-kinesis-agent/checkpoints) when absent.
         #[arg(long)]
         checkpoints: Option<PathBuf>,
-        /// Where to write the tailhose configuration; printed to stdout when absent (and then no
-        /// positions are imported).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// The data_dir written into the configuration, where positions are imported.
-        #[arg(long, default_value = "/var/lib/tailhose")]
-        data_dir: PathBuf,
-        /// Replace --out if it exists.
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        written: ImportOutput,
     },
+}
+
+/// Where an import writes the configuration, and the data_dir it names.
+#[derive(Debug, Clone, Args)]
+pub struct ImportOutput {
+    /// Where to write the tailhose configuration; printed to stdout when absent (and then no
+    /// positions are imported).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The data_dir written into the configuration, where positions are imported.
+    #[arg(long, default_value = "/var/lib/tailhose")]
+    data_dir: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+impl ImportOutput {
+    fn request<'a>(&'a self, from: &'a Path) -> import::ImportRequest<'a> {
+        import::ImportRequest { from, out: self.out.as_deref(), data_dir: &self.data_dir, overwrite: self.force }
+    }
 }
 
 /// Which queue a `tailhose queue` command works on.
@@ -185,13 +190,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status { config, json } => status::show(&config, json).await,
         Command::Queue { command } => queue::execute(command).await,
-        Command::Import { command: ImportCommand::Fluentd { config, out, data_dir, force } } => {
-            import::fluentd(import::ImportRequest { from: &config, out: out.as_deref(), data_dir: &data_dir, overwrite: force })
+        Command::Import { command: ImportCommand::Fluentd { config, written } } => import::fluentd(written.request(&config)),
+        Command::Import { command: ImportCommand::KinesisAgent { config, checkpoints, written } } => {
+            import::kinesis_agent(written.request(&config), checkpoints.as_deref())
         }
-        Command::Import { command: ImportCommand::KinesisAgent { config, checkpoints, out, data_dir, force } } => import::kinesis_agent(
-            import::ImportRequest { from: &config, out: out.as_deref(), data_dir: &data_dir, overwrite: force },
-            checkpoints.as_deref(),
-        ),
         Command::Generate { out, count, first_seq, rate, burst, seed } => {
             generate::generate(generate::GenerateRequest { out: &out, count, first_seq, rate, burst, seed })
         }

@@ -25,6 +25,9 @@ use crate::config::{firehose_limits, LineFormat};
 /// Where the agent keeps its checkpoints unless `checkpointFile` says otherwise.
 pub const DEFAULT_CHECKPOINT_FILE: &str = "/var/run/aws-kinesis-agent/checkpoints";
 
+/// Where the agent's Firehose client sends without `firehose.endpoint` (the AWS SDK v1 default).
+const AGENT_DEFAULT_REGION: &str = "us-east-1";
+
 /// The agent's `maxBufferAgeMillis` default: records waited up to a minute.
 const AGENT_BUFFER_AGE_MILLIS: u64 = 60_000;
 
@@ -126,7 +129,10 @@ impl Settings {
         for (key, value) in root {
             match key.as_str() {
                 "flows" => {}
-                "firehose.endpoint" => settings.firehose_endpoint = value.as_str().map(str::to_owned),
+                // The agent's shipped file has `""`: no endpoint, as for the agent.
+                "firehose.endpoint" => {
+                    settings.firehose_endpoint = value.as_str().map(str::trim).filter(|text| !text.is_empty()).map(str::to_owned)
+                }
                 "checkpointFile" => settings.checkpoint_file = value.as_str().map(PathBuf::from),
                 "awsAccessKeyId" | "awsSecretAccessKey" => notes.push(
                     Severity::ActionNeeded,
@@ -206,17 +212,30 @@ fn translate_flow(
             return None;
         }
     };
-    // The agent's flow id: the directory and the file name's glob, as Java's Path joins them.
-    let file_pattern = Path::new(pattern);
-    let directory = file_pattern.parent().unwrap_or(Path::new("/"));
-    let id = format!("fh:{stream}:{}", file_pattern.display());
-    let excluded =
-        ["gz", "bz2", "zip"].iter().map(|extension| directory.join(format!("*.{extension}")).to_string_lossy().into_owned()).collect();
-    let base = file_pattern.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let (directory, base) = java_path_parts(pattern);
+    // The agent's flow id: `SourceFile.toString()`, the directory and the name's glob joined.
+    let id = format!("fh:{stream}:{directory}/{base}");
+    if directory.contains(['*', '?', '[', '{']) {
+        notes.push(
+            Severity::ChangesDelivery,
+            &location,
+            "filePattern",
+            format!(
+                "`{pattern}`: the agent globs the file name only and takes the folder `{directory}` as written; tailhose would glob it too"
+            ),
+        );
+    }
+    let folder = Path::new(&directory);
+    // The agent never reads compressed files, whatever the case of their extension.
+    let excluded = ["[gG][zZ]", "[bB][zZ]2", "[zZ][iI][pP]"]
+        .iter()
+        .map(|extension| folder.join(format!("*.{extension}")).to_string_lossy().into_owned())
+        .collect();
     let mut source = TailSource {
         name: name_from(&base.replace('*', ""), "flow", index),
         tag: id.clone(),
-        paths: vec![pattern.to_owned()],
+        // Java's glob has `{a,b}`; tailhose's paths take each choice as a glob of its own.
+        paths: super::translate::expand_braces(&base).into_iter().map(|name| folder.join(name).to_string_lossy().into_owned()).collect(),
         exclude: excluded,
         pos_file: None,
         read_from_head: false,
@@ -246,13 +265,24 @@ fn translate_flow(
         inject_tag_key: None,
         location: location.clone(),
     };
-    if output.region.is_none() {
-        notes.push(
+    match (&output.region, &output.endpoint) {
+        (Some(_), _) => {}
+        // The agent's SDK (v1) client sends to its default endpoint, us-east-1's.
+        (None, None) => {
+            output.region = Some(AGENT_DEFAULT_REGION.into());
+            notes.push(
+                Severity::Info,
+                &location,
+                "firehose.endpoint",
+                format!("not set: the agent's SDK sent to {AGENT_DEFAULT_REGION}'s endpoint, and so does the sink (region = \"{AGENT_DEFAULT_REGION}\")"),
+            );
+        }
+        (None, Some(_)) => notes.push(
             Severity::ActionNeeded,
             &location,
             "firehose.endpoint",
-            "no AWS endpoint names the region (the agent asked the instance for it): set `region` in the sink, or AWS_REGION".into(),
-        );
+            "an endpoint that names no region: set `region` in the sink (the region its requests are signed for), or AWS_REGION".into(),
+        ),
     }
     let mut buffer_age = None;
     for (key, value) in flow {
@@ -272,8 +302,9 @@ fn translate_flow(
                 }
                 _ => notes.push(Severity::ChangesDelivery, &location, key, format!("{value} is neither START_OF_FILE nor END_OF_FILE")),
             },
-            "multiLineStartPattern" => match value.as_str().map(regex::Regex::new) {
-                Some(Ok(_)) => source.multiline_start = value.as_str().map(str::to_owned),
+            // The agent matches it at the start of a line (Java's `lookingAt()`).
+            "multiLineStartPattern" => match value.as_str().map(|pattern| format!("^(?:{pattern})")) {
+                Some(anchored) if regex::Regex::new(&anchored).is_ok() => source.multiline_start = Some(anchored),
                 _ => notes.push(
                     Severity::ChangesDelivery,
                     &location,
@@ -343,6 +374,22 @@ fn translate_flow(
 
 /// The region an endpoint `firehose.REGION.amazonaws.com` names, or the endpoint itself when it
 /// is not AWS's (a VPC endpoint, a test server).
+/// A pattern's folder and file name as the agent's `SourceFile` holds them: Java's `Path`
+/// collapses repeated `/` and drops a trailing one; the root folder is written `/` and joined
+/// with another `/` (`//app.log`), as `directory + "/" + name` does.
+fn java_path_parts(pattern: &str) -> (String, String) {
+    let absolute = pattern.starts_with('/');
+    let parts: Vec<&str> = pattern.split('/').filter(|part| !part.is_empty()).collect();
+    let (name, folder) = parts.split_last().map_or(("", &[][..]), |(name, folder)| (*name, folder));
+    let joined = folder.join("/");
+    let directory = match (absolute, joined.is_empty()) {
+        (true, true) => "/".to_owned(),
+        (true, false) => format!("/{joined}"),
+        (false, _) => joined,
+    };
+    (directory, name.to_owned())
+}
+
 fn endpoint_of(endpoint: Option<&str>) -> (Option<String>, Option<String>) {
     let Some(endpoint) = endpoint else { return (None, None) };
     let host = endpoint.trim_start_matches("https://").trim_end_matches('/');
@@ -366,7 +413,7 @@ fn processing(options: &[Value], location: &Location, source: &mut TailSource, n
         }
         let table = match name {
             "LOGTOJSON" => log_to_json(option),
-            "CSVTOJSON" => csv_to_json(option),
+            "CSVTOJSON" => csv_to_json(),
             "SINGLELINE" => {
                 if source.parse.is_some() {
                     let differs = "tailhose makes a record one line before it parses it; the agent parsed the record of several lines first (the same JSON, unless a pattern's `.` stopped at a line's end)";
@@ -520,67 +567,89 @@ fn log_to_json(option: &Value) -> Converted {
     ))
 }
 
-/// CSVTOJSON: columns named by `customFieldNames`, split at `delimiter` (`,` unless said).
-fn csv_to_json(option: &Value) -> Converted {
-    let names: Vec<String> = option
-        .get("customFieldNames")
-        .and_then(Value::as_array)
-        .ok_or("CSVTOJSON without customFieldNames")?
-        .iter()
-        .filter_map(Value::as_str)
-        .map(str::to_owned)
-        .collect();
-    let parser_type = match option.get("delimiter").and_then(Value::as_str).unwrap_or(",") {
-        "," => "csv",
-        "\t" | "\\t" => "tsv",
-        other => return Err(format!("delimiter `{other}`: tailhose splits at `,` (csv) or a tab (tsv) only")),
-    };
-    let table = ParseTable {
-        parser_type: parser_type.into(),
-        pattern: None,
-        columns: Some(names),
-        types: Vec::new(),
-        null_value_pattern: None,
-        message_key: None,
-    };
-    table.compile().map_err(|error| format!("the columns cannot be kept ({error})"))?;
-    Ok((
-        table,
-        "a row of another width than the names is a counted parse_failed dead letter (the agent filled nulls or dropped columns); csv reads double-quoted values as RFC 4180 has them (the agent split inside quotes too)".into(),
-    ))
+/// CSVTOJSON, refused: the agent splits at the delimiter (Java's `String.split`, quotes as
+/// text), drops the empty columns at a row's end, fills missing columns with null and drops
+/// extra ones; tailhose's `csv` reads RFC 4180 quotes and takes a row of another width for a
+/// dead letter. Rows the agent converted would be sent otherwise.
+fn csv_to_json() -> Converted {
+    Err("tailhose's csv reads RFC 4180 quotes and takes a row of another width for a parse_failed dead letter; the agent splits at the delimiter (quotes as text), drops empty columns at a row's end, fills missing columns with null and drops extra ones".into())
 }
 
-/// `pattern` with its capture groups named `names` in order: the agent numbers its groups and
-/// names them by position. Refused when the counts differ, as the agent refuses such a record.
+/// `pattern` with its capture groups named `names` in order: the agent numbers its groups (a
+/// named one too, as Java does) and names them by position. Refused when the counts differ, as
+/// the agent refuses such a record, and for Java's flags that mean something else in Rust.
 fn named_groups(pattern: &str, names: &[String]) -> Result<String, String> {
     let mut named = String::with_capacity(pattern.len() + 16 * names.len());
     let mut names_left = names.iter();
-    let mut in_class = false;
-    let mut characters = pattern.chars().peekable();
-    while let Some(character) = characters.next() {
-        match character {
-            '\\' => {
+    let mut next_name = || -> Result<String, String> {
+        let name = names_left.next().ok_or_else(|| format!("the pattern has more groups than the {} field names", names.len()))?;
+        let valid = name.chars().next().is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+            && name.chars().all(|character| character.is_ascii_alphanumeric() || character == '_');
+        if !valid {
+            return Err(format!("field name `{name}`: tailhose names fields with letters, digits and `_`"));
+        }
+        Ok(format!("(?<{name}>"))
+    };
+    // Inside a character class, and whether the class has its first character yet (a `]`
+    // there, or after `[^`, is a literal in Java).
+    let mut class: Option<bool> = None;
+    let characters: Vec<char> = pattern.chars().collect();
+    let mut index = 0;
+    while index < characters.len() {
+        let character = characters[index];
+        let rest = &characters[index + 1..];
+        match (character, class) {
+            ('\\', _) => {
                 named.push(character);
-                if let Some(escaped) = characters.next() {
+                if let Some(&escaped) = rest.first() {
                     named.push(escaped);
+                    index += 1;
                 }
+                if class == Some(false) {
+                    class = Some(true);
+                }
+                index += 1;
                 continue;
             }
-            '[' if !in_class => in_class = true,
-            ']' if in_class => in_class = false,
-            '(' if !in_class && characters.peek() != Some(&'?') => {
-                let name = names_left.next().ok_or_else(|| format!("the pattern has more groups than the {} field names", names.len()))?;
-                let valid = name.chars().next().is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
-                    && name.chars().all(|character| character.is_ascii_alphanumeric() || character == '_');
-                if !valid {
-                    return Err(format!("field name `{name}`: tailhose names fields with letters, digits and `_`"));
+            ('[', None) => {
+                class = Some(false);
+                named.push(character);
+                if rest.first() == Some(&'^') {
+                    named.push('^');
+                    index += 1;
                 }
-                named.push_str(&format!("(?<{name}>"));
+                index += 1;
                 continue;
             }
+            (']', Some(true)) => class = None,
+            (_, Some(false)) => class = Some(true),
+            ('(', None) => match rest {
+                ['?', '<', next, ..] if *next != '=' && *next != '!' => {
+                    // A named group: renamed to its position's field, its own name skipped.
+                    let close = rest.iter().position(|&character| character == '>').ok_or("a named group without its `>`")?;
+                    named.push_str(&next_name()?);
+                    index += close + 2;
+                    continue;
+                }
+                ['?', flags @ ..] => {
+                    let flags: String =
+                        flags.iter().take_while(|character| character.is_ascii_alphabetic() || **character == '-').collect();
+                    if flags.contains(['U', 'd']) {
+                        return Err(format!(
+                            "the flag group `(?{flags}`: Java's U (Unicode classes) and d (Unix lines) differ from Rust's"
+                        ));
+                    }
+                }
+                _ => {
+                    named.push_str(&next_name()?);
+                    index += 1;
+                    continue;
+                }
+            },
             _ => {}
         }
         named.push(character);
+        index += 1;
     }
     match names_left.next() {
         Some(_) => Err(format!("the pattern has fewer groups than the {} field names", names.len())),
@@ -699,9 +768,9 @@ mod tests {
         );
         let source = &import.translation.sources[0];
         assert_eq!(source.paths, vec!["/var/log/app/events.log*".to_owned()]);
-        assert!(source.exclude.contains(&"/var/log/app/*.gz".to_owned()), "{:?}", source.exclude);
+        assert!(source.exclude.contains(&"/var/log/app/*.[gG][zZ]".to_owned()), "{:?}", source.exclude);
         assert!(source.read_from_head);
-        assert_eq!(source.multiline_start.as_deref(), Some(r"^\d{4}-"));
+        assert_eq!(source.multiline_start.as_deref(), Some(r"^(?:^\d{4}-)"), "matched at a line's start, as Java's lookingAt");
         let output = &import.translation.outputs[0];
         assert_eq!((output.region.as_deref(), output.endpoint.as_deref()), (Some("ap-northeast-2"), None));
         assert_eq!(output.max_batch_records, Some(100));
@@ -750,18 +819,23 @@ mod tests {
         let record = parsed(&parser_of(&custom), "web.1 [500] (oops) [x]");
         assert_eq!(record, serde_json::json!({"host": "web.1", "code": "500", "text": "(oops) [x]"}));
         assert_eq!(named_groups(r"(a)(?:b)[(]\((c)", &["x".into(), "y".into()]).as_deref(), Ok(r"(?<x>a)(?:b)[(]\((?<y>c)"));
+        // Java's literal `]` first in a class, and a named group counted by its position.
+        assert_eq!(
+            named_groups(r"[](](\d+)[^]](?<old>x)(?<=y)", &["a".into(), "b".into()]).as_deref(),
+            Ok(r"[](](?<a>\d+)[^]](?<b>x)(?<=y)")
+        );
+        assert!(named_groups("(?U)(a)", &["x".into()]).is_err());
         assert!(named_groups("(a)(b)", &["x".into()]).is_err());
         assert!(named_groups("(a)", &["x".into(), "y".into()]).is_err());
     }
 
     #[test]
-    fn csvtojson_names_columns_and_what_cannot_be_kept_says_why() {
+    fn header_lines_are_skipped_and_what_cannot_be_kept_says_why() {
         let import = imported(
             r#"{"flows": [{"filePattern": "/data/*.csv", "deliveryStream": "s", "skipHeaderLines": 1,
                 "dataProcessingOptions": [{"optionName": "CSVTOJSON", "customFieldNames": ["id", "name"]},
                                           {"optionName": "ADDBRACKETS"}]}]}"#,
         );
-        assert_eq!(parsed(&parser_of(&import), "7,alice"), serde_json::json!({"id": "7", "name": "alice"}));
         let changing: Vec<&str> = import
             .translation
             .notes
@@ -769,7 +843,7 @@ mod tests {
             .filter(|note| note.severity == Severity::ChangesDelivery)
             .map(|note| note.key.as_str())
             .collect();
-        assert_eq!(changing, vec!["dataProcessingOptions ADDBRACKETS"]);
+        assert_eq!(changing, vec!["dataProcessingOptions CSVTOJSON", "dataProcessingOptions ADDBRACKETS"]);
         assert_eq!(import.translation.sources[0].skip_header_lines, 1);
     }
 
@@ -825,6 +899,22 @@ mod tests {
         );
         let escaped = settings[1].single_line.as_ref().expect("single_line");
         assert_eq!(escaped.apply(b"a\n b"), br"a\\n b".to_vec());
+    }
+
+    #[test]
+    fn the_flow_id_is_the_path_as_java_writes_it_and_braces_become_globs_of_their_own() {
+        assert_eq!(java_path_parts("/var//log/app/"), ("/var/log".into(), "app".into()));
+        assert_eq!(java_path_parts("/app.log"), ("/".into(), "app.log".into()));
+        let import = imported(
+            r#"{"firehose.endpoint": "", "flows": [{"filePattern": "/var//log/{a,b}.log", "deliveryStream": "s"},
+                {"filePattern": "/var/log/*/app.log", "deliveryStream": "t"}]}"#,
+        );
+        assert_eq!(import.flows[0].id, "fh:s:/var/log/{a,b}.log");
+        assert_eq!(import.translation.sources[0].paths, vec!["/var/log/a.log".to_owned(), "/var/log/b.log".to_owned()]);
+        assert_eq!(import.translation.outputs[0].region.as_deref(), Some("us-east-1"), "the agent's SDK default, for an empty endpoint");
+        assert_eq!(import.translation.outputs[0].endpoint, None);
+        let folder_glob = import.translation.notes.iter().find(|note| note.key == "filePattern").expect("a note on the folder's glob");
+        assert_eq!(folder_glob.severity, Severity::ChangesDelivery);
     }
 
     #[test]

@@ -1004,7 +1004,7 @@ fn wildcard(pattern: &str, text: &str) -> bool {
     }
 }
 
-fn expand_braces(pattern: &str) -> Vec<String> {
+pub(crate) fn expand_braces(pattern: &str) -> Vec<String> {
     let (Some(open), Some(close)) = (pattern.find('{'), pattern.find('}')) else { return vec![pattern.to_owned()] };
     if close < open {
         return vec![pattern.to_owned()];
