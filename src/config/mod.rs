@@ -285,6 +285,8 @@ pub struct ParseConfig {
     pub null_value_pattern: Option<String>,
     /// For `none`: the field the record's text goes in (`message` unless said).
     pub message_key: Option<String>,
+    /// For `split`: a regular expression the values are split at (`,` unless said).
+    pub delimiter: Option<String>,
 }
 
 impl ParseConfig {
@@ -292,7 +294,9 @@ impl ParseConfig {
     pub fn compile(&self) -> Result<Parser, String> {
         let types: Vec<(String, String)> = self.types.iter().map(|(field, kind)| (field.clone(), kind.clone())).collect();
         Parser::new(&self.parser_type, self.pattern.as_deref(), self.columns.as_deref(), &types)
-            .and_then(|parser| parser.with_options(self.null_value_pattern.as_deref(), self.message_key.as_deref()))
+            .and_then(|parser| {
+                parser.with_options(self.null_value_pattern.as_deref(), self.message_key.as_deref(), self.delimiter.as_deref())
+            })
             .map_err(|error| error.to_string())
     }
 }

@@ -413,7 +413,7 @@ fn processing(options: &[Value], location: &Location, source: &mut TailSource, n
         }
         let table = match name {
             "LOGTOJSON" => log_to_json(option),
-            "CSVTOJSON" => csv_to_json(),
+            "CSVTOJSON" => csv_to_json(option),
             "SINGLELINE" => {
                 if source.parse.is_some() {
                     let differs = "tailhose makes a record one line before it parses it; the agent parsed the record of several lines first (the same JSON, unless a pattern's `.` stopped at a line's end)";
@@ -492,6 +492,7 @@ fn add_metadata(option: &Value, location: &Location, source: &mut TailSource, no
         types: Vec::new(),
         null_value_pattern: None,
         message_key: Some("data".into()),
+        delimiter: None,
     });
     source.add_fields.fixed.push(("metadata".into(), metadata));
     // The agent reads `timestamp` as the string "true"; a JSON true is what its users write too.
@@ -558,6 +559,7 @@ fn log_to_json(option: &Value) -> Converted {
         // The agent's Apache parser: "the field is not found if it shows as `-`".
         null_value_pattern: dash_is_null.then(|| "^-$".to_owned()),
         message_key: None,
+        delimiter: None,
     };
     table.compile().map_err(|error| format!("the pattern cannot be kept ({error})"))?;
     Ok((
@@ -567,12 +569,30 @@ fn log_to_json(option: &Value) -> Converted {
     ))
 }
 
-/// CSVTOJSON, refused: the agent splits at the delimiter (Java's `String.split`, quotes as
-/// text), drops the empty columns at a row's end, fills missing columns with null and drops
-/// extra ones; tailhose's `csv` reads RFC 4180 quotes and takes a row of another width for a
-/// dead letter. Rows the agent converted would be sent otherwise.
-fn csv_to_json() -> Converted {
-    Err("tailhose's csv reads RFC 4180 quotes and takes a row of another width for a parse_failed dead letter; the agent splits at the delimiter (quotes as text), drops empty columns at a row's end, fills missing columns with null and drops extra ones".into())
+/// CSVTOJSON: a `split` parse table, the agent's own splitting (Java's `String.split` at
+/// `delimiter`, `,` unless said: quotes are text, empty values at a row's end dropped, missing
+/// columns null, extra values dropped), the columns named by `customFieldNames`.
+fn csv_to_json(option: &Value) -> Converted {
+    let names: Vec<String> = option
+        .get("customFieldNames")
+        .and_then(Value::as_array)
+        .ok_or("CSVTOJSON without customFieldNames")?
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    let delimiter = option.get("delimiter").and_then(Value::as_str).unwrap_or(",");
+    let table = ParseTable {
+        parser_type: "split".into(),
+        pattern: None,
+        columns: Some(names),
+        types: Vec::new(),
+        null_value_pattern: None,
+        message_key: None,
+        delimiter: Some(delimiter.to_owned()),
+    };
+    table.compile().map_err(|error| format!("the columns or the delimiter cannot be kept ({error})"))?;
+    Ok((table, "the delimiter is read as a Rust regular expression (the agent's is Java's); for a plain character the two agree".into()))
 }
 
 /// `pattern` with its capture groups named `names` in order: the agent numbers its groups (a
@@ -830,10 +850,10 @@ mod tests {
     }
 
     #[test]
-    fn header_lines_are_skipped_and_what_cannot_be_kept_says_why() {
+    fn csvtojson_splits_as_the_agent_does_and_what_cannot_be_kept_says_why() {
         let import = imported(
             r#"{"flows": [{"filePattern": "/data/*.csv", "deliveryStream": "s", "skipHeaderLines": 1,
-                "dataProcessingOptions": [{"optionName": "CSVTOJSON", "customFieldNames": ["id", "name"]},
+                "dataProcessingOptions": [{"optionName": "CSVTOJSON", "customFieldNames": ["id", "name", "note"]},
                                           {"optionName": "ADDBRACKETS"}]}]}"#,
         );
         let changing: Vec<&str> = import
@@ -843,8 +863,19 @@ mod tests {
             .filter(|note| note.severity == Severity::ChangesDelivery)
             .map(|note| note.key.as_str())
             .collect();
-        assert_eq!(changing, vec!["dataProcessingOptions CSVTOJSON", "dataProcessingOptions ADDBRACKETS"]);
+        assert_eq!(changing, vec!["dataProcessingOptions ADDBRACKETS"]);
         assert_eq!(import.translation.sources[0].skip_header_lines, 1);
+        let parser = parser_of(&import);
+        assert_eq!(parsed(&parser, "7,alice,hi"), serde_json::json!({"id": "7", "name": "alice", "note": "hi"}));
+        // Java's split: quotes are text, empty values at the end dropped, missing columns null, extra dropped.
+        assert_eq!(parsed(&parser, r#"7,"a,b""#), serde_json::json!({"id": "7", "name": "\"a", "note": "b\""}));
+        assert_eq!(parsed(&parser, "7,,"), serde_json::json!({"id": "7", "name": null, "note": null}));
+        assert_eq!(parsed(&parser, ",x,y,z"), serde_json::json!({"id": "", "name": "x", "note": "y"}));
+        let piped = imported(
+            r#"{"flows": [{"filePattern": "/data/*.psv", "deliveryStream": "s",
+                "dataProcessingOptions": [{"optionName": "CSVTOJSON", "customFieldNames": ["a", "b"], "delimiter": "\\|"}]}]}"#,
+        );
+        assert_eq!(parsed(&parser_of(&piped), "1|2"), serde_json::json!({"a": "1", "b": "2"}));
     }
 
     #[test]

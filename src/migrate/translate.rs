@@ -100,6 +100,7 @@ pub struct ParseTable {
     pub types: Vec<(String, String)>,
     pub null_value_pattern: Option<String>,
     pub message_key: Option<String>,
+    pub delimiter: Option<String>,
 }
 
 /// A `kinesis_firehose` output, with the sources routed to it.
@@ -597,6 +598,7 @@ fn multiline_parse(parse: &Directive, source: &mut TailSource, notes: &mut Notes
             types: Vec::new(),
             null_value_pattern: None,
             message_key: None,
+            delimiter: None,
         };
         match table.compile() {
             // Without a first-line pattern the lines are not put together: the pattern of the
@@ -636,6 +638,7 @@ fn fields_parse(kind: &str, parse: &Directive, notes: &mut Notes) -> FieldsParse
         types: Vec::new(),
         null_value_pattern: None,
         message_key: None,
+        delimiter: None,
     };
     match kind {
         "regexp" => table.parser_type = "regex".into(),
@@ -729,8 +732,11 @@ enum FieldsParse {
 impl ParseTable {
     /// The parser the table makes, or why it cannot work.
     pub fn compile(&self) -> Result<crate::source::parse::Parser, crate::source::parse::ParserError> {
-        crate::source::parse::Parser::new(&self.parser_type, self.pattern.as_deref(), self.columns.as_deref(), &self.types)?
-            .with_options(self.null_value_pattern.as_deref(), self.message_key.as_deref())
+        crate::source::parse::Parser::new(&self.parser_type, self.pattern.as_deref(), self.columns.as_deref(), &self.types)?.with_options(
+            self.null_value_pattern.as_deref(),
+            self.message_key.as_deref(),
+            self.delimiter.as_deref(),
+        )
     }
 }
 
@@ -1103,6 +1109,9 @@ pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path
             }
             if let Some(key) = &parse.message_key {
                 out.push_str(&format!("message_key = {}\n", quote(key)));
+            }
+            if let Some(delimiter) = &parse.delimiter {
+                out.push_str(&format!("delimiter = {}\n", quote(delimiter)));
             }
         }
         if let Some(single_line) = &source.single_line {

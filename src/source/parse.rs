@@ -25,8 +25,22 @@ use serde::Serialize;
 use super::multiline::{CriLine, DockerLine, PartialLines};
 
 /// The presets and grammars a `[sources.NAME.parse]` table may name as its `type`.
-pub const TYPES: &[&str] =
-    &["regex", "nginx", "apache2", "syslog", "syslog_rfc3164", "syslog_rfc5424", "csv", "tsv", "ltsv", "logfmt", "none", "cri", "docker"];
+pub const TYPES: &[&str] = &[
+    "regex",
+    "nginx",
+    "apache2",
+    "syslog",
+    "syslog_rfc3164",
+    "syslog_rfc5424",
+    "csv",
+    "tsv",
+    "ltsv",
+    "logfmt",
+    "none",
+    "split",
+    "cri",
+    "docker",
+];
 
 /// The field a `none` record's text goes in unless `message_key` says otherwise (Fluentd's).
 pub const DEFAULT_MESSAGE_KEY: &str = "message";
@@ -63,6 +77,10 @@ enum Grammar {
     Delimited { columns: Vec<String>, delimiter: u8, quoted: bool },
     /// `label:value` pairs separated by tabs.
     Ltsv,
+    /// Values split at every match of `delimiter`, named by `columns` (the Kinesis Agent's
+    /// CSVTOJSON, Java's `String.split`): quotes are text, empty values at the end are dropped,
+    /// a missing column is null, extra values are dropped.
+    Split { columns: Vec<String>, delimiter: Regex },
     /// The whole record's text as one field (Fluentd's `none`: `{"message": line}`).
     Whole { key: String },
     /// `key=value` pairs separated by spaces, values bare or in double quotes.
@@ -140,8 +158,8 @@ impl Parser {
         if pattern.is_some() && kind != "regex" {
             return Err(ParserError::NotForType("pattern", "regex".into()));
         }
-        if columns.is_some() && !matches!(kind, "csv" | "tsv") {
-            return Err(ParserError::NotForType("columns", "csv\" or \"tsv".into()));
+        if columns.is_some() && !matches!(kind, "csv" | "tsv" | "split") {
+            return Err(ParserError::NotForType("columns", "csv\", \"tsv\" or \"split".into()));
         }
         let delimited = |delimiter: u8, quoted: bool| match columns {
             Some(columns) if !columns.is_empty() => Ok(Grammar::Delimited { columns: columns.to_vec(), delimiter, quoted }),
@@ -170,6 +188,10 @@ impl Parser {
             "tsv" => delimited(b'\t', false)?,
             "ltsv" => Grammar::Ltsv,
             "none" => Grammar::Whole { key: DEFAULT_MESSAGE_KEY.into() },
+            "split" => match columns {
+                Some(columns) if !columns.is_empty() => Grammar::Split { columns: columns.to_vec(), delimiter: compiled(",")? },
+                _ => return Err(ParserError::NoColumns(kind.into())),
+            },
             "logfmt" => Grammar::Logfmt,
             "cri" | "docker" if !types.is_empty() => return Err(ParserError::TypesNotFor(kind.into())),
             "cri" => Grammar::Container(PartialLines::Cri),
@@ -201,15 +223,41 @@ impl Parser {
 
     /// The same parser with a table's optional settings applied: `null_value_pattern`, and
     /// `message_key` (for `none`).
-    pub fn with_options(self, null_value_pattern: Option<&str>, message_key: Option<&str>) -> Result<Parser, ParserError> {
+    pub fn with_options(
+        self,
+        null_value_pattern: Option<&str>,
+        message_key: Option<&str>,
+        delimiter: Option<&str>,
+    ) -> Result<Parser, ParserError> {
         let parser = match null_value_pattern {
             Some(pattern) => self.with_null_value_pattern(pattern)?,
             None => self,
         };
-        match message_key {
-            Some(key) => parser.with_message_key(key),
+        let parser = match message_key {
+            Some(key) => parser.with_message_key(key)?,
+            None => parser,
+        };
+        match delimiter {
+            Some(delimiter) => parser.with_delimiter(delimiter),
             None => Ok(parser),
         }
+    }
+
+    /// The same `split` parser, splitting at every match of the regular expression `delimiter`.
+    pub fn with_delimiter(mut self, delimiter: &str) -> Result<Parser, ParserError> {
+        let Grammar::Split { delimiter: splits_at, .. } = &mut self.grammar else {
+            return Err(ParserError::NotForType("delimiter", "split".into()));
+        };
+        let regex =
+            Regex::new(delimiter).map_err(|error| ParserError::BadPattern { pattern: delimiter.into(), error: error.to_string() })?;
+        if regex.is_match("") {
+            return Err(ParserError::BadPattern {
+                pattern: delimiter.into(),
+                error: "it matches an empty text, so it would split between every character".into(),
+            });
+        }
+        *splits_at = regex;
+        Ok(self)
     }
 
     /// The same `none` parser, its record's text in field `key` (Fluentd's `message_key`).
@@ -255,6 +303,7 @@ impl Parser {
             Grammar::Delimited { columns, delimiter, quoted } => delimited(text, columns, *delimiter, *quoted, &mut fields)?,
             Grammar::Ltsv => ltsv(text, &mut fields)?,
             Grammar::Whole { key } => fields.0.push((key.as_str(), FieldText::Text(Cow::Borrowed(text)))),
+            Grammar::Split { columns, delimiter } => split(text, columns, delimiter, &mut fields),
             Grammar::Logfmt => logfmt(text, &mut fields)?,
             // An object of its own shape, from the record's parts.
             Grammar::Container(kind) => return container_record(*kind, text, path),
@@ -284,6 +333,7 @@ impl Parser {
     fn value<'t>(&self, field: &str, text: &'t FieldText<'_>) -> Result<Converted<'t>, ParseFailure> {
         let text = match text {
             FieldText::Flag => return Ok(Converted::Bool(true)),
+            FieldText::Absent => return Ok(Converted::Null),
             FieldText::Text(text) => text.as_ref(),
         };
         if text == "-" && self.dash_is_null.contains(&field) || self.null_value.as_ref().is_some_and(|null| null.is_match(text)) {
@@ -395,6 +445,8 @@ fn pod_file(name: &str) -> Option<PodFile<'_>> {
 enum FieldText<'a> {
     Text(Cow<'a, str>),
     Flag,
+    /// A column the record has no value for: null.
+    Absent,
 }
 
 /// The fields of one record in order; a name given twice keeps its last value, in its first
@@ -469,6 +521,18 @@ fn delimited<'a>(text: &str, columns: &'a [String], delimiter: u8, quoted: bool,
         fields.push(name, FieldText::Text(Cow::Owned(value.to_owned())));
     }
     Ok(())
+}
+
+fn split<'a>(text: &'a str, columns: &'a [String], delimiter: &Regex, fields: &mut Fields<'a>) {
+    let mut values: Vec<&str> = delimiter.split(text).collect();
+    // Java's `split` drops the empty values at the end.
+    while values.last().is_some_and(|value| value.is_empty()) {
+        values.pop();
+    }
+    for (index, name) in columns.iter().enumerate() {
+        let value = values.get(index).map_or(FieldText::Absent, |value| FieldText::Text(Cow::Borrowed(*value)));
+        fields.push(name, value);
+    }
 }
 
 fn ltsv<'a>(text: &'a str, fields: &mut Fields<'a>) -> Result<(), ParseFailure> {
@@ -615,6 +679,18 @@ mod tests {
         let data = Parser::new("none", None, None, &[]).and_then(|parser| parser.with_message_key("data")).expect("none");
         assert_eq!(parsed(&data, "line one\nline two"), r#"{"data":"line one\nline two"}"#);
         assert!(matches!(self::parser("logfmt").with_message_key("x"), Err(ParserError::NotForType("message_key", _))));
+    }
+
+    #[test]
+    fn split_is_javas_string_split_and_a_delimiter_that_matches_nothing_is_refused() {
+        let columns = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let split = Parser::new("split", None, Some(&columns), &[]).expect("split");
+        assert_eq!(parsed(&split, r#"1,"2,3""#), r#"{"a":"1","b":"\"2","c":"3\""}"#);
+        assert_eq!(parsed(&split, "1,,"), r#"{"a":"1","b":null,"c":null}"#);
+        let spaced = split.clone().with_delimiter(r"\s*;\s*").expect("delimiter");
+        assert_eq!(parsed(&spaced, "x ; y;z;extra"), r#"{"a":"x","b":"y","c":"z"}"#);
+        assert!(matches!(split.with_delimiter("x*"), Err(ParserError::BadPattern { .. })), "it would split everywhere");
+        assert!(matches!(parser("logfmt").with_delimiter(","), Err(ParserError::NotForType("delimiter", _))));
     }
 
     #[test]
@@ -767,6 +843,8 @@ mod tests {
                 Parser::new("csv", None, Some(&columns), &types).expect("csv"),
                 Parser::new("tsv", None, Some(&columns), &[]).expect("tsv"),
                 Parser::new("regex", Some(r"^(?<a>\S*) ?(?<b>.*)$"), None, &types).expect("regex"),
+                Parser::new("split", None, Some(&columns), &types).expect("split"),
+                parser("none"),
             ];
             for parser in &parsers {
                 for input in [record.as_slice(), text.as_bytes()] {
