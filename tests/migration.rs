@@ -45,6 +45,20 @@ fn assert_refused_for_review(workspace: &Workspace, output: &std::process::Outpu
     std::fs::read_to_string(workspace.config()).expect("the configuration is written for review")
 }
 
+/// Imports the Kinesis Agent set-up `agent_json` into `tailhose.toml` with data_dir `state`.
+fn import_agent(workspace: &Workspace, agent_json: &Path) -> std::process::Output {
+    workspace.run(&[
+        "import",
+        "kinesis-agent",
+        "--config",
+        agent_json.to_str().expect("utf-8"),
+        "--out",
+        "tailhose.toml",
+        "--data-dir",
+        "state",
+    ])
+}
+
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -308,16 +322,7 @@ fn the_kinesis_agents_flow_and_checkpoint_import_and_tailhose_resumes_exactly_wh
     });
     std::fs::write(&agent_json, serde_json::to_string_pretty(&agent).expect("json")).expect("agent.json");
 
-    let output = workspace.run(&[
-        "import",
-        "kinesis-agent",
-        "--config",
-        agent_json.to_str().expect("utf-8"),
-        "--out",
-        "tailhose.toml",
-        "--data-dir",
-        "state",
-    ]);
+    let output = import_agent(&workspace, &agent_json);
     let report = stderr(&output);
     assert!(output.status.success(), "{report}");
     for expected in [
@@ -369,16 +374,7 @@ fn an_agent_flow_tailhose_cannot_keep_is_listed_with_its_line_and_the_import_exi
 }"#,
     )
     .expect("agent.json");
-    let output = workspace.run(&[
-        "import",
-        "kinesis-agent",
-        "--config",
-        agent_json.to_str().expect("utf-8"),
-        "--out",
-        "tailhose.toml",
-        "--data-dir",
-        "state",
-    ]);
+    let output = import_agent(&workspace, &agent_json);
     let written = assert_refused_for_review(
         &workspace,
         &output,

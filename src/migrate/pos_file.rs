@@ -134,7 +134,7 @@ pub fn adopt(queue: &RouteQueue, file: &std::fs::File, path: &Path, offset: u64)
 }
 
 /// Whether the source's globs (less its exclusions) name `path`.
-pub fn names(source: &SourceSettings, path: &Path) -> bool {
+fn names(source: &SourceSettings, path: &Path) -> bool {
     let matches =
         |patterns: &[String]| patterns.iter().any(|pattern| glob::Pattern::new(pattern).is_ok_and(|pattern| pattern.matches_path(path)));
     matches(&source.paths) && !matches(&source.exclude)

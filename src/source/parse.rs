@@ -153,8 +153,6 @@ impl Parser {
     /// The parser of `kind` (see [`TYPES`]), with the pattern a `regex` needs, the columns a
     /// `csv` or `tsv` needs, and `types` for fields converted from their text.
     pub fn new(kind: &str, pattern: Option<&str>, columns: Option<&[String]>, types: &[(String, String)]) -> Result<Parser, ParserError> {
-        let compiled =
-            |text: &str| Regex::new(text).map_err(|error| ParserError::BadPattern { pattern: text.into(), error: error.to_string() });
         if pattern.is_some() && kind != "regex" {
             return Err(ParserError::NotForType("pattern", "regex".into()));
         }
@@ -216,7 +214,7 @@ impl Parser {
         if matches!(self.grammar, Grammar::Container(_)) {
             return Err(ParserError::NotForContainer("null_value_pattern"));
         }
-        let regex = Regex::new(pattern).map_err(|error| ParserError::BadPattern { pattern: pattern.into(), error: error.to_string() })?;
+        let regex = compiled(pattern)?;
         self.null_value = Some(regex);
         Ok(self)
     }
@@ -248,8 +246,7 @@ impl Parser {
         let Grammar::Split { delimiter: splits_at, .. } = &mut self.grammar else {
             return Err(ParserError::NotForType("delimiter", "split".into()));
         };
-        let regex =
-            Regex::new(delimiter).map_err(|error| ParserError::BadPattern { pattern: delimiter.into(), error: error.to_string() })?;
+        let regex = compiled(delimiter)?;
         if regex.is_match("") {
             return Err(ParserError::BadPattern {
                 pattern: delimiter.into(),
@@ -521,6 +518,11 @@ fn delimited<'a>(text: &str, columns: &'a [String], delimiter: u8, quoted: bool,
         fields.push(name, FieldText::Text(Cow::Owned(value.to_owned())));
     }
     Ok(())
+}
+
+/// `text` as a regular expression, or what is wrong with it.
+fn compiled(text: &str) -> Result<Regex, ParserError> {
+    Regex::new(text).map_err(|error| ParserError::BadPattern { pattern: text.into(), error: error.to_string() })
 }
 
 fn split<'a>(text: &'a str, columns: &'a [String], delimiter: &Regex, fields: &mut Fields<'a>) {
