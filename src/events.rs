@@ -650,6 +650,10 @@ impl Events {
         tracing::error!(folder = %set_aside.folder.display(), "{set_aside}");
     }
 
+    pub fn queue_created_again(&self, queue_dir: &Path) {
+        tracing::warn!(queue = %queue_dir.display(), "{}", crate::queue::Creation::CREATED_AGAIN_NOTICE);
+    }
+
     pub fn data_dir_open_to_others(&self, data_dir: &Path, mode: u32) {
         tracing::warn!(
             data_dir = %data_dir.display(),

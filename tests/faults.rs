@@ -535,6 +535,37 @@ fn truncated_queue_files_never_panic_and_every_record_is_still_delivered() {
     assert_eq!(seq_counts(&fake.seen()).len() as u64, written, "every record delivered: {log}");
 }
 
+/// sled writes its settings (`queue/conf`) before its log, in two writes and without a rename: a
+/// kill -9 between them at the very first start (tests/model.rs found it, seed 180) left a queue
+/// that neither the daemon nor any queue command could open until someone deleted it. A queue
+/// with no log never held a record, so the next start creates it again.
+#[test]
+fn a_kill_while_the_queue_was_being_created_stops_nothing_and_every_record_is_delivered_once() {
+    let fake = FakeFirehose::start(Faults::default());
+    let settings = {
+        let elsewhere = FakeFirehose::start(Faults::default());
+        let first_start = Workspace::new();
+        first_start.write_config_for_endpoint(&elsewhere.endpoint, "", FAST_RETRIES);
+        support::write_seed_records(&first_start.log_file(), 0..1, 1, Duration::ZERO);
+        first_start.run_once();
+        std::fs::read(first_start.path().join("state/queue/conf")).expect("sled wrote its settings")
+    };
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", FAST_RETRIES);
+    let written = 3_000u64;
+    support::write_seed_records(&workspace.log_file(), 0..written, written, Duration::ZERO);
+    let queue_dir = workspace.path().join("state/queue");
+    std::fs::create_dir_all(queue_dir.join("blobs")).expect("mkdir");
+    // The settings without their crc: the kill came between sled's two writes.
+    std::fs::write(queue_dir.join("conf"), &settings[..settings.len() - 4]).expect("write");
+    let stats = workspace.run(&["queue", "stats", "--config", "tailhose.toml"]);
+    assert!(stats.status.success(), "queue commands open it: {}", String::from_utf8_lossy(&stats.stderr));
+    workspace.run_once();
+    let counts = seq_counts(&fake.seen());
+    assert_eq!(counts.len() as u64, written, "every record delivered");
+    assert!(counts.values().all(|&count| count == 1), "none twice");
+}
+
 /// sled never fsyncs its blob files (every chunk body is one). Each open writes a snapshot that
 /// says how far its log is stable; a blob below that point lost afterwards (a power cut soon
 /// after a restart, or a bad sector) made sled refuse to open the queue at all. tailhose sets

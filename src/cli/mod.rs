@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin;
 use crate::config::Config;
 use crate::pipeline::{self, ReadMode};
-use crate::queue::{QueueError, QueueStore};
+use crate::queue::{Creation, QueueError, QueueStore};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -243,6 +243,9 @@ fn open_store(data_dir: &Path, cache_bytes: u64) -> anyhow::Result<QueueStore> {
         Ok(store) => {
             if let Some(set_aside) = store.rolled_back() {
                 tracing::warn!("{set_aside}");
+            }
+            if store.creation() == Creation::CreatedAgain {
+                tracing::warn!(queue = %store.path().display(), "{}", Creation::CREATED_AGAIN_NOTICE);
             }
             Ok(store)
         }

@@ -31,7 +31,7 @@ use crate::admin::{self, AdminError, AdminState};
 use crate::config::{Config, SourceSettings};
 use crate::events::{EventCounts, Events};
 use crate::queue::recovery::{MissingRange, RecoveryReport};
-use crate::queue::{now_ms, route_name, QueueError, QueueStore, RouteQueue};
+use crate::queue::{now_ms, route_name, Creation, QueueError, QueueStore, RouteQueue};
 use crate::sink::{PackingVerdict, Sink};
 use crate::source::{recover_range, RecoveryOutcome};
 
@@ -107,6 +107,9 @@ pub async fn run_with_store(
     let events = Arc::new(Events::default());
     if let Some(set_aside) = store.rolled_back() {
         events.queue_rolled_back(set_aside);
+    }
+    if store.creation() == Creation::CreatedAgain {
+        events.queue_created_again(store.path());
     }
     if let Some(mode) = store.data_dir_open_to_others() {
         events.data_dir_open_to_others(&config.data_dir, mode);

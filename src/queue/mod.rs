@@ -26,7 +26,8 @@
 //!   that skips their bytes.
 //! - sled's storage may be damaged under it (sled does not fsync its blob files); its log
 //!   recovery rolls back to the last consistent point, which invariant 1 turns into reading
-//!   again. [`QueueStore::open`] makes sure a stale snapshot cannot stop that rollback.
+//!   again. [`QueueStore::open`] makes sure a stale snapshot cannot stop that rollback, nor a
+//!   kill during the queue's creation leave settings sled refuses for good.
 //!
 //! # On-disk format
 //! Keys are described in [`keys`], values in [`chunk`], [`positions`] and [`dead_letter`], where
@@ -103,6 +104,26 @@ pub struct QueueStore {
     rolled_back: Option<SnapshotsSetAside>,
     /// See [`QueueStore::data_dir_open_to_others`].
     open_to_others: Option<u32>,
+    /// See [`QueueStore::creation`].
+    creation: Creation,
+}
+
+/// Whether [`QueueStore::open`] found the queue or created it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    /// The queue was there (the usual start).
+    Found,
+    /// There was no queue: this is the data_dir's first start.
+    Created,
+    /// An earlier start was stopped while sled created the queue: sled's settings file was
+    /// there but its log was not, so the queue had never held a record, and it was created again.
+    CreatedAgain,
+}
+
+impl Creation {
+    /// What the operator is told of [`Creation::CreatedAgain`].
+    pub const CREATED_AGAIN_NOTICE: &'static str = "an earlier start was stopped while it created the queue (sled's settings file was \
+        left without its log); the queue had never held a record and was created again";
 }
 
 /// `data_dir` holds log contents and dead letters: what this process creates from now on is
@@ -144,6 +165,39 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
         // timer flush only adds fsyncs.
         .flush_every_ms(None)
         .open()
+}
+
+/// Prepares `queue_dir` for sled and says whether sled is about to create the queue.
+///
+/// sled 0.34 creates a queue by writing its settings file (`conf`) with two writes, no rename
+/// and no fsync, and only then its log (`db`): a kill between the two writes leaves settings
+/// that sled refuses to read ever after. Nothing is stored before the log exists, so settings
+/// without a log (and without a snapshot) are what such a kill left, and they are removed for
+/// sled to write again. Settings beside a log are never touched: that queue may hold records.
+fn prepare_creation(queue_dir: &Path) -> std::io::Result<Creation> {
+    match std::fs::symlink_metadata(queue_dir.join("db")) {
+        Ok(_) => return Ok(Creation::Found),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    if !snapshot_files(queue_dir).is_empty() {
+        // Not something sled leaves; let sled say what it makes of it.
+        return Ok(Creation::Found);
+    }
+    match std::fs::remove_file(queue_dir.join("conf")) {
+        Ok(()) => Ok(Creation::CreatedAgain),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Creation::Created),
+        Err(error) => Err(error),
+    }
+}
+
+/// Makes a queue sled has just created durable as a whole: sled never fsyncs its settings file
+/// or the folders that name it, and a power cut could otherwise leave a log beside settings
+/// that were never written, which sled refuses.
+fn sync_created(data_dir: &Path, queue_dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(queue_dir.join("conf"))?.sync_all()?;
+    std::fs::File::open(queue_dir)?.sync_all()?;
+    std::fs::File::open(data_dir)?.sync_all()
 }
 
 fn open_error(path: PathBuf, source: sled::Error) -> QueueError {
@@ -193,8 +247,14 @@ impl QueueStore {
     pub fn open(data_dir: &Path, cache_bytes: u64) -> Result<QueueStore, QueueError> {
         let open_to_others = keep_to_ourselves(data_dir).map_err(|source| open_error(data_dir.to_path_buf(), sled::Error::Io(source)))?;
         let path = data_dir.join("queue");
+        let creation = prepare_creation(&path).map_err(|source| open_error(path.clone(), sled::Error::Io(source)))?;
         let refusal = match open_sled(&path, cache_bytes) {
-            Ok(db) => return Ok(QueueStore { db, path, rolled_back: None, open_to_others }),
+            Ok(db) => {
+                if creation != Creation::Found {
+                    sync_created(data_dir, &path).map_err(|source| open_error(path.clone(), sled::Error::Io(source)))?;
+                }
+                return Ok(QueueStore { db, path, rolled_back: None, open_to_others, creation });
+            }
             Err(refusal @ sled::Error::Corruption { .. }) => refusal,
             Err(source) => return Err(open_error(path, source)),
         };
@@ -210,7 +270,18 @@ impl QueueStore {
             std::fs::rename(snapshot, folder.join(name)).map_err(set_aside)?;
         }
         let db = open_sled(&path, cache_bytes).map_err(|source| open_error(path.clone(), source))?;
-        Ok(QueueStore { db, path, rolled_back: Some(SnapshotsSetAside { folder, refusal: refusal.to_string() }), open_to_others })
+        Ok(QueueStore {
+            db,
+            path,
+            rolled_back: Some(SnapshotsSetAside { folder, refusal: refusal.to_string() }),
+            open_to_others,
+            creation: Creation::Found,
+        })
+    }
+
+    /// Whether this open found the queue or created it (again, after an interrupted creation).
+    pub fn creation(&self) -> Creation {
+        self.creation
     }
 
     /// The permission bits of a `data_dir` that was found readable or writable by others (it

@@ -595,3 +595,53 @@ fn a_replacement_damaged_in_turn_is_recovered_again_although_the_position_passed
         vec![recovery::MissingRange { file: file(1), path: b"/logs/a.log".to_vec(), start: 0, end: first.meta.end_offset }]
     );
 }
+
+/// sled's `conf` as a kill between its two writes leaves it: the settings without their crc,
+/// or cut inside the settings.
+fn torn_sled_settings() -> Vec<Vec<u8>> {
+    let complete = tempfile::tempdir().expect("tempdir");
+    drop(QueueStore::reopen_for_test(complete.path()));
+    let conf = std::fs::read(complete.path().join("queue/conf")).expect("sled wrote its settings");
+    vec![conf[..conf.len() - 4].to_vec(), conf[..conf.len() - 10].to_vec()]
+}
+
+/// sled writes `conf` before it creates its log (`db`), with two writes and no rename: a kill
+/// between them at the very first start left settings sled cannot read, and no tailhose
+/// command could open the queue until someone deleted it by hand.
+#[test]
+fn a_queue_whose_creation_was_cut_short_by_a_kill_is_created_again_and_works() {
+    for torn in torn_sled_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("queue/blobs")).expect("mkdir");
+        std::fs::write(dir.path().join("queue/conf"), &torn).expect("write");
+        let chunk = draft(file(1), 0, &["{\"a\":1}"]);
+        {
+            let (queue, _) = open(dir.path());
+            queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
+            queue.commit().expect("commit");
+        }
+        let (queue, _) = open(dir.path());
+        let stored = queue.read_pending(ChunkSeq(0), ChunkSeq(u64::MAX)).expect("read").expect("the chunk survived a restart");
+        assert_eq!(chunk::decode_chunk(stored.seq, &stored.bytes).expect("decodes").records().count(), 1);
+    }
+}
+
+/// Only a queue that never held anything is created again: a queue with data whose settings
+/// are damaged is refused with the reason, never replaced.
+#[test]
+fn a_queue_holding_data_whose_settings_are_damaged_is_refused_never_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (queue, _) = open(dir.path());
+        queue.append(&draft(file(1), 0, &["{\"a\":1}"]), &[], ReadProgress::Advance).expect("append");
+        queue.commit().expect("commit");
+    }
+    let torn = torn_sled_settings().remove(0);
+    std::fs::write(dir.path().join("queue/conf"), &torn).expect("write");
+    match QueueStore::open(dir.path(), 1 << 20) {
+        Err(QueueError::Open { .. }) => {}
+        Err(other) => panic!("refused, but as {other}"),
+        Ok(_) => panic!("a queue with data and damaged settings must not open as if new"),
+    }
+    assert!(dir.path().join("queue/db").metadata().expect("db kept").len() > 0, "nothing was deleted");
+}
