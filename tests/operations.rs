@@ -340,3 +340,66 @@ fn data_dir_and_what_it_holds_are_kept_from_other_users_and_an_open_one_is_warne
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("data_dir can be read or written by other users"), "{log}");
 }
+
+/// `tailhose_name{label="value", ...}` as the alert rules and their promtool tests write a series.
+struct SeriesReference {
+    name: String,
+    labels: Vec<(String, String)>,
+}
+
+fn series_references(text: &str) -> Vec<SeriesReference> {
+    let series = regex::Regex::new(r#"(tailhose_[a-z_]+)(\{[^}]*\})?"#).expect("regex");
+    let label = regex::Regex::new(r#"([a-z_]+)\s*=~?\s*\\?"([^"\\]*)\\?""#).expect("regex");
+    series
+        .captures_iter(text)
+        .map(|found| SeriesReference {
+            name: found[1].to_owned(),
+            labels: found.get(2).map_or(Vec::new(), |labels| {
+                label.captures_iter(labels.as_str()).map(|pair| (pair[1].to_owned(), pair[2].to_owned())).collect()
+            }),
+        })
+        .collect()
+}
+
+/// The shipped alert rules (data/prometheus) and the series their promtool tests feed them must
+/// name what the daemon exports: a renamed metric or label would leave an alert that never fires
+/// while its promtool test still passes.
+#[test]
+fn the_alert_rules_and_their_tests_read_only_series_the_daemon_exports() {
+    let fake = FakeFirehose::start(Faults::default());
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", QUICK_RETRIES);
+    write_seed_records(&workspace.log_file(), 0..100, 100, Duration::ZERO);
+    let daemon = workspace.start_daemon();
+    let address = workspace.admin_address();
+    let body = wait_until(Duration::from_secs(30), "100 records acknowledged", || {
+        let (_, body) = http_get(&address, "/metrics")?;
+        body.lines().any(|line| line == "tailhose_records_acked_total 100").then_some(body)
+    });
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    let exported: Vec<&str> = body.lines().filter(|line| !line.starts_with('#')).collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/prometheus");
+    let mut checked = 0;
+    for file in ["tailhose-alerts.yml", "tailhose-alerts.test.yml"] {
+        let text = std::fs::read_to_string(root.join(file)).expect("the rules are shipped");
+        for reference in series_references(&text) {
+            let lines: Vec<&&str> = exported
+                .iter()
+                .filter(|line| line.starts_with(&format!("{} ", reference.name)) || line.starts_with(&format!("{}{{", reference.name)))
+                .collect();
+            assert!(!lines.is_empty(), "{file} reads {}, which /metrics does not export:\n{body}", reference.name);
+            // Prometheus adds instance and job; routes and paths are the user's names.
+            for (label, value) in reference.labels.iter().filter(|(label, _)| !["instance", "job"].contains(&label.as_str())) {
+                let wanted =
+                    if ["route", "path"].contains(&label.as_str()) { format!("{label}=\"") } else { format!("{label}=\"{value}\"") };
+                assert!(
+                    lines.iter().any(|line| line.contains(&wanted)),
+                    "{file} reads {}{{{label}=\"{value}\"}}, which /metrics does not export: {lines:?}",
+                    reference.name
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "the rules and their tests were read ({checked} series references)");
+}

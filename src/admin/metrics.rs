@@ -124,6 +124,11 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
             out.sample(name, &[("route", &route.route)], value(route));
         }
     }
+    // Beside tailhose_queue_bytes: an alert on a queue filling up needs its limit.
+    out.header("tailhose_queue_max_bytes", "Queue size at which reading pauses (max_queue_bytes).", "gauge");
+    for queue in &state.routes {
+        out.sample("tailhose_queue_max_bytes", &[("route", queue.name())], queue.max_queue_bytes() as f64);
+    }
     out.header("tailhose_source_lag_bytes", "Bytes of a file not yet acknowledged, for files still at their path.", "gauge");
     for route in &stats {
         for file in &route.files {

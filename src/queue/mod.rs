@@ -87,6 +87,11 @@ pub enum QueueError {
     Open { path: PathBuf, source: sled::Error },
     #[error("the queue in {path} is damaged and its snapshot files could not be moved to {folder}: {source}")]
     SetAsideSnapshots { path: PathBuf, folder: PathBuf, source: std::io::Error },
+    #[error(
+        "data_dir {path} belongs to user id {owner}, and root would leave files in it that user cannot open \
+         (the daemon could then not start): run tailhose as its owner, e.g. `sudo -u tailhose tailhose ...`"
+    )]
+    OwnedByAnotherUser { path: PathBuf, owner: u32 },
     #[error("queue storage failed: {0}; check the disk holding data_dir (space, permissions)")]
     Storage(#[from] sled::Error),
     /// A queue operation did not finish in time: sled blocks instead of failing after some I/O
@@ -146,6 +151,25 @@ fn keep_to_ourselves(data_dir: &Path) -> std::io::Result<Option<u32>> {
         }
         Err(error) => Err(error),
     }
+}
+
+/// A packaged daemon runs as its own user; root running a queue command on that user's
+/// data_dir would leave files (sled's snapshot, new blobs) only root can open, and the daemon
+/// would fail at its next start. Other users are stopped by the folder's mode anyway.
+fn refuse_root_in_another_users_data_dir(data_dir: &Path) -> Result<(), QueueError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid only reads the process's effective user id; it cannot fail.
+    let running_as = unsafe { libc::geteuid() };
+    match std::fs::metadata(data_dir) {
+        Ok(metadata) if root_would_lock_out(running_as, metadata.uid()) => {
+            Err(QueueError::OwnedByAnotherUser { path: data_dir.to_path_buf(), owner: metadata.uid() })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn root_would_lock_out(running_as: u32, data_dir_owner: u32) -> bool {
+    running_as == 0 && data_dir_owner != 0
 }
 
 /// sled's snapshot files, moved out of the queue so that sled could recover from its log alone.
@@ -245,6 +269,7 @@ impl QueueStore {
     /// transaction with the read position that covers it, so the rollback only moves reading
     /// back, and what it lost is read again from the source files.
     pub fn open(data_dir: &Path, cache_bytes: u64) -> Result<QueueStore, QueueError> {
+        refuse_root_in_another_users_data_dir(data_dir)?;
         let open_to_others = keep_to_ourselves(data_dir).map_err(|source| open_error(data_dir.to_path_buf(), sled::Error::Io(source)))?;
         let path = data_dir.join("queue");
         let creation = prepare_creation(&path).map_err(|source| open_error(path.clone(), sled::Error::Io(source)))?;
@@ -961,6 +986,11 @@ impl RouteQueue {
     /// Bytes of chunks not yet fully acknowledged.
     pub fn pending_bytes(&self) -> u64 {
         self.accounting().pending_bytes
+    }
+
+    /// The queue size at which reading pauses (`max_queue_bytes`).
+    pub fn max_queue_bytes(&self) -> u64 {
+        self.inner.max_queue_bytes
     }
 
     /// Bytes that may still be queued before `max_queue_bytes` is reached.

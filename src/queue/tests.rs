@@ -645,3 +645,11 @@ fn a_queue_holding_data_whose_settings_are_damaged_is_refused_never_replaced() {
     }
     assert!(dir.path().join("queue/db").metadata().expect("db kept").len() > 0, "nothing was deleted");
 }
+
+#[test]
+fn root_is_stopped_only_in_a_data_dir_another_user_owns() {
+    assert!(root_would_lock_out(0, 998), "root in the packaged daemon's data_dir");
+    assert!(!root_would_lock_out(0, 0), "root in its own");
+    assert!(!root_would_lock_out(998, 998), "the daemon's user in its own");
+    assert!(!root_would_lock_out(1000, 998), "another user: the folder's mode stops it");
+}
