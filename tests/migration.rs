@@ -388,6 +388,40 @@ fn an_agent_flow_tailhose_cannot_keep_is_listed_with_its_line_and_the_import_exi
     assert!(written.contains("# flow at ") && written.contains("paths = [\"/var/log/app/*.log\"]"), "{written}");
 }
 
+/// The agent appends the flows of every file in `/etc/aws-kinesis/agent.d/` to agent.json's:
+/// an import that read agent.json alone left those files unread after the cut-over.
+#[test]
+fn the_flows_of_agent_d_are_imported_beside_agent_json_and_every_file_is_delivered_once() {
+    let fake = FakeFirehose::start(Faults::default());
+    let workspace = Workspace::new();
+    let folder = workspace.path().join("source");
+    std::fs::create_dir_all(&folder).expect("source folder");
+    write_seed_records(&folder.join("app.log"), 0..300, 300, Duration::ZERO);
+    write_seed_records(&folder.join("audit.log"), 300..500, 200, Duration::ZERO);
+    let flow = |file: &str| serde_json::json!({"filePattern": format!("{}/{file}", folder.display()), "deliveryStream": support::STREAM, "initialPosition": "START_OF_FILE"});
+    let agent_json = workspace.path().join("agent.json");
+    let agent = serde_json::json!({"firehose.endpoint": fake.endpoint, "flows": [flow("app.log")]});
+    std::fs::write(&agent_json, agent.to_string()).expect("agent.json");
+    let agent_d = workspace.path().join("agent.d");
+    std::fs::create_dir_all(&agent_d).expect("agent.d");
+    std::fs::write(agent_d.join("audit.json"), serde_json::json!({"flows": [flow("audit.log")]}).to_string()).expect("audit.json");
+    std::fs::write(agent_d.join("broken.json"), "{ not json").expect("broken.json");
+
+    let output = import_agent(&workspace, &agent_json);
+    let report = stderr(&output);
+    assert!(output.status.success(), "{report}");
+    for expected in [format!("reading more flows from {}", agent_d.join("audit.json").display()), "broken.json:1: note: `flows`".to_owned()]
+    {
+        assert!(report.contains(&expected), "missing {expected:?} in\n{report}");
+    }
+    workspace.rewrite_config(|config| config.replace("endpoint_url = ", &format!("region = \"{}\"\nendpoint_url = ", support::REGION)));
+    allow_parallel_daemons(&workspace);
+    workspace.run_once();
+    let mut seqs = accepted_seqs(&fake);
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..500).collect::<Vec<u64>>(), "both files' records, once each");
+}
+
 #[test]
 fn a_fluentd_configuration_with_nginx_multiline_record_transformer_and_copy_imports_and_every_record_arrives_parsed_once() {
     let moto = Moto::start();

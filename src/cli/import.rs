@@ -30,8 +30,20 @@ pub fn fluentd(request: ImportRequest<'_>) -> anyhow::Result<()> {
     finish(&translation, true)
 }
 
-pub fn kinesis_agent(request: ImportRequest<'_>, checkpoints: Option<&Path>) -> anyhow::Result<()> {
-    let mut import = kinesis_agent::read_file(request.from)?;
+pub fn kinesis_agent(request: ImportRequest<'_>, checkpoints: Option<&Path>, flows_dir: Option<&Path>) -> anyhow::Result<()> {
+    // The agent always appends the flows of agent.d's files: a cut-over without them would
+    // leave those files unread.
+    let beside = request.from.parent().map(|folder| folder.join("agent.d"));
+    let flow_files = match (flows_dir, beside) {
+        (Some(given), _) if !given.is_dir() => anyhow::bail!("no folder of flows at {}", given.display()),
+        (Some(given), _) => kinesis_agent::flow_files(given)?,
+        (None, Some(beside)) if beside.is_dir() => kinesis_agent::flow_files(&beside)?,
+        (None, _) => Vec::new(),
+    };
+    for file in &flow_files {
+        eprintln!("reading more flows from {}", file.display());
+    }
+    let mut import = kinesis_agent::translate(&kinesis_agent::AgentFile::read(request.from)?, &flow_files)?;
     if import.translation.sources.is_empty() {
         for note in &import.translation.notes {
             eprintln!("{note}");

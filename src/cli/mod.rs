@@ -133,6 +133,10 @@ pub enum ImportCommand {
         /// /var/run/aws-kinesis-agent/checkpoints) when absent.
         #[arg(long)]
         checkpoints: Option<PathBuf>,
+        /// The folder of more flows the agent reads (every file in it), `agent.d` beside the
+        /// configuration when absent (/etc/aws-kinesis/agent.d for the agent's own).
+        #[arg(long)]
+        flows_dir: Option<PathBuf>,
         #[command(flatten)]
         written: ImportOutput,
     },
@@ -191,8 +195,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Status { config, json } => status::show(&config, json).await,
         Command::Queue { command } => queue::execute(command).await,
         Command::Import { command: ImportCommand::Fluentd { config, written } } => import::fluentd(written.request(&config)),
-        Command::Import { command: ImportCommand::KinesisAgent { config, checkpoints, written } } => {
-            import::kinesis_agent(written.request(&config), checkpoints.as_deref())
+        Command::Import { command: ImportCommand::KinesisAgent { config, checkpoints, flows_dir, written } } => {
+            import::kinesis_agent(written.request(&config), checkpoints.as_deref(), flows_dir.as_deref())
         }
         Command::Generate { out, count, first_seq, rate, burst, seed } => {
             generate::generate(generate::GenerateRequest { out: &out, count, first_seq, rate, burst, seed })

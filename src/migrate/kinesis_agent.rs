@@ -59,46 +59,120 @@ pub struct AgentImport {
     pub checkpoint_file: PathBuf,
 }
 
-pub fn read_file(path: &Path) -> Result<AgentImport, AgentConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AgentConfigError::Read { path: path.to_owned(), source })?;
-    translate_text(&text, path)
+/// One configuration file and its text.
+pub struct AgentFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl AgentFile {
+    pub fn read(path: &Path) -> Result<AgentFile, AgentConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AgentConfigError::Read { path: path.to_owned(), source })?;
+        Ok(AgentFile { path: path.to_owned(), text })
+    }
+}
+
+/// The files the agent reads flows from besides `agent.json`: every file of `agent.d`, the
+/// folder it always looks in (`/etc/aws-kinesis/agent.d/`), in name order.
+pub fn flow_files(folder: &Path) -> Result<Vec<PathBuf>, AgentConfigError> {
+    let read_error = |source| AgentConfigError::Read { path: folder.to_owned(), source };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(folder).map_err(read_error)? {
+        let path = entry.map_err(read_error)?.path();
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// Translates the text of an `agent.json` read from `path`.
 pub fn translate_text(text: &str, path: &Path) -> Result<AgentImport, AgentConfigError> {
-    let shape = |message: &str| AgentConfigError::Shape { path: path.to_owned(), message: message.to_owned() };
-    let root: Value = serde_json::from_str(text).map_err(|source| AgentConfigError::Json { path: path.to_owned(), source })?;
-    let root = root.as_object().ok_or_else(|| shape("not a JSON object"))?;
+    translate(&AgentFile { path: path.to_owned(), text: text.to_owned() }, &[])
+}
+
+/// Translates `agent.json` and the flows of the files of `agent.d` (`more`, which the agent
+/// appends to the main file's flows; only their `flows` are read, and a file it cannot read or
+/// parse it skips with a warning, as the import does with a note).
+pub fn translate(main: &AgentFile, more: &[PathBuf]) -> Result<AgentImport, AgentConfigError> {
+    let shape = |path: &Path, message: &str| AgentConfigError::Shape { path: path.to_owned(), message: message.to_owned() };
+    let root: Value = serde_json::from_str(&main.text).map_err(|source| AgentConfigError::Json { path: main.path.clone(), source })?;
+    let root = root.as_object().ok_or_else(|| shape(&main.path, "not a JSON object"))?;
     let mut notes = Notes(Vec::new());
-    let whole = Location { file: path.to_owned(), line: 1 };
-    let line_of = FlowLines::new(text);
+    let whole = Location { file: main.path.clone(), line: 1 };
     let settings = Settings::read(root, &whole, &mut notes);
-    let flows = match root.get("flows") {
-        Some(Value::Array(flows)) => flows.as_slice(),
-        Some(_) => return Err(shape("`flows` is not a list")),
-        None => &[],
+    let mut flows = FlowTranslation {
+        translation: Translation { origin: Origin::KinesisAgent, ..Translation::default() },
+        identities: Vec::new(),
+        seen: 0,
     };
-    let mut translation = Translation { origin: Origin::KinesisAgent, ..Translation::default() };
-    let mut identities = Vec::new();
-    for (index, flow) in flows.iter().enumerate() {
-        let location = Location { file: path.to_owned(), line: line_of.flow(index) };
-        let Some(flow) = flow.as_object() else {
-            notes.push(Severity::ChangesDelivery, &location, "flows", format!("flow {} is not an object; not imported", index + 1));
-            continue;
-        };
-        let Some(mut translated) = translate_flow(flow, index, &settings, location, &mut notes) else { continue };
-        let name = unique_name(translated.source.name.clone(), translation.sources.iter().map(|source| source.name.as_str()));
-        translated.source.name = name.clone();
-        translated.output.name = unique_name(name.clone(), translation.outputs.iter().map(|output| output.name.as_str()));
-        translated.output.inputs = vec![name.clone()];
-        identities.push(FlowIdentity { source: name, id: translated.id });
-        translation.sources.push(translated.source);
-        translation.outputs.push(translated.output);
+    match root.get("flows") {
+        Some(Value::Array(list)) => flows.add(list, main, &settings, &mut notes),
+        Some(_) => return Err(shape(&main.path, "`flows` is not a list")),
+        None => {}
     }
+    for path in more {
+        let skipped = |notes: &mut Notes, why: String| {
+            let location = Location { file: path.clone(), line: 1 };
+            notes.push(Severity::Info, &location, "flows", format!("{why}; the agent skips such a file too, so nothing of it is imported"));
+        };
+        let file = match AgentFile::read(path) {
+            Ok(file) => file,
+            Err(error) => {
+                skipped(&mut notes, error.to_string());
+                continue;
+            }
+        };
+        match serde_json::from_str::<Value>(&file.text) {
+            Ok(Value::Object(root)) => match root.get("flows") {
+                Some(Value::Array(list)) => flows.add(list, &file, &settings, &mut notes),
+                Some(_) => skipped(&mut notes, "`flows` is not a list".to_owned()),
+                None => {}
+            },
+            Ok(_) => skipped(&mut notes, "not a JSON object".to_owned()),
+            Err(error) => skipped(&mut notes, format!("not JSON the agent reads: {error}")),
+        }
+    }
+    let FlowTranslation { mut translation, identities, .. } = flows;
     translation.notes = notes.0;
-    translation.notes.sort_by_key(|note| note.location.line);
+    // In the order the agent reads them: agent.json, then agent.d's files; by line in each.
+    let file_order = |file: &Path| if file == main.path { 0 } else { 1 + more.iter().position(|path| path == file).unwrap_or(more.len()) };
+    translation.notes.sort_by_key(|note| (file_order(&note.location.file), note.location.line));
     let checkpoint_file = settings.checkpoint_file.unwrap_or_else(|| PathBuf::from(DEFAULT_CHECKPOINT_FILE));
     Ok(AgentImport { translation, flows: identities, checkpoint_file })
+}
+
+/// The flows translated so far, from every file.
+struct FlowTranslation {
+    translation: Translation,
+    identities: Vec<FlowIdentity>,
+    /// Flows read so far, from every file: the fallback for names.
+    seen: usize,
+}
+
+impl FlowTranslation {
+    fn add(&mut self, flows: &[Value], file: &AgentFile, settings: &Settings, notes: &mut Notes) {
+        let line_of = FlowLines::new(&file.text);
+        for (index, flow) in flows.iter().enumerate() {
+            let location = Location { file: file.path.clone(), line: line_of.flow(index) };
+            let number = self.seen;
+            self.seen += 1;
+            let Some(flow) = flow.as_object() else {
+                notes.push(Severity::ChangesDelivery, &location, "flows", format!("flow {} is not an object; not imported", index + 1));
+                continue;
+            };
+            let Some(mut translated) = translate_flow(flow, number, settings, location, notes) else { continue };
+            let translation = &mut self.translation;
+            let name = unique_name(translated.source.name.clone(), translation.sources.iter().map(|source| source.name.as_str()));
+            translated.source.name = name.clone();
+            translated.output.name = unique_name(name.clone(), translation.outputs.iter().map(|output| output.name.as_str()));
+            translated.output.inputs = vec![name.clone()];
+            self.identities.push(FlowIdentity { source: name, id: translated.id });
+            translation.sources.push(translated.source);
+            translation.outputs.push(translated.output);
+        }
+    }
 }
 
 /// The line of each flow in the file, for notes: the agent's JSON has no other address than
@@ -757,6 +831,34 @@ mod tests {
 
     fn parsed(parser: &Parser, line: &str) -> serde_json::Value {
         serde_json::from_slice(&parser.parse(line.as_bytes()).expect("parses")).expect("JSON")
+    }
+
+    #[test]
+    fn the_flows_of_agent_d_files_follow_agent_json_and_a_file_the_agent_skips_is_noted() {
+        let folder = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            let path = folder.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            path
+        };
+        let main = AgentFile {
+            path: PathBuf::from("/etc/aws-kinesis/agent.json"),
+            text: r#"{"firehose.endpoint": "firehose.eu-west-1.amazonaws.com", "flows": [{"filePattern": "/var/log/app/*.log", "deliveryStream": "app"}]}"#.into(),
+        };
+        let more = [
+            write("a.json", "{\n\"flows\": [\n{\"filePattern\": \"/var/log/audit/*.log\", \"deliveryStream\": \"audit\"}]}"),
+            write("b.json", "{ not json"),
+            write("c.json", r#"{"checkpointFile": "/elsewhere", "flows": []}"#),
+        ];
+        let import = translate(&main, &more).expect("translates");
+        let ids: Vec<&str> = import.flows.iter().map(|flow| flow.id.as_str()).collect();
+        assert_eq!(ids, ["fh:app:/var/log/app/*.log", "fh:audit:/var/log/audit/*.log"]);
+        let audit = import.translation.outputs.iter().find(|output| output.delivery_stream == "audit").expect("agent.d's flow");
+        assert_eq!(audit.region.as_deref(), Some("eu-west-1"), "agent.json's settings hold for agent.d's flows");
+        assert_eq!(import.checkpoint_file, PathBuf::from(DEFAULT_CHECKPOINT_FILE), "only the flows of agent.d's files are read");
+        let notes: Vec<String> = import.translation.notes.iter().map(|note| note.to_string()).collect();
+        assert!(notes.iter().any(|note| note.starts_with(&format!("{}:1: note: `flows`", more[1].display()))), "{notes:?}");
+        assert!(!import.translation.changes_delivery(), "{notes:?}");
     }
 
     #[test]
