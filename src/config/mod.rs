@@ -25,7 +25,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::source::fields::{host_name, AddedFields};
-use crate::source::multiline::{Multiline, MultilineRule, SingleLine};
+use crate::source::multiline::{Multiline, MultilineRule, PartialLines, SingleLine};
 use crate::source::parse::Parser;
 
 /// Firehose's own limits for `PutRecordBatch` (they cannot be raised).
@@ -326,12 +326,25 @@ pub struct MultilineConfig {
 impl MultilineConfig {
     /// The rule this table describes, or what is wrong with it.
     pub fn compile(&self) -> Result<Multiline, String> {
+        self.compile_for(None)
+    }
+
+    /// The rule this table describes for a source whose parser reads a container runtime's
+    /// lines (`partial`), or none: beside such a parser, which joins the parts the runtime split
+    /// a line into by a rule of its own, the table only sets that rule's limits.
+    pub fn compile_for(&self, partial: Option<PartialLines>) -> Result<Multiline, String> {
         let pattern =
             |text: &str| regex::bytes::Regex::new(text).map_err(|error| format!("`{text}` is not a valid regular expression: {error}"));
-        let rule = match (&self.start, &self.continuation, &self.preset) {
-            (Some(start), None, None) => MultilineRule::Start(pattern(start)?),
-            (None, Some(continuation), None) => MultilineRule::Continuation(pattern(continuation)?),
-            (None, None, Some(preset)) => MultilineRule::preset(preset)
+        let rule = match (partial, &self.start, &self.continuation, &self.preset) {
+            (Some(kind), None, None, None) => MultilineRule::Partial(kind),
+            (Some(_), ..) => {
+                return Err("a container log's parser joins the parts its runtime split a line into by its own rule: \
+                            beside it, give only flush_timeout, max_lines and max_bytes"
+                    .into())
+            }
+            (None, Some(start), None, None) => MultilineRule::Start(pattern(start)?),
+            (None, None, Some(continuation), None) => MultilineRule::Continuation(pattern(continuation)?),
+            (None, None, None, Some(preset)) => MultilineRule::preset(preset)
                 .ok_or_else(|| format!("no preset is named `{preset}` (presets: {})", crate::source::multiline::PRESETS.join(", ")))?,
             _ => return Err("give exactly one of `start`, `continuation` and `preset`".into()),
         };
@@ -657,20 +670,20 @@ impl Config {
             if source.get_ref().max_line_bytes.0 == 0 {
                 report(format!("{key}.max_line_bytes"), source.span(), "must be greater than 0".into());
             }
-            if let Some(Err(problem)) = source.get_ref().multiline.as_ref().map(MultilineConfig::compile) {
+            let partial = match source.get_ref().parse.as_ref().map(ParseConfig::compile) {
+                Some(Err(problem)) => {
+                    report(format!("{key}.parse"), source.span(), problem);
+                    None
+                }
+                Some(Ok(parser)) => parser.partial_lines(),
+                None => None,
+            };
+            if let Some(Err(problem)) = source.get_ref().multiline.as_ref().map(|multiline| multiline.compile_for(partial)) {
                 report(format!("{key}.multiline"), source.span(), problem);
             }
-            match source.get_ref().parse.as_ref().map(ParseConfig::compile) {
-                Some(Err(problem)) => report(format!("{key}.parse"), source.span(), problem),
-                Some(Ok(parser)) if parser.partial_lines().is_some() && source.get_ref().multiline.is_some() => {
-                    let why = "a container log's parser joins the lines its runtime split itself: leave the multiline table out";
-                    report(format!("{key}.multiline"), source.span(), why.into());
-                }
-                Some(Ok(parser)) if parser.partial_lines().is_some() && source.get_ref().single_line.is_some() => {
-                    let why = "a container log's lines are the runtime's, each a record's part: single_line would break them";
-                    report(format!("{key}.single_line"), source.span(), why.into());
-                }
-                _ => {}
+            if partial.is_some() && source.get_ref().single_line.is_some() {
+                let why = "a container log's lines are the runtime's, each a record's part: single_line would break them";
+                report(format!("{key}.single_line"), source.span(), why.into());
             }
             if let Some(Err(problem)) = source.get_ref().add_fields.as_ref().map(|fields| fields.compile(name)) {
                 report(format!("{key}.add_fields"), source.span(), problem);
@@ -814,7 +827,7 @@ impl Config {
                     skip_header_lines: source.skip_header_lines,
                     // Checked by `Config::parse`: a table that does not compile never gets here.
                     multiline: match (&source.multiline, parse.as_ref().and_then(|parse| parse.partial_lines())) {
-                        (Some(multiline), _) => multiline.compile().ok().map(Arc::new),
+                        (Some(multiline), partial) => multiline.compile_for(partial).ok().map(Arc::new),
                         // A container log's parser joins the parts its runtime split a line into.
                         (None, Some(kind)) => Some(Arc::new(Multiline {
                             rule: MultilineRule::Partial(kind),

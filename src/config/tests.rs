@@ -221,3 +221,31 @@ fn added_fields_need_json_objects_and_say_what_they_add_once() {
         assert!(problems.iter().any(|problem| problem.message.contains(expected)), "{wrong}: {problems:?}");
     }
 }
+
+/// A container log's parts are joined by the parser's own rule; its limits (how long a part
+/// waits for the rest, how long a joined line may be) are the multiline table's, when given.
+#[test]
+fn beside_a_container_log_parser_a_multiline_table_sets_only_the_limits_of_the_joining() {
+    let with = |multiline: &str| {
+        SEED_LIKE.replace("format = \"json\"\n", "").replace(
+            "\n[sinks.events]",
+            &format!("\n[sources.conect.parse]\ntype = \"cri\"\n\n[sources.conect.multiline]\n{multiline}\n\n[sinks.events]"),
+        )
+    };
+    let config = parse(&with("flush_timeout = \"3s\"\nmax_bytes = \"64KiB\"")).expect("limits are allowed");
+    let source = config.source_settings().remove(0);
+    let multiline = source.multiline.expect("the parts are joined");
+    assert!(matches!(multiline.rule, MultilineRule::Partial(PartialLines::Cri)), "{:?}", multiline.rule);
+    assert_eq!((multiline.flush_timeout, multiline.max_bytes, multiline.max_lines), (Duration::from_secs(3), 64 * 1024, 1000));
+    let default = parse(&with("")).expect("an empty table").source_settings().remove(0).multiline.expect("joined");
+    assert_eq!((default.flush_timeout, default.max_bytes), (Duration::from_secs(1), 512 * 1024), "the defaults");
+    for rule in ["start = '^\\d'", "preset = \"java\""] {
+        let found = problems(&with(rule));
+        assert!(
+            found.iter().any(|problem| problem.key == "sources.conect.multiline" && problem.message.contains("give only flush_timeout")),
+            "{rule}: {found:?}"
+        );
+    }
+    let found = problems(&with("max_bytes = \"2MiB\""));
+    assert!(found.iter().any(|problem| problem.message.contains("max_bytes")), "a joined line must fit a Firehose record: {found:?}");
+}
