@@ -380,6 +380,7 @@ fn the_alert_rules_and_their_tests_read_only_series_the_daemon_exports() {
     let exported: Vec<&str> = body.lines().filter(|line| !line.starts_with('#')).collect();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/prometheus");
     let mut checked = 0;
+    let grouping = regex::Regex::new(r"\b(?:by|on)\s*\(([^)]*)\)").expect("regex");
     for file in ["tailhose-alerts.yml", "tailhose-alerts.test.yml"] {
         let text = std::fs::read_to_string(root.join(file)).expect("the rules are shipped");
         for reference in series_references(&text) {
@@ -388,17 +389,29 @@ fn the_alert_rules_and_their_tests_read_only_series_the_daemon_exports() {
                 .filter(|line| line.starts_with(&format!("{} ", reference.name)) || line.starts_with(&format!("{}{{", reference.name)))
                 .collect();
             assert!(!lines.is_empty(), "{file} reads {}, which /metrics does not export:\n{body}", reference.name);
-            // Prometheus adds instance and job; routes and paths are the user's names.
+            // Prometheus adds instance and job; routes and paths are the user's names; `=~`
+            // takes alternatives.
             for (label, value) in reference.labels.iter().filter(|(label, _)| !["instance", "job"].contains(&label.as_str())) {
-                let wanted =
-                    if ["route", "path"].contains(&label.as_str()) { format!("{label}=\"") } else { format!("{label}=\"{value}\"") };
-                assert!(
-                    lines.iter().any(|line| line.contains(&wanted)),
-                    "{file} reads {}{{{label}=\"{value}\"}}, which /metrics does not export: {lines:?}",
-                    reference.name
-                );
+                for alternative in value.split('|') {
+                    let wanted = if ["route", "path"].contains(&label.as_str()) {
+                        format!("{label}=\"")
+                    } else {
+                        format!("{label}=\"{alternative}\"")
+                    };
+                    assert!(
+                        lines.iter().any(|line| line.contains(&wanted)),
+                        "{file} reads {}{{{label}=\"{alternative}\"}}, which /metrics does not export: {lines:?}",
+                        reference.name
+                    );
+                }
             }
             checked += 1;
+        }
+        // The labels alerts are grouped and matched by must be labels the daemon gives.
+        for clause in grouping.captures_iter(&text) {
+            for label in clause[1].split(',').map(str::trim).filter(|label| !["instance", "job", ""].contains(label)) {
+                assert!(body.contains(&format!("{label}=\"")), "{file} groups by {label}, a label /metrics never gives");
+            }
         }
     }
     assert!(checked >= 30, "the rules and their tests were read ({checked} series references)");

@@ -124,6 +124,17 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
             out.sample(name, &[("route", &route.route)], value(route));
         }
     }
+    // Per route, for an alert on one route stuck while others deliver: since its last
+    // acknowledgement, or since the daemon started when none has come yet.
+    out.header(
+        "tailhose_queue_seconds_since_ack",
+        "Seconds since the route's last acknowledgement (since the start when none yet).",
+        "gauge",
+    );
+    for queue in &state.routes {
+        let since_ms = queue.pending_summary().last_ack_ms.unwrap_or(state.started_at_ms).max(state.started_at_ms);
+        out.sample("tailhose_queue_seconds_since_ack", &[("route", queue.name())], now_ms.saturating_sub(since_ms) as f64 / 1000.0);
+    }
     // Beside tailhose_queue_bytes: an alert on a queue filling up needs its limit.
     out.header("tailhose_queue_max_bytes", "Queue size at which reading pauses (max_queue_bytes).", "gauge");
     for queue in &state.routes {

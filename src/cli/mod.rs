@@ -251,6 +251,12 @@ fn open_store(data_dir: &Path, cache_bytes: u64) -> anyhow::Result<QueueStore> {
             if store.creation() == Creation::CreatedAgain {
                 tracing::warn!(queue = %store.path().display(), "{}", Creation::CREATED_AGAIN_NOTICE);
             }
+            if let Some(moved_to) = store.settings_moved_to() {
+                tracing::error!(moved_to = %moved_to.display(), "{}", crate::queue::opening::SETTINGS_REWRITTEN_NOTICE);
+            }
+            if let Some(owner) = store.adopted_owner() {
+                tracing::warn!("{owner}");
+            }
             Ok(store)
         }
         Err(QueueError::Locked { .. }) => {

@@ -54,6 +54,7 @@ pub mod chunk;
 pub mod dead_letter;
 pub mod inspect;
 pub mod keys;
+pub mod opening;
 pub mod positions;
 pub mod ranges;
 pub mod recovery;
@@ -72,6 +73,7 @@ use crate::config::Retention;
 
 pub use chunk::{ChunkDraft, ChunkError, ChunkMeta, ChunkSeq, DecodedChunk};
 pub use dead_letter::{DeadLetter, DeadLetterReason};
+pub use opening::{AdoptedOwner, Creation};
 pub use positions::{FileIdentity, FileReadState};
 
 use bodies::ChunkBodies;
@@ -88,10 +90,13 @@ pub enum QueueError {
     #[error("the queue in {path} is damaged and its snapshot files could not be moved to {folder}: {source}")]
     SetAsideSnapshots { path: PathBuf, folder: PathBuf, source: std::io::Error },
     #[error(
-        "data_dir {path} belongs to user id {owner}, and root would leave files in it that user cannot open \
-         (the daemon could then not start): run tailhose as its owner, e.g. `sudo -u tailhose tailhose ...`"
+        "the queue in {path} has lost its log (queue/db: deleted, or moved to lost+found by fsck?) but still holds \
+         its other files: opened as it is, it would forget every file position. Move {path} aside to start afresh \
+         (files are then read again as read_from_head says)"
     )]
-    OwnedByAnotherUser { path: PathBuf, owner: u32 },
+    LogMissing { path: PathBuf },
+    #[error("cannot become the user who owns data_dir {path} (root must not leave files there that user cannot open): {source}")]
+    AdoptOwner { path: PathBuf, source: std::io::Error },
     #[error("queue storage failed: {0}; check the disk holding data_dir (space, permissions)")]
     Storage(#[from] sled::Error),
     /// A queue operation did not finish in time: sled blocks instead of failing after some I/O
@@ -111,24 +116,10 @@ pub struct QueueStore {
     open_to_others: Option<u32>,
     /// See [`QueueStore::creation`].
     creation: Creation,
-}
-
-/// Whether [`QueueStore::open`] found the queue or created it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Creation {
-    /// The queue was there (the usual start).
-    Found,
-    /// There was no queue: this is the data_dir's first start.
-    Created,
-    /// An earlier start was stopped while sled created the queue: sled's settings file was
-    /// there but its log was not, so the queue had never held a record, and it was created again.
-    CreatedAgain,
-}
-
-impl Creation {
-    /// What the operator is told of [`Creation::CreatedAgain`].
-    pub const CREATED_AGAIN_NOTICE: &'static str = "an earlier start was stopped while it created the queue (sled's settings file was \
-        left without its log); the queue had never held a record and was created again";
+    /// See [`QueueStore::settings_moved_to`].
+    settings_moved_to: Option<PathBuf>,
+    /// See [`QueueStore::adopted_owner`].
+    adopted_owner: Option<AdoptedOwner>,
 }
 
 /// `data_dir` holds log contents and dead letters: what this process creates from now on is
@@ -147,29 +138,13 @@ fn keep_to_ourselves(data_dir: &Path) -> std::io::Result<Option<u32>> {
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data_dir)?;
+            if let Some(parent) = data_dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                opening::sync_folder(parent)?;
+            }
             Ok(None)
         }
         Err(error) => Err(error),
     }
-}
-
-/// A packaged daemon runs as its own user; root running a queue command on that user's
-/// data_dir would leave files (sled's snapshot, new blobs) only root can open, and the daemon
-/// would fail at its next start. Other users are stopped by the folder's mode anyway.
-fn refuse_root_in_another_users_data_dir(data_dir: &Path) -> Result<(), QueueError> {
-    use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid only reads the process's effective user id; it cannot fail.
-    let running_as = unsafe { libc::geteuid() };
-    match std::fs::metadata(data_dir) {
-        Ok(metadata) if root_would_lock_out(running_as, metadata.uid()) => {
-            Err(QueueError::OwnedByAnotherUser { path: data_dir.to_path_buf(), owner: metadata.uid() })
-        }
-        _ => Ok(()),
-    }
-}
-
-fn root_would_lock_out(running_as: u32, data_dir_owner: u32) -> bool {
-    running_as == 0 && data_dir_owner != 0
 }
 
 /// sled's snapshot files, moved out of the queue so that sled could recover from its log alone.
@@ -189,39 +164,6 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
         // timer flush only adds fsyncs.
         .flush_every_ms(None)
         .open()
-}
-
-/// Prepares `queue_dir` for sled and says whether sled is about to create the queue.
-///
-/// sled 0.34 creates a queue by writing its settings file (`conf`) with two writes, no rename
-/// and no fsync, and only then its log (`db`): a kill between the two writes leaves settings
-/// that sled refuses to read ever after. Nothing is stored before the log exists, so settings
-/// without a log (and without a snapshot) are what such a kill left, and they are removed for
-/// sled to write again. Settings beside a log are never touched: that queue may hold records.
-fn prepare_creation(queue_dir: &Path) -> std::io::Result<Creation> {
-    match std::fs::symlink_metadata(queue_dir.join("db")) {
-        Ok(_) => return Ok(Creation::Found),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error),
-    }
-    if !snapshot_files(queue_dir).is_empty() {
-        // Not something sled leaves; let sled say what it makes of it.
-        return Ok(Creation::Found);
-    }
-    match std::fs::remove_file(queue_dir.join("conf")) {
-        Ok(()) => Ok(Creation::CreatedAgain),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Creation::Created),
-        Err(error) => Err(error),
-    }
-}
-
-/// Makes a queue sled has just created durable as a whole: sled never fsyncs its settings file
-/// or the folders that name it, and a power cut could otherwise leave a log beside settings
-/// that were never written, which sled refuses.
-fn sync_created(data_dir: &Path, queue_dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(queue_dir.join("conf"))?.sync_all()?;
-    std::fs::File::open(queue_dir)?.sync_all()?;
-    std::fs::File::open(data_dir)?.sync_all()
 }
 
 fn open_error(path: PathBuf, source: sled::Error) -> QueueError {
@@ -269,16 +211,33 @@ impl QueueStore {
     /// transaction with the read position that covers it, so the rollback only moves reading
     /// back, and what it lost is read again from the source files.
     pub fn open(data_dir: &Path, cache_bytes: u64) -> Result<QueueStore, QueueError> {
-        refuse_root_in_another_users_data_dir(data_dir)?;
-        let open_to_others = keep_to_ourselves(data_dir).map_err(|source| open_error(data_dir.to_path_buf(), sled::Error::Io(source)))?;
+        let io_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| open_error(path, sled::Error::Io(source))
+        };
+        let adopted_owner =
+            opening::adopt_owner(data_dir).map_err(|source| QueueError::AdoptOwner { path: data_dir.to_path_buf(), source })?;
+        let open_to_others = keep_to_ourselves(data_dir).map_err(io_error(data_dir))?;
+        let _opening = opening::OpeningLock::take(data_dir).map_err(io_error(data_dir))?;
         let path = data_dir.join("queue");
-        let creation = prepare_creation(&path).map_err(|source| open_error(path.clone(), sled::Error::Io(source)))?;
+        let (creation, settings_moved_to) = match opening::prepare(&path).map_err(io_error(&path))? {
+            opening::Found::Creation(creation) => (creation, None),
+            opening::Found::Queue { settings_moved_to } => (Creation::Found, settings_moved_to),
+            opening::Found::LogMissing => return Err(QueueError::LogMissing { path }),
+        };
+        let store = |db, rolled_back| QueueStore {
+            db,
+            path: path.clone(),
+            rolled_back,
+            open_to_others,
+            creation,
+            settings_moved_to: settings_moved_to.clone(),
+            adopted_owner: adopted_owner.clone(),
+        };
         let refusal = match open_sled(&path, cache_bytes) {
             Ok(db) => {
-                if creation != Creation::Found {
-                    sync_created(data_dir, &path).map_err(|source| open_error(path.clone(), sled::Error::Io(source)))?;
-                }
-                return Ok(QueueStore { db, path, rolled_back: None, open_to_others, creation });
+                opening::sync(data_dir, &path).map_err(io_error(&path))?;
+                return Ok(store(db, None));
             }
             Err(refusal @ sled::Error::Corruption { .. }) => refusal,
             Err(source) => return Err(open_error(path, source)),
@@ -295,13 +254,19 @@ impl QueueStore {
             std::fs::rename(snapshot, folder.join(name)).map_err(set_aside)?;
         }
         let db = open_sled(&path, cache_bytes).map_err(|source| open_error(path.clone(), source))?;
-        Ok(QueueStore {
-            db,
-            path,
-            rolled_back: Some(SnapshotsSetAside { folder, refusal: refusal.to_string() }),
-            open_to_others,
-            creation: Creation::Found,
-        })
+        opening::sync(data_dir, &path).map_err(io_error(&path))?;
+        Ok(store(db, Some(SnapshotsSetAside { folder, refusal: refusal.to_string() })))
+    }
+
+    /// Where sled's settings file went when it failed its checksum beside a log (sled wrote it
+    /// again: see [`opening`]).
+    pub fn settings_moved_to(&self) -> Option<&Path> {
+        self.settings_moved_to.as_deref()
+    }
+
+    /// The user root became to open a data_dir that user owns (see [`opening`]).
+    pub fn adopted_owner(&self) -> Option<&AdoptedOwner> {
+        self.adopted_owner.as_ref()
     }
 
     /// Whether this open found the queue or created it (again, after an interrupted creation).

@@ -626,30 +626,55 @@ fn a_queue_whose_creation_was_cut_short_by_a_kill_is_created_again_and_works() {
     }
 }
 
-/// Only a queue that never held anything is created again: a queue with data whose settings
-/// are damaged is refused with the reason, never replaced.
+/// Settings that fail their checksum beside a log (torn by a power cut before they were synced)
+/// made sled refuse the queue for good. They are the same for every queue tailhose creates, so
+/// they are moved aside and sled writes them again: the queue opens with its records, and
+/// nothing else in it is touched (its snapshots stay where they are).
 #[test]
-fn a_queue_holding_data_whose_settings_are_damaged_is_refused_never_replaced() {
+fn damaged_settings_beside_a_log_are_moved_aside_and_the_queue_opens_with_its_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chunk = draft(file(1), 0, &["{\"a\":1}"]);
+    {
+        let (queue, _) = open(dir.path());
+        queue.append(&chunk, &[], ReadProgress::Advance).expect("append");
+        queue.commit().expect("commit");
+    }
+    // A restart: opening the queue writes sled's snapshot.
+    drop(open(dir.path()));
+    assert!(!snapshot_files(&dir.path().join("queue")).is_empty(), "sled left a snapshot");
+    let torn = torn_sled_settings().remove(0);
+    std::fs::write(dir.path().join("queue/conf"), &torn).expect("write");
+    let store = QueueStore::reopen_for_test(dir.path());
+    let moved = store.settings_moved_to().expect("the damaged settings were moved aside").to_path_buf();
+    assert_eq!(std::fs::read(&moved).expect("kept"), torn, "kept as they were, for a bug report");
+    assert!(store.rolled_back().is_none(), "no rollback: the log was fine");
+    assert!(!dir.path().join(SET_ASIDE_SNAPSHOTS_DIR).exists(), "no snapshot was set aside");
+    let (queue, _) = store.open_route("a->b", 1 << 30).expect("route");
+    let stored = queue.read_pending(ChunkSeq(0), ChunkSeq(u64::MAX)).expect("read").expect("the record is still queued");
+    assert_eq!(chunk::decode_chunk(stored.seq, &stored.bytes).expect("decodes").records().count(), 1);
+}
+
+/// A queue whose log is gone but whose blobs are left (fsck, a deletion) would open empty and
+/// forget every position: it is refused with the reason, and nothing in it is touched.
+#[test]
+fn a_queue_whose_log_is_missing_is_refused_and_left_as_it_is() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let (queue, _) = open(dir.path());
-        queue.append(&draft(file(1), 0, &["{\"a\":1}"]), &[], ReadProgress::Advance).expect("append");
+        let mut big = ChunkDraft::new(file(1), b"/logs/a.log".to_vec(), 0);
+        let record = "x".repeat(200 * 1024);
+        big.push_record(record.as_bytes());
+        big.meta.end_offset = record.len() as u64 + 1;
+        queue.append(&big, &[], ReadProgress::Advance).expect("append");
         queue.commit().expect("commit");
     }
-    let torn = torn_sled_settings().remove(0);
-    std::fs::write(dir.path().join("queue/conf"), &torn).expect("write");
+    let queue_dir = dir.path().join("queue");
+    assert!(std::fs::read_dir(queue_dir.join("blobs")).expect("blobs").next().is_some(), "a chunk body over 128 KiB is a blob");
+    std::fs::remove_file(queue_dir.join("db")).expect("lose the log");
     match QueueStore::open(dir.path(), 1 << 20) {
-        Err(QueueError::Open { .. }) => {}
+        Err(error @ QueueError::LogMissing { .. }) => assert!(error.to_string().contains("lost its log"), "{error}"),
         Err(other) => panic!("refused, but as {other}"),
-        Ok(_) => panic!("a queue with data and damaged settings must not open as if new"),
+        Ok(_) => panic!("a queue without its log must not open as if empty"),
     }
-    assert!(dir.path().join("queue/db").metadata().expect("db kept").len() > 0, "nothing was deleted");
-}
-
-#[test]
-fn root_is_stopped_only_in_a_data_dir_another_user_owns() {
-    assert!(root_would_lock_out(0, 998), "root in the packaged daemon's data_dir");
-    assert!(!root_would_lock_out(0, 0), "root in its own");
-    assert!(!root_would_lock_out(998, 998), "the daemon's user in its own");
-    assert!(!root_would_lock_out(1000, 998), "another user: the folder's mode stops it");
+    assert!(queue_dir.join("conf").exists() && !queue_dir.join("db").exists(), "nothing created or removed");
 }
