@@ -655,10 +655,6 @@ impl Events {
         tracing::error!(moved_to = %moved_to.display(), "{}", crate::queue::opening::SETTINGS_REWRITTEN_NOTICE);
     }
 
-    pub fn data_dir_owner_adopted(&self, owner: &crate::queue::AdoptedOwner) {
-        tracing::warn!(uid = owner.uid, gid = owner.gid, "{owner}");
-    }
-
     pub fn queue_created_again(&self, queue_dir: &Path) {
         tracing::warn!(queue = %queue_dir.display(), "{}", crate::queue::Creation::CREATED_AGAIN_NOTICE);
     }

@@ -157,15 +157,17 @@ fn finish(translation: &translate::Translation, positions_done: bool) -> anyhow:
     Ok(())
 }
 
-/// The queue of `config`'s data_dir, created if need be.
+/// The queue of `config`'s data_dir, created if need be (0700, and by the owner of a data_dir
+/// that exists: see `queue::opening`).
 fn with_store(config: &Config) -> anyhow::Result<crate::queue::QueueStore> {
-    std::fs::create_dir_all(&config.data_dir)?;
     super::open_store(&config.data_dir, config.queue_cache_bytes.0)
 }
 
 fn import_positions(config: &Config, translation: &translate::Translation) -> anyhow::Result<()> {
     let sources = config.source_settings();
-    let mut store = None;
+    // Every pos_file and every file it names is opened before the queue: an import run as root
+    // reads them as root, and the queue may make the process its owner.
+    let mut planned = Vec::new();
     for imported in &translation.sources {
         let Some(pos_path) = imported.pos_file.as_deref().map(PathBuf::from) else {
             eprintln!("source {}: no pos_file, no positions to import", imported.name);
@@ -183,14 +185,17 @@ fn import_positions(config: &Config, translation: &translate::Translation) -> an
             eprintln!("{}: {problem}", pos_path.display());
         }
         let Some(source) = sources.iter().find(|source| source.name == imported.name) else { continue };
-        let store = match &store {
-            Some(store) => store,
-            None => store.insert(with_store(config)?),
-        };
+        planned.push((source, pos_path, pos_file::plan(source, &entries)));
+    }
+    if planned.is_empty() {
+        return Ok(());
+    }
+    let store = with_store(config)?;
+    for (source, pos_path, entries) in &planned {
         for sink in config.sink_settings().iter().filter(|sink| sink.inputs.contains(&source.name)) {
             let route = route_name(&source.name, &sink.name);
             let (queue, _) = store.open_route(&route, config.max_queue_bytes.0)?;
-            for (entry, outcome) in pos_file::import(&queue, source, &entries)? {
+            for (entry, outcome) in pos_file::import(&queue, entries)? {
                 eprintln!("{} line {}: {} → route {route}: {outcome}", pos_path.display(), entry.line, entry.path.display());
             }
         }

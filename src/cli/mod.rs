@@ -243,7 +243,7 @@ async fn stop_on_signal(stop: CancellationToken) {
 
 /// Opens the queue of `data_dir` for a command, or explains who holds it.
 fn open_store(data_dir: &Path, cache_bytes: u64) -> anyhow::Result<QueueStore> {
-    match QueueStore::open(data_dir, cache_bytes) {
+    match QueueStore::open_as_owner(data_dir, cache_bytes) {
         Ok(store) => {
             if let Some(set_aside) = store.rolled_back() {
                 tracing::warn!("{set_aside}");

@@ -90,32 +90,54 @@ impl std::fmt::Display for Outcome {
 }
 
 /// Imports every entry that names a file of `source` into `queue`.
-pub fn import(queue: &RouteQueue, source: &SourceSettings, entries: &[PosEntry]) -> Result<Vec<(PosEntry, Outcome)>, QueueError> {
+/// One entry, looked at before the queue is opened: its file is opened then, so that an import
+/// run as root reads it as root even after the queue made it its owner (see
+/// [`crate::queue::opening`]).
+pub struct PlannedEntry {
+    pub entry: PosEntry,
+    plan: EntryPlan,
+}
+
+enum EntryPlan {
+    Adopt { file: std::fs::File, offset: u64 },
+    Decided(Outcome),
+}
+
+/// Looks at every entry of a source's pos_file: which files may take their position.
+pub fn plan(source: &SourceSettings, entries: &[PosEntry]) -> Vec<PlannedEntry> {
+    entries.iter().map(|entry| PlannedEntry { entry: entry.clone(), plan: plan_one(source, entry) }).collect()
+}
+
+fn plan_one(source: &SourceSettings, entry: &PosEntry) -> EntryPlan {
+    if entry.offset == UNWATCHED {
+        return EntryPlan::Decided(Outcome::Unwatched);
+    }
+    if !names(source, &entry.path) {
+        return EntryPlan::Decided(Outcome::NotInPaths);
+    }
+    let Ok(file) = std::fs::File::open(&entry.path) else { return EntryPlan::Decided(Outcome::Missing) };
+    let Ok(metadata) = file.metadata() else { return EntryPlan::Decided(Outcome::Missing) };
+    if metadata.ino() != entry.inode {
+        return EntryPlan::Decided(Outcome::InodeChanged { recorded: entry.inode, found: metadata.ino() });
+    }
+    if metadata.len() < entry.offset {
+        return EntryPlan::Decided(Outcome::Shorter { size: metadata.len() });
+    }
+    EntryPlan::Adopt { file, offset: entry.offset }
+}
+
+/// Imports the planned entries into one route's queue.
+pub fn import(queue: &RouteQueue, planned: &[PlannedEntry]) -> Result<Vec<(PosEntry, Outcome)>, QueueError> {
     let mut outcomes = Vec::new();
-    for entry in entries {
-        let outcome = import_one(queue, source, entry)?;
+    for PlannedEntry { entry, plan } in planned {
+        let outcome = match plan {
+            EntryPlan::Adopt { file, offset } => adopt(queue, file, &entry.path, *offset)?,
+            EntryPlan::Decided(outcome) => outcome.clone(),
+        };
         outcomes.push((entry.clone(), outcome));
     }
     queue.commit()?;
     Ok(outcomes)
-}
-
-fn import_one(queue: &RouteQueue, source: &SourceSettings, entry: &PosEntry) -> Result<Outcome, QueueError> {
-    if entry.offset == UNWATCHED {
-        return Ok(Outcome::Unwatched);
-    }
-    if !names(source, &entry.path) {
-        return Ok(Outcome::NotInPaths);
-    }
-    let Ok(file) = std::fs::File::open(&entry.path) else { return Ok(Outcome::Missing) };
-    let Ok(metadata) = file.metadata() else { return Ok(Outcome::Missing) };
-    if metadata.ino() != entry.inode {
-        return Ok(Outcome::InodeChanged { recorded: entry.inode, found: metadata.ino() });
-    }
-    if metadata.len() < entry.offset {
-        return Ok(Outcome::Shorter { size: metadata.len() });
-    }
-    adopt(queue, &file, &entry.path, entry.offset)
 }
 
 /// Makes `offset` the read and acknowledged position of `file` (open at `path`), unless the

@@ -114,9 +114,6 @@ pub async fn run_with_store(
     if let Some(moved_to) = store.settings_moved_to() {
         events.queue_settings_rewritten(moved_to);
     }
-    if let Some(owner) = store.adopted_owner() {
-        events.data_dir_owner_adopted(owner);
-    }
     if let Some(mode) = store.data_dir_open_to_others() {
         events.data_dir_open_to_others(&config.data_dir, mode);
     }

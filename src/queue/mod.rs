@@ -73,7 +73,7 @@ use crate::config::Retention;
 
 pub use chunk::{ChunkDraft, ChunkError, ChunkMeta, ChunkSeq, DecodedChunk};
 pub use dead_letter::{DeadLetter, DeadLetterReason};
-pub use opening::{AdoptedOwner, Creation};
+pub use opening::{AdoptedOwner, Creation, OtherOwner};
 pub use positions::{FileIdentity, FileReadState};
 
 use bodies::ChunkBodies;
@@ -97,6 +97,11 @@ pub enum QueueError {
     LogMissing { path: PathBuf },
     #[error("cannot become the user who owns data_dir {path} (root must not leave files there that user cannot open): {source}")]
     AdoptOwner { path: PathBuf, source: std::io::Error },
+    #[error(
+        "data_dir {path} belongs to {owner}: run the daemon as that user (the package's unit does: User=tailhose), \
+         not as root, whose files there would lock that user out and who would read the sources with rights the service lacks"
+    )]
+    OwnedByAnotherUser { path: PathBuf, owner: String },
     #[error("queue storage failed: {0}; check the disk holding data_dir (space, permissions)")]
     Storage(#[from] sled::Error),
     /// A queue operation did not finish in time: sled blocks instead of failing after some I/O
@@ -211,15 +216,44 @@ impl QueueStore {
     /// transaction with the read position that covers it, so the rollback only moves reading
     /// back, and what it lost is read again from the source files.
     pub fn open(data_dir: &Path, cache_bytes: u64) -> Result<QueueStore, QueueError> {
+        QueueStore::open_with(data_dir, cache_bytes, OtherOwner::Refuse)
+    }
+
+    /// [`QueueStore::open`] for a command run as root on a data_dir another user owns: the
+    /// process becomes that user ([`OtherOwner::Become`]).
+    pub fn open_as_owner(data_dir: &Path, cache_bytes: u64) -> Result<QueueStore, QueueError> {
+        QueueStore::open_with(data_dir, cache_bytes, OtherOwner::Become)
+    }
+
+    fn open_with(data_dir: &Path, cache_bytes: u64, other_owner: OtherOwner) -> Result<QueueStore, QueueError> {
         let io_error = |path: &Path| {
             let path = path.to_path_buf();
             move |source| open_error(path, sled::Error::Io(source))
         };
-        let adopted_owner =
-            opening::adopt_owner(data_dir).map_err(|source| QueueError::AdoptOwner { path: data_dir.to_path_buf(), source })?;
+        let owner_error = |source| QueueError::AdoptOwner { path: data_dir.to_path_buf(), source };
+        let adopted_owner = match (opening::other_owner(data_dir).map_err(owner_error)?, other_owner) {
+            (None, _) => None,
+            (Some(owner), OtherOwner::Refuse) => {
+                let name = owner.name.clone().unwrap_or_else(|| format!("user id {}", owner.uid));
+                return Err(QueueError::OwnedByAnotherUser { path: data_dir.to_path_buf(), owner: name });
+            }
+            (Some(owner), OtherOwner::Become) => {
+                opening::become_user(&owner).map_err(owner_error)?;
+                Some(owner)
+            }
+        };
         let open_to_others = keep_to_ourselves(data_dir).map_err(io_error(data_dir))?;
-        let _opening = opening::OpeningLock::take(data_dir).map_err(io_error(data_dir))?;
         let path = data_dir.join("queue");
+        let held = || {
+            open_error(
+                path.clone(),
+                sled::Error::Io(std::io::Error::new(std::io::ErrorKind::WouldBlock, "another process opens or holds the queue")),
+            )
+        };
+        let opening::Lock::Taken(_opening) = opening::OpeningLock::take(data_dir).map_err(io_error(data_dir))? else { return Err(held()) };
+        if !opening::log_is_free(&path).map_err(io_error(&path))? {
+            return Err(held());
+        }
         let (creation, settings_moved_to) = match opening::prepare(&path).map_err(io_error(&path))? {
             opening::Found::Creation(creation) => (creation, None),
             opening::Found::Queue { settings_moved_to } => (Creation::Found, settings_moved_to),
@@ -236,6 +270,7 @@ impl QueueStore {
         };
         let refusal = match open_sled(&path, cache_bytes) {
             Ok(db) => {
+                opening::mark_opened(&path).map_err(io_error(&path))?;
                 opening::sync(data_dir, &path).map_err(io_error(&path))?;
                 return Ok(store(db, None));
             }
@@ -254,6 +289,7 @@ impl QueueStore {
             std::fs::rename(snapshot, folder.join(name)).map_err(set_aside)?;
         }
         let db = open_sled(&path, cache_bytes).map_err(|source| open_error(path.clone(), source))?;
+        opening::mark_opened(&path).map_err(io_error(&path))?;
         opening::sync(data_dir, &path).map_err(io_error(&path))?;
         Ok(store(db, Some(SnapshotsSetAside { folder, refusal: refusal.to_string() })))
     }

@@ -91,10 +91,23 @@ fn folder_is_empty(folder: &Path) -> std::io::Result<bool> {
     Ok(std::fs::read_dir(folder)?.next().is_none())
 }
 
-/// sled's settings file beside a log, when it fails its crc32 (torn by a power cut before
-/// tailhose synced it, or damaged since): sled would refuse the queue for good. The settings
-/// are the same for every queue tailhose creates (sled's defaults: tailhose sets none of them),
-/// so sled writing them again gives back the very file; the damaged one is kept beside it.
+/// The text of sled's settings in every queue tailhose creates: sled 0.34's defaults (tailhose
+/// sets none of them). `a_new_queues_settings_are_the_ones_tailhose_can_write_again` checks it
+/// against what sled writes, so that a sled update that changes them fails a test instead of
+/// letting a rewrite get past sled's own checks.
+pub(super) const SETTINGS_TEXT: &[u8] = b"segment_size: 524288\nuse_compression: false\nversion: 0.34\n";
+
+/// `conf` as sled writes it: the text, then its crc32, little-endian.
+pub(super) fn expected_settings() -> Vec<u8> {
+    let mut bytes = SETTINGS_TEXT.to_vec();
+    bytes.extend_from_slice(&crc32fast::hash(SETTINGS_TEXT).to_le_bytes());
+    bytes
+}
+
+/// sled's settings file beside a log, when it is what tailhose's settings become when torn (a
+/// prefix: a power cut before tailhose synced them) or damaged in place (their length, a bad
+/// checksum): sled would refuse the queue for good. sled writing them again gives back the
+/// very file; the damaged one is kept beside it. Settings that are neither are left to sled.
 fn move_damaged_settings_aside(queue_dir: &Path) -> std::io::Result<Option<PathBuf>> {
     let path = queue_dir.join("conf");
     let bytes = match std::fs::read(&path) {
@@ -102,8 +115,10 @@ fn move_damaged_settings_aside(queue_dir: &Path) -> std::io::Result<Option<PathB
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error),
     };
+    let expected = expected_settings();
+    let ours_damaged = expected.starts_with(&bytes) || bytes.len() == expected.len();
     // sled takes 8 bytes or fewer for "no settings" and writes them itself.
-    if bytes.len() <= 8 || settings_are_intact(&bytes) {
+    if bytes.len() <= 8 || settings_are_intact(&bytes) || !ours_damaged {
         return Ok(None);
     }
     let aside = queue_dir.join(format!("conf.damaged.{}", now_ms()));
@@ -138,28 +153,86 @@ pub(super) fn sync_folder(folder: &Path) -> std::io::Result<()> {
 /// An advisory lock on the data_dir, held while its queue is prepared and opened: two starts at
 /// once must not both prepare a creation (one could remove the settings the other just wrote).
 /// sled's own lock on its log takes over once the queue is open.
-pub(super) struct OpeningLock(std::fs::File);
+pub(super) struct OpeningLock(Option<std::fs::File>);
+
+/// What taking a lock found.
+pub(super) enum Lock<T> {
+    Taken(T),
+    /// Another process holds it: that process is opening or using the queue.
+    Held,
+}
 
 impl OpeningLock {
-    pub(super) fn take(data_dir: &Path) -> std::io::Result<OpeningLock> {
-        use std::os::fd::AsRawFd;
+    pub(super) fn take(data_dir: &Path) -> std::io::Result<Lock<OpeningLock>> {
         let folder = std::fs::File::open(data_dir)?;
-        // SAFETY: flock only takes a lock on the open file descriptor it is given.
-        if unsafe { libc::flock(folder.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(OpeningLock(folder))
+        Ok(match try_lock(&folder)? {
+            LockAttempt::Taken => Lock::Taken(OpeningLock(Some(folder))),
+            LockAttempt::WouldBlock => Lock::Held,
+            // NFS (EFS) locks only files open for writing: sled's lock on its log still
+            // keeps a second process out; only the creation race is unguarded there.
+            LockAttempt::Unsupported => Lock::Taken(OpeningLock(None)),
+        })
     }
 }
 
 impl Drop for OpeningLock {
     fn drop(&mut self) {
         use std::os::fd::AsRawFd;
-        // SAFETY: releases the lock taken in `take` on the descriptor this value owns.
-        unsafe {
-            libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
+        if let Some(folder) = &self.0 {
+            // SAFETY: releases the lock taken in `take` on the descriptor this value owns.
+            unsafe {
+                libc::flock(folder.as_raw_fd(), libc::LOCK_UN);
+            }
         }
     }
+}
+
+enum LockAttempt {
+    Taken,
+    WouldBlock,
+    Unsupported,
+}
+
+fn try_lock(file: &std::fs::File) -> std::io::Result<LockAttempt> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock only takes a lock on the open file descriptor it is given.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(LockAttempt::Taken);
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Ok(LockAttempt::WouldBlock),
+        Some(libc::EBADF | libc::ENOLCK | libc::EOPNOTSUPP) => Ok(LockAttempt::Unsupported),
+        _ => Err(error),
+    }
+}
+
+/// Whether sled's lock on its log is free: anything [`prepare`] changes must wait until no
+/// other process has the queue open (a `status` while the daemon runs would otherwise move the
+/// running daemon's settings and then fail on sled's lock). The lock is let go at once, for
+/// sled to take (flock locks belong to the open file).
+pub(super) fn log_is_free(queue_dir: &Path) -> std::io::Result<bool> {
+    let log = match std::fs::OpenOptions::new().read(true).write(true).open(queue_dir.join("db")) {
+        Ok(log) => log,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(error) => return Err(error),
+    };
+    Ok(!matches!(try_lock(&log)?, LockAttempt::WouldBlock))
+}
+
+/// Marks a queue that tailhose has opened (written at every open where it is missing): without
+/// it, a queue whose log was lost after it drained (only its settings and an empty `blobs/`
+/// left) could not be told from an interrupted creation. [`prepare`] takes any file beside the
+/// settings for the sign of a queue that existed.
+pub(super) const OPENED_MARKER: &str = "opened-by-tailhose";
+
+pub(super) fn mark_opened(queue_dir: &Path) -> std::io::Result<()> {
+    let marker = queue_dir.join(OPENED_MARKER);
+    if marker.exists() {
+        return Ok(());
+    }
+    std::fs::write(&marker, b"sled's log (db) and settings (conf) are in this folder; see docs/queue-format.md\n")?;
+    std::fs::File::open(&marker)?.sync_all()
 }
 
 /// The user this process became to open a data_dir that user owns (see [`adopt_owner`]).
@@ -182,11 +255,23 @@ impl std::fmt::Display for AdoptedOwner {
     }
 }
 
-/// When root opens a data_dir another user owns (the package's daemon runs as `tailhose`), the
-/// process becomes that user, with its groups, for the rest of its life: sled creates files in
-/// the queue at every open (a snapshot, blobs), and files only root could open would stop that
-/// user's daemon at its next start. Runs before anything is created in the data_dir.
-pub(super) fn adopt_owner(data_dir: &Path) -> std::io::Result<Option<AdoptedOwner>> {
+/// What root does with a data_dir another user owns (the package's daemon runs as `tailhose`):
+/// sled creates files in the queue at every open (a snapshot, blobs), and files only root could
+/// open would stop that user's daemon at its next start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtherOwner {
+    /// Become that user, with its groups, for the rest of the process, before anything is
+    /// created in the data_dir: what a command (`queue ...`, `import ...`, `status`) does, having
+    /// read what only root may read first.
+    Become,
+    /// Refuse: the daemon run by hand as root would read its sources as that user, and a file
+    /// only root may read would be skipped (or its damaged range dead-lettered) instead of
+    /// failing loudly.
+    Refuse,
+}
+
+/// The user who owns `data_dir`, when this process is root and that user is not.
+pub(super) fn other_owner(data_dir: &Path) -> std::io::Result<Option<AdoptedOwner>> {
     // SAFETY: geteuid only reads the process's effective user id.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);
@@ -199,30 +284,43 @@ pub(super) fn adopt_owner(data_dir: &Path) -> std::io::Result<Option<AdoptedOwne
     if metadata.uid() == 0 {
         return Ok(None);
     }
-    let owner = AdoptedOwner { uid: metadata.uid(), gid: metadata.gid(), name: user_name(metadata.uid()) };
-    become_user(&owner)?;
+    // The user's own group and groups, as a login gives them; a uid with no entry (a volume
+    // owned by a host's user, in a container) keeps the folder's group and no others.
+    let owner = match user_entry(metadata.uid())? {
+        Some((name, gid)) => AdoptedOwner { uid: metadata.uid(), gid, name: Some(name) },
+        None => AdoptedOwner { uid: metadata.uid(), gid: metadata.gid(), name: None },
+    };
     Ok(Some(owner))
 }
 
-fn user_name(uid: u32) -> Option<String> {
-    // SAFETY: `passwd` is plain C data (integers and pointers); all zeros is a valid value.
-    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwuid_r writes the entry into `entry` and its strings into `buffer`, both ours
-    // and as large as said; `found` is set to `&entry` or null.
-    let status = unsafe { libc::getpwuid_r(uid, &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found) };
-    if status != 0 || found.is_null() || entry.pw_name.is_null() {
-        return None;
+/// The name and primary group of `uid`, from the user database.
+fn user_entry(uid: u32) -> std::io::Result<Option<(String, u32)>> {
+    let mut size = 16 * 1024;
+    loop {
+        // SAFETY: `passwd` is plain C data (integers and pointers); all zeros is a valid value.
+        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut buffer = vec![0 as libc::c_char; size];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: getpwuid_r writes the entry into `entry` and its strings into `buffer`, both
+        // ours and as large as said; `found` is set to `&entry` or null.
+        let status = unsafe { libc::getpwuid_r(uid, &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found) };
+        match status {
+            0 if found.is_null() || entry.pw_name.is_null() => return Ok(None),
+            0 => {
+                // SAFETY: pw_name points into `buffer`, NUL-terminated by getpwuid_r.
+                let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
+                let name = name.to_str().map_err(|_| std::io::Error::other(format!("the name of user {uid} is not UTF-8")))?;
+                return Ok(Some((name.to_owned(), entry.pw_gid)));
+            }
+            libc::ERANGE if size < 1 << 20 => size *= 4,
+            error => return Err(std::io::Error::from_raw_os_error(error)),
+        }
     }
-    // SAFETY: pw_name points into `buffer`, NUL-terminated by getpwuid_r.
-    let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
-    name.to_str().ok().map(str::to_owned)
 }
 
 /// Groups first (only root may set them), then the group, then the user: after `setuid` this
 /// process can never be root again.
-fn become_user(owner: &AdoptedOwner) -> std::io::Result<()> {
+pub(super) fn become_user(owner: &AdoptedOwner) -> std::io::Result<()> {
     let check = |status: libc::c_int| if status == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
     match owner.name.as_deref().and_then(|name| std::ffi::CString::new(name).ok()) {
         // SAFETY: initgroups reads the NUL-terminated name and sets this process's groups.

@@ -678,3 +678,29 @@ fn a_queue_whose_log_is_missing_is_refused_and_left_as_it_is() {
     }
     assert!(queue_dir.join("conf").exists() && !queue_dir.join("db").exists(), "nothing created or removed");
 }
+
+/// The settings tailhose writes again over damaged ones must be sled's, byte for byte: a sled
+/// update that changed them would otherwise get past sled's own checks.
+#[test]
+fn a_new_queues_settings_are_the_ones_tailhose_can_write_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(QueueStore::reopen_for_test(dir.path()));
+    assert_eq!(std::fs::read(dir.path().join("queue/conf")).expect("settings"), opening::expected_settings());
+    assert!(dir.path().join("queue").join(opening::OPENED_MARKER).exists(), "the queue is marked as one that existed");
+}
+
+/// A queue that drained and lost its log keeps only its settings, an empty blobs folder and
+/// tailhose's mark: the mark tells it from an interrupted creation, and it is refused.
+#[test]
+fn a_drained_queue_that_lost_its_log_is_refused_thanks_to_its_mark() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(QueueStore::reopen_for_test(dir.path()));
+    let queue_dir = dir.path().join("queue");
+    std::fs::remove_file(queue_dir.join("db")).expect("lose the log");
+    for entry in std::fs::read_dir(&queue_dir).expect("queue").flatten() {
+        if entry.file_name().to_string_lossy().starts_with("snap.") {
+            std::fs::remove_file(entry.path()).expect("no snapshot either");
+        }
+    }
+    assert!(matches!(QueueStore::open(dir.path(), 1 << 20), Err(QueueError::LogMissing { .. })));
+}
