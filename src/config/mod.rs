@@ -324,15 +324,11 @@ pub struct MultilineConfig {
 }
 
 impl MultilineConfig {
-    /// The rule this table describes, or what is wrong with it.
-    pub fn compile(&self) -> Result<Multiline, String> {
-        self.compile_for(None)
-    }
-
-    /// The rule this table describes for a source whose parser reads a container runtime's
-    /// lines (`partial`), or none: beside such a parser, which joins the parts the runtime split
-    /// a line into by a rule of its own, the table only sets that rule's limits.
-    pub fn compile_for(&self, partial: Option<PartialLines>) -> Result<Multiline, String> {
+    /// The rule this table describes, or what is wrong with it, for a source whose parser reads
+    /// a container runtime's lines (`partial`) or none: beside such a parser, which joins the
+    /// parts the runtime split a line into by a rule of its own, the table only sets that
+    /// rule's limits.
+    pub fn compile(&self, partial: Option<PartialLines>) -> Result<Multiline, String> {
         let pattern =
             |text: &str| regex::bytes::Regex::new(text).map_err(|error| format!("`{text}` is not a valid regular expression: {error}"));
         let rule = match (partial, &self.start, &self.continuation, &self.preset) {
@@ -358,6 +354,21 @@ impl MultilineConfig {
             return Err(format!("max_lines must be at least 2, and max_bytes above 0 and at most {largest} bytes (a Firehose record)"));
         }
         Ok(Multiline { rule, flush_timeout: self.flush_timeout, max_lines: self.max_lines, max_bytes: self.max_bytes.0 })
+    }
+}
+
+/// How a source's lines become records: its multiline table, or for a container log its
+/// parser's joining of the runtime's parts (with the table's limits, else the defaults).
+fn source_multiline(table: Option<&MultilineConfig>, partial: Option<PartialLines>) -> Result<Option<Multiline>, String> {
+    match (table, partial) {
+        (Some(table), partial) => table.compile(partial).map(Some),
+        (None, Some(kind)) => Ok(Some(Multiline {
+            rule: MultilineRule::Partial(kind),
+            flush_timeout: default_multiline_flush_timeout(),
+            max_lines: default_multiline_max_lines(),
+            max_bytes: default_multiline_max_bytes().0,
+        })),
+        (None, None) => Ok(None),
     }
 }
 
@@ -678,7 +689,7 @@ impl Config {
                 Some(Ok(parser)) => parser.partial_lines(),
                 None => None,
             };
-            if let Some(Err(problem)) = source.get_ref().multiline.as_ref().map(|multiline| multiline.compile_for(partial)) {
+            if let Err(problem) = source_multiline(source.get_ref().multiline.as_ref(), partial) {
                 report(format!("{key}.multiline"), source.span(), problem);
             }
             if partial.is_some() && source.get_ref().single_line.is_some() {
@@ -826,17 +837,10 @@ impl Config {
                     max_line_bytes: source.max_line_bytes.0,
                     skip_header_lines: source.skip_header_lines,
                     // Checked by `Config::parse`: a table that does not compile never gets here.
-                    multiline: match (&source.multiline, parse.as_ref().and_then(|parse| parse.partial_lines())) {
-                        (Some(multiline), partial) => multiline.compile_for(partial).ok().map(Arc::new),
-                        // A container log's parser joins the parts its runtime split a line into.
-                        (None, Some(kind)) => Some(Arc::new(Multiline {
-                            rule: MultilineRule::Partial(kind),
-                            flush_timeout: default_multiline_flush_timeout(),
-                            max_lines: default_multiline_max_lines(),
-                            max_bytes: default_multiline_max_bytes().0,
-                        })),
-                        (None, None) => None,
-                    },
+                    multiline: source_multiline(source.multiline.as_ref(), parse.as_ref().and_then(|parse| parse.partial_lines()))
+                        .ok()
+                        .flatten()
+                        .map(Arc::new),
                     parse,
                     add_fields: source.add_fields.as_ref().and_then(|fields| fields.compile(name).ok()).map(Arc::new),
                     single_line: source.single_line.as_ref().map(|single_line| Arc::new(single_line.compile())),
