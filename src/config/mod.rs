@@ -24,6 +24,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::sink::aggregation;
+use crate::sink::kinesis::{FieldPath, PartitionKey};
+use crate::sink::{PackFormat, Packing};
 use crate::source::fields::{host_name, AddedFields};
 use crate::source::multiline::{Multiline, MultilineRule, PartialLines, SingleLine};
 use crate::source::parse::Parser;
@@ -36,6 +39,20 @@ pub mod firehose_limits {
     pub const MAX_BATCH_BYTES: u64 = 4 * 1024 * 1024;
     /// Bytes of one record (before base64): 1,000 KiB.
     pub const MAX_RECORD_BYTES: u64 = 1000 * 1024;
+}
+
+/// Kinesis Data Streams' own limits for `PutRecords` (they cannot be raised).
+pub mod kinesis_limits {
+    /// Records per `PutRecords` call.
+    pub const MAX_BATCH_RECORDS: u32 = 500;
+    /// Bytes of one call: every record's data and partition key.
+    pub const MAX_CALL_BYTES: u64 = 5 * 1024 * 1024;
+    /// Bytes of one record: its data and its partition key.
+    pub const MAX_RECORD_BYTES: u64 = 1024 * 1024;
+    /// Characters of a partition key.
+    pub const MAX_PARTITION_KEY_CHARS: usize = 256;
+    /// Bytes of the longest partition key (256 characters of four UTF-8 bytes).
+    pub const MAX_PARTITION_KEY_BYTES: u64 = 4 * MAX_PARTITION_KEY_CHARS as u64;
 }
 
 /// The whole daemon configuration, as validated by [`Config::parse`].
@@ -378,6 +395,8 @@ fn source_multiline(table: Option<&MultilineConfig>, partial: Option<PartialLine
 pub enum SinkType {
     /// AWS Kinesis Data Firehose, `PutRecordBatch`.
     Firehose,
+    /// AWS Kinesis Data Streams, `PutRecords`.
+    KinesisStreams,
     /// Files in a local directory, laid out like Firehose's S3 keys: no AWS account needed.
     Directory,
 }
@@ -454,6 +473,26 @@ pub struct SinkConfig {
     /// [`default_max_in_flight`].
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+
+    // type = "kinesis_streams" (also `region`, `endpoint_url`, `request_timeout`, `ca_file`)
+    /// The Kinesis data stream records are put to.
+    pub stream_name: Option<String>,
+    /// Each record's partition key (which shard it goes to) is this field of the JSON record, a
+    /// dotted path (`kubernetes.pod_name`); a record without it, or not JSON, gets a random key.
+    /// Without this or `fixed_partition_key`, every record gets a random key.
+    pub partition_key_field: Option<String>,
+    /// Every record (every aggregated record) has this partition key: one shard takes them all.
+    pub fixed_partition_key: Option<String>,
+    /// Each record's explicit hash key (a decimal 128-bit number that places it on a shard
+    /// directly) is this field of the JSON record; a record without a valid one is placed by its
+    /// partition key.
+    pub explicit_hash_key_field: Option<String>,
+    /// Put many records in each Kinesis record, in the KPL's aggregated format (a KCL consumer or
+    /// AWS's deaggregation libraries give the records back). Kinesis bills 25 KB units: seed
+    /// records cost about 170 times fewer. An aggregated record has one partition key, random or
+    /// `fixed_partition_key`.
+    #[serde(default)]
+    pub aggregate: bool,
 
     // type = "directory"
     pub path: Option<PathBuf>,
@@ -557,6 +596,16 @@ pub enum SinkDestination {
         request_timeout: Duration,
         ca_file: Option<PathBuf>,
     },
+    KinesisStreams {
+        stream_name: String,
+        region: Option<String>,
+        endpoint_url: Option<String>,
+        request_timeout: Duration,
+        ca_file: Option<PathBuf>,
+        partition_key: PartitionKey,
+        explicit_hash_key: Option<FieldPath>,
+        aggregate: bool,
+    },
     Directory {
         path: PathBuf,
     },
@@ -575,8 +624,8 @@ pub struct SinkSettings {
     pub retry_initial_backoff: Duration,
     pub retry_max_backoff: Duration,
     pub retention: Retention,
-    /// `Some(max bytes of a packed record)` when records are packed.
-    pub pack_max_bytes: Option<u64>,
+    /// How several lines go in one record sent, when they do (`pack_records`, `aggregate`).
+    pub packing: Option<Packing>,
     /// `max_bytes_per_sec` and `max_records_per_sec`.
     pub rate_ceiling: crate::sink::rate::Rates,
     pub max_in_flight: usize,
@@ -726,12 +775,14 @@ impl Config {
                     );
                 }
             }
-            let max_records = firehose_limits::MAX_BATCH_RECORDS;
+            // Kinesis takes 500 records and 5 MiB a call, partition keys included: 4 MiB of
+            // records leaves room for 500 of the longest keys (and aggregated records' envelopes).
+            let max_records = firehose_limits::MAX_BATCH_RECORDS.min(kinesis_limits::MAX_BATCH_RECORDS);
             if settings.max_batch_records == 0 || settings.max_batch_records > max_records {
                 report(
                     format!("{key}.max_batch_records"),
                     sink.span(),
-                    format!("must be between 1 and {max_records} (the PutRecordBatch limit)"),
+                    format!("must be between 1 and {max_records} (the PutRecordBatch and PutRecords limit)"),
                 );
             }
             let max_bytes = firehose_limits::MAX_BATCH_BYTES;
@@ -782,28 +833,50 @@ impl Config {
                     );
                 }
             }
-            let misplaced: &[(&str, bool)] = match settings.sink_type {
+            let kinesis_keys = [
+                ("stream_name", settings.stream_name.is_some()),
+                ("partition_key_field", settings.partition_key_field.is_some()),
+                ("fixed_partition_key", settings.fixed_partition_key.is_some()),
+                ("explicit_hash_key_field", settings.explicit_hash_key_field.is_some()),
+                ("aggregate", settings.aggregate),
+            ];
+            let misplaced: Vec<(&str, bool)> = match settings.sink_type {
                 SinkType::Firehose => {
                     if settings.delivery_stream.as_deref().is_none_or(str::is_empty) {
                         report(format!("{key}.delivery_stream"), sink.span(), "is required for type = \"firehose\"".into());
                     }
-                    &[("path", settings.path.is_some())]
+                    [("path", settings.path.is_some())].into_iter().chain(kinesis_keys).collect()
+                }
+                SinkType::KinesisStreams => {
+                    for (field, problem) in kinesis_problems(settings) {
+                        report(format!("{key}.{field}"), sink.span(), problem);
+                    }
+                    vec![
+                        ("path", settings.path.is_some()),
+                        ("delivery_stream", settings.delivery_stream.is_some()),
+                        // Lines joined in one record are what a Firehose destination stores; a
+                        // Kinesis consumer takes records one by one: aggregation is its packing.
+                        ("pack_records", settings.pack_records),
+                    ]
                 }
                 SinkType::Directory => {
                     if settings.path.is_none() {
                         report(format!("{key}.path"), sink.span(), "is required for type = \"directory\"".into());
                     }
-                    &[
+                    [
                         ("delivery_stream", settings.delivery_stream.is_some()),
                         ("region", settings.region.is_some()),
                         ("endpoint_url", settings.endpoint_url.is_some()),
                         ("pack_records", settings.pack_records),
                         ("ca_file", settings.ca_file.is_some()),
                     ]
+                    .into_iter()
+                    .chain(kinesis_keys)
+                    .collect()
                 }
             };
             for (field, present) in misplaced {
-                if *present {
+                if present {
                     report(
                         format!("{key}.{field}"),
                         sink.span(),
@@ -863,6 +936,16 @@ impl Config {
                         request_timeout: sink.request_timeout,
                         ca_file: sink.ca_file.clone(),
                     },
+                    SinkType::KinesisStreams => SinkDestination::KinesisStreams {
+                        stream_name: sink.stream_name.clone()?,
+                        region: sink.region.clone(),
+                        endpoint_url: sink.endpoint_url.clone(),
+                        request_timeout: sink.request_timeout,
+                        ca_file: sink.ca_file.clone(),
+                        partition_key: sink_partition_key(sink).ok()?,
+                        explicit_hash_key: sink.explicit_hash_key_field.as_deref().map(FieldPath::parse).transpose().ok()?,
+                        aggregate: sink.aggregate,
+                    },
                     SinkType::Directory => SinkDestination::Directory { path: sink.path.clone()? },
                 };
                 Some(SinkSettings {
@@ -876,13 +959,13 @@ impl Config {
                     retry_initial_backoff: sink.retry_initial_backoff,
                     retry_max_backoff: sink.retry_max_backoff,
                     retention: Retention { max_age: sink.retain_acked, max_bytes: sink.retain_acked_bytes.map(|size| size.0) },
-                    pack_max_bytes: sink.pack_records.then_some(sink.pack_max_bytes.0),
+                    packing: sink_packing(sink),
                     rate_ceiling: crate::sink::rate::Rates {
                         bytes: sink.max_bytes_per_sec.map(|size| size.0 as f64),
                         records: sink.max_records_per_sec.map(|records| records as f64),
                         calls: None,
                     },
-                    max_in_flight: sink.max_in_flight.unwrap_or_else(|| default_max_in_flight(sink.pack_records)),
+                    max_in_flight: sink.max_in_flight.unwrap_or_else(|| default_max_in_flight(sink_packing(sink).is_some())),
                 })
             })
             .collect()
@@ -893,9 +976,63 @@ impl SinkType {
     pub fn name(self) -> &'static str {
         match self {
             SinkType::Firehose => "firehose",
+            SinkType::KinesisStreams => "kinesis_streams",
             SinkType::Directory => "directory",
         }
     }
+}
+
+/// How a sink's records take several lines, if they do.
+fn sink_packing(sink: &SinkConfig) -> Option<Packing> {
+    if sink.sink_type == SinkType::KinesisStreams && sink.aggregate {
+        return Some(Packing { format: PackFormat::Aggregated, max_bytes: aggregation::BODY_MAX_BYTES });
+    }
+    sink.pack_records.then_some(Packing { format: PackFormat::Lines, max_bytes: sink.pack_max_bytes.0 })
+}
+
+/// A Kinesis sink's partition key, from `partition_key_field` or `fixed_partition_key`.
+fn sink_partition_key(sink: &SinkConfig) -> Result<PartitionKey, String> {
+    match (&sink.partition_key_field, &sink.fixed_partition_key) {
+        (Some(_), Some(_)) => Err("partition_key_field and fixed_partition_key both choose the partition key: keep one".into()),
+        (Some(field), None) => FieldPath::parse(field).map(PartitionKey::Field),
+        (None, Some(fixed)) => {
+            let chars = fixed.chars().count();
+            if chars == 0 || chars > kinesis_limits::MAX_PARTITION_KEY_CHARS {
+                return Err(format!("must be 1 to {} characters (Kinesis's limit)", kinesis_limits::MAX_PARTITION_KEY_CHARS));
+            }
+            Ok(PartitionKey::Fixed(fixed.clone()))
+        }
+        (None, None) => Ok(PartitionKey::Random),
+    }
+}
+
+/// What is wrong with a `kinesis_streams` sink's own keys, each with the key it is about.
+fn kinesis_problems(sink: &SinkConfig) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    match sink.stream_name.as_deref() {
+        None | Some("") => problems.push(("stream_name", "is required for type = \"kinesis_streams\"".to_owned())),
+        Some(name) if name.len() > 128 || !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"_.-".contains(&byte)) => {
+            problems.push(("stream_name", format!("`{name}` is not a stream name (1 to 128 of a-z, A-Z, 0-9, `_`, `.`, `-`)")))
+        }
+        Some(_) => {}
+    }
+    let key_field = if sink.partition_key_field.is_some() { "partition_key_field" } else { "fixed_partition_key" };
+    if let Err(problem) = sink_partition_key(sink) {
+        problems.push((key_field, problem));
+    }
+    if let Some(Err(problem)) = sink.explicit_hash_key_field.as_deref().map(FieldPath::parse) {
+        problems.push(("explicit_hash_key_field", problem));
+    }
+    if sink.aggregate {
+        let why = "an aggregated record holds many records and lands on one shard: its partition key is random or fixed_partition_key";
+        if sink.partition_key_field.is_some() {
+            problems.push(("partition_key_field", why.to_owned()));
+        }
+        if sink.explicit_hash_key_field.is_some() {
+            problems.push(("explicit_hash_key_field", why.to_owned()));
+        }
+    }
+    problems
 }
 
 /// 1-based line number of a byte offset in `text`.

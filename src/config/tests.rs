@@ -140,8 +140,8 @@ proptest::proptest! {
 fn packing_needs_newlines_a_firehose_sink_and_a_record_sized_limit() {
     let packed = SEED_LIKE.replace("append_newline = true", "append_newline = true\npack_records = true");
     let sink = &parse(&packed).expect("valid").sink_settings()[0];
-    assert_eq!(sink.pack_max_bytes, Some(5_000), "the default stays within one 5 KB billing unit");
-    assert_eq!(parse(SEED_LIKE).expect("valid").sink_settings()[0].pack_max_bytes, None, "off unless asked");
+    assert_eq!(sink.packing.map(|packing| packing.max_bytes), Some(5_000), "the default stays within one 5 KB billing unit");
+    assert_eq!(parse(SEED_LIKE).expect("valid").sink_settings()[0].packing, None, "off unless asked");
 
     let without_newlines = SEED_LIKE.replace("append_newline = true", "append_newline = false\npack_records = true");
     assert!(problems(&without_newlines).iter().any(|problem| problem.key == "sinks.events.pack_records"));

@@ -19,7 +19,7 @@ use crate::config::SinkSettings;
 use crate::events::{CallFailure, EntryRefusals, Events, RetryCause};
 use crate::queue::{DeadLetter, DeadLetterReason, FileIdentity};
 use crate::sink::rate::{CallAnswer, CallSize, RateGovernor};
-use crate::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecords, RecordOutcome, Sink, SinkError};
+use crate::sink::{aggregation, BatchLimits, BatchPacker, Offer, OutgoingRecords, PackFormat, RecordOutcome, Sink, SinkError};
 
 /// How delivering a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +184,7 @@ impl Courier {
                             let chunk = batch.record_chunk[index];
                             let ack = &batch.acks[chunk];
                             let detail = format!("a record of chunk {}: {code}: {message}", ack.seq);
-                            let data = record_as_read(self.settings.append_newline, batch.records.get(index).to_vec());
+                            let data = record_as_read(&self.settings, batch.records.get(index));
                             batch.rejected.push(index);
                             let letter = record_dead_letter(
                                 ack.file,
@@ -395,10 +395,24 @@ impl Courier {
 }
 
 /// A record as it was read: without the newline added for sending. Dead letters keep this, so
-/// that a replay sends exactly what a first delivery would.
-fn record_as_read(append_newline: bool, mut data: Vec<u8>) -> Vec<u8> {
-    if append_newline {
-        data.pop();
+/// that a replay sends exactly what a first delivery would. An aggregated record is its user
+/// records' lines, one per line, as a packed record's are.
+fn record_as_read(settings: &SinkSettings, sent: &[u8]) -> Vec<u8> {
+    let lines = match settings.packing.map(|packing| packing.format) {
+        Some(PackFormat::Aggregated) => match aggregation::user_records(sent) {
+            Ok(records) => records,
+            // The flusher framed it: a body it cannot read back is kept as it was sent.
+            Err(_) => vec![sent],
+        },
+        _ => vec![sent],
+    };
+    let mut data = Vec::with_capacity(sent.len());
+    for (index, line) in lines.into_iter().enumerate() {
+        if index > 0 {
+            data.push(b'\n');
+        }
+        let line = if settings.append_newline { line.strip_suffix(b"\n").unwrap_or(line) } else { line };
+        data.extend_from_slice(line);
     }
     data
 }
@@ -495,7 +509,8 @@ mod tests {
         records
     }
 
-    const LIMITS: BatchLimits = BatchLimits { max_records: 500, max_bytes: 4 * 1024 * 1024, max_record_bytes: Some(1000 * 1024) };
+    const LIMITS: BatchLimits =
+        BatchLimits { max_records: 500, max_bytes: 4 * 1024 * 1024, max_record_bytes: Some(1000 * 1024), billing_unit_bytes: 5 * 1024 };
 
     /// [`split_past_allowance`] within Firehose's limits.
     fn split(records: &OutgoingRecords, group: &mut Vec<usize>, allowance: CallSize) -> Option<Vec<usize>> {

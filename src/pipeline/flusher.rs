@@ -36,7 +36,7 @@ use crate::events::{BatchDelivery, Events};
 use crate::queue::chunk::decode_chunk;
 use crate::queue::{ChunkAck, ChunkMeta, ChunkSeq, DeadLetter, DeadLetterReason, QueueError, RouteQueue, StoredChunk};
 use crate::sink::rate::{CallSize, RateGovernor};
-use crate::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecords, Sink};
+use crate::sink::{aggregation, BatchLimits, BatchPacker, Offer, OutgoingRecords, PackFormat, Sink};
 
 /// When a flusher stops.
 #[derive(Clone)]
@@ -220,7 +220,7 @@ impl PendingBatch {
             delivery.lines += u64::from(self.records.lines(index));
             delivery.sink_records += 1;
             delivery.bytes += self.records.get(index).len() as u64;
-            delivery.billed_units += self.records.billed_units(index);
+            delivery.billed_units += self.records.billed_units(index, self.packer.limits().billing_unit_bytes);
         }
         delivery
     }
@@ -492,20 +492,30 @@ impl Flusher {
             let ack = batch.ack_for(&chunk);
             while chunk.next_record < chunk.meta.record_count {
                 let range = chunk.records[chunk.next_record as usize].clone();
-                let piece_len = (range.len() + usize::from(self.settings.append_newline)) as u64;
+                let piece_len = self.piece_len(range.len());
                 if self.packs_into_last(batch, piece_len) {
                     if batch.packer.extend_last(piece_len) == Offer::Full {
                         self.current = Some(chunk);
                         return Ok(Fill::Full);
                     }
-                    batch.records.pack_into_last(&chunk.bytes[range]);
+                    match self.settings.packing.map(|packing| packing.format) {
+                        Some(PackFormat::Aggregated) => {
+                            batch.records.aggregate_into_last(&chunk.bytes[range], self.settings.append_newline)
+                        }
+                        _ => batch.records.pack_into_last(&chunk.bytes[range]),
+                    }
                     chunk.next_record += 1;
                     batch.acks[ack].acked_records = chunk.next_record;
                     continue;
                 }
                 match batch.packer.offer(piece_len) {
                     Offer::Added => {
-                        batch.records.push(&chunk.bytes[range], self.settings.append_newline);
+                        match self.settings.packing.map(|packing| packing.format) {
+                            Some(PackFormat::Aggregated) => {
+                                batch.records.push_aggregated(&chunk.bytes[range], self.settings.append_newline)
+                            }
+                            _ => batch.records.push(&chunk.bytes[range], self.settings.append_newline),
+                        }
                         batch.record_chunk.push(ack);
                     }
                     Offer::Full => {
@@ -595,7 +605,17 @@ impl Flusher {
 
     /// Whether the next line joins the batch's last record: packing is on and it fits.
     fn packs_into_last(&self, batch: &PendingBatch, piece_len: u64) -> bool {
-        let Some(max) = self.settings.pack_max_bytes else { return false };
-        batch.records.last_len().is_some_and(|last| last as u64 + piece_len <= max)
+        let Some(packing) = self.settings.packing else { return false };
+        batch.records.last_len().is_some_and(|last| last as u64 + piece_len <= packing.max_bytes)
+    }
+
+    /// The bytes a line of `line_len` bytes takes in a record sent: its newline, and in an
+    /// aggregated record its frame.
+    fn piece_len(&self, line_len: usize) -> u64 {
+        let data_len = line_len + usize::from(self.settings.append_newline);
+        match self.settings.packing.map(|packing| packing.format) {
+            Some(PackFormat::Aggregated) => aggregation::framed_len(data_len) as u64,
+            _ => data_len as u64,
+        }
     }
 }

@@ -135,7 +135,7 @@ pub async fn run_with_store(
                 .await
                 .map_err(|error| PipelineError::SinkSetup { sink: sink_settings.name.clone(), source: error })?,
         );
-        if sink_settings.pack_max_bytes.is_some() {
+        if sink_settings.packing.is_some() {
             match sink.packing_verdict().await {
                 PackingVerdict::Allowed => {}
                 PackingVerdict::Refused(reason) => return Err(PipelineError::PackingRefused { sink: sink_settings.name.clone(), reason }),

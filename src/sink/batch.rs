@@ -18,6 +18,8 @@ pub struct BatchLimits {
     pub max_bytes: u64,
     /// Largest single record; `None` when the destination has no such limit.
     pub max_record_bytes: Option<u64>,
+    /// The destination bills each record in units of this many bytes.
+    pub billing_unit_bytes: u64,
 }
 
 /// What happened to a record offered to a batch.
@@ -90,6 +92,10 @@ impl BatchPacker {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    pub fn limits(&self) -> BatchLimits {
+        self.limits
+    }
 }
 
 #[cfg(test)]
@@ -98,7 +104,8 @@ mod tests {
 
     use super::*;
 
-    const FIREHOSE: BatchLimits = BatchLimits { max_records: 500, max_bytes: 4 * 1024 * 1024, max_record_bytes: Some(1000 * 1024) };
+    const FIREHOSE: BatchLimits =
+        BatchLimits { max_records: 500, max_bytes: 4 * 1024 * 1024, max_record_bytes: Some(1000 * 1024), billing_unit_bytes: 5 * 1024 };
 
     /// Packs lengths the way the flusher does: offer each record, start a new batch when full.
     fn pack(lengths: &[u64], limits: BatchLimits) -> (Vec<Vec<usize>>, Vec<usize>) {

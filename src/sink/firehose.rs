@@ -1,23 +1,16 @@
 //! The Firehose sink: `PutRecordBatch` through aws-sdk-firehose.
 //!
-//! The SDK's own retries are switched off: one `put` is one HTTP call, and the flusher decides
-//! what to resend (only the failed entries) and when (back-off). Credentials come from the AWS
-//! default chain (environment, profile, IMDS); none are ever configured in tailhose. Calls go
-//! through [`super::https_client`] (extra CAs, proxies from the environment). The request body is
+//! The client is configured as every AWS sink's ([`super::aws`]: the default credential chain, no
+//! SDK retries, extra CAs and proxies), and failed calls are sorted the same way. The request body is
 //! written by [`super::request`] and successful answers are read by [`super::answer`]: the SDK
 //! still signs, sends, times out and types every error.
 
-use std::time::Duration;
-
-use aws_sdk_firehose::config::retry::{ReconnectMode, RetryConfig};
-use aws_sdk_firehose::config::timeout::TimeoutConfig;
-use aws_sdk_firehose::config::{BehaviorVersion, Region};
-use aws_sdk_firehose::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_firehose::operation::put_record_batch::{PutRecordBatchError, PutRecordBatchOutput};
+use aws_sdk_firehose::error::DisplayErrorContext;
+use aws_sdk_firehose::operation::put_record_batch::PutRecordBatchOutput;
 use aws_sdk_firehose::Client;
 
 use super::answer::ReadAnswersOurselves;
-use super::https_client::https_client;
+use super::aws::{self, Endpoint, Fixes};
 use super::request::{put_record_batch_body, OurBody};
 use super::{OutgoingRecords, RecordOutcome, SinkError, SinkSetupError};
 
@@ -26,34 +19,20 @@ pub struct FirehoseSink {
     delivery_stream: String,
 }
 
-/// Where and how a Firehose sink connects.
-pub struct Endpoint<'a> {
-    pub delivery_stream: &'a str,
-    pub region: Option<&'a str>,
-    pub endpoint_url: Option<&'a str>,
-    pub request_timeout: Duration,
-    /// Extra certificate authorities (PEM) to trust, besides the system's.
-    pub ca_file: Option<&'a std::path::Path>,
-}
+/// What a Firehose failure asks of its operator.
+const FIXES: Fixes = Fixes {
+    missing_stream: "create the delivery stream, or fix `delivery_stream`/`region` in the sink's configuration",
+    credentials: "check the AWS credentials and that they allow firehose:PutRecordBatch on this stream",
+    encryption: "check the delivery stream's encryption key and source settings",
+};
 
 impl FirehoseSink {
-    pub async fn connect(endpoint: Endpoint<'_>) -> Result<FirehoseSink, SinkSetupError> {
-        let Endpoint { delivery_stream, region, endpoint_url, request_timeout, ca_file } = endpoint;
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(region) = region {
-            loader = loader.region(Region::new(region.to_owned()));
-        }
-        loader = loader.http_client(https_client(ca_file)?);
-        let shared = loader.load().await;
-        // Retries are the courier's (paced, per record). A 5xx or a throttle that came as a whole
-        // answer says nothing against the connection it came on: by default the SDK would close
-        // it and pay a new TLS handshake for the next call (with 5 % of calls answered 500, a
-        // third of delivery's CPU). A connection that broke (reset, cut off, timed out) is
-        // still never reused: hyper drops it.
+    pub async fn connect(delivery_stream: &str, endpoint: Endpoint<'_>) -> Result<FirehoseSink, SinkSetupError> {
+        let shared = aws::shared_config(&endpoint).await?;
         let mut config = aws_sdk_firehose::config::Builder::from(&shared)
-            .retry_config(RetryConfig::disabled().with_reconnect_mode(ReconnectMode::ReuseAllConnections))
-            .timeout_config(TimeoutConfig::builder().operation_timeout(request_timeout).build());
-        if let Some(url) = endpoint_url {
+            .retry_config(aws::retry_config())
+            .timeout_config(aws::timeout_config(endpoint.request_timeout));
+        if let Some(url) = endpoint.endpoint_url {
             config = config.endpoint_url(url);
         }
         Ok(FirehoseSink { client: Client::from_conf(config.build()), delivery_stream: delivery_stream.to_owned() })
@@ -73,7 +52,7 @@ impl FirehoseSink {
             .interceptor(ReadAnswersOurselves)
             .send()
             .await
-            .map_err(classify)?;
+            .map_err(|error| aws::classify(error, &FIXES))?;
         outcomes_of(&output, which.len())
     }
 }
@@ -165,62 +144,10 @@ fn packing_breaks(destination: &aws_sdk_firehose::types::DestinationDescription)
     None
 }
 
-/// Sorts a failed call into what the flusher can do about it.
-fn classify(error: SdkError<PutRecordBatchError>) -> SinkError {
-    let message = DisplayErrorContext(&error).to_string();
-    match &error {
-        SdkError::ServiceError(context) => {
-            let status = context.raw().status().as_u16();
-            let code = context.err().code().unwrap_or("Unknown").to_owned();
-            classify_service_error(&code, status, message)
-        }
-        SdkError::ConstructionFailure(_) => SinkError::Unavailable {
-            code: "RequestConstruction".into(),
-            message,
-            fix: "check that AWS credentials and a region are available (environment, profile or instance role)".into(),
-        },
-        _ => SinkError::Transient { message },
-    }
-}
-
-fn classify_service_error(code: &str, status: u16, message: String) -> SinkError {
-    match code {
-        _ if super::is_throughput_code(code) => SinkError::Throttled { message },
-        "InvalidArgumentException" => SinkError::InvalidRecords { code: code.into(), message },
-        "ResourceNotFoundException" => SinkError::Unavailable {
-            code: code.into(),
-            message,
-            fix: "create the delivery stream, or fix `delivery_stream`/`region` in the sink's configuration".into(),
-        },
-        "AccessDeniedException"
-        | "UnrecognizedClientException"
-        | "InvalidSignatureException"
-        | "ExpiredTokenException"
-        | "IncompleteSignature"
-        | "MissingAuthenticationToken"
-        | "InvalidClientTokenId" => SinkError::Unavailable {
-            code: code.into(),
-            message,
-            fix: "check the AWS credentials and that they allow firehose:PutRecordBatch on this stream".into(),
-        },
-        "InvalidKMSResourceException" | "InvalidSourceException" => SinkError::Unavailable {
-            code: code.into(),
-            message,
-            fix: "check the delivery stream's encryption key and source settings".into(),
-        },
-        _ if status >= 500 => SinkError::ServerError { status, message },
-        _ if status == 429 => SinkError::Throttled { message },
-        _ => SinkError::Unavailable {
-            code: code.into(),
-            message,
-            fix: "see the message; records stay queued until the cause is fixed".into(),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use aws_sdk_firehose::config::Credentials;
+    use aws_sdk_firehose::config::retry::RetryConfig;
+    use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};
     use aws_sdk_firehose::primitives::Blob;
     use aws_sdk_firehose::types::Record;
     use aws_smithy_http_client::test_util::capture_request;
@@ -351,14 +278,5 @@ mod tests {
             let sink = FirehoseSink { client: answering_client(200, &[], answer), delivery_stream: "s".into() };
             assert!(matches!(sink.put(&three_records(), &[0, 1, 2]).await, Err(SinkError::Transient { .. })), "answer: {answer}");
         }
-    }
-
-    #[test]
-    fn throttling_and_server_errors_are_retried_and_missing_streams_are_reported() {
-        assert!(matches!(classify_service_error("ServiceUnavailableException", 400, String::new()), SinkError::Throttled { .. }));
-        assert!(matches!(classify_service_error("InternalFailure", 500, String::new()), SinkError::ServerError { status: 500, .. }));
-        assert!(matches!(classify_service_error("ResourceNotFoundException", 400, String::new()), SinkError::Unavailable { .. }));
-        assert!(matches!(classify_service_error("InvalidArgumentException", 400, String::new()), SinkError::InvalidRecords { .. }));
-        assert!(matches!(classify_service_error("AccessDeniedException", 400, String::new()), SinkError::Unavailable { .. }));
     }
 }

@@ -1,5 +1,10 @@
 //! Sinks: where batches of records are delivered, and what the destination said of each record.
 //!
+//! Three rooms share one path: [`firehose`] (`PutRecordBatch`), [`kinesis`] (Kinesis Data
+//! Streams' `PutRecords`) and [`directory`] (local files, no AWS account). The batching, pacing,
+//! retries and acknowledgement around them are the flusher's, the same for every sink; a sink
+//! only says how a batch goes in one call and what came back.
+//!
 //! A sink delivers one batch per call and answers per record ([`RecordOutcome`]) or for the whole
 //! call ([`SinkError`]). It never retries by itself: the flusher owns retries, back-off and
 //! acknowledgement, so that the queue and file positions advance only on what the destination
@@ -9,19 +14,41 @@
 //! into one record when `pack_records` is on), [`rate`] paces calls at the rate the destination
 //! takes, learned from its throttling.
 
+pub mod aggregation;
 pub mod answer;
+mod aws;
 pub mod batch;
 mod directory;
 mod firehose;
 mod https_client;
+pub mod kinesis;
 pub mod rate;
 pub mod request;
 
-use crate::config::{firehose_limits, SinkDestination, SinkSettings};
+use crate::config::{firehose_limits, kinesis_limits, SinkDestination, SinkSettings};
 
 pub use batch::{BatchLimits, BatchPacker, Offer};
 pub use directory::DirectorySink;
 pub use firehose::{FirehoseSink, PackingVerdict};
+pub use kinesis::KinesisSink;
+
+/// How several lines read go in one record sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packing {
+    pub format: PackFormat,
+    /// A line joins the last record while that stays within this many bytes.
+    pub max_bytes: u64,
+}
+
+/// The layout of a record that holds several lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackFormat {
+    /// The lines one after the other, each ending in a newline (`pack_records`): what a Firehose
+    /// destination writing to S3 stores the same as the lines sent one by one.
+    Lines,
+    /// A KPL aggregated record's body ([`aggregation`]): consumers deaggregate it into the lines.
+    Aggregated,
+}
 
 /// The records of one batch as they go to the destination (each with its trailing newline when
 /// configured): one line read each, or several when records are packed. They live one after the
@@ -38,6 +65,9 @@ pub struct OutgoingRecords {
 
 /// Firehose bills each record rounded up to this many bytes (5 KB).
 pub const BILLING_UNIT_BYTES: u64 = 5 * 1024;
+
+/// Kinesis Data Streams bills each record's payload in units of this many bytes (25 KB).
+pub const KINESIS_BILLING_UNIT_BYTES: u64 = 25 * 1024;
 
 impl OutgoingRecords {
     /// Room for `bytes` bytes of records before the buffer grows.
@@ -62,6 +92,28 @@ impl OutgoingRecords {
         }
         self.bytes.extend_from_slice(line);
         self.bytes.push(b'\n');
+        self.grew_last();
+    }
+
+    /// Adds a record whose body frames `line` (and a newline when `newline` is set) as the one
+    /// user record of an aggregated record ([`aggregation`]).
+    pub fn push_aggregated(&mut self, line: &[u8], newline: bool) {
+        aggregation::append_user_record(&mut self.bytes, line, newline);
+        self.ends.push(self.bytes.len());
+        self.lines.push(1);
+    }
+
+    /// Frames `line` as one more user record of the last record; a first line starts one.
+    pub fn aggregate_into_last(&mut self, line: &[u8], newline: bool) {
+        if self.ends.is_empty() {
+            return self.push_aggregated(line, newline);
+        }
+        aggregation::append_user_record(&mut self.bytes, line, newline);
+        self.grew_last();
+    }
+
+    /// The last record now ends where the buffer does, with one line more.
+    fn grew_last(&mut self) {
         let last = self.ends.len() - 1;
         self.ends[last] = self.bytes.len();
         self.lines[last] += 1;
@@ -96,15 +148,22 @@ impl OutgoingRecords {
         self.len().checked_sub(1).map(|last| self.get(last).len())
     }
 
-    /// Firehose billing units record `index` costs.
-    pub fn billed_units(&self, index: usize) -> u64 {
-        (self.get(index).len() as u64).div_ceil(BILLING_UNIT_BYTES).max(1)
+    /// Billing units of `unit_bytes` that record `index` costs.
+    pub fn billed_units(&self, index: usize, unit_bytes: u64) -> u64 {
+        (self.get(index).len() as u64).div_ceil(unit_bytes).max(1)
     }
 }
 
 /// Error codes, of a whole call or of an entry, that mean "over the stream's throughput".
 pub fn is_throughput_code(code: &str) -> bool {
-    matches!(code, "ServiceUnavailableException" | "ThrottlingException" | "LimitExceededException")
+    matches!(
+        code,
+        "ServiceUnavailableException"
+            | "ThrottlingException"
+            | "LimitExceededException"
+            | "ProvisionedThroughputExceededException"
+            | "KMSThrottlingException"
+    )
 }
 
 /// What the destination said of one record of an accepted call.
@@ -152,6 +211,7 @@ pub enum SinkSetupError {
 /// A configured destination.
 pub enum Sink {
     Firehose(FirehoseSink),
+    KinesisStreams(KinesisSink),
     Directory(DirectorySink),
 }
 
@@ -159,14 +219,32 @@ impl Sink {
     pub async fn connect(settings: &SinkSettings) -> Result<Sink, SinkSetupError> {
         match &settings.destination {
             SinkDestination::Firehose { delivery_stream, region, endpoint_url, request_timeout, ca_file } => {
-                let endpoint = firehose::Endpoint {
-                    delivery_stream,
+                let endpoint = aws::Endpoint {
                     region: region.as_deref(),
                     endpoint_url: endpoint_url.as_deref(),
                     request_timeout: *request_timeout,
                     ca_file: ca_file.as_deref(),
                 };
-                Ok(Sink::Firehose(FirehoseSink::connect(endpoint).await?))
+                Ok(Sink::Firehose(FirehoseSink::connect(delivery_stream, endpoint).await?))
+            }
+            SinkDestination::KinesisStreams {
+                stream_name,
+                region,
+                endpoint_url,
+                request_timeout,
+                ca_file,
+                partition_key,
+                explicit_hash_key,
+                aggregate,
+            } => {
+                let endpoint = aws::Endpoint {
+                    region: region.as_deref(),
+                    endpoint_url: endpoint_url.as_deref(),
+                    request_timeout: *request_timeout,
+                    ca_file: ca_file.as_deref(),
+                };
+                let keys = kinesis::RecordKeys::new(partition_key.clone(), explicit_hash_key.clone());
+                Ok(Sink::KinesisStreams(KinesisSink::connect(stream_name, keys, *aggregate, endpoint).await?))
             }
             SinkDestination::Directory { path } => Ok(Sink::Directory(DirectorySink::new(path.clone(), settings.name.clone()))),
         }
@@ -176,17 +254,30 @@ impl Sink {
     pub async fn packing_verdict(&self) -> PackingVerdict {
         match self {
             Sink::Firehose(sink) => sink.packing_verdict().await,
-            Sink::Directory(_) => PackingVerdict::Allowed,
+            // Aggregated records are the KPL's format, which Kinesis consumers deaggregate.
+            Sink::KinesisStreams(_) | Sink::Directory(_) => PackingVerdict::Allowed,
         }
     }
 
     /// Limits of one call to this destination under `settings`.
     pub fn limits(&self, settings: &SinkSettings) -> BatchLimits {
-        let max_record_bytes = match self {
-            Sink::Firehose(_) => Some(firehose_limits::MAX_RECORD_BYTES),
-            Sink::Directory(_) => None,
+        let (max_record_bytes, billing_unit_bytes) = match self {
+            Sink::Firehose(_) => (Some(firehose_limits::MAX_RECORD_BYTES), BILLING_UNIT_BYTES),
+            // What a record carries besides the bytes packed into it: its partition key, and an
+            // aggregated record's envelope (magic, key table, digest).
+            Sink::KinesisStreams(sink) => {
+                let key = kinesis_limits::MAX_PARTITION_KEY_BYTES;
+                let envelope = if sink.aggregates() { aggregation::envelope_len(key as usize) as u64 } else { 0 };
+                (Some(kinesis_limits::MAX_RECORD_BYTES - key - envelope), KINESIS_BILLING_UNIT_BYTES)
+            }
+            Sink::Directory(_) => (None, BILLING_UNIT_BYTES),
         };
-        BatchLimits { max_records: settings.max_batch_records as usize, max_bytes: settings.max_batch_bytes, max_record_bytes }
+        BatchLimits {
+            max_records: settings.max_batch_records as usize,
+            max_bytes: settings.max_batch_bytes,
+            max_record_bytes,
+            billing_unit_bytes,
+        }
     }
 
     /// Delivers `records[i]` for each `i` in `which`; on success the answer has one outcome per
@@ -194,6 +285,7 @@ impl Sink {
     pub async fn put(&self, records: &OutgoingRecords, which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
         match self {
             Sink::Firehose(sink) => sink.put(records, which).await,
+            Sink::KinesisStreams(sink) => sink.put(records, which).await,
             Sink::Directory(sink) => sink.put(records, which).await,
         }
     }
@@ -237,7 +329,7 @@ mod tests {
             for (index, (bytes, lines)) in model.iter().enumerate() {
                 prop_assert_eq!(records.get(index), &bytes[..]);
                 prop_assert_eq!(records.lines(index), *lines);
-                prop_assert_eq!(records.billed_units(index), (bytes.len() as u64).div_ceil(BILLING_UNIT_BYTES).max(1));
+                prop_assert_eq!(records.billed_units(index, BILLING_UNIT_BYTES), (bytes.len() as u64).div_ceil(BILLING_UNIT_BYTES).max(1));
             }
         }
     }

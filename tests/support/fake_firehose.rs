@@ -4,7 +4,16 @@
 //! and fails records or whole calls on a deterministic schedule or a seeded random one. It can
 //! also refuse at random independently of the send rate (`Noise`, issue 17: a refusal is not
 //! always the quota) and change a stream's quota while it is written to (`QuotaChange`).
+//!
+//! The same server is a Kinesis data stream (`Kinesis_20131202.PutRecords`, [`Dialect`]), with
+//! the same faults in Kinesis's words (`ProvisionedThroughputExceededException`), Kinesis's
+//! limits (500 records, 5 MiB a call and 1 MiB a record, partition keys included, keys of 1 to
+//! 256 characters), and its quota per shard (`Faults::shards`; a record's shard from the MD5 of
+//! its partition key, or its explicit hash key). A KPL aggregated record is counted as the
+//! records it holds: `Seen::accepted` holds lines read, whatever the sink, so that every fault
+//! test runs for every sink.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -61,6 +70,9 @@ pub struct Faults {
     pub noise: Option<Noise>,
     /// The quota in force from some moment on, in place of `quota`.
     pub quota_change: Option<QuotaChange>,
+    /// As a Kinesis stream: its shards (0 counts as 1), each with `quota`'s records and bytes
+    /// budgets of its own (Kinesis's 1,000 records and 1 MiB a second per shard).
+    pub shards: u32,
 }
 
 impl Faults {
@@ -167,6 +179,15 @@ pub struct Seen {
     /// Most calls being answered at the same moment (calls in flight from the client's side).
     pub max_concurrent_calls: u64,
     in_progress: u64,
+    /// Most lines read (user records of aggregated records) in one call.
+    pub max_lines_in_call: usize,
+    /// As a Kinesis stream: the partition key of each record of `accepted` (an aggregated
+    /// record's for each of its user records).
+    pub partition_keys: Vec<String>,
+    /// As a Kinesis stream: the Kinesis records (aggregated or not) accepted by each shard.
+    pub shard_records: Vec<u64>,
+    /// As a Kinesis stream: Kinesis records accepted (an aggregated record counts once).
+    pub kinesis_records: u64,
 }
 
 impl Seen {
@@ -204,6 +225,8 @@ struct State {
     noise_random: u64,
     started: Instant,
     window: WindowUse,
+    /// As a Kinesis stream: what each shard's current window has taken.
+    shard_windows: Vec<WindowUse>,
 }
 
 pub struct FakeFirehose {
@@ -269,6 +292,7 @@ impl FakeFirehose {
             noise_random: noise_stream(faults.noise),
             started: Instant::now(),
             window: WindowUse::default(),
+            shard_windows: vec![WindowUse::default(); faults.shards.max(1) as usize],
         }));
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind loopback");
         let address = listener.local_addr().expect("address");
@@ -403,55 +427,167 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Answer 
     }
     state.lock().expect("state").seen.in_progress -= 1;
     let body = collected.to_bytes();
-    if target != "Firehose_20150804.PutRecordBatch" {
-        return Answer::Reply(error(StatusCode::BAD_REQUEST, "UnknownOperationException", &target));
-    }
+    let dialect = match target.as_str() {
+        "Firehose_20150804.PutRecordBatch" => Dialect::Firehose,
+        "Kinesis_20131202.PutRecords" => Dialect::Kinesis,
+        _ => return Answer::Reply(error(StatusCode::BAD_REQUEST, "UnknownOperationException", &target)),
+    };
     // Typed and borrowing: the fake shares the benchmark's cores with tailhose, so it should
     // not cost more than it must.
-    let Ok(parsed) = serde_json::from_slice::<PutRecordBatchBody>(&body) else {
-        return Answer::Reply(error(StatusCode::BAD_REQUEST, "SerializationException", "body is not a PutRecordBatch request"));
+    let Ok(parsed) = serde_json::from_slice::<PutRecordsBody>(&body) else {
+        return Answer::Reply(error(
+            StatusCode::BAD_REQUEST,
+            "SerializationException",
+            "body is not a PutRecordBatch or PutRecords request",
+        ));
     };
     let mut records = Vec::with_capacity(parsed.records.len());
-    for record in &parsed.records {
-        match base64::engine::general_purpose::STANDARD.decode(record.data.as_bytes()) {
-            Ok(data) => records.push(data),
-            Err(_) => return Answer::Reply(error(StatusCode::BAD_REQUEST, "SerializationException", "Data is not base64")),
-        }
+    for record in parsed.records {
+        let Ok(data) = base64::engine::general_purpose::STANDARD.decode(record.data.as_bytes()) else {
+            return Answer::Reply(error(StatusCode::BAD_REQUEST, "SerializationException", "Data is not base64"));
+        };
+        let key = match (dialect, record.partition_key) {
+            (Dialect::Firehose, _) => None,
+            (Dialect::Kinesis, Some(key)) => {
+                Some(RecordKey { partition_key: key.into_owned(), explicit_hash_key: record.explicit_hash_key.map(Cow::into_owned) })
+            }
+            (Dialect::Kinesis, None) => {
+                return Answer::Reply(error(StatusCode::BAD_REQUEST, "ValidationException", "a record has no PartitionKey"))
+            }
+        };
+        records.push(RecordIn { data, key });
     }
     let mut state = state.lock().expect("state");
-    answer(&mut state, records)
+    answer(&mut state, records, dialect)
 }
 
+/// A `PutRecordBatch` or a `PutRecords` request: their records differ only by the keys.
 #[derive(serde::Deserialize)]
-struct PutRecordBatchBody<'a> {
+struct PutRecordsBody<'a> {
     #[serde(rename = "Records", borrow)]
-    records: Vec<RecordIn<'a>>,
+    records: Vec<RecordBody<'a>>,
 }
 
 #[derive(serde::Deserialize)]
-struct RecordIn<'a> {
+struct RecordBody<'a> {
     #[serde(rename = "Data", borrow)]
-    data: std::borrow::Cow<'a, str>,
+    data: Cow<'a, str>,
+    #[serde(rename = "PartitionKey", borrow, default)]
+    partition_key: Option<Cow<'a, str>>,
+    #[serde(rename = "ExplicitHashKey", borrow, default)]
+    explicit_hash_key: Option<Cow<'a, str>>,
 }
 
-fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
+/// Which service the fake is for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Firehose,
+    Kinesis,
+}
+
+impl Dialect {
+    /// The code of a record or a call refused for the stream's throughput.
+    fn throughput_code(self) -> &'static str {
+        match self {
+            Dialect::Firehose => "ServiceUnavailableException",
+            Dialect::Kinesis => "ProvisionedThroughputExceededException",
+        }
+    }
+
+    fn throughput_entry(self) -> &'static str {
+        match self {
+            Dialect::Firehose => r#"{"ErrorCode":"ServiceUnavailableException","ErrorMessage":"Slow down."}"#,
+            Dialect::Kinesis => {
+                r#"{"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate exceeded for shard shardId-000000000000 in stream conect under account 123456789012."}"#
+            }
+        }
+    }
+
+    /// Whether a call of `records` breaks the service's limits.
+    fn breaks_limits(self, records: &[RecordIn]) -> bool {
+        if records.is_empty() || records.len() > 500 {
+            return true;
+        }
+        match self {
+            Dialect::Firehose => {
+                records.iter().map(|record| record.data.len()).sum::<usize>() > 4 * 1024 * 1024
+                    || records.iter().any(|record| record.data.len() > 1000 * 1024)
+            }
+            Dialect::Kinesis => {
+                let size = |record: &RecordIn| record.data.len() + record.key.as_ref().map_or(0, |key| key.partition_key.len());
+                let bad_key =
+                    |record: &RecordIn| record.key.as_ref().is_none_or(|key| !(1..=256).contains(&key.partition_key.chars().count()));
+                records.iter().any(bad_key)
+                    || records.iter().map(size).sum::<usize>() > 5 * 1024 * 1024
+                    || records.iter().any(|record| size(record) > 1024 * 1024)
+            }
+        }
+    }
+
+    fn billing_unit(self) -> u64 {
+        match self {
+            Dialect::Firehose => 5 * 1024,
+            Dialect::Kinesis => 25 * 1024,
+        }
+    }
+}
+
+/// A Kinesis record's keys.
+struct RecordKey {
+    partition_key: String,
+    explicit_hash_key: Option<String>,
+}
+
+impl RecordKey {
+    /// The shard of `shards` this record goes to: by its explicit hash key, or the MD5 of its
+    /// partition key, as Kinesis places records on evenly split hash key ranges.
+    fn shard(&self, shards: u32) -> usize {
+        use md5::Digest;
+        let hash = match self.explicit_hash_key.as_deref().and_then(|key| key.parse::<u128>().ok()) {
+            Some(hash) => hash,
+            None => u128::from_be_bytes(md5::Md5::digest(self.partition_key.as_bytes()).into()),
+        };
+        (((hash >> 64) * u128::from(shards.max(1))) >> 64) as usize
+    }
+}
+
+struct RecordIn {
+    data: Vec<u8>,
+    /// As a Kinesis stream.
+    key: Option<RecordKey>,
+}
+
+/// The lines a record accepted carries: an aggregated record's user records, else itself.
+fn lines_of(dialect: Dialect, data: Vec<u8>) -> Vec<Vec<u8>> {
+    if dialect == Dialect::Kinesis && data.starts_with(&tailhose::sink::aggregation::MAGIC) {
+        if let Ok((_, records)) = tailhose::sink::aggregation::deaggregate(&data) {
+            return records;
+        }
+    }
+    vec![data]
+}
+
+fn answer(state: &mut State, records: Vec<RecordIn>, dialect: Dialect) -> Answer {
     let faults = state.faults;
     let call_roll = faults.random_seed.map(|_| next_random(&mut state.random) % 100);
     let seen = &mut state.seen;
     seen.calls += 1;
     seen.call_times.push(Instant::now());
     let calls = seen.calls;
-    let bytes: usize = records.iter().map(Vec::len).sum();
-    let largest = records.iter().map(Vec::len).max().unwrap_or(0);
+    let bytes: usize = records.iter().map(|record| record.data.len()).sum();
+    let largest = records.iter().map(|record| record.data.len()).max().unwrap_or(0);
     seen.max_records_in_call = seen.max_records_in_call.max(records.len());
     seen.max_bytes_in_call = seen.max_bytes_in_call.max(bytes);
     seen.max_record_bytes = seen.max_record_bytes.max(largest);
-    if records.is_empty() || records.len() > 500 || bytes > 4 * 1024 * 1024 || largest > 1000 * 1024 {
+    if dialect.breaks_limits(&records) {
         seen.limit_violations += 1;
-        return Answer::Reply(error(StatusCode::BAD_REQUEST, "InvalidArgumentException", "PutRecordBatch limits exceeded"));
+        return Answer::Reply(error(StatusCode::BAD_REQUEST, "InvalidArgumentException", "PutRecordBatch or PutRecords limits exceeded"));
     }
     if let Some(marker) = faults.reject_records_containing {
-        if let Some(index) = records.iter().position(|record| record.windows(marker.len()).any(|window| window == marker.as_bytes())) {
+        let holds_marker = |data: &[u8]| data.windows(marker.len()).any(|window| window == marker.as_bytes());
+        // An aggregated record is refused for a user record of its own, as a destination would.
+        let refused = records.iter().position(|record| lines_of(dialect, record.data.clone()).iter().any(|line| holds_marker(line)));
+        if let Some(index) = refused {
             seen.refused_calls += 1;
             let message = format!("Records[{index}] is not valid for this stream");
             return Answer::Reply(error(StatusCode::BAD_REQUEST, "InvalidArgumentException", &message));
@@ -462,7 +598,10 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
         Some(Refusal::StreamNotFound) => Some(error(
             StatusCode::BAD_REQUEST,
             "ResourceNotFoundException",
-            "Firehose test-fluentd-firehose under account 123456789012 not found.",
+            match dialect {
+                Dialect::Firehose => "Firehose test-fluentd-firehose under account 123456789012 not found.",
+                Dialect::Kinesis => "Stream conect under account 123456789012 not found.",
+            },
         )),
         Some(Refusal::BadCredentials) => {
             Some(error(StatusCode::BAD_REQUEST, "UnrecognizedClientException", "The security token included in the request is invalid."))
@@ -490,7 +629,7 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
         if roll < noise.throttled_calls {
             seen.refused_calls += 1;
             seen.noise_throttled_calls += 1;
-            return Answer::Reply(error(StatusCode::BAD_REQUEST, "ServiceUnavailableException", "Slow down."));
+            return Answer::Reply(error(StatusCode::BAD_REQUEST, dialect.throughput_code(), "Slow down."));
         }
         if roll < noise.throttled_calls + noise.failed_calls {
             seen.refused_calls += 1;
@@ -504,7 +643,7 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
     }
     if every(faults.throttle_every_nth_call) || call_roll.is_some_and(|roll| (10..20).contains(&roll)) {
         seen.refused_calls += 1;
-        return Answer::Reply(error(StatusCode::BAD_REQUEST, "ServiceUnavailableException", "Slow down."));
+        return Answer::Reply(error(StatusCode::BAD_REQUEST, dialect.throughput_code(), "Slow down."));
     }
     if every(faults.limit_exceeded_every_nth_call) {
         seen.refused_calls += 1;
@@ -515,6 +654,7 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
         let index = since_start.as_secs();
         if state.window.index != index {
             state.window = WindowUse { index, ..WindowUse::default() };
+            state.shard_windows.fill(WindowUse { index, ..WindowUse::default() });
         }
         faults.quota_at(since_start)
     } else {
@@ -525,30 +665,35 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
             state.seen.refused_calls += 1;
             state.seen.quota_throttled_calls += 1;
             state.seen.quota_throttled_at.push(Instant::now());
-            return Answer::Reply(error(StatusCode::BAD_REQUEST, "ServiceUnavailableException", "Slow down."));
+            return Answer::Reply(error(StatusCode::BAD_REQUEST, dialect.throughput_code(), "Slow down."));
         }
         state.window.calls += 1;
     }
     let record_noise = faults.noise.filter(|noise| noise.refused_records > 0.0);
     // The answer's entries, written as JSON text as they are decided.
     let mut responses = String::with_capacity(records.len() * 240);
-    let entries = records.len() as u64;
     let now = Instant::now();
     let mut failed = 0;
     let mut over_quota = false;
-    for data in records {
+    let mut lines_in_call = 0;
+    for RecordIn { data, key } in records {
         state.seen.record_attempts += 1;
         let random_failure = faults.random_seed.is_some() && next_random(&mut state.random) % 10 == 0;
         // Refused at random before the quota is looked at: such a record takes none of it.
         let noise_code = record_noise
             .and_then(|noise| (unit(next_random(&mut state.noise_random)) < noise.refused_records).then_some(noise.record_code));
+        // A Kinesis stream's budgets are its shards', and count the partition key.
+        let shard = key.as_ref().map(|key| key.shard(faults.shards));
+        let used = data.len() as u64 + key.as_ref().map_or(0, |key| key.partition_key.len() as u64);
+        let window = match shard {
+            Some(shard) => &mut state.shard_windows[shard],
+            None => &mut state.window,
+        };
         let past_quota = noise_code.is_none()
-            && quota.is_some_and(|quota| {
-                state.window.records + 1 > quota.records_per_sec || state.window.bytes + data.len() as u64 > quota.bytes_per_sec
-            });
+            && quota.is_some_and(|quota| window.records + 1 > quota.records_per_sec || window.bytes + used > quota.bytes_per_sec);
         if !past_quota && noise_code.is_none() && quota.is_some() {
-            state.window.records += 1;
-            state.window.bytes += data.len() as u64;
+            window.records += 1;
+            window.bytes += used;
         }
         over_quota |= past_quota;
         let seen = &mut state.seen;
@@ -559,29 +704,51 @@ fn answer(state: &mut State, records: Vec<Vec<u8>>) -> Answer {
             failed += 1;
             seen.noise_refused_records += 1;
             responses.push_str(match code {
-                EntryCode::ServiceUnavailable => r#"{"ErrorCode":"ServiceUnavailableException","ErrorMessage":"Slow down."}"#,
+                EntryCode::ServiceUnavailable => dialect.throughput_entry(),
                 EntryCode::InternalFailure => r#"{"ErrorCode":"InternalFailure","ErrorMessage":"fault: internal failure"}"#,
             });
         } else if faults.fail_every_nth_record.is_some_and(|n| seen.record_attempts % n == 0) || random_failure || past_quota {
             failed += 1;
-            responses.push_str(r#"{"ErrorCode":"ServiceUnavailableException","ErrorMessage":"Slow down."}"#);
+            responses.push_str(dialect.throughput_entry());
         } else {
-            // As long as AWS's (about 220 characters), so that reading answers costs what it does there.
-            let _ = write!(responses, r#"{{"RecordId":"{RECORD_ID_PREFIX}{:060}"}}"#, seen.accepted.len());
-            seen.billed_units += (data.len() as u64).div_ceil(5120).max(1);
+            match shard {
+                // As long as AWS's (about 220 characters), so that reading answers costs what it does there.
+                None => {
+                    let _ = write!(responses, r#"{{"RecordId":"{RECORD_ID_PREFIX}{:060}"}}"#, seen.accepted.len());
+                }
+                Some(shard) => {
+                    let _ = write!(responses, r#"{{"SequenceNumber":"49{:054}","ShardId":"shardId-{shard:012}"}}"#, seen.accepted.len());
+                    if seen.shard_records.len() <= shard {
+                        seen.shard_records.resize(shard + 1, 0);
+                    }
+                    seen.shard_records[shard] += 1;
+                    seen.kinesis_records += 1;
+                }
+            }
+            seen.billed_units += used.div_ceil(dialect.billing_unit()).max(1);
             seen.last_accepted_at = Some(now);
-            seen.accepted_at.push(now);
-            seen.accepted.push(data);
+            for line in lines_of(dialect, data) {
+                lines_in_call += 1;
+                seen.accepted_at.push(now);
+                seen.accepted.push(line);
+                if let Some(key) = &key {
+                    seen.partition_keys.push(key.partition_key.clone());
+                }
+            }
         }
     }
+    state.seen.max_lines_in_call = state.seen.max_lines_in_call.max(lines_in_call);
     state.seen.failed_entries += failed;
     if over_quota {
         state.seen.quota_throttled_calls += 1;
         state.seen.quota_throttled_at.push(now);
     }
-    let reply = format!(r#"{{"FailedPutCount":{failed},"Encrypted":false,"RequestResponses":[{responses}]}}"#);
+    let reply = match dialect {
+        Dialect::Firehose => format!(r#"{{"FailedPutCount":{failed},"Encrypted":false,"RequestResponses":[{responses}]}}"#),
+        Dialect::Kinesis => format!(r#"{{"FailedRecordCount":{failed},"Records":[{responses}],"EncryptionType":"NONE"}}"#),
+    };
     if every(faults.tear_every_nth_call) {
-        state.seen.accepted_in_torn_calls += entries - failed;
+        state.seen.accepted_in_torn_calls += lines_in_call as u64;
         let text = reply;
         let torn = TornBody { first: Some(Bytes::from(text[..text.len() / 2].to_owned())) };
         let mut response = Response::new(BoxBody::new(torn));

@@ -20,6 +20,80 @@ use std::time::{Duration, Instant};
 pub const REGION: &str = "ap-northeast-2";
 pub const BUCKET: &str = "sw-test123";
 pub const STREAM: &str = "test-fluentd-firehose";
+/// The Kinesis data stream of the Kinesis sink's tests.
+pub const KINESIS_STREAM: &str = "conect";
+
+/// A sink a test runs against: each sink-facing fault test runs once per kind, through the same
+/// flusher, pacing, retries and acknowledgement ([`for_every_sink!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    Firehose,
+    KinesisStreams,
+    /// Kinesis Data Streams with KPL aggregation.
+    KinesisAggregated,
+}
+
+impl SinkKind {
+    /// The lines of a `[sinks.events]` table that make this kind deliver to `endpoint`.
+    pub fn sink_lines(self, endpoint: &str) -> String {
+        match self {
+            SinkKind::Firehose => format!("type = \"firehose\"\ndelivery_stream = \"{STREAM}\"\nregion = \"{REGION}\"\nendpoint_url = \"{endpoint}\""),
+            SinkKind::KinesisStreams | SinkKind::KinesisAggregated => format!(
+                "type = \"kinesis_streams\"\nstream_name = \"{KINESIS_STREAM}\"\nregion = \"{REGION}\"\nendpoint_url = \"{endpoint}\"\naggregate = {}",
+                self == SinkKind::KinesisAggregated
+            ),
+        }
+    }
+
+    /// How many seed records make as many calls as `records` make one record per entry: an
+    /// aggregated call carries about 14,000 seed records (2 MiB), not 500, and a fault set for
+    /// every n-th call needs calls to happen.
+    pub fn lines_for_calls_of(self, records: u64) -> u64 {
+        match self {
+            SinkKind::Firehose | SinkKind::KinesisStreams => records,
+            SinkKind::KinesisAggregated => records * 30,
+        }
+    }
+
+    /// Words of the fix logged when the stream does not exist.
+    pub fn missing_stream_fix(self) -> &'static str {
+        match self {
+            SinkKind::Firehose => "create the delivery stream",
+            SinkKind::KinesisStreams | SinkKind::KinesisAggregated => "create the stream, or fix `stream_name`",
+        }
+    }
+}
+
+/// `for_every_sink! { fn name(sink) { ... } }`: a module `name` with one test per [`SinkKind`]
+/// (`name::firehose`, `name::kinesis_streams`, `name::kinesis_streams_aggregated`), each running
+/// the body with its kind. A fault test written once runs for every sink.
+#[macro_export]
+macro_rules! for_every_sink {
+    ($(#[$meta:meta])* fn $name:ident($sink:ident) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($sink: $crate::support::SinkKind) $body
+
+            #[test]
+            fn firehose() {
+                run($crate::support::SinkKind::Firehose)
+            }
+
+            #[test]
+            fn kinesis_streams() {
+                run($crate::support::SinkKind::KinesisStreams)
+            }
+
+            #[test]
+            fn kinesis_streams_aggregated() {
+                run($crate::support::SinkKind::KinesisAggregated)
+            }
+        }
+    };
+}
 
 /// A server on 127.0.0.1 that hands each connection, on a thread of its own, to `serve` with
 /// the list every request is recorded in (`METHOD target`); returns its address and that list.
@@ -100,6 +174,29 @@ impl Moto {
         self.peer(&["setup-es", "--bucket", BUCKET, "--stream", stream]);
     }
 
+    /// Creates a Kinesis data stream of `shards` shards.
+    pub fn create_kinesis_stream(&self, stream: &str, shards: u32) {
+        self.peer(&["setup-kinesis", "--stream", stream, "--shards", &shards.to_string()]);
+    }
+
+    /// Every line of every record in `stream`, read from each shard's start and deaggregated by
+    /// AWS's KPL library (see moto_peer.py).
+    pub fn kinesis_records(&self, stream: &str) -> KinesisDelivered {
+        let answer: serde_json::Value = serde_json::from_str(&self.peer(&["kinesis-records", "--stream", stream])).expect("json");
+        let records = answer["records"]
+            .as_array()
+            .expect("records")
+            .iter()
+            .map(|record| KinesisLine {
+                line: record["line"].as_str().expect("a line").to_owned(),
+                partition_key: record["partition_key"].as_str().expect("a partition key").to_owned(),
+                shard: record["shard"].as_str().expect("a shard").to_owned(),
+                aggregated: record["aggregated"].as_bool().expect("aggregated or not"),
+            })
+            .collect();
+        KinesisDelivered { kinesis_records: answer["kinesis_records"].as_u64().expect("a count"), records }
+    }
+
     fn peer(&self, args: &[&str]) -> String {
         let output = Command::new(venv_program("python"))
             .arg(repo_root().join("tests/support/moto_peer.py"))
@@ -137,6 +234,29 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What a Kinesis data stream holds, as a consumer reads it.
+pub struct KinesisDelivered {
+    /// Kinesis records (an aggregated record counts once).
+    pub kinesis_records: u64,
+    /// One per line of every user record.
+    pub records: Vec<KinesisLine>,
+}
+
+pub struct KinesisLine {
+    pub line: String,
+    pub partition_key: String,
+    pub shard: String,
+    /// Whether it came out of a KPL aggregated record.
+    pub aggregated: bool,
+}
+
+impl KinesisDelivered {
+    /// How many times each `seq` arrived.
+    pub fn seq_counts(&self) -> BTreeMap<u64, u32> {
+        count_seqs(self.records.iter().map(|record| record.line.as_bytes()))
     }
 }
 
@@ -253,6 +373,12 @@ impl Workspace {
 
     /// The seed's set-up against any Firehose endpoint, with extra lines for the source and sink tables.
     pub fn write_config_for_endpoint(&self, endpoint: &str, extra_source_lines: &str, extra_sink_lines: &str) {
+        self.write_config_for_sink(SinkKind::Firehose, endpoint, extra_source_lines, extra_sink_lines);
+    }
+
+    /// The seed's set-up delivering to a sink of `kind` at `endpoint`.
+    pub fn write_config_for_sink(&self, kind: SinkKind, endpoint: &str, extra_source_lines: &str, extra_sink_lines: &str) {
+        let sink_lines = kind.sink_lines(endpoint);
         let text = format!(
             r#"data_dir = "state"
 shutdown_timeout = "5s"
@@ -270,11 +396,8 @@ poll_interval = "50ms"
 {extra_source_lines}
 
 [sinks.events]
-type = "firehose"
 inputs = ["conect"]
-delivery_stream = "{STREAM}"
-region = "{REGION}"
-endpoint_url = "{endpoint}"
+{sink_lines}
 flush_interval = "1s"
 append_newline = true
 {extra_sink_lines}

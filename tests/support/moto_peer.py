@@ -3,18 +3,28 @@
     moto_peer.py setup    --endpoint URL --region R --bucket B --stream S
     moto_peer.py setup-es --endpoint URL --region R --bucket B --stream S
     moto_peer.py records  --endpoint URL --region R --bucket B
+    moto_peer.py setup-kinesis   --endpoint URL --region R --stream S --shards N
+    moto_peer.py kinesis-records --endpoint URL --region R --stream S
 
 `setup` creates the bucket and a Direct PUT delivery stream that writes to it; `setup-es` a stream
 that delivers to an Elasticsearch domain (one document per record), backed up to the bucket. `records` prints
 one JSON document: {"objects": N, "records": [...]}, where records are the newline-separated
 lines of every object in the bucket, in key order.
+
+`setup-kinesis` creates a Kinesis data stream of N shards. `kinesis-records` reads every shard
+from its start with GetShardIterator/GetRecords, deaggregates KPL aggregated records with AWS's
+own library (PyPI `aws-kinesis-agg`: a third party's reading of the format, not tailhose's), and
+prints {"kinesis_records": N, "shards": N, "records": [{"line", "partition_key", "shard",
+"aggregated"}]}, one entry per line of every user record.
 """
 
 import argparse
+import base64
 import json
 import sys
 
 import boto3
+from aws_kinesis_agg.deaggregator import iter_deaggregate_records
 
 
 def client(kind, args):
@@ -80,15 +90,61 @@ def records(args):
     json.dump({"objects": len(keys), "keys": keys[:3], "records": lines}, sys.stdout)
 
 
+def setup_kinesis(args):
+    kinesis = client("kinesis", args)
+    kinesis.create_stream(StreamName=args.stream, ShardCount=args.shards)
+    kinesis.get_waiter("stream_exists").wait(StreamName=args.stream, WaiterConfig={"Delay": 1})
+
+
+def kinesis_records(args):
+    kinesis = client("kinesis", args)
+    shards = kinesis.list_shards(StreamName=args.stream)["Shards"]
+    put = 0
+    lines = []
+    for shard in shards:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=args.stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            answer = kinesis.get_records(ShardIterator=iterator, Limit=10000)
+            if not answer["Records"]:
+                break
+            put += len(answer["Records"])
+            for user_record in iter_deaggregate_records(answer["Records"], data_format="Boto3"):
+                record = user_record["kinesis"]
+                aggregated = bool(record.get("aggregated"))
+                data = base64.b64decode(record["data"]) if aggregated else record["data"]
+                for line in data.split(b"\n"):
+                    if line:
+                        lines.append(
+                            {
+                                "line": line.decode("utf-8", "replace"),
+                                "partition_key": record["partitionKey"],
+                                "shard": shard["ShardId"],
+                                "aggregated": aggregated,
+                            }
+                        )
+            iterator = answer.get("NextShardIterator")
+    json.dump({"kinesis_records": put, "shards": len(shards), "records": lines}, sys.stdout)
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["setup", "setup-es", "records"])
+    parser.add_argument("command", choices=["setup", "setup-es", "records", "setup-kinesis", "kinesis-records"])
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--region", required=True)
-    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--bucket")
     parser.add_argument("--stream")
+    parser.add_argument("--shards", type=int, default=1)
     args = parser.parse_args()
-    {"setup": setup, "setup-es": setup_es, "records": records}[args.command](args)
+    commands = {
+        "setup": setup,
+        "setup-es": setup_es,
+        "records": records,
+        "setup-kinesis": setup_kinesis,
+        "kinesis-records": kinesis_records,
+    }
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,146 @@
+//! What the AWS sinks (Firehose, Kinesis Data Streams) share: how a client is configured and how
+//! a failed call is sorted into what the flusher can do about it.
+//!
+//! Both SDKs take the same shared configuration (the default credential chain, the region, the
+//! HTTPS client of [`super::https_client`]) and the same per-client settings: no SDK retries (one
+//! `put` is one HTTP call; the courier resends only what was refused, paced), connections kept
+//! after a 5xx or a throttle, and the sink's `request_timeout` as the operation's timeout. Their
+//! errors carry the same codes for the same situations; only the fix a message suggests names
+//! the service's own keys and permissions.
+
+use std::error::Error;
+use std::path::Path;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use aws_smithy_types::retry::ReconnectMode;
+
+use super::https_client::https_client;
+use super::{SinkError, SinkSetupError};
+
+/// Where and how an AWS sink connects.
+pub struct Endpoint<'a> {
+    pub region: Option<&'a str>,
+    pub endpoint_url: Option<&'a str>,
+    pub request_timeout: Duration,
+    /// Extra certificate authorities (PEM) to trust, besides the system's.
+    pub ca_file: Option<&'a Path>,
+}
+
+/// The configuration every AWS client of a sink starts from: credentials from the default chain
+/// (environment, profile, SSO, IMDS; none are ever configured in tailhose), the region, and
+/// calls through [`https_client`] (extra CAs, proxies from the environment).
+pub async fn shared_config(endpoint: &Endpoint<'_>) -> Result<SdkConfig, SinkSetupError> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = endpoint.region {
+        loader = loader.region(Region::new(region.to_owned()));
+    }
+    Ok(loader.http_client(https_client(endpoint.ca_file)?).load().await)
+}
+
+/// The SDK's retries are off: retries are the courier's (paced, per record). A 5xx or a throttle
+/// that came as a whole answer says nothing against the connection it came on: by default the SDK
+/// would close it and pay a new TLS handshake for the next call (with 5 % of calls answered 500,
+/// a third of delivery's CPU). A connection that broke (reset, cut off, timed out) is still never
+/// reused: hyper drops it.
+pub fn retry_config() -> RetryConfig {
+    RetryConfig::disabled().with_reconnect_mode(ReconnectMode::ReuseAllConnections)
+}
+
+/// A call that has not answered within the sink's `request_timeout` is abandoned and retried.
+pub fn timeout_config(request_timeout: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder().operation_timeout(request_timeout).build()
+}
+
+/// What a message suggests for the failures only an operator can fix, in a service's own words.
+pub struct Fixes {
+    pub missing_stream: &'static str,
+    pub credentials: &'static str,
+    pub encryption: &'static str,
+}
+
+/// Sorts a failed call into what the flusher can do about it.
+pub fn classify<E>(error: SdkError<E, HttpResponse>, fixes: &Fixes) -> SinkError
+where
+    E: ProvideErrorMetadata + Error + 'static,
+{
+    let message = DisplayErrorContext(&error).to_string();
+    match &error {
+        SdkError::ServiceError(context) => {
+            let status = context.raw().status().as_u16();
+            let code = context.err().code().unwrap_or("Unknown").to_owned();
+            classify_service_error(&code, status, message, fixes)
+        }
+        SdkError::ConstructionFailure(_) => SinkError::Unavailable {
+            code: "RequestConstruction".into(),
+            message,
+            fix: "check that AWS credentials and a region are available (environment, profile or instance role)".into(),
+        },
+        _ => SinkError::Transient { message },
+    }
+}
+
+/// Sorts an error answer by its code (and status, for codes it does not know).
+pub fn classify_service_error(code: &str, status: u16, message: String, fixes: &Fixes) -> SinkError {
+    let unavailable = |fix: &str| SinkError::Unavailable { code: code.into(), message: message.clone(), fix: fix.into() };
+    match code {
+        _ if super::is_throughput_code(code) => SinkError::Throttled { message },
+        "InvalidArgumentException" | "ValidationException" => SinkError::InvalidRecords { code: code.into(), message },
+        "ResourceNotFoundException" => unavailable(fixes.missing_stream),
+        "AccessDeniedException"
+        | "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "ExpiredTokenException"
+        | "IncompleteSignature"
+        | "MissingAuthenticationToken"
+        | "InvalidClientTokenId" => unavailable(fixes.credentials),
+        "InvalidKMSResourceException"
+        | "InvalidSourceException"
+        | "KMSAccessDeniedException"
+        | "KMSDisabledException"
+        | "KMSInvalidStateException"
+        | "KMSNotFoundException"
+        | "KMSOptInRequired" => unavailable(fixes.encryption),
+        _ if status >= 500 => SinkError::ServerError { status, message },
+        _ if status == 429 => SinkError::Throttled { message },
+        _ => unavailable("see the message; records stay queued until the cause is fixed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXES: Fixes = Fixes { missing_stream: "create it", credentials: "check them", encryption: "check the key" };
+
+    #[test]
+    fn throttling_and_server_errors_are_retried_and_what_an_operator_must_fix_is_reported() {
+        let sorted = |code: &str, status: u16| classify_service_error(code, status, String::new(), &FIXES);
+        for code in
+            ["ServiceUnavailableException", "ProvisionedThroughputExceededException", "KMSThrottlingException", "LimitExceededException"]
+        {
+            assert!(matches!(sorted(code, 400), SinkError::Throttled { .. }), "{code}");
+        }
+        assert!(matches!(sorted("InternalFailure", 500), SinkError::ServerError { status: 500, .. }));
+        assert!(matches!(sorted("InvalidArgumentException", 400), SinkError::InvalidRecords { .. }));
+        for (code, fix) in [
+            ("ResourceNotFoundException", "create it"),
+            ("AccessDeniedException", "check them"),
+            ("KMSDisabledException", "check the key"),
+            ("SomethingNew", "see the message; records stay queued until the cause is fixed"),
+        ] {
+            match sorted(code, 400) {
+                SinkError::Unavailable { fix: given, .. } => assert_eq!(given, fix, "{code}"),
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+        assert!(matches!(sorted("SomethingNew", 503), SinkError::ServerError { .. }));
+        assert!(matches!(sorted("SomethingNew", 429), SinkError::Throttled { .. }));
+    }
+}
