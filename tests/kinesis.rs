@@ -12,13 +12,19 @@ use support::{Moto, SinkKind, Workspace, KINESIS_STREAM};
 
 const SHARDS: u32 = 4;
 
+/// moto's Kinesis numbers a shard's records without a lock ("not safe for concurrency", its
+/// `Shard.put_record`): two `PutRecords` calls at once can give two records one sequence number,
+/// and the second overwrites the first. Its threaded server must take one call at a time; the
+/// project's fake, which is safe, takes tailhose's concurrent calls in `tests/faults.rs`.
+const ONE_CALL_AT_A_TIME: &str = "max_in_flight = 1";
+
 /// Writes `records` seed records, runs `tailhose run --once` to moto's Kinesis with the extra
 /// sink lines, and reads the stream back.
 fn delivered_to_kinesis(kind: SinkKind, sink_lines: &str, records: u64) -> support::KinesisDelivered {
     let moto = Moto::start();
     moto.create_kinesis_stream(KINESIS_STREAM, SHARDS);
     let workspace = Workspace::new();
-    workspace.write_config_for_sink(kind, &moto.endpoint, "", sink_lines);
+    workspace.write_config_for_sink(kind, &moto.endpoint, "", &format!("{sink_lines}\n{ONE_CALL_AT_A_TIME}"));
     support::write_seed_records(&workspace.log_file(), 0..records, records, Duration::ZERO);
     workspace.run_once();
     let delivered = moto.kinesis_records(KINESIS_STREAM);
@@ -70,4 +76,57 @@ fn aggregated_records_deaggregate_with_the_kpl_library_into_every_record_once() 
         "{} Kinesis records for 10,000 lines: each aggregated record fills one 25 KB billing unit",
         delivered.kinesis_records
     );
+}
+
+/// A Fluentd set-up with fluent-plugin-kinesis's two Kinesis Data Streams outputs behind a
+/// `copy` imports with exit 0, and every record reaches both streams once, keyed as Fluentd
+/// keyed them.
+#[test]
+fn a_fluentd_copy_to_kinesis_streams_and_kinesis_streams_aggregated_imports_and_delivers_every_record_once_to_each() {
+    let moto = Moto::start();
+    moto.create_kinesis_stream("events", 2);
+    moto.create_kinesis_stream("events-aggregated", 2);
+    let workspace = Workspace::new();
+    let fluentd = workspace.path().join("td-agent.conf");
+    let source = workspace.path().join("source");
+    let endpoint = &moto.endpoint;
+    let region = support::REGION;
+    std::fs::write(
+        &fluentd,
+        format!(
+            "<source>\n  @type tail\n  path {}/*.log\n  pos_file {}/app.pos\n  tag conect\n  read_from_head true\n  <parse>\n    @type json\n  </parse>\n</source>\n\
+             <match conect>\n  @type copy\n  <store>\n    @type kinesis_streams\n    stream_name events\n    region {region}\n    endpoint {endpoint}\n    partition_key user_id\n  </store>\n  \
+             <store>\n    @type kinesis_streams_aggregated\n    stream_name events-aggregated\n    region {region}\n    endpoint {endpoint}\n    fixed_partition_key conect\n  </store>\n</match>\n",
+            source.display(),
+            workspace.path().display()
+        ),
+    )
+    .expect("write td-agent.conf");
+    support::write_seed_records(&workspace.log_file(), 0..3_000, 3_000, Duration::ZERO);
+    let output = workspace.run(&[
+        "import",
+        "fluentd",
+        "--config",
+        fluentd.to_str().expect("utf-8"),
+        "--out",
+        "tailhose.toml",
+        "--data-dir",
+        "state",
+    ]);
+    assert!(output.status.success(), "import: {}", String::from_utf8_lossy(&output.stderr));
+    workspace.rewrite_config(|text| {
+        text.replace("type = \"kinesis_streams\"\n", &format!("type = \"kinesis_streams\"\n{ONE_CALL_AT_A_TIME}\n"))
+    });
+    workspace.run_once();
+    for (stream, aggregated) in [("events", false), ("events-aggregated", true)] {
+        let delivered = moto.kinesis_records(stream);
+        let counts = delivered.seq_counts();
+        assert_eq!(counts.len(), 3_000, "{stream}: every record");
+        assert!(counts.values().all(|&count| count == 1), "{stream}: none twice");
+        for record in &delivered.records {
+            assert_eq!(record.aggregated, aggregated, "{stream}");
+            let expected = if aggregated { "conect".to_owned() } else { field_of(&record.line, "user_id") };
+            assert_eq!(record.partition_key, expected, "{stream}");
+        }
+    }
 }

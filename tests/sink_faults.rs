@@ -6,26 +6,35 @@ mod support;
 use std::time::Duration;
 
 use support::fake_firehose::{FakeFirehose, Faults};
-use support::Workspace;
+use support::{SinkKind, Workspace};
 
-#[test]
-fn partly_failed_calls_resend_only_the_failed_entries_until_all_are_accepted() {
-    let fake = FakeFirehose::start(Faults { fail_every_nth_record: Some(7), throttle_every_nth_call: Some(5), ..Faults::default() });
-    let workspace = Workspace::new();
-    workspace.write_config_for_endpoint(&fake.endpoint, "", "retry_initial_backoff = \"10ms\"\nretry_max_backoff = \"50ms\"");
-    support::write_seed_records(&workspace.log_file(), 0..3_000, 3_000, Duration::ZERO);
-    workspace.run_once();
-    let seen = fake.seen();
-    let mut seqs: Vec<u64> = seen.accepted.iter().map(|record| support::seq_of(record)).collect();
-    let accepted_in_order = seqs.clone();
-    seqs.sort_unstable();
-    assert_eq!(seqs, (0..3_000).collect::<Vec<_>>(), "every record accepted exactly once: accepted ones were never resent");
-    assert!(seen.failed_entries > 0 && seen.refused_calls > 0, "faults were injected: {seen:?}");
-    assert_eq!(seen.record_attempts, 3_000 + seen.failed_entries, "only failed entries were attempted again");
-    assert_eq!(seen.limit_violations, 0);
-    assert!(seen.max_records_in_call <= 500);
-    let out_of_order = accepted_in_order.windows(2).filter(|pair| pair[0] > pair[1]).count();
-    assert!(out_of_order as u64 <= seen.failed_entries, "resends are the only records out of order");
+for_every_sink! {
+    fn partly_failed_calls_resend_only_the_failed_entries_until_all_are_accepted(sink) {
+        let fake = FakeFirehose::start(Faults { fail_every_nth_record: Some(7), throttle_every_nth_call: Some(5), ..Faults::default() });
+        let workspace = Workspace::new();
+        workspace.write_config_for_sink(sink, &fake.endpoint, "", "retry_initial_backoff = \"10ms\"\nretry_max_backoff = \"50ms\"");
+        let records = sink.lines_for_calls_of(3_000);
+        support::write_seed_records(&workspace.log_file(), 0..records, records, Duration::ZERO);
+        workspace.run_once();
+        let seen = fake.seen();
+        let mut seqs: Vec<u64> = seen.accepted.iter().map(|record| support::seq_of(record)).collect();
+        let accepted_in_order = seqs.clone();
+        seqs.sort_unstable();
+        assert!(seqs == (0..records).collect::<Vec<_>>(), "every record accepted exactly once: accepted ones were never resent");
+        assert!(
+            seen.failed_entries > 0 && seen.refused_calls > 0,
+            "faults were injected: {} entries failed, {} calls refused",
+            seen.failed_entries,
+            seen.refused_calls
+        );
+        // An aggregated record is one entry of a call, however many lines it holds.
+        let entries = if sink == SinkKind::KinesisAggregated { seen.kinesis_records } else { records };
+        assert_eq!(seen.record_attempts, entries + seen.failed_entries, "only failed entries were attempted again");
+        assert_eq!(seen.limit_violations, 0);
+        assert!(seen.max_records_in_call <= 500);
+        let out_of_order = accepted_in_order.windows(2).filter(|pair| pair[0] > pair[1]).count();
+        assert!(out_of_order as u64 <= seen.failed_entries, "resends are the only records out of order");
+    }
 }
 
 #[test]
@@ -66,27 +75,28 @@ fn batches_never_exceed_500_records_or_4_mib_and_oversized_records_are_dead_lett
     );
 }
 
-#[test]
-fn at_the_streams_quota_every_record_arrives_once_and_few_calls_are_throttled() {
-    at_the_quota_with("");
+for_every_sink! {
+    fn at_the_streams_quota_every_record_arrives_once_and_few_calls_are_throttled(sink) {
+        at_the_quota_with(sink, "");
+    }
 }
 
 /// Packed calls are as large as `max_batch_bytes` (2 MiB), eight times this stream's quota a
 /// second: one such call could never be accepted whole. Calls are sized to the learned pace.
 #[test]
 fn at_the_streams_quota_packed_records_arrive_once_in_calls_sized_to_the_quota() {
-    let seen = at_the_quota_with("pack_records = true");
+    let seen = at_the_quota_with(SinkKind::Firehose, "pack_records = true");
     assert!(seen.calls >= 20, "calls sized to a tenth of a second of the quota: {} calls", seen.calls);
 }
 
 /// Runs 12,000 seed records into a stream taking 256 KiB/s; checks that each arrives once and
 /// that the rate is learned rather than hammered.
-fn at_the_quota_with(sink_lines: &str) -> support::fake_firehose::Seen {
+fn at_the_quota_with(sink: SinkKind, sink_lines: &str) -> support::fake_firehose::Seen {
     use support::fake_firehose::Quota;
     let quota = Quota { bytes_per_sec: 256 * 1024, records_per_sec: 100_000, calls_per_sec: 1_000 };
     let fake = FakeFirehose::start(Faults { quota: Some(quota), ..Faults::default() });
     let workspace = Workspace::new();
-    workspace.write_config_for_endpoint(&fake.endpoint, "", sink_lines);
+    workspace.write_config_for_sink(sink, &fake.endpoint, "", sink_lines);
     support::write_seed_records(&workspace.log_file(), 0..12_000, 12_000, std::time::Duration::ZERO);
     let bytes = std::fs::metadata(workspace.log_file()).expect("log").len();
     let started = std::time::Instant::now();
@@ -98,7 +108,7 @@ fn at_the_quota_with(sink_lines: &str) -> support::fake_firehose::Seen {
     let last = seen.last_accepted_at.expect("records accepted").duration_since(started).as_secs_f64();
     let used = bytes as f64 / (last * quota.bytes_per_sec as f64);
     eprintln!(
-        "quota {} B/s ({sink_lines}): {} calls, {} throttled ({:.1} %), last record after {last:.1} s, {:.0} % of the byte quota used",
+        "quota {} B/s ({sink:?} {sink_lines}): {} calls, {} throttled ({:.1} %), last record after {last:.1} s, {:.0} % of the byte quota used",
         quota.bytes_per_sec,
         seen.calls,
         seen.quota_throttled_calls,
@@ -112,26 +122,28 @@ fn at_the_quota_with(sink_lines: &str) -> support::fake_firehose::Seen {
     seen
 }
 
-#[test]
-fn several_batches_are_in_flight_at_once_and_every_record_still_arrives_once() {
-    let fake = FakeFirehose::start(Faults { latency: std::time::Duration::from_millis(50), ..Faults::default() });
-    let workspace = Workspace::new();
-    workspace.write_config_for_endpoint(&fake.endpoint, "", "max_in_flight = 4");
-    support::write_seed_records(&workspace.log_file(), 0..8_000, 8_000, std::time::Duration::ZERO);
-    workspace.run_once();
-    let seen = fake.seen();
-    let counts = support::count_seqs(seen.accepted.iter().map(Vec::as_slice));
-    assert_eq!((counts.len(), seen.accepted.len()), (8_000, 8_000), "every record, once");
-    assert!(seen.max_concurrent_calls >= 2, "calls overlapped: at most {} at once", seen.max_concurrent_calls);
-    assert!(seen.max_concurrent_calls <= 4, "never more than max_in_flight: {}", seen.max_concurrent_calls);
-    let stats = workspace.run(&["queue", "stats", "--config", "tailhose.toml"]);
-    let routes: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats JSON");
-    let file_len = std::fs::metadata(workspace.log_file()).expect("log").len();
-    assert_eq!(
-        routes[0]["files"][0]["acked_offset"].as_u64(),
-        Some(file_len),
-        "positions reached the end through in-order acknowledgements"
-    );
+for_every_sink! {
+    fn several_batches_are_in_flight_at_once_and_every_record_still_arrives_once(sink) {
+        let fake = FakeFirehose::start(Faults { latency: std::time::Duration::from_millis(50), ..Faults::default() });
+        let workspace = Workspace::new();
+        workspace.write_config_for_sink(sink, &fake.endpoint, "", "max_in_flight = 4");
+        let records = sink.lines_for_calls_of(8_000);
+        support::write_seed_records(&workspace.log_file(), 0..records, records, std::time::Duration::ZERO);
+        workspace.run_once();
+        let seen = fake.seen();
+        let counts = support::count_seqs(seen.accepted.iter().map(Vec::as_slice));
+        assert_eq!((counts.len() as u64, seen.accepted.len() as u64), (records, records), "every record, once");
+        assert!(seen.max_concurrent_calls >= 2, "calls overlapped: at most {} at once", seen.max_concurrent_calls);
+        assert!(seen.max_concurrent_calls <= 4, "never more than max_in_flight: {}", seen.max_concurrent_calls);
+        let stats = workspace.run(&["queue", "stats", "--config", "tailhose.toml"]);
+        let routes: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats JSON");
+        let file_len = std::fs::metadata(workspace.log_file()).expect("log").len();
+        assert_eq!(
+            routes[0]["files"][0]["acked_offset"].as_u64(),
+            Some(file_len),
+            "positions reached the end through in-order acknowledgements"
+        );
+    }
 }
 
 #[test]
@@ -223,4 +235,72 @@ fn calls_go_through_the_proxy_the_environment_names_unless_no_proxy_lists_the_ho
         "the http call was relayed by the proxy: {:?}",
         proxy.requests()
     );
+}
+
+/// Kinesis's limits hold on every call, partition keys included (the longest key Kinesis takes
+/// on every record), and a record that no call can carry is a dead letter with its reason.
+#[test]
+fn kinesis_calls_never_exceed_its_limits_and_records_too_large_with_their_key_are_dead_lettered() {
+    for sink in [SinkKind::KinesisStreams, SinkKind::KinesisAggregated] {
+        let fake = FakeFirehose::start(Faults::default());
+        let workspace = Workspace::new();
+        let key = "k".repeat(256);
+        let sink_lines = format!("max_batch_bytes = \"4MiB\"\nfixed_partition_key = \"{key}\"");
+        workspace.write_config_for_sink(sink, &fake.endpoint, "max_line_bytes = \"2MiB\"", &sink_lines);
+        let mut content = String::new();
+        for seq in 0..1_200u64 {
+            // 1,000 KiB records: four fit in a call with their keys, five do not.
+            let padding = if seq % 100 == 0 { "p".repeat(1000 * 1024) } else { String::new() };
+            content.push_str(&format!("{{\"seq\": {seq}, \"pad\": \"{padding}\"}}\n"));
+        }
+        // 1 MiB with its newline: over Kinesis's 1 MiB a record once its key is counted.
+        let oversized = format!("{{\"seq\": 5000, \"pad\": \"{}\"}}\n", "o".repeat(1024 * 1024 - 24));
+        content.push_str(&oversized);
+        std::fs::write(workspace.log_file(), content).expect("write log");
+        workspace.run_once();
+        let seen = fake.seen();
+        assert_eq!(seen.limit_violations, 0, "{sink:?}: no call broke a Kinesis limit");
+        assert!(seen.max_records_in_call <= 500 && seen.max_bytes_in_call <= 5 * 1024 * 1024, "{sink:?}");
+        assert_eq!(support::count_seqs(seen.accepted.iter().map(Vec::as_slice)).len(), 1_200, "{sink:?}: every record that fits");
+        assert!(seen.partition_keys.iter().all(|sent| *sent == key));
+        let output = workspace.run(&["queue", "dead-letters", "--config", "tailhose.toml"]);
+        let letters: Vec<serde_json::Value> =
+            String::from_utf8_lossy(&output.stdout).lines().map(|line| serde_json::from_str(line).expect("json")).collect();
+        assert_eq!(letters.len(), 1, "{sink:?}: {letters:?}");
+        assert_eq!(letters[0]["reason"], "record_too_large");
+        assert_eq!(letters[0]["length"].as_u64(), Some(oversized.len() as u64 - 1), "the record as read");
+    }
+}
+
+/// A stream of four shards takes four shards' quota: random partition keys spread the records,
+/// each shard refuses only what passes its own budget, and the pace learned from those refusals
+/// delivers every record once without hammering.
+#[test]
+fn a_stream_of_four_shards_takes_their_quota_together_and_every_record_arrives_once() {
+    use support::fake_firehose::Quota;
+    let shard_quota = Quota { bytes_per_sec: 96 * 1024, records_per_sec: 1_000, calls_per_sec: 1_000 };
+    let fake = FakeFirehose::start(Faults { quota: Some(shard_quota), shards: 4, ..Faults::default() });
+    let workspace = Workspace::new();
+    workspace.write_config_for_sink(SinkKind::KinesisStreams, &fake.endpoint, "", "");
+    support::write_seed_records(&workspace.log_file(), 0..12_000, 12_000, Duration::ZERO);
+    let bytes = std::fs::metadata(workspace.log_file()).expect("log").len();
+    let started = std::time::Instant::now();
+    workspace.run_once();
+    let seen = fake.seen();
+    let counts = support::count_seqs(seen.accepted.iter().map(Vec::as_slice));
+    assert_eq!((counts.len(), counts.values().sum::<u32>()), (12_000, 12_000), "every record, once");
+    assert_eq!(seen.shard_records.len(), 4, "every shard took records: {:?}", seen.shard_records);
+    let last = seen.last_accepted_at.expect("records accepted").duration_since(started).as_secs_f64();
+    let used = bytes as f64 / (last * 4.0 * shard_quota.bytes_per_sec as f64);
+    let throttled = seen.quota_throttled_calls as f64 / seen.calls as f64;
+    eprintln!(
+        "four shards of {} B/s: {} calls, {:.1} % throttled, {:?} records a shard, {:.0} % of their quota used in {last:.1} s",
+        shard_quota.bytes_per_sec,
+        seen.calls,
+        throttled * 100.0,
+        seen.shard_records,
+        used * 100.0
+    );
+    assert!(used > 0.5, "the four shards' quota is used, not one shard's: {:.0} %", used * 100.0);
+    assert!(throttled <= 0.35, "the rate is learned, not hammered: {:.1} % of calls throttled", throttled * 100.0);
 }

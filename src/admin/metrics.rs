@@ -45,7 +45,11 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
             "Records as the sink counts them (several lines each when packed).",
             counts.sink_records_acked,
         ),
-        ("tailhose_billed_units_total", "Firehose billing units (records rounded up to 5 KB) acknowledged.", counts.billed_units),
+        (
+            "tailhose_billed_units_total",
+            "Billing units acknowledged: Firehose records rounded up to 5 KB, Kinesis records to 25 KB.",
+            counts.billed_units,
+        ),
         ("tailhose_stage_failures_total", "Stages of a route that died (the daemon then stops with an error).", counts.stage_failures),
         ("tailhose_rate_decreases_total", "Times the send rate was lowered (a quota found, or a test begun).", counts.rate_decreases),
     ];

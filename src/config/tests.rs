@@ -2,6 +2,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
+use crate::sink::kinesis::PartitionKey;
 
 const SEED_LIKE: &str = r#"
 data_dir = "/var/lib/tailhose"
@@ -248,4 +249,48 @@ fn beside_a_container_log_parser_a_multiline_table_sets_only_the_limits_of_the_j
     }
     let found = problems(&with("max_bytes = \"2MiB\""));
     assert!(found.iter().any(|problem| problem.message.contains("max_bytes")), "a joined line must fit a Firehose record: {found:?}");
+}
+
+/// The seed's source delivered to a Kinesis data stream, with `extra` sink lines.
+fn kinesis(extra: &str) -> String {
+    let firehose_keys = "type = \"firehose\"\ninputs = [\"conect\"]\ndelivery_stream = \"test-fluentd-firehose\"";
+    SEED_LIKE.replace(firehose_keys, &format!("type = \"kinesis_streams\"\ninputs = [\"conect\"]\nstream_name = \"conect\"\n{extra}"))
+}
+
+#[test]
+fn a_kinesis_sink_takes_a_partition_key_from_a_field_a_fixed_one_or_random_ones() {
+    let destination = |extra: &str| parse(&kinesis(extra)).expect("valid").sink_settings().remove(0).destination;
+    match destination("") {
+        SinkDestination::KinesisStreams { stream_name, partition_key, explicit_hash_key, aggregate, .. } => {
+            assert_eq!((stream_name.as_str(), partition_key, explicit_hash_key, aggregate), ("conect", PartitionKey::Random, None, false));
+        }
+        other => panic!("{other:?}"),
+    }
+    let by_field = destination("partition_key_field = \"user.id\"\nexplicit_hash_key_field = \"hash\"");
+    assert!(matches!(by_field, SinkDestination::KinesisStreams { partition_key: PartitionKey::Field(_), explicit_hash_key: Some(_), .. }));
+    let aggregated = parse(&kinesis("fixed_partition_key = \"events\"\naggregate = true")).expect("valid").sink_settings().remove(0);
+    assert!(
+        matches!(aggregated.destination, SinkDestination::KinesisStreams { partition_key: PartitionKey::Fixed(ref key), aggregate: true, .. } if key == "events")
+    );
+    assert_eq!(aggregated.packing, Some(Packing { format: PackFormat::Aggregated, max_bytes: aggregation::BODY_MAX_BYTES }));
+    assert_eq!(aggregated.max_in_flight, 4, "aggregated batches are as large as packed ones");
+}
+
+#[test]
+fn a_kinesis_sinks_mistakes_are_reported_on_their_keys() {
+    let keys = |extra: &str| problems(&kinesis(extra)).into_iter().map(|problem| problem.key).collect::<Vec<_>>();
+    assert_eq!(keys("partition_key_field = \"a\"\nfixed_partition_key = \"b\""), ["sinks.events.partition_key_field"]);
+    assert_eq!(keys("partition_key_field = \"a..b\""), ["sinks.events.partition_key_field"]);
+    assert_eq!(keys(&format!("fixed_partition_key = \"{}\"", "k".repeat(257))), ["sinks.events.fixed_partition_key"]);
+    assert_eq!(keys("aggregate = true\npartition_key_field = \"user_id\""), ["sinks.events.partition_key_field"]);
+    assert_eq!(keys("pack_records = true"), ["sinks.events.pack_records"], "aggregation is a Kinesis sink's packing");
+    assert_eq!(keys("delivery_stream = \"x\""), ["sinks.events.delivery_stream"]);
+    let unnamed = kinesis("").replace("stream_name = \"conect\"\n", "");
+    assert_eq!(problems(&unnamed).into_iter().map(|problem| problem.key).collect::<Vec<_>>(), ["sinks.events.stream_name"]);
+    let bad_name = kinesis("").replace("stream_name = \"conect\"", "stream_name = \"has space\"");
+    assert_eq!(problems(&bad_name)[0].key, "sinks.events.stream_name");
+    // And the other way round: a Firehose sink refuses the Kinesis keys.
+    let firehose = SEED_LIKE.replace("append_newline = true", "append_newline = true\nstream_name = \"conect\"\naggregate = true");
+    let keys: Vec<String> = problems(&firehose).into_iter().map(|problem| problem.key).collect();
+    assert_eq!(keys, ["sinks.events.stream_name", "sinks.events.aggregate"]);
 }

@@ -18,14 +18,16 @@ use serde_json::{Map, Value};
 
 use super::fluentd_syntax::Location;
 use super::translate::{
-    name_from, unique_name, FirehoseOutput, ImportedFields, Notes, Origin, ParseTable, Severity, SingleLineTable, TailSource, Translation,
+    name_from, unique_name, ImportedFields, KinesisStream, Notes, Origin, OutputStream, ParseTable, Severity, SingleLineTable,
+    StreamOutput, TailSource, Translation,
 };
 use crate::config::{firehose_limits, LineFormat};
 
 /// Where the agent keeps its checkpoints unless `checkpointFile` says otherwise.
 pub const DEFAULT_CHECKPOINT_FILE: &str = "/var/run/aws-kinesis-agent/checkpoints";
 
-/// Where the agent's Firehose client sends without `firehose.endpoint` (the AWS SDK v1 default).
+/// Where the agent's Firehose and Kinesis clients send without `firehose.endpoint` or
+/// `kinesis.endpoint` (the AWS SDK v1 default).
 const AGENT_DEFAULT_REGION: &str = "us-east-1";
 
 /// The agent's `maxBufferAgeMillis` default: records waited up to a minute.
@@ -194,6 +196,8 @@ impl FlowLines {
 #[derive(Debug, Default)]
 struct Settings {
     firehose_endpoint: Option<String>,
+    kinesis_endpoint: Option<String>,
+    kinesis_region: Option<String>,
     checkpoint_file: Option<PathBuf>,
 }
 
@@ -220,12 +224,12 @@ impl Settings {
                     key,
                     "assume the role through the credential chain (a profile with role_arn, or AWS_ROLE_ARN with a web identity)".into(),
                 ),
-                "kinesis.endpoint" | "kinesis.region" => notes.push(
-                    Severity::Info,
-                    location,
-                    key,
-                    "for Kinesis Data Streams flows, which tailhose does not import yet".into(),
-                ),
+                "kinesis.endpoint" => {
+                    settings.kinesis_endpoint = value.as_str().map(str::trim).filter(|text| !text.is_empty()).map(str::to_owned)
+                }
+                "kinesis.region" => {
+                    settings.kinesis_region = value.as_str().map(str::trim).filter(|text| !text.is_empty()).map(str::to_owned)
+                }
                 key if key.starts_with("cloudwatch.") || key.starts_with("log.") => notes.push(
                     Severity::Info,
                     location,
@@ -250,7 +254,7 @@ impl Settings {
 /// What one flow becomes.
 struct TranslatedFlow {
     source: TailSource,
-    output: FirehoseOutput,
+    output: StreamOutput,
     id: String,
 }
 
@@ -265,17 +269,10 @@ fn translate_flow(
         notes.push(Severity::ChangesDelivery, &location, "filePattern", "a flow without a file pattern; not imported".into());
         return None;
     };
-    let stream = match (flow.get("deliveryStream").and_then(Value::as_str), flow.get("kinesisStream").and_then(Value::as_str)) {
-        (Some(stream), _) => stream,
-        (None, Some(stream)) => {
-            notes.push(
-                Severity::ChangesDelivery,
-                &location,
-                "kinesisStream",
-                format!("flow to the Kinesis data stream {stream}: tailhose has no Kinesis Data Streams sink yet; not imported"),
-            );
-            return None;
-        }
+    // The agent reads `deliveryStream` first: a flow with both is a Firehose flow.
+    let (stream, kinesis) = match (flow.get("deliveryStream").and_then(Value::as_str), flow.get("kinesisStream").and_then(Value::as_str)) {
+        (Some(stream), _) => (stream, false),
+        (None, Some(stream)) => (stream, true),
         (None, None) => {
             notes.push(
                 Severity::ChangesDelivery,
@@ -287,8 +284,9 @@ fn translate_flow(
         }
     };
     let (directory, base) = java_path_parts(pattern);
-    // The agent's flow id: `SourceFile.toString()`, the directory and the name's glob joined.
-    let id = format!("fh:{stream}:{directory}/{base}");
+    // The agent's flow id (`FirehoseFileFlow`, `KinesisFileFlow`): a prefix, the stream, and
+    // `SourceFile.toString()`, the directory and the name's glob joined.
+    let id = format!("{}:{stream}:{directory}/{base}", if kinesis { "kinesis" } else { "fh" });
     if directory.contains(['*', '?', '[', '{']) {
         notes.push(
             Severity::ChangesDelivery,
@@ -324,10 +322,21 @@ fn translate_flow(
         add_fields: ImportedFields::default(),
         location: location.clone(),
     };
-    let (region, endpoint) = endpoint_of(settings.firehose_endpoint.as_deref());
-    let mut output = FirehoseOutput {
-        name: name_from(stream, "firehose", index),
-        delivery_stream: stream.to_owned(),
+    let (endpoint_key, service, endpoint_setting) = match kinesis {
+        false => ("firehose.endpoint", "firehose", settings.firehose_endpoint.as_deref()),
+        true => ("kinesis.endpoint", "kinesis", settings.kinesis_endpoint.as_deref()),
+    };
+    let (mut region, endpoint) = endpoint_of(endpoint_setting, service);
+    if kinesis {
+        region = settings.kinesis_region.clone().or(region);
+    }
+    let mut output = StreamOutput {
+        name: name_from(stream, service, index),
+        stream: match kinesis {
+            false => OutputStream::Firehose { delivery_stream: stream.to_owned() },
+            // `partitionKeyOption` RANDOM (the default): a random key for each record.
+            true => OutputStream::Kinesis(KinesisStream { stream_name: stream.to_owned(), ..KinesisStream::default() }),
+        },
         region,
         endpoint,
         append_newline: true,
@@ -347,14 +356,14 @@ fn translate_flow(
             notes.push(
                 Severity::Info,
                 &location,
-                "firehose.endpoint",
+                endpoint_key,
                 format!("not set: the agent's SDK sent to {AGENT_DEFAULT_REGION}'s endpoint, and so does the sink (region = \"{AGENT_DEFAULT_REGION}\")"),
             );
         }
         (None, Some(_)) => notes.push(
             Severity::ActionNeeded,
             &location,
-            "firehose.endpoint",
+            endpoint_key,
             "an endpoint that names no region: set `region` in the sink (the region its requests are signed for), or AWS_REGION".into(),
         ),
     }
@@ -362,7 +371,7 @@ fn translate_flow(
     for (key, value) in flow {
         let number = value.as_u64();
         match key.as_str() {
-            "filePattern" | "deliveryStream" => {}
+            "filePattern" | "deliveryStream" | "kinesisStream" => {}
             "initialPosition" => match value.as_str() {
                 Some("END_OF_FILE") => {}
                 Some("START_OF_FILE") => {
@@ -421,7 +430,17 @@ fn translate_flow(
                 Some(options) => processing(options, &location, &mut source, notes),
                 None => notes.push(Severity::ChangesDelivery, &location, key, "not a list of options".into()),
             },
-            "partitionKeyOption" => notes.push(Severity::Info, &location, key, "only for Kinesis Data Streams flows".into()),
+            "partitionKeyOption" => match (kinesis, value.as_str()) {
+                (true, Some("RANDOM")) => {}
+                (true, Some("DETERMINISTIC")) => notes.push(
+                    Severity::Info,
+                    &location,
+                    key,
+                    "the agent keyed each record by a hash of its data; tailhose gives each a random key (the same records reach the same stream, spread over its shards alike)".into(),
+                ),
+                (true, _) => notes.push(Severity::ChangesDelivery, &location, key, format!("{value} is neither RANDOM nor DETERMINISTIC")),
+                (false, _) => notes.push(Severity::Info, &location, key, "only for Kinesis Data Streams flows".into()),
+            },
             _ => notes.push(
                 Severity::Info,
                 &location,
@@ -464,10 +483,13 @@ fn java_path_parts(pattern: &str) -> (String, String) {
     (directory, name.to_owned())
 }
 
-fn endpoint_of(endpoint: Option<&str>) -> (Option<String>, Option<String>) {
+/// The region of an AWS endpoint of `service` (`firehose.eu-west-1.amazonaws.com`), or the
+/// endpoint as an URL when it is not one (a VPC endpoint, LocalStack).
+fn endpoint_of(endpoint: Option<&str>, service: &str) -> (Option<String>, Option<String>) {
     let Some(endpoint) = endpoint else { return (None, None) };
     let host = endpoint.trim_start_matches("https://").trim_end_matches('/');
-    if let Some(region) = host.strip_prefix("firehose.").and_then(|rest| rest.strip_suffix(".amazonaws.com")) {
+    let regional = host.strip_prefix(service).and_then(|rest| rest.strip_prefix('.'));
+    if let Some(region) = regional.and_then(|rest| rest.strip_suffix(".amazonaws.com")) {
         if !region.is_empty() && !region.contains('.') {
             return (Some(region.to_owned()), None);
         }
@@ -853,7 +875,12 @@ mod tests {
         let import = translate(&main, &more).expect("translates");
         let ids: Vec<&str> = import.flows.iter().map(|flow| flow.id.as_str()).collect();
         assert_eq!(ids, ["fh:app:/var/log/app/*.log", "fh:audit:/var/log/audit/*.log"]);
-        let audit = import.translation.outputs.iter().find(|output| output.delivery_stream == "audit").expect("agent.d's flow");
+        let audit = import
+            .translation
+            .outputs
+            .iter()
+            .find(|output| output.stream == OutputStream::Firehose { delivery_stream: "audit".into() })
+            .expect("agent.d's flow");
         assert_eq!(audit.region.as_deref(), Some("eu-west-1"), "agent.json's settings hold for agent.d's flows");
         assert_eq!(import.checkpoint_file, PathBuf::from(DEFAULT_CHECKPOINT_FILE), "only the flows of agent.d's files are read");
         let notes: Vec<String> = import.translation.notes.iter().map(|note| note.to_string()).collect();
@@ -862,7 +889,7 @@ mod tests {
     }
 
     #[test]
-    fn a_firehose_flow_becomes_a_source_and_a_sink_with_the_agents_flow_id() {
+    fn firehose_and_kinesis_flows_become_a_source_and_a_sink_each_with_the_agents_flow_ids() {
         let import = imported(
             r#"{
   "checkpointFile": "/tmp/agent/checkpoints",
@@ -878,7 +905,8 @@ mod tests {
     },
     {
       "filePattern": "/var/log/other/*.log",
-      "kinesisStream": "a-stream"
+      "kinesisStream": "a-stream",
+      "partitionKeyOption": "DETERMINISTIC"
     }
   ]
 }"#,
@@ -886,7 +914,10 @@ mod tests {
         assert_eq!(import.checkpoint_file, PathBuf::from("/tmp/agent/checkpoints"));
         assert_eq!(
             import.flows,
-            vec![FlowIdentity { source: "events_log".into(), id: "fh:test-firehose:/var/log/app/events.log*".into() }]
+            vec![
+                FlowIdentity { source: "events_log".into(), id: "fh:test-firehose:/var/log/app/events.log*".into() },
+                FlowIdentity { source: "log".into(), id: "kinesis:a-stream:/var/log/other/*.log".into() },
+            ]
         );
         let source = &import.translation.sources[0];
         assert_eq!(source.paths, vec!["/var/log/app/events.log*".to_owned()]);
@@ -900,8 +931,11 @@ mod tests {
         let keyed =
             |key: &str| import.translation.notes.iter().find(|note| note.key == key).map(|note| (note.severity, note.location.line));
         assert_eq!(keyed("awsAccessKeyId"), Some((Severity::ActionNeeded, 1)));
-        assert_eq!(keyed("kinesisStream"), Some((Severity::ChangesDelivery, 14)), "{:#?}", import.translation.notes);
-        assert!(import.translation.changes_delivery());
+        assert_eq!(keyed("partitionKeyOption"), Some((Severity::Info, 14)), "{:#?}", import.translation.notes);
+        let kinesis = &import.translation.outputs[1];
+        assert_eq!(kinesis.stream, OutputStream::Kinesis(KinesisStream { stream_name: "a-stream".into(), ..KinesisStream::default() }));
+        assert_eq!(kinesis.region.as_deref(), Some(AGENT_DEFAULT_REGION), "the agent's SDK default without kinesis.endpoint");
+        assert!(!import.translation.changes_delivery(), "{:#?}", import.translation.notes);
     }
 
     #[test]
@@ -1052,10 +1086,11 @@ mod tests {
 
     #[test]
     fn an_endpoint_that_is_not_aws_is_kept_as_the_endpoint_url() {
-        assert_eq!(endpoint_of(Some("https://firehose.us-east-1.amazonaws.com")), (Some("us-east-1".into()), None));
-        assert_eq!(endpoint_of(Some("http://127.0.0.1:4566")), (None, Some("http://127.0.0.1:4566".into())));
+        assert_eq!(endpoint_of(Some("https://firehose.us-east-1.amazonaws.com"), "firehose"), (Some("us-east-1".into()), None));
+        assert_eq!(endpoint_of(Some("kinesis.ap-northeast-2.amazonaws.com"), "kinesis"), (Some("ap-northeast-2".into()), None));
+        assert_eq!(endpoint_of(Some("http://127.0.0.1:4566"), "firehose"), (None, Some("http://127.0.0.1:4566".into())));
         assert_eq!(
-            endpoint_of(Some("vpce-1.firehose.us-east-1.vpce.amazonaws.com")),
+            endpoint_of(Some("vpce-1.firehose.us-east-1.vpce.amazonaws.com"), "firehose"),
             (None, Some("https://vpce-1.firehose.us-east-1.vpce.amazonaws.com".into()))
         );
     }

@@ -103,11 +103,12 @@ pub struct ParseTable {
     pub delimiter: Option<String>,
 }
 
-/// A `kinesis_firehose` output, with the sources routed to it.
+/// A `kinesis_firehose`, `kinesis_streams` or `kinesis_streams_aggregated` output, with the
+/// sources routed to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FirehoseOutput {
+pub struct StreamOutput {
     pub name: String,
-    pub delivery_stream: String,
+    pub stream: OutputStream,
     pub region: Option<String>,
     pub endpoint: Option<String>,
     pub append_newline: bool,
@@ -122,11 +123,41 @@ pub struct FirehoseOutput {
     pub location: Location,
 }
 
+/// The stream an output delivers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputStream {
+    Firehose { delivery_stream: String },
+    Kinesis(KinesisStream),
+}
+
+impl OutputStream {
+    /// The delivery stream's or the data stream's name.
+    pub fn name(&self) -> &str {
+        match self {
+            OutputStream::Firehose { delivery_stream } => delivery_stream,
+            OutputStream::Kinesis(stream) => &stream.stream_name,
+        }
+    }
+}
+
+/// A Kinesis data stream and how its records are keyed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KinesisStream {
+    pub stream_name: String,
+    pub partition_key_field: Option<String>,
+    pub fixed_partition_key: Option<String>,
+    pub explicit_hash_key_field: Option<String>,
+    pub aggregate: bool,
+}
+
+/// The Fluentd outputs tailhose delivers the way they did (fluent-plugin-kinesis's three).
+const STREAM_OUTPUTS: [&str; 3] = ["kinesis_firehose", "kinesis_streams", "kinesis_streams_aggregated"];
+
 #[derive(Debug, Clone, Default)]
 pub struct Translation {
     pub origin: Origin,
     pub sources: Vec<TailSource>,
-    pub outputs: Vec<FirehoseOutput>,
+    pub outputs: Vec<StreamOutput>,
     pub notes: Vec<Note>,
 }
 
@@ -195,8 +226,8 @@ pub fn translate(root: &Directive) -> Translation {
                 format!("no <match> takes tag {}: Fluentd discards these records, so the source is not imported", source.tag),
             ),
             Some(matched) => match matched.value("@type").unwrap_or_default() {
-                "kinesis_firehose" => {
-                    if route_to_firehose(matched, &mut translation, &mut source, &mut notes).is_some() {
+                kind if STREAM_OUTPUTS.contains(&kind) => {
+                    if route_to_output(matched, &mut translation, &mut source, &mut notes).is_some() {
                         translation.sources.push(source);
                     }
                 }
@@ -207,7 +238,9 @@ pub fn translate(root: &Directive) -> Translation {
                     let mut routed = Vec::new();
                     for store in matched.children_named("store") {
                         match store.value("@type").unwrap_or_default() {
-                            "kinesis_firehose" => routed.extend(route_to_firehose(store, &mut translation, &mut source, &mut notes)),
+                            kind if STREAM_OUTPUTS.contains(&kind) => {
+                                routed.extend(route_to_output(store, &mut translation, &mut source, &mut notes))
+                            }
                             "null" => notes.push(Severity::Info, &store.location, "<store>", "a `null` store discards its copy".into()),
                             "stdout" => {
                                 notes.push(Severity::Info, &store.location, "<store>", "a `stdout` store only prints its copy".into())
@@ -217,7 +250,7 @@ pub fn translate(root: &Directive) -> Translation {
                                 type_location(store),
                                 "@type",
                                 format!(
-                                    "a copy of tag {} goes to `{other}`, which tailhose does not deliver to (only kinesis_firehose)",
+                                    "a copy of tag {} goes to `{other}`, which tailhose does not deliver to (only kinesis_firehose, kinesis_streams and kinesis_streams_aggregated)",
                                     source.tag
                                 ),
                             ),
@@ -248,7 +281,7 @@ pub fn translate(root: &Directive) -> Translation {
                     Severity::ChangesDelivery,
                     type_location(matched),
                     "@type",
-                    format!("tag {} goes to `{other}`, which tailhose does not deliver to (only kinesis_firehose)", source.tag),
+                    format!("tag {} goes to `{other}`, which tailhose does not deliver to (only kinesis_firehose, kinesis_streams and kinesis_streams_aggregated)", source.tag),
                 ),
             },
         }
@@ -258,14 +291,13 @@ pub fn translate(root: &Directive) -> Translation {
     translation
 }
 
-/// Routes `source` to the `kinesis_firehose` output `section` (a `<match>` or a copy's
-/// `<store>`), translated once however many sources it takes. Returns the output's index, or
-/// none when it cannot be translated.
-fn route_to_firehose(section: &Directive, translation: &mut Translation, source: &mut TailSource, notes: &mut Notes) -> Option<usize> {
+/// Routes `source` to the output `section` (a `<match>` or a copy's `<store>`), translated once
+/// however many sources it takes. Returns the output's index, or none when it cannot be translated.
+fn route_to_output(section: &Directive, translation: &mut Translation, source: &mut TailSource, notes: &mut Notes) -> Option<usize> {
     let output = match translation.outputs.iter().position(|output| output.location == section.location) {
         Some(index) => index,
         None => {
-            let mut output = firehose_output(section, translation.outputs.len(), notes)?;
+            let mut output = stream_output(section, translation.outputs.len(), notes)?;
             output.name = unique_name(output.name, translation.outputs.iter().map(|output| output.name.as_str()));
             translation.outputs.push(output);
             translation.outputs.len() - 1
@@ -335,7 +367,7 @@ fn record_transformer(filter: &Directive, source: &mut TailSource, notes: &mut N
 }
 
 /// The output's `<inject>` fields, on a source routed to it.
-fn inject_into(output: &FirehoseOutput, source: &mut TailSource, notes: &mut Notes) {
+fn inject_into(output: &StreamOutput, source: &mut TailSource, notes: &mut Notes) {
     let fields = &mut source.add_fields;
     fields.hostname_key = fields.hostname_key.take().or_else(|| output.inject.hostname_key.clone());
     fields.read_time_key = fields.read_time_key.take().or_else(|| output.inject.read_time_key.clone());
@@ -809,19 +841,24 @@ fn line_format(kind: &str, location: &Location, notes: &mut Notes) -> LineFormat
     }
 }
 
-fn firehose_output(section: &Directive, index: usize, notes: &mut Notes) -> Option<FirehoseOutput> {
-    let Some(stream) = section.value("delivery_stream_name") else {
-        notes.push(
-            Severity::ChangesDelivery,
-            &section.location,
-            "delivery_stream_name",
-            "a kinesis_firehose output without a stream".into(),
-        );
+fn stream_output(section: &Directive, index: usize, notes: &mut Notes) -> Option<StreamOutput> {
+    let kind = section.value("@type").unwrap_or_default();
+    let stream_key = if kind == "kinesis_firehose" { "delivery_stream_name" } else { "stream_name" };
+    let Some(stream_name) = section.value(stream_key) else {
+        notes.push(Severity::ChangesDelivery, &section.location, stream_key, format!("a {kind} output without a stream"));
         return None;
     };
-    let mut output = FirehoseOutput {
-        name: name_from(stream, "firehose", index),
-        delivery_stream: stream.to_owned(),
+    let stream = match kind {
+        "kinesis_firehose" => OutputStream::Firehose { delivery_stream: stream_name.to_owned() },
+        _ => OutputStream::Kinesis(KinesisStream {
+            stream_name: stream_name.to_owned(),
+            aggregate: kind == "kinesis_streams_aggregated",
+            ..KinesisStream::default()
+        }),
+    };
+    let mut output = StreamOutput {
+        name: name_from(stream_name, if kind == "kinesis_firehose" { "firehose" } else { "kinesis" }, index),
+        stream,
         region: None,
         endpoint: None,
         append_newline: true,
@@ -836,7 +873,8 @@ fn firehose_output(section: &Directive, index: usize, notes: &mut Notes) -> Opti
     for param in &section.params {
         let location = &param.location;
         match param.key.as_str() {
-            "@type" | "delivery_stream_name" => {}
+            key if key == "@type" || key == stream_key => {}
+            "partition_key" | "explicit_hash_key" | "fixed_partition_key" => kinesis_key(&mut output, param, notes),
             "region" => output.region = Some(param.value.clone()),
             "endpoint" => output.endpoint = Some(param.value.clone()),
             "append_new_line" => output.append_newline = param.value != "false",
@@ -877,9 +915,7 @@ fn firehose_output(section: &Directive, index: usize, notes: &mut Notes) -> Opti
             "log_truncate_max_size" | "max_record_size" | "debug" => {
                 notes.push(Severity::Info, location, &param.key, "a Fluentd plugin setting with no effect on what is delivered".into())
             }
-            other => {
-                notes.push(Severity::ChangesDelivery, location, other, "a kinesis_firehose parameter tailhose does not translate".into())
-            }
+            other => notes.push(Severity::ChangesDelivery, location, other, format!("a {kind} parameter tailhose does not translate")),
         }
     }
     for child in &section.children {
@@ -937,6 +973,34 @@ fn firehose_output(section: &Directive, index: usize, notes: &mut Notes) -> Opti
         }
     }
     Some(output)
+}
+
+/// A Kinesis output's `partition_key` / `explicit_hash_key` (a record key whose value is the
+/// key) or `fixed_partition_key`.
+fn kinesis_key(output: &mut StreamOutput, param: &super::fluentd_syntax::Param, notes: &mut Notes) {
+    let (key, value) = (param.key.as_str(), param.value.clone());
+    let OutputStream::Kinesis(stream) = &mut output.stream else {
+        notes.push(Severity::ChangesDelivery, &param.location, key, "a Kinesis Data Streams parameter in a Firehose output".into());
+        return;
+    };
+    match key {
+        "fixed_partition_key" => stream.fixed_partition_key = Some(value),
+        // Fluentd names a top-level key; tailhose's path joins names with dots.
+        _ if value.contains('.') => notes.push(
+            Severity::ChangesDelivery,
+            &param.location,
+            key,
+            format!("the record key `{value}` has a dot, which tailhose reads as a path into nested objects; set the field by hand"),
+        ),
+        "explicit_hash_key" => stream.explicit_hash_key_field = Some(value),
+        _ if stream.aggregate => notes.push(
+            Severity::ChangesDelivery,
+            &param.location,
+            key,
+            "an aggregated record has one partition key: kinesis_streams_aggregated takes fixed_partition_key".into(),
+        ),
+        _ => stream.partition_key_field = Some(value),
+    }
 }
 
 /// A Fluentd duration (`5s`, `1m`, `0.5`, a bare number of seconds) as a humantime string.
@@ -1140,10 +1204,31 @@ pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path
         }
     }
     for output in &translation.outputs {
-        out.push_str(&format!("\n# {output_section} at {}\n[sinks.{}]\ntype = \"firehose\"\n", output.location, output.name));
+        let sink_type = match output.stream {
+            OutputStream::Firehose { .. } => "firehose",
+            OutputStream::Kinesis(_) => "kinesis_streams",
+        };
+        out.push_str(&format!("\n# {output_section} at {}\n[sinks.{}]\ntype = \"{sink_type}\"\n", output.location, output.name));
         let inputs: Vec<String> = output.inputs.iter().map(|input| quote(input)).collect();
         out.push_str(&format!("inputs = [{}]\n", inputs.join(", ")));
-        out.push_str(&format!("delivery_stream = {}\n", quote(&output.delivery_stream)));
+        match &output.stream {
+            OutputStream::Firehose { delivery_stream } => out.push_str(&format!("delivery_stream = {}\n", quote(delivery_stream))),
+            OutputStream::Kinesis(stream) => {
+                out.push_str(&format!("stream_name = {}\n", quote(&stream.stream_name)));
+                for (setting, value) in [
+                    ("partition_key_field", &stream.partition_key_field),
+                    ("fixed_partition_key", &stream.fixed_partition_key),
+                    ("explicit_hash_key_field", &stream.explicit_hash_key_field),
+                ] {
+                    if let Some(value) = value {
+                        out.push_str(&format!("{setting} = {}\n", quote(value)));
+                    }
+                }
+                if stream.aggregate {
+                    out.push_str("aggregate = true\n");
+                }
+            }
+        }
         if let Some(region) = &output.region {
             out.push_str(&format!("region = {}\n", quote(region)));
         }
@@ -1203,30 +1288,41 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_to_two_streams_is_two_sinks_for_one_source_and_a_store_tailhose_lacks_is_listed() {
-        let translation = translated(
-            "<source>\n  @type tail\n  path /a/*.log\n  tag app\n</source>\n<match app>\n  @type copy\n  copy_mode deep\n  <store>\n    @type kinesis_firehose\n    delivery_stream_name one\n  </store>\n  <store ignore_error>\n    @type kinesis_firehose\n    delivery_stream_name two\n  </store>\n  <store>\n    @type s3\n  </store>\n</match>\n",
-        );
+    fn a_copy_to_three_streams_is_three_sinks_for_one_source_and_a_store_tailhose_lacks_is_listed() {
+        let text = "<source>\n  @type tail\n  path /a/*.log\n  tag app\n</source>\n<match app>\n  @type copy\n  copy_mode deep\n  <store>\n    @type kinesis_firehose\n    delivery_stream_name one\n  </store>\n  <store ignore_error>\n    @type kinesis_streams\n    stream_name two\n    partition_key user_id\n  </store>\n  <store>\n    @type kinesis_streams_aggregated\n    stream_name three\n    fixed_partition_key app\n  </store>\n  <store>\n    @type s3\n  </store>\n</match>\n";
+        let translation = translated(text);
         let outputs: Vec<(&str, &[String])> =
-            translation.outputs.iter().map(|output| (output.delivery_stream.as_str(), output.inputs.as_slice())).collect();
-        assert_eq!(outputs, vec![("one", &["app".to_owned()][..]), ("two", &["app".to_owned()][..])]);
+            translation.outputs.iter().map(|output| (output.stream.name(), output.inputs.as_slice())).collect();
+        let app = &["app".to_owned()][..];
+        assert_eq!(outputs, vec![("one", app), ("two", app), ("three", app)]);
+        let keyed = KinesisStream { stream_name: "two".into(), partition_key_field: Some("user_id".into()), ..KinesisStream::default() };
+        assert_eq!(translation.outputs[1].stream, OutputStream::Kinesis(keyed));
+        let aggregated = KinesisStream {
+            stream_name: "three".into(),
+            fixed_partition_key: Some("app".into()),
+            aggregate: true,
+            ..KinesisStream::default()
+        };
+        assert_eq!(translation.outputs[2].stream, OutputStream::Kinesis(aggregated));
         let notes: Vec<(Severity, usize, &str)> =
             translation.notes.iter().map(|note| (note.severity, note.location.line, note.key.as_str())).collect();
         assert_eq!(
             notes,
-            vec![(Severity::Info, 8, "copy_mode"), (Severity::Info, 13, "<store ignore_error>"), (Severity::ChangesDelivery, 18, "@type")]
+            vec![(Severity::Info, 8, "copy_mode"), (Severity::Info, 13, "<store ignore_error>"), (Severity::ChangesDelivery, 24, "@type")]
         );
-        let config = render_toml(&translation, "/var/lib/tailhose", Path::new("td-agent.conf"));
-        Config::parse(&config, Path::new("/etc/tailhose/tailhose.toml")).expect("two sinks for one source is a valid configuration");
+        let rendered = render_toml(&translation, "/var/lib/tailhose", Path::new("/etc/td-agent/td-agent.conf"));
+        let config = Config::parse(&rendered, Path::new("/etc/tailhose/tailhose.toml")).expect("a valid configuration");
+        let types: Vec<&str> = config.sinks.values().map(|sink| sink.get_ref().sink_type.name()).collect();
+        assert_eq!(types, ["firehose", "kinesis_streams", "kinesis_streams"], "sinks one, three and two: {rendered}");
+    }
 
-        let differing = translated(
-            "<source>\n  @type tail\n  path /a/*.log\n  tag app\n</source>\n<match app>\n  @type copy\n  <store>\n    @type kinesis_firehose\n    delivery_stream_name one\n    <inject>\n      hostname_key host\n    </inject>\n  </store>\n  <store>\n    @type kinesis_firehose\n    delivery_stream_name two\n  </store>\n</match>\n",
+    #[test]
+    fn a_partition_key_an_aggregated_output_cannot_keep_is_listed_as_changing_delivery() {
+        let translation = translated(
+            "<source>\n  @type tail\n  path /a/*.log\n  tag app\n</source>\n<match app>\n  @type kinesis_streams_aggregated\n  stream_name s\n  partition_key user_id\n</match>\n",
         );
-        assert!(
-            differing.notes.iter().any(|note| note.key == "<inject>" && note.severity == Severity::ChangesDelivery),
-            "{:#?}",
-            differing.notes
-        );
+        let note = translation.notes.iter().find(|note| note.key == "partition_key").expect("a note on partition_key");
+        assert_eq!((note.severity, note.location.line), (Severity::ChangesDelivery, 9));
     }
 
     #[test]
