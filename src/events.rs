@@ -41,6 +41,7 @@ pub struct Events {
     batches_abandoned: AtomicU64,
     records_acked: AtomicU64,
     bytes_acked: AtomicU64,
+    bytes_acked_before_compression: AtomicU64,
     failed_entries: AtomicU64,
     throttled_calls: AtomicU64,
     failed_calls: AtomicU64,
@@ -202,6 +203,7 @@ impl Default for Events {
             batches_abandoned: AtomicU64::default(),
             records_acked: AtomicU64::default(),
             bytes_acked: AtomicU64::default(),
+            bytes_acked_before_compression: AtomicU64::default(),
             failed_entries: AtomicU64::default(),
             throttled_calls: AtomicU64::default(),
             failed_calls: AtomicU64::default(),
@@ -259,6 +261,8 @@ pub struct EventCounts {
     pub batches_abandoned: u64,
     pub records_acked: u64,
     pub bytes_acked: u64,
+    /// `bytes_acked` as they were before compression (the same without `compression`).
+    pub bytes_acked_before_compression: u64,
     pub failed_entries: u64,
     pub throttled_calls: u64,
     pub failed_calls: u64,
@@ -273,7 +277,8 @@ pub struct EventCounts {
     pub calls: u64,
     /// Records the sink acknowledged as it counts them: one per line, or per packed record.
     pub sink_records_acked: u64,
-    /// Firehose billing units (each record rounded up to 5 KB) of acknowledged records.
+    /// Billing units (Firehose records rounded up to 5 KB, Kinesis records to 25 KB) of
+    /// acknowledged records.
     pub billed_units: u64,
     /// Times the send rate was lowered to what the destination took (see `sink::rate`).
     pub rate_decreases: u64,
@@ -306,8 +311,11 @@ pub struct BatchDelivery {
     pub lines: u64,
     /// Records as the destination counts them (several lines each when packed).
     pub sink_records: u64,
+    /// Bytes sent: compressed, with `compression`.
     pub bytes: u64,
-    /// Firehose's 5 KB billing units.
+    /// The same records' bytes before compression.
+    pub bytes_before_compression: u64,
+    /// The destination's billing units: Firehose's 5 KB, Kinesis's 25 KB.
     pub billed_units: u64,
 }
 
@@ -486,6 +494,7 @@ impl Events {
         bump(&self.batches_acked, 1);
         bump(&self.records_acked, delivery.lines);
         bump(&self.bytes_acked, delivery.bytes);
+        bump(&self.bytes_acked_before_compression, delivery.bytes_before_compression);
         bump(&self.sink_records_acked, delivery.sink_records);
         bump(&self.billed_units, delivery.billed_units);
         tracing::debug!(
@@ -493,6 +502,7 @@ impl Events {
             records = delivery.lines,
             sink_records = delivery.sink_records,
             bytes = delivery.bytes,
+            bytes_before_compression = delivery.bytes_before_compression,
             billed_units = delivery.billed_units,
             elapsed_ms = elapsed.as_millis() as u64,
             "batch delivered and acknowledged"
@@ -717,6 +727,7 @@ impl Events {
             batches_abandoned: load(&self.batches_abandoned),
             records_acked: load(&self.records_acked),
             bytes_acked: load(&self.bytes_acked),
+            bytes_acked_before_compression: load(&self.bytes_acked_before_compression),
             failed_entries: load(&self.failed_entries),
             throttled_calls: load(&self.throttled_calls),
             failed_calls: load(&self.failed_calls),

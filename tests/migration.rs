@@ -260,7 +260,7 @@ fn packing_is_refused_for_a_stream_that_makes_one_document_per_record() {
     let output = workspace.run(&["run", "--config", "tailhose.toml", "--once"]);
     assert!(!output.status.success(), "packing into Elasticsearch must not start");
     let message = stderr(&output);
-    assert!(message.contains("Elasticsearch") && message.contains("pack_records = false"), "{message}");
+    assert!(message.contains("Elasticsearch") && message.contains("pack_records = true would change"), "{message}");
 }
 
 /// The agent's checkpoint file as its `SQLiteFileCheckpointStore` creates it, with one row.

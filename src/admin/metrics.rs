@@ -15,12 +15,21 @@ use crate::queue::{QueueError, QueueStats};
 pub fn render(state: &AdminState) -> Result<String, QueueError> {
     let counts = state.events.snapshot();
     let mut out = Exposition::default();
-    let counters: [(&str, &str, u64); 28] = [
+    let counters: [(&str, &str, u64); 29] = [
         ("tailhose_records_read_total", "Records taken from files: queued, or dead-lettered as read.", counts.records_read),
         ("tailhose_records_queued_total", "Records appended to the queue.", counts.records_queued),
         ("tailhose_records_acked_total", "Records the sink acknowledged.", counts.records_acked),
         ("tailhose_bytes_read_total", "Bytes read from files.", counts.bytes_read),
-        ("tailhose_bytes_acked_total", "Bytes of records the sink acknowledged (as sent).", counts.bytes_acked),
+        (
+            "tailhose_bytes_acked_total",
+            "Bytes of records the sink acknowledged (as sent: compressed, with compression).",
+            counts.bytes_acked,
+        ),
+        (
+            "tailhose_bytes_acked_before_compression_total",
+            "Bytes of the records the sink acknowledged, before compression.",
+            counts.bytes_acked_before_compression,
+        ),
         ("tailhose_batches_acked_total", "Batches delivered and acknowledged.", counts.batches_acked),
         ("tailhose_batches_abandoned_total", "Batches left queued at a shutdown deadline.", counts.batches_abandoned),
         ("tailhose_calls_total", "Calls the sink answered.", counts.calls),

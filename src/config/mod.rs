@@ -25,6 +25,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::sink::aggregation;
+use crate::sink::compression::Compression;
 use crate::sink::kinesis::{FieldPath, PartitionKey};
 use crate::sink::{PackFormat, Packing};
 use crate::source::fields::{host_name, AddedFields};
@@ -457,9 +458,18 @@ pub struct SinkConfig {
     /// OpenSearch, Splunk, HTTP, or record transformation) is refused at start-up.
     #[serde(default)]
     pub pack_records: bool,
-    /// Largest packed record. The default keeps each packed record in one 5 KB billing unit.
-    #[serde(default = "default_pack_max_bytes")]
-    pub pack_max_bytes: ByteSize,
+    /// Largest packed record, before compression. The default keeps each packed record in one
+    /// 5 KB billing unit: 5,000 bytes, or 25,000 with `compression` (seed records compress about
+    /// six-fold).
+    #[serde(default)]
+    pub pack_max_bytes: Option<ByteSize>,
+    /// Compress each record sent as a whole: `gzip` or `zstd`. With `pack_records`, an S3 object
+    /// is a concatenation of gzip members (zstd frames) that zcat, Athena and Spark read as one
+    /// file; give the stream the file extension `.gz` (`.zst`). Refused where the destination
+    /// reads each record (Elasticsearch, OpenSearch, HTTP endpoints, Lambda processing, format
+    /// conversion) or compresses it again.
+    #[serde(default)]
+    pub compression: Option<Compression>,
     /// Never send faster than this (bytes of record data per second), e.g. to leave part of a
     /// shared stream's quota to other writers. Below it, the rate is learned from throttling.
     #[serde(default)]
@@ -626,6 +636,8 @@ pub struct SinkSettings {
     pub retention: Retention,
     /// How several lines go in one record sent, when they do (`pack_records`, `aggregate`).
     pub packing: Option<Packing>,
+    /// How each record sent is compressed, if it is.
+    pub compression: Option<Compression>,
     /// `max_bytes_per_sec` and `max_records_per_sec`.
     pub rate_ceiling: crate::sink::rate::Rates,
     pub max_in_flight: usize,
@@ -825,7 +837,7 @@ impl Config {
                         "needs append_newline = true: the newline is what keeps packed lines apart".into(),
                     );
                 }
-                if settings.pack_max_bytes.0 == 0 || settings.pack_max_bytes.0 > firehose_limits::MAX_RECORD_BYTES {
+                if settings.pack_max_bytes.is_some_and(|size| size.0 == 0 || size.0 > firehose_limits::MAX_RECORD_BYTES) {
                     report(
                         format!("{key}.pack_max_bytes"),
                         sink.span(),
@@ -960,6 +972,7 @@ impl Config {
                     retry_max_backoff: sink.retry_max_backoff,
                     retention: Retention { max_age: sink.retain_acked, max_bytes: sink.retain_acked_bytes.map(|size| size.0) },
                     packing: sink_packing(sink),
+                    compression: sink.compression,
                     rate_ceiling: crate::sink::rate::Rates {
                         bytes: sink.max_bytes_per_sec.map(|size| size.0 as f64),
                         records: sink.max_records_per_sec.map(|records| records as f64),
@@ -987,7 +1000,12 @@ fn sink_packing(sink: &SinkConfig) -> Option<Packing> {
     if sink.sink_type == SinkType::KinesisStreams && sink.aggregate {
         return Some(Packing { format: PackFormat::Aggregated, max_bytes: aggregation::BODY_MAX_BYTES });
     }
-    sink.pack_records.then_some(Packing { format: PackFormat::Lines, max_bytes: sink.pack_max_bytes.0 })
+    let max_bytes = match (sink.pack_max_bytes, sink.compression) {
+        (Some(size), _) => size.0,
+        (None, Some(_)) => default_compressed_pack_max_bytes(),
+        (None, None) => default_pack_max_bytes(),
+    };
+    sink.pack_records.then_some(Packing { format: PackFormat::Lines, max_bytes })
 }
 
 /// A Kinesis sink's partition key, from `partition_key_field` or `fixed_partition_key`.
@@ -1125,8 +1143,13 @@ fn default_max_in_flight(pack_records: bool) -> usize {
     }
 }
 /// Just under Firehose's 5 KB (5,120-byte) billing unit.
-fn default_pack_max_bytes() -> ByteSize {
-    ByteSize(5_000)
+fn default_pack_max_bytes() -> u64 {
+    5_000
+}
+/// Seed records compress about six-fold with gzip (docs/performance.md): 25,000 bytes of them
+/// are some 4,200 bytes compressed, one 5 KB billing unit.
+fn default_compressed_pack_max_bytes() -> u64 {
+    25_000
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(30)

@@ -398,20 +398,20 @@ impl Courier {
 /// that a replay sends exactly what a first delivery would. An aggregated record is its user
 /// records' lines, one per line, as a packed record's are.
 fn record_as_read(settings: &SinkSettings, sent: &[u8]) -> Vec<u8> {
+    // Kept as sent when it cannot be read back: the flusher compressed it, so that never happens.
+    let decompressed = settings.compression.and_then(|compression| compression.decompress(sent).ok());
+    let sent = decompressed.as_deref().unwrap_or(sent);
     let lines = match settings.packing.map(|packing| packing.format) {
-        Some(PackFormat::Aggregated) => match aggregation::user_records(sent) {
-            Ok(records) => records,
-            // The flusher framed it: a body it cannot read back is kept as it was sent.
-            Err(_) => vec![sent],
-        },
-        _ => vec![sent],
+        // The flusher framed it: a record it cannot read back is kept as it was sent.
+        Some(PackFormat::Aggregated) => aggregation::deaggregate(sent).map(|(_, records)| records).unwrap_or_else(|_| vec![sent.to_vec()]),
+        _ => vec![sent.to_vec()],
     };
     let mut data = Vec::with_capacity(sent.len());
-    for (index, line) in lines.into_iter().enumerate() {
+    for (index, line) in lines.iter().enumerate() {
         if index > 0 {
             data.push(b'\n');
         }
-        let line = if settings.append_newline { line.strip_suffix(b"\n").unwrap_or(line) } else { line };
+        let line = if settings.append_newline { line.strip_suffix(b"\n").unwrap_or(line) } else { &line[..] };
         data.extend_from_slice(line);
     }
     data

@@ -35,6 +35,7 @@ use crate::config::{SinkSettings, SourceSettings};
 use crate::events::{BatchDelivery, Events};
 use crate::queue::chunk::decode_chunk;
 use crate::queue::{ChunkAck, ChunkMeta, ChunkSeq, DeadLetter, DeadLetterReason, QueueError, RouteQueue, StoredChunk};
+use crate::sink::compression::Compression;
 use crate::sink::rate::{CallSize, RateGovernor};
 use crate::sink::{aggregation, BatchLimits, BatchPacker, Offer, OutgoingRecords, PackFormat, Sink};
 
@@ -191,6 +192,9 @@ pub(super) struct PendingBatch {
     pub(super) dead_letters: Vec<DeadLetter>,
     /// Indices into `records` the destination refused as invalid (dead-lettered, not delivered).
     pub(super) rejected: Vec<usize>,
+    /// Each record's bytes before compression, once sealed (see [`PendingBatch::seal`]); empty
+    /// before, and for a batch that needed no sealing.
+    before_compression: Vec<u64>,
     opened_at: Instant,
 }
 
@@ -205,6 +209,7 @@ impl PendingBatch {
             chunk_paths: Vec::new(),
             dead_letters: Vec::new(),
             rejected: Vec::new(),
+            before_compression: Vec::new(),
             opened_at: Instant::now(),
         }
     }
@@ -220,9 +225,28 @@ impl PendingBatch {
             delivery.lines += u64::from(self.records.lines(index));
             delivery.sink_records += 1;
             delivery.bytes += self.records.get(index).len() as u64;
+            delivery.bytes_before_compression +=
+                self.before_compression.get(index).copied().unwrap_or(self.records.get(index).len() as u64);
             delivery.billed_units += self.records.billed_units(index, self.packer.limits().billing_unit_bytes);
         }
         delivery
+    }
+
+    /// Finishes each record, once, as the batch leaves for the destination: the sink's own
+    /// finish (an aggregated record's envelope), then compression of the whole record.
+    fn seal(&mut self, sink: &Sink, compression: Option<Compression>) {
+        let mut sealed = OutgoingRecords::with_capacity(self.records.byte_len() / if compression.is_some() { 4 } else { 1 });
+        for index in 0..self.records.len() {
+            let packed = self.records.get(index);
+            let finished = sink.finished_record(packed);
+            let record = finished.as_deref().unwrap_or(packed);
+            self.before_compression.push(record.len() as u64);
+            match compression {
+                Some(compression) => sealed.push_record(&compression.compress(record), self.records.lines(index)),
+                None => sealed.push_record(record, self.records.lines(index)),
+            }
+        }
+        self.records = sealed;
     }
 
     /// The ack entry for `chunk`, added on first use.
@@ -462,7 +486,24 @@ impl Flusher {
     /// and `calling` while its own records are in a call (see [`Courier::deliver`]).
     fn send(&self, mut batch: PendingBatch, unacknowledged: OwnedSemaphorePermit, calling: OwnedSemaphorePermit) -> InFlight {
         let courier = self.courier.clone();
+        let compression = self.settings.compression;
+        let sealed = compression.is_some() || self.settings.packing.is_some_and(|packing| packing.format == PackFormat::Aggregated);
         let task = tokio::spawn(async move {
+            if sealed && !batch.records.is_empty() {
+                // Compressing a 2 MiB batch is some 10 ms of CPU: off the runtime's threads.
+                let sink = courier.sink.clone();
+                batch = match tokio::task::spawn_blocking(move || {
+                    batch.seal(&sink, compression);
+                    batch
+                })
+                .await
+                {
+                    Ok(compressed) => compressed,
+                    // Only a panic of the sealing ends the closure early: this task fails
+                    // with it, and the flusher stops on the failed task (nothing is acknowledged).
+                    Err(error) => panic!("sealing a batch failed: {error}"),
+                };
+            }
             let delivery = if batch.records.is_empty() { Delivery::Accepted } else { courier.deliver(&mut batch, calling).await };
             (batch, delivery)
         });

@@ -61,8 +61,8 @@ pub enum PipelineError {
     Ec2Metadata(#[from] crate::source::fields::Ec2MetadataError),
     #[error("sink {sink}: {source}")]
     SinkSetup { sink: String, source: crate::sink::SinkSetupError },
-    #[error("sink {sink}: pack_records = true would change what the destination stores: {reason}; set pack_records = false for this sink")]
-    PackingRefused { sink: String, reason: String },
+    #[error("sink {sink}: {change} would change what the destination stores: {reason}; take it out of this sink")]
+    PackingRefused { sink: String, change: String, reason: String },
     /// sled does not recover from an I/O error (a full disk, say) in the same process: its next
     /// write blocks. tailhose stops as after a crash, which the queue is built to survive, so
     /// that its supervisor restarts it once `data_dir` is usable again.
@@ -135,11 +135,19 @@ pub async fn run_with_store(
                 .await
                 .map_err(|error| PipelineError::SinkSetup { sink: sink_settings.name.clone(), source: error })?,
         );
-        if sink_settings.packing.is_some() {
-            match sink.packing_verdict().await {
+        if sink_settings.packing.is_some() || sink_settings.compression.is_some() {
+            let change = match (&sink_settings.packing, sink_settings.compression) {
+                (Some(_), Some(compression)) => format!("pack_records = true with compression = \"{}\"", compression.name()),
+                (None, Some(compression)) => format!("compression = \"{}\"", compression.name()),
+                _ => "pack_records = true".to_owned(),
+            };
+            match sink.packing_verdict(sink_settings.compression).await {
                 PackingVerdict::Allowed => {}
-                PackingVerdict::Refused(reason) => return Err(PipelineError::PackingRefused { sink: sink_settings.name.clone(), reason }),
+                PackingVerdict::Refused(reason) => {
+                    return Err(PipelineError::PackingRefused { sink: sink_settings.name.clone(), change, reason })
+                }
                 PackingVerdict::Unchecked(reason) => events.packing_unchecked(&sink_settings.name, &reason),
+                PackingVerdict::Advised(advice) => tracing::warn!(sink = %sink_settings.name, %change, "{advice}"),
             }
         }
         for input in &sink_settings.inputs {

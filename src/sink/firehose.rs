@@ -7,10 +7,12 @@
 
 use aws_sdk_firehose::error::DisplayErrorContext;
 use aws_sdk_firehose::operation::put_record_batch::PutRecordBatchOutput;
+use aws_sdk_firehose::types::CompressionFormat;
 use aws_sdk_firehose::Client;
 
 use super::answer::ReadAnswersOurselves;
 use super::aws::{self, Endpoint, Fixes};
+use super::compression::Compression;
 use super::request::{put_record_batch_body, OurBody};
 use super::{OutgoingRecords, RecordOutcome, SinkError, SinkSetupError};
 
@@ -86,9 +88,9 @@ fn outcome_of(entry: &aws_sdk_firehose::types::PutRecordBatchResponseEntry) -> R
 }
 
 impl FirehoseSink {
-    /// Whether packing several lines into one record keeps what the stream's destination stores
-    /// the same, from `DescribeDeliveryStream`.
-    pub async fn packing_verdict(&self) -> PackingVerdict {
+    /// Whether packing several lines into one record, or compressing records, keeps what the
+    /// stream's destination stores the same, from `DescribeDeliveryStream`.
+    pub async fn packing_verdict(&self, compression: Option<Compression>) -> PackingVerdict {
         let answer = self.client.describe_delivery_stream().delivery_stream_name(&self.delivery_stream).send().await;
         let output = match answer {
             Ok(output) => output,
@@ -97,9 +99,24 @@ impl FirehoseSink {
         let Some(description) = output.delivery_stream_description() else {
             return PackingVerdict::Unchecked("DescribeDeliveryStream gave no description".into());
         };
-        match description.destinations().iter().find_map(packing_breaks) {
-            Some(reason) => PackingVerdict::Refused(reason),
-            None => PackingVerdict::Allowed,
+        if let Some(reason) = description.destinations().iter().find_map(packing_breaks) {
+            return PackingVerdict::Refused(reason);
+        }
+        let Some(compression) = compression else { return PackingVerdict::Allowed };
+        let s3 = description.destinations().iter().find_map(|destination| destination.extended_s3_destination_description());
+        match s3 {
+            Some(s3) if *s3.compression_format() != CompressionFormat::Uncompressed => PackingVerdict::Refused(format!(
+                "the stream compresses what it writes ({}): records compressed by tailhose would be compressed twice",
+                s3.compression_format().as_str()
+            )),
+            Some(s3) if !s3.file_extension().is_some_and(|extension| extension.ends_with(compression.extension())) => {
+                PackingVerdict::Advised(format!(
+                    "the stream's objects do not end in {}: Athena and Spark tell a compressed file by its name; set the delivery stream's file extension to {}",
+                    compression.extension(),
+                    compression.extension()
+                ))
+            }
+            _ => PackingVerdict::Allowed,
         }
     }
 }
@@ -114,6 +131,8 @@ pub enum PackingVerdict {
     Refused(String),
     /// The stream could not be described (no permission, say): packing goes ahead, with a warning.
     Unchecked(String),
+    /// Allowed, with something the operator should change for what is stored to be read well.
+    Advised(String),
 }
 
 /// Why packing would change what `destination` stores, if it would.

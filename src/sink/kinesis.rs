@@ -10,7 +10,10 @@
 //!   field value is cut to Kinesis's 256 characters, and a record without a usable value gets a
 //!   random partition key (or no explicit hash key), so no record is ever refused for its key.
 //! - With `aggregate`, each record the flusher packed is a KPL aggregated record's body
-//!   ([`super::aggregation`]); the sink wraps it with its partition key and digest when it sends it.
+//!   ([`super::aggregation`]), wrapped with its partition key table and digest when its batch is
+//!   sealed ([`KinesisSink::aggregated_record`]), before any compression: a compressed aggregated
+//!   record is compressed whole. Its own partition key is the fixed one, or a random one chosen
+//!   at each call (only its shard depends on it; its user records keep the key inside).
 //! - Per-record `ProvisionedThroughputExceededException` answers are the shard's quota, and feed
 //!   the same pacing as Firehose's `ServiceUnavailableException`; `InternalFailure` is a fault.
 //!
@@ -166,6 +169,11 @@ impl KinesisSink {
         self.aggregate
     }
 
+    /// The aggregated record of a body the flusher packed, its user records keyed alike.
+    pub fn aggregated_record(&self, body: &[u8]) -> Vec<u8> {
+        aggregation::aggregated_record(&self.keys.of_aggregated(), body)
+    }
+
     pub async fn put(&self, records: &OutgoingRecords, which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
         let entries = which.iter().map(|&index| self.entry(records.get(index))).collect::<Result<Vec<_>, _>>()?;
         let output = self
@@ -181,15 +189,10 @@ impl KinesisSink {
 
     /// The `PutRecords` entry of one record sent.
     fn entry(&self, record: &[u8]) -> Result<PutRecordsRequestEntry, SinkError> {
-        let (data, partition_key, explicit_hash_key) = if self.aggregate {
-            let key = self.keys.of_aggregated();
-            (aggregation::aggregated_record(&key, record), key, None)
-        } else {
-            let (key, hash_key) = self.keys.of(record);
-            (record.to_vec(), key, hash_key)
-        };
+        // An aggregated record was wrapped (and maybe compressed) when its batch was sealed.
+        let (partition_key, explicit_hash_key) = if self.aggregate { (self.keys.of_aggregated(), None) } else { self.keys.of(record) };
         PutRecordsRequestEntry::builder()
-            .data(Blob::new(data))
+            .data(Blob::new(record.to_vec()))
             .partition_key(partition_key)
             .set_explicit_hash_key(explicit_hash_key)
             .build()
@@ -301,12 +304,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_aggregated_record_is_sent_wrapped_with_its_key_and_digest() {
+    async fn an_aggregated_record_is_wrapped_with_its_key_and_digest_and_sent_with_its_key() {
         let mut batch = OutgoingRecords::default();
         batch.push_aggregated(b"{\"a\":1}", true);
         batch.aggregate_into_last(b"{\"b\":2}", true);
         let (sink, request) = sink_answering(None, RecordKeys::new(PartitionKey::Fixed("k".into()), None), true);
-        let _ = sink.put(&batch, &[0]).await;
+        let mut sealed = OutgoingRecords::default();
+        sealed.push_record(&sink.aggregated_record(batch.get(0)), batch.lines(0));
+        let _ = sink.put(&sealed, &[0]).await;
         let body = sent_entries(request);
         use base64::Engine;
         let data = base64::engine::general_purpose::STANDARD.decode(body["Records"][0]["Data"].as_str().expect("data")).expect("base64");

@@ -18,6 +18,7 @@ pub mod aggregation;
 pub mod answer;
 mod aws;
 pub mod batch;
+pub mod compression;
 mod directory;
 mod firehose;
 mod https_client;
@@ -110,6 +111,13 @@ impl OutgoingRecords {
         }
         aggregation::append_user_record(&mut self.bytes, line, newline);
         self.grew_last();
+    }
+
+    /// Adds a record of `record`'s bytes that carries `lines` lines (a record compressed).
+    pub fn push_record(&mut self, record: &[u8], lines: u32) {
+        self.bytes.extend_from_slice(record);
+        self.ends.push(self.bytes.len());
+        self.lines.push(lines);
     }
 
     /// The last record now ends where the buffer does, with one line more.
@@ -250,12 +258,21 @@ impl Sink {
         }
     }
 
-    /// Whether the destination stores packed records as it would the lines one by one.
-    pub async fn packing_verdict(&self) -> PackingVerdict {
+    /// Whether the destination stores packed (and compressed) records as it would the lines one by one.
+    pub async fn packing_verdict(&self, compression: Option<compression::Compression>) -> PackingVerdict {
         match self {
-            Sink::Firehose(sink) => sink.packing_verdict().await,
+            Sink::Firehose(sink) => sink.packing_verdict(compression).await,
             // Aggregated records are the KPL's format, which Kinesis consumers deaggregate.
             Sink::KinesisStreams(_) | Sink::Directory(_) => PackingVerdict::Allowed,
+        }
+    }
+
+    /// `record` finished for sending when its batch is sealed, if this sink finishes records:
+    /// a Kinesis sink's aggregated body wrapped into its aggregated record.
+    pub fn finished_record(&self, record: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Sink::KinesisStreams(sink) if sink.aggregates() => Some(sink.aggregated_record(record)),
+            _ => None,
         }
     }
 
@@ -272,12 +289,15 @@ impl Sink {
             }
             Sink::Directory(_) => (None, BILLING_UNIT_BYTES),
         };
-        BatchLimits {
-            max_records: settings.max_batch_records as usize,
-            max_bytes: settings.max_batch_bytes,
-            max_record_bytes,
-            billing_unit_bytes,
+        let (mut max_bytes, mut max_record_bytes) = (settings.max_batch_bytes, max_record_bytes);
+        // Batches are packed before they are compressed: what compression may add (nothing
+        // but framing for incompressible records) is kept free under the destination's limits.
+        if let Some(compression) = settings.compression {
+            max_record_bytes = max_record_bytes.map(|max| max - compression.max_growth(max));
+            let growth = settings.max_batch_records as u64 * 64 + compression.max_growth(max_bytes);
+            max_bytes = max_bytes.min(firehose_limits::MAX_BATCH_BYTES - growth);
         }
+        BatchLimits { max_records: settings.max_batch_records as usize, max_bytes, max_record_bytes, billing_unit_bytes }
     }
 
     /// Delivers `records[i]` for each `i` in `which`; on success the answer has one outcome per

@@ -214,7 +214,12 @@ impl Moto {
         let records =
             answer["records"].as_array().expect("records").iter().map(|line| line.as_str().unwrap_or_default().to_owned()).collect();
         let keys = answer["keys"].as_array().expect("keys").iter().map(|key| key.as_str().unwrap_or_default().to_owned()).collect();
-        Delivered { objects: answer["objects"].as_u64().expect("objects"), records, sample_keys: keys }
+        Delivered {
+            objects: answer["objects"].as_u64().expect("objects"),
+            gzip_objects: answer["gzip_objects"].as_u64().expect("gzip objects"),
+            records,
+            sample_keys: keys,
+        }
     }
 
     /// Polls the bucket until `done` holds or `timeout` passes; returns the last look.
@@ -263,6 +268,8 @@ impl KinesisDelivered {
 /// What a bucket or output folder holds.
 pub struct Delivered {
     pub objects: u64,
+    /// Objects of gzip members, decompressed into `records`.
+    pub gzip_objects: u64,
     pub records: Vec<String>,
     pub sample_keys: Vec<String>,
 }

@@ -6,6 +6,9 @@
     moto_peer.py setup-kinesis   --endpoint URL --region R --stream S --shards N
     moto_peer.py kinesis-records --endpoint URL --region R --stream S
 
+Objects of gzip members (a sink's `compression = "gzip"`) are decompressed by Python's gzip, which
+reads several members as their concatenation, as zcat does; "gzip_objects" counts them.
+
 `setup` creates the bucket and a Direct PUT delivery stream that writes to it; `setup-es` a stream
 that delivers to an Elasticsearch domain (one document per record), backed up to the bucket. `records` prints
 one JSON document: {"objects": N, "records": [...]}, where records are the newline-separated
@@ -20,6 +23,7 @@ prints {"kinesis_records": N, "shards": N, "records": [{"line", "partition_key",
 
 import argparse
 import base64
+import gzip
 import json
 import sys
 
@@ -84,10 +88,15 @@ def records(args):
         keys.extend(item["Key"] for item in page.get("Contents", []))
     keys.sort()
     lines = []
+    compressed = 0
     for key in keys:
         body = s3.get_object(Bucket=args.bucket, Key=key)["Body"].read()
+        # An object of gzip members (`compression = "gzip"`), read as zcat reads it.
+        if body[:2] == b"\x1f\x8b":
+            body = gzip.decompress(body)
+            compressed += 1
         lines.extend(line.decode("utf-8", "replace") for line in body.split(b"\n") if line)
-    json.dump({"objects": len(keys), "keys": keys[:3], "records": lines}, sys.stdout)
+    json.dump({"objects": len(keys), "gzip_objects": compressed, "keys": keys[:3], "records": lines}, sys.stdout)
 
 
 def setup_kinesis(args):
