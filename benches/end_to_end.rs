@@ -27,6 +27,10 @@
 //!    quota-throttled call; target ≤ 3 s after the change); for the doubled one: the first
 //!    second from which 5 s carry ≥ 90 % of the new quota (target ≤ 30 s), and the share of the
 //!    new quota used over the last 10 s. "byte quota used" follows the change.
+//! 7. other sinks and compression, unthrottled through TLS: Kinesis Data Streams (`kinesis_streams`,
+//!    the fake in its Kinesis dialect) one record per entry and KPL-aggregated, and packed
+//!    Firehose records compressed with gzip and zstd; after the table, bytes before and after
+//!    compression.
 //!
 //! `cargo bench --bench end_to_end` prints one table row per situation. Under `cargo test
 //! --bench end_to_end` (CI), each situation runs with a few thousand records, as a smoke test
@@ -58,7 +62,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use support::fake_firehose::{EntryCode, FakeFirehose, Faults, Noise, Quota, QuotaChange, Seen, TestCertificate};
-use support::{count_seqs, Workspace};
+use support::{count_seqs, SinkKind, Workspace};
+use tailhose::sink::compression::Compression;
 
 /// ap-northeast-2's default Direct PUT quota.
 const AP_NORTHEAST_2: Quota = Quota { bytes_per_sec: 1 << 20, records_per_sec: 100_000, calls_per_sec: 1_000 };
@@ -81,6 +86,10 @@ struct Situation {
     tls: bool,
     /// A noise row: the least share of the clean noise row's records/s it must keep (issue 17).
     noise_floor: Option<f64>,
+    sink: SinkKind,
+    /// How the sink compresses its records (in `sink_lines`): the fake's records are
+    /// decompressed before they are counted.
+    compression: Option<Compression>,
 }
 
 #[derive(Default)]
@@ -120,6 +129,8 @@ fn main() {
             sink_lines: "",
             tls: false,
             noise_floor: None,
+            sink: SinkKind::Firehose,
+            compression: None,
         },
         Situation {
             name: "unthrottled, TLS",
@@ -128,6 +139,8 @@ fn main() {
             sink_lines: "",
             tls: true,
             noise_floor: None,
+            sink: SinkKind::Firehose,
+            compression: None,
         },
         Situation {
             name: "unthrottled, TLS, packed records",
@@ -136,6 +149,8 @@ fn main() {
             sink_lines: "pack_records = true",
             tls: true,
             noise_floor: None,
+            sink: SinkKind::Firehose,
+            compression: None,
         },
         Situation { name: "at the quota (1 MiB/s, 1,000 calls/s, 100k records/s)", ..at_the_quota(scale(100_000), Duration::ZERO) },
         Situation {
@@ -155,6 +170,8 @@ fn main() {
             sink_lines: "",
             tls: false,
             noise_floor: None,
+            sink: SinkKind::Firehose,
+            compression: None,
         },
         // The clean row first: the others are measured against it.
         noisy(NOISE_CLEAN, noise_records, None, None),
@@ -210,6 +227,29 @@ fn main() {
             },
             ..at_the_quota(0, Duration::ZERO)
         },
+        other_sink("kinesis_streams, TLS", scale(unthrottled_records), SinkKind::KinesisStreams, "", None),
+        other_sink("kinesis_streams aggregated, TLS", scale(unthrottled_records), SinkKind::KinesisAggregated, "", None),
+        other_sink(
+            "unthrottled, TLS, packed records, gzip",
+            scale(unthrottled_records),
+            SinkKind::Firehose,
+            "pack_records = true\ncompression = \"gzip\"",
+            Some(Compression::Gzip),
+        ),
+        other_sink(
+            "unthrottled, TLS, packed records, zstd",
+            scale(unthrottled_records),
+            SinkKind::Firehose,
+            "pack_records = true\ncompression = \"zstd\"",
+            Some(Compression::Zstd),
+        ),
+        other_sink(
+            "kinesis_streams aggregated, TLS, zstd",
+            scale(unthrottled_records),
+            SinkKind::KinesisAggregated,
+            "compression = \"zstd\"",
+            Some(Compression::Zstd),
+        ),
     ];
     // `END_TO_END_ONLY=unthrottled` runs the situations whose name starts with that, and no
     // trickle; `|` separates several prefixes (no situation's name holds one).
@@ -268,7 +308,16 @@ fn main() {
 
 /// A noise row: through TLS, one record per line, `noise` on every call.
 fn noisy(name: &'static str, records: u64, noise: Option<Noise>, floor: Option<f64>) -> Situation {
-    Situation { name, records, faults: Faults { noise, ..Faults::default() }, sink_lines: "", tls: true, noise_floor: floor }
+    Situation {
+        name,
+        records,
+        faults: Faults { noise, ..Faults::default() },
+        sink_lines: "",
+        tls: true,
+        noise_floor: floor,
+        sink: SinkKind::Firehose,
+        compression: None,
+    }
 }
 
 /// Noise refusing `records` of record attempts with `code`, `throttled_calls` of calls whole and
@@ -301,7 +350,14 @@ fn at_the_quota(records: u64, latency: Duration) -> Situation {
         sink_lines: "",
         tls: false,
         noise_floor: None,
+        sink: SinkKind::Firehose,
+        compression: None,
     }
+}
+
+/// `records` unthrottled through TLS to a sink of `sink`, with `sink_lines`.
+fn other_sink(name: &'static str, records: u64, sink: SinkKind, sink_lines: &'static str, compression: Option<Compression>) -> Situation {
+    Situation { name, records, faults: Faults::default(), sink_lines, tls: true, noise_floor: None, sink, compression }
 }
 
 /// Writes `records` lines at 1,000 a second to a file the daemon follows and reports how long
@@ -372,7 +428,7 @@ fn run(situation: &Situation) -> Measured {
         (FakeFirehose::start(situation.faults), "")
     };
     let extra = std::env::var("END_TO_END_SINK_LINES").unwrap_or_default();
-    workspace.write_config_for_endpoint(&fake.endpoint, "", &format!("{}\n{tls_lines}\n{extra}", situation.sink_lines));
+    workspace.write_config_for_sink(situation.sink, &fake.endpoint, "", &format!("{}\n{tls_lines}\n{extra}", situation.sink_lines));
     use_the_default_poll_interval(&workspace);
     if let Ok(top) = std::env::var("END_TO_END_TOP_LINES") {
         workspace.rewrite_config(|config| format!("{top}\n{config}"));
@@ -406,7 +462,22 @@ fn run(situation: &Situation) -> Measured {
     let peer_cpu_seconds = ProcSample::read(std::process::id()).unwrap_or_default().cpu_seconds - peer_before.cpu_seconds;
     assert!(status.success(), "{}: tailhose failed", situation.name);
     let seen = fake.seen();
-    let counts: BTreeMap<u64, u32> = count_seqs(seen.accepted.iter().map(Vec::as_slice));
+    let decompressed: Vec<Vec<u8>> = match situation.compression {
+        None => Vec::new(),
+        Some(compression) => seen
+            .accepted
+            .iter()
+            .flat_map(|record| {
+                let data = compression.decompress(record).expect("a compressed record");
+                match situation.sink {
+                    SinkKind::KinesisAggregated => tailhose::sink::aggregation::deaggregate(&data).expect("an aggregated record").1,
+                    _ => vec![data],
+                }
+            })
+            .collect(),
+    };
+    let lines = if situation.compression.is_some() { &decompressed } else { &seen.accepted };
+    let counts: BTreeMap<u64, u32> = count_seqs(lines.iter().map(Vec::as_slice));
     let last_accepted_after = seen.last_accepted_at.map_or(seconds, |at| at.duration_since(started).as_secs_f64());
     let fake_started = fake.started();
     let mut notes = Vec::new();
@@ -416,6 +487,16 @@ fn run(situation: &Situation) -> Measured {
     if situation.faults.noise.is_some() && situation.faults.quota.is_some() {
         // Issue 17's target for refusals at random on top of the quota.
         notes.push("target: ≥ 85 % of the byte quota used".to_owned());
+    }
+    if let Some(compression) = situation.compression {
+        let sent: usize = seen.accepted.iter().map(Vec::len).sum();
+        let before: usize = decompressed.iter().map(Vec::len).sum();
+        notes.push(format!(
+            "{}: {before} bytes of records before compression, {sent} sent ({:.1}x); {} billed units",
+            compression.name(),
+            before as f64 / sent.max(1) as f64,
+            seen.billed_units
+        ));
     }
     if let Some(change) = situation.faults.quota_change {
         notes.push(quota_change_followed(situation.faults, change, &seen, fake_started, started));
