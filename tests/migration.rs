@@ -368,7 +368,8 @@ fn an_agent_flow_tailhose_cannot_keep_is_listed_with_its_line_and_the_import_exi
     },
     {
       "filePattern": "/var/log/other/*.log",
-      "kinesisStream": "other"
+      "kinesisStream": "other",
+      "partitionKeyOption": "BY_FIELD"
     }
   ]
 }"#,
@@ -381,10 +382,11 @@ fn an_agent_flow_tailhose_cannot_keep_is_listed_with_its_line_and_the_import_exi
         &[
             "agent.json:1: action needed: `awsSecretAccessKey`",
             "agent.json:5: changes delivery: `dataProcessingOptions ADDBRACKETS`",
-            "agent.json:10: changes delivery: `kinesisStream`",
+            "agent.json:10: changes delivery: `partitionKeyOption`",
         ],
     );
     assert!(!written.contains("SECRETEXAMPLE"), "credentials are never copied");
+    assert!(written.contains("type = \"kinesis_streams\"\n") && written.contains("stream_name = \"other\""), "{written}");
     assert!(written.contains("# flow at ") && written.contains("paths = [\"/var/log/app/*.log\"]"), "{written}");
 }
 

@@ -463,7 +463,7 @@ pub struct SinkConfig {
     /// six-fold).
     #[serde(default)]
     pub pack_max_bytes: Option<ByteSize>,
-    /// Compress each record sent as a whole: `gzip` or `zstd`. With `pack_records`, an S3 object
+    /// Compress each record sent as a whole: `gzip` or `zstd` (or `zlib`, fluent-plugin-kinesis's). With `pack_records`, an S3 object
     /// is a concatenation of gzip members (zstd frames) that zcat, Athena and Spark read as one
     /// file; give the stream the file extension `.gz` (`.zst`). Refused where the destination
     /// reads each record (Elasticsearch, OpenSearch, HTTP endpoints, Lambda processing, format

@@ -332,6 +332,7 @@ fn translate_flow(
     }
     let mut output = StreamOutput {
         name: name_from(stream, service, index),
+        compression: None,
         stream: match kinesis {
             false => OutputStream::Firehose { delivery_stream: stream.to_owned() },
             // `partitionKeyOption` RANDOM (the default): a random key for each record.

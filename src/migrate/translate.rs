@@ -109,6 +109,8 @@ pub struct ParseTable {
 pub struct StreamOutput {
     pub name: String,
     pub stream: OutputStream,
+    /// fluent-plugin-kinesis's `compression`: each record compressed, as tailhose's is.
+    pub compression: Option<&'static str>,
     pub region: Option<String>,
     pub endpoint: Option<String>,
     pub append_newline: bool,
@@ -859,6 +861,7 @@ fn stream_output(section: &Directive, index: usize, notes: &mut Notes) -> Option
     let mut output = StreamOutput {
         name: name_from(stream_name, if kind == "kinesis_firehose" { "firehose" } else { "kinesis" }, index),
         stream,
+        compression: None,
         region: None,
         endpoint: None,
         append_newline: true,
@@ -875,6 +878,12 @@ fn stream_output(section: &Directive, index: usize, notes: &mut Notes) -> Option
         match param.key.as_str() {
             key if key == "@type" || key == stream_key => {}
             "partition_key" | "explicit_hash_key" | "fixed_partition_key" => kinesis_key(&mut output, param, notes),
+            // The plugin compresses each record it sends, as tailhose's `compression` does.
+            "compression" => match param.value.as_str() {
+                "gzip" => output.compression = Some("gzip"),
+                "zlib" => output.compression = Some("zlib"),
+                other => notes.push(Severity::ChangesDelivery, location, "compression", format!("`{other}` is neither zlib nor gzip")),
+            },
             "region" => output.region = Some(param.value.clone()),
             "endpoint" => output.endpoint = Some(param.value.clone()),
             "append_new_line" => output.append_newline = param.value != "false",
@@ -1243,6 +1252,9 @@ pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path
         if let Some(bytes) = output.max_batch_bytes {
             out.push_str(&format!("max_batch_bytes = {bytes}\n"));
         }
+        if let Some(compression) = output.compression {
+            out.push_str(&format!("compression = \"{compression}\"\n"));
+        }
     }
     out
 }
@@ -1289,7 +1301,7 @@ mod tests {
 
     #[test]
     fn a_copy_to_three_streams_is_three_sinks_for_one_source_and_a_store_tailhose_lacks_is_listed() {
-        let text = "<source>\n  @type tail\n  path /a/*.log\n  tag app\n</source>\n<match app>\n  @type copy\n  copy_mode deep\n  <store>\n    @type kinesis_firehose\n    delivery_stream_name one\n  </store>\n  <store ignore_error>\n    @type kinesis_streams\n    stream_name two\n    partition_key user_id\n  </store>\n  <store>\n    @type kinesis_streams_aggregated\n    stream_name three\n    fixed_partition_key app\n  </store>\n  <store>\n    @type s3\n  </store>\n</match>\n";
+        let text = "<source>\n  @type tail\n  path /a/*.log\n  tag app\n</source>\n<match app>\n  @type copy\n  copy_mode deep\n  <store>\n    @type kinesis_firehose\n    delivery_stream_name one\n  </store>\n  <store ignore_error>\n    @type kinesis_streams\n    stream_name two\n    partition_key user_id\n    compression zlib\n  </store>\n  <store>\n    @type kinesis_streams_aggregated\n    stream_name three\n    fixed_partition_key app\n  </store>\n  <store>\n    @type s3\n  </store>\n</match>\n";
         let translation = translated(text);
         let outputs: Vec<(&str, &[String])> =
             translation.outputs.iter().map(|output| (output.stream.name(), output.inputs.as_slice())).collect();
@@ -1297,6 +1309,7 @@ mod tests {
         assert_eq!(outputs, vec![("one", app), ("two", app), ("three", app)]);
         let keyed = KinesisStream { stream_name: "two".into(), partition_key_field: Some("user_id".into()), ..KinesisStream::default() };
         assert_eq!(translation.outputs[1].stream, OutputStream::Kinesis(keyed));
+        assert_eq!(translation.outputs[1].compression, Some("zlib"), "each record compressed, as the plugin did");
         let aggregated = KinesisStream {
             stream_name: "three".into(),
             fixed_partition_key: Some("app".into()),
@@ -1308,7 +1321,7 @@ mod tests {
             translation.notes.iter().map(|note| (note.severity, note.location.line, note.key.as_str())).collect();
         assert_eq!(
             notes,
-            vec![(Severity::Info, 8, "copy_mode"), (Severity::Info, 13, "<store ignore_error>"), (Severity::ChangesDelivery, 24, "@type")]
+            vec![(Severity::Info, 8, "copy_mode"), (Severity::Info, 13, "<store ignore_error>"), (Severity::ChangesDelivery, 25, "@type")]
         );
         let rendered = render_toml(&translation, "/var/lib/tailhose", Path::new("/etc/td-agent/td-agent.conf"));
         let config = Config::parse(&rendered, Path::new("/etc/tailhose/tailhose.toml")).expect("a valid configuration");

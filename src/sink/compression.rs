@@ -21,6 +21,9 @@ pub enum Compression {
     Gzip,
     /// Zstandard at level 3 (zstd's own default): as small as gzip's at a fraction of its CPU.
     Zstd,
+    /// RFC 1950 zlib at level 6: what fluent-plugin-kinesis's `compression zlib` sends, for
+    /// consumers written for it (zcat does not read it).
+    Zlib,
 }
 
 /// Level of each, the tools' defaults: measured on seed records in docs/performance.md.
@@ -40,6 +43,7 @@ impl Compression {
         match self {
             Compression::Gzip => "gzip",
             Compression::Zstd => "zstd",
+            Compression::Zlib => "zlib",
         }
     }
 
@@ -48,6 +52,7 @@ impl Compression {
         match self {
             Compression::Gzip => ".gz",
             Compression::Zstd => ".zst",
+            Compression::Zlib => ".zz",
         }
     }
 
@@ -64,6 +69,11 @@ impl Compression {
             Compression::Zstd => {
                 out = zstd::bulk::compress(data, ZSTD_LEVEL).unwrap_or_else(|_| unreachable!("zstd compresses any bytes in memory"));
             }
+            Compression::Zlib => {
+                let mut encoder = flate2::write::ZlibEncoder::new(out, flate2::Compression::new(GZIP_LEVEL));
+                let written = encoder.write_all(data).and_then(|()| encoder.finish());
+                out = written.unwrap_or_else(|_| unreachable!("a zlib encoder writing to memory does not fail"));
+            }
         }
         out
     }
@@ -75,6 +85,7 @@ impl Compression {
             // Several members read as their concatenation, as `zcat` reads them.
             Compression::Gzip => flate2::read::MultiGzDecoder::new(data).read_to_end(&mut out),
             Compression::Zstd => zstd::stream::read::Decoder::new(data).and_then(|mut decoder| decoder.read_to_end(&mut out)),
+            Compression::Zlib => flate2::read::ZlibDecoder::new(data).read_to_end(&mut out),
         };
         read.map(|_| out).map_err(|source| Undecodable { compression: self, source })
     }
@@ -84,7 +95,7 @@ impl Compression {
     pub fn max_growth(self, len: u64) -> u64 {
         match self {
             // Stored deflate blocks: 5 bytes per 16 KiB at worst; 18 bytes of header and trailer.
-            Compression::Gzip => len.div_ceil(16 * 1024) * 5 + 64,
+            Compression::Gzip | Compression::Zlib => len.div_ceil(16 * 1024) * 5 + 64,
             // ZSTD_COMPRESSBOUND: len / 256 plus a frame's header.
             Compression::Zstd => len / 256 + 64 + if len < 128 * 1024 { (128 * 1024 - len) >> 11 } else { 0 },
         }
@@ -97,7 +108,7 @@ mod tests {
 
     use super::*;
 
-    const BOTH: [Compression; 2] = [Compression::Gzip, Compression::Zstd];
+    const BOTH: [Compression; 3] = [Compression::Gzip, Compression::Zstd, Compression::Zlib];
 
     #[test]
     fn seed_like_lines_shrink_several_fold_and_gzip_members_concatenate_as_zcat_reads_them() {
