@@ -64,13 +64,14 @@ fn compression_is_refused_for_a_stream_that_makes_one_document_per_record() {
 }
 
 /// Every sink's records decompress, one complete member each, to the lines read; Kinesis's
-/// aggregated records are compressed whole (decompress, then deaggregate).
+/// aggregated records are compressed whole (decompress, then deaggregate), and a partition key
+/// taken from a field is the field's value, not a random key for bytes that are not JSON.
 #[test]
 fn every_sinks_records_decompress_one_by_one_to_the_lines_read() {
     for (kind, compression, sink_lines) in [
         (SinkKind::Firehose, "zstd", "pack_records = true"),
         (SinkKind::Firehose, "gzip", ""),
-        (SinkKind::KinesisStreams, "zstd", ""),
+        (SinkKind::KinesisStreams, "zstd", "partition_key_field = \"user_id\""),
         (SinkKind::KinesisAggregated, "gzip", ""),
     ] {
         let fake = FakeFirehose::start(Faults { fail_every_nth_record: Some(5), ..Faults::default() });
@@ -102,6 +103,13 @@ fn every_sinks_records_decompress_one_by_one_to_the_lines_read() {
             .collect();
         let counts = support::count_seqs(decompressed.iter().map(Vec::as_slice));
         assert_eq!(counts.len(), 5_000, "{kind:?} {compression}: every record");
+        if kind == SinkKind::KinesisStreams {
+            // Keys from a field are read from the record as it was before compression.
+            for (record, key) in decompressed.iter().zip(&seen.partition_keys) {
+                let value: serde_json::Value = serde_json::from_slice(record).expect("a JSON record");
+                assert_eq!(*key, value["user_id"].to_string(), "the partition key is the record's user_id");
+            }
+        }
         assert!(counts.values().all(|&count| count == 1), "{kind:?} {compression}: none twice, resends included");
         assert_eq!(seen.limit_violations, 0);
     }

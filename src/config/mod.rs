@@ -869,6 +869,7 @@ impl Config {
                         // Lines joined in one record are what a Firehose destination stores; a
                         // Kinesis consumer takes records one by one: aggregation is its packing.
                         ("pack_records", settings.pack_records),
+                        ("pack_max_bytes", settings.pack_max_bytes.is_some()),
                     ]
                 }
                 SinkType::Directory => {

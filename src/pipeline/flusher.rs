@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::acknowledger::{Acknowledger, Finished};
 use super::courier::{record_dead_letter, Courier, Delivery};
 use super::resender::{run_resender, Leftovers};
-use crate::config::{SinkSettings, SourceSettings};
+use crate::config::{kinesis_limits, SinkSettings, SourceSettings};
 use crate::events::{BatchDelivery, Events};
 use crate::queue::chunk::decode_chunk;
 use crate::queue::{ChunkAck, ChunkMeta, ChunkSeq, DeadLetter, DeadLetterReason, QueueError, RouteQueue, StoredChunk};
@@ -232,23 +232,6 @@ impl PendingBatch {
         delivery
     }
 
-    /// Finishes each record, once, as the batch leaves for the destination: the sink's own
-    /// finish (an aggregated record's envelope), then compression of the whole record.
-    fn seal(&mut self, sink: &Sink, compression: Option<Compression>) {
-        let mut sealed = OutgoingRecords::with_capacity(self.records.byte_len() / if compression.is_some() { 4 } else { 1 });
-        for index in 0..self.records.len() {
-            let packed = self.records.get(index);
-            let finished = sink.finished_record(packed);
-            let record = finished.as_deref().unwrap_or(packed);
-            self.before_compression.push(record.len() as u64);
-            match compression {
-                Some(compression) => sealed.push_record(&compression.compress(record), self.records.lines(index)),
-                None => sealed.push_record(record, self.records.lines(index)),
-            }
-        }
-        self.records = sealed;
-    }
-
     /// The ack entry for `chunk`, added on first use.
     fn ack_for(&mut self, chunk: &LoadedChunk) -> usize {
         if self.acks.last().is_some_and(|ack| ack.seq == chunk.seq) {
@@ -268,6 +251,24 @@ impl PendingBatch {
         self.chunk_paths.push(chunk.meta.path.clone());
         self.acks.len() - 1
     }
+}
+
+/// A batch's records finished, once, as it leaves for the destination: the sink's own finish
+/// (an aggregated record's envelope), then compression of each whole record. Returns them with
+/// each one's bytes before compression.
+fn seal(packed: &OutgoingRecords, sink: &Sink, compression: Option<Compression>) -> (OutgoingRecords, Vec<u64>) {
+    let mut sealed = OutgoingRecords::with_capacity(packed.byte_len() / if compression.is_some() { 4 } else { 1 });
+    let mut before_compression = Vec::with_capacity(packed.len());
+    for index in 0..packed.len() {
+        let finished = sink.finished_record(packed.get(index));
+        let record = finished.as_deref().unwrap_or(packed.get(index));
+        before_compression.push(record.len() as u64);
+        match compression {
+            Some(compression) => sealed.push_record(&compression.compress(record), packed.lines(index)),
+            None => sealed.push_record(record, packed.lines(index)),
+        }
+    }
+    (sealed, before_compression)
 }
 
 /// Whether filling stopped because the batch is full or the committed chunks ran out.
@@ -491,18 +492,15 @@ impl Flusher {
         let task = tokio::spawn(async move {
             if sealed && !batch.records.is_empty() {
                 // Compressing a 2 MiB batch is some 10 ms of CPU: off the runtime's threads.
-                let sink = courier.sink.clone();
-                batch = match tokio::task::spawn_blocking(move || {
-                    batch.seal(&sink, compression);
-                    batch
-                })
-                .await
-                {
-                    Ok(compressed) => compressed,
-                    // Only a panic of the sealing ends the closure early: this task fails
-                    // with it, and the flusher stops on the failed task (nothing is acknowledged).
-                    Err(error) => panic!("sealing a batch failed: {error}"),
-                };
+                let (sink, packed) = (courier.sink.clone(), std::mem::take(&mut batch.records));
+                match tokio::task::spawn_blocking(move || seal(&packed, &sink, compression)).await {
+                    Ok((records, before_compression)) => (batch.records, batch.before_compression) = (records, before_compression),
+                    // A panic of the compressor (a bug) fails this task with it: the flusher
+                    // stops, nothing of the batch is acknowledged, and it is sent after restart.
+                    Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                    // The runtime is shutting down: the batch stays queued, as at any stop.
+                    Err(_) => return (batch, Delivery::Abandoned),
+                }
             }
             let delivery = if batch.records.is_empty() { Delivery::Accepted } else { courier.deliver(&mut batch, calling).await };
             (batch, delivery)
@@ -549,7 +547,7 @@ impl Flusher {
                     batch.acks[ack].acked_records = chunk.next_record;
                     continue;
                 }
-                match batch.packer.offer(piece_len) {
+                match batch.packer.offer(piece_len + self.record_overhead()) {
                     Offer::Added => {
                         match self.settings.packing.map(|packing| packing.format) {
                             Some(PackFormat::Aggregated) => {
@@ -567,7 +565,9 @@ impl Flusher {
                         let limit = self.limits.max_record_bytes.unwrap_or(self.limits.max_bytes);
                         let detail = format!(
                             "record {} of chunk {} is {} bytes as sent; the destination takes at most {limit}",
-                            chunk.next_record, chunk.seq, piece_len
+                            chunk.next_record,
+                            chunk.seq,
+                            piece_len + self.record_overhead()
                         );
                         batch.dead_letters.push(record_dead_letter(
                             chunk.meta.file,
@@ -644,10 +644,15 @@ impl Flusher {
         super::on_blocking_thread(operation, self.storage_stall_timeout, work).await
     }
 
-    /// Whether the next line joins the batch's last record: packing is on and it fits.
+    /// Whether the next line joins the batch's last record: packing is on and it fits, within
+    /// `pack_max_bytes` and the destination's record limit (less what compression may add).
     fn packs_into_last(&self, batch: &PendingBatch, piece_len: u64) -> bool {
         let Some(packing) = self.settings.packing else { return false };
-        batch.records.last_len().is_some_and(|last| last as u64 + piece_len <= packing.max_bytes)
+        let record_limit = self.limits.max_record_bytes.unwrap_or(u64::MAX);
+        batch.records.last_len().is_some_and(|last| {
+            let packed = last as u64 + piece_len;
+            packed <= packing.max_bytes && packed + self.record_overhead() <= record_limit
+        })
     }
 
     /// The bytes a line of `line_len` bytes takes in a record sent: its newline, and in an
@@ -657,6 +662,16 @@ impl Flusher {
         match self.settings.packing.map(|packing| packing.format) {
             Some(PackFormat::Aggregated) => aggregation::framed_len(data_len) as u64,
             _ => data_len as u64,
+        }
+    }
+
+    /// The bytes a record sent has besides its lines: an aggregated record's envelope (with the
+    /// longest key it may have), added when its batch is sealed. Counted when the record starts,
+    /// so that the sealed batch stays within the call it was packed for.
+    fn record_overhead(&self) -> u64 {
+        match self.settings.packing.map(|packing| packing.format) {
+            Some(PackFormat::Aggregated) => aggregation::envelope_len(kinesis_limits::MAX_PARTITION_KEY_BYTES as usize) as u64,
+            _ => 0,
         }
     }
 }

@@ -89,6 +89,21 @@ pub fn aggregated_record(partition_key: &str, body: &[u8]) -> Vec<u8> {
     record
 }
 
+/// Bytes from an aggregated record's start that hold its partition key, at most: the magic,
+/// the table's key and length, and the longest key (256 characters of 4 bytes).
+pub const KEY_PREFIX_MAX_BYTES: usize = MAGIC.len() + 1 + 2 + 1024;
+
+/// The partition key in an aggregated record's table (from its first
+/// [`KEY_PREFIX_MAX_BYTES`] bytes): the key its user records have, and so the key it must be
+/// sent with, for a KCL consumer keeps only the user records whose key hashes into its shard.
+pub fn partition_key(record: &[u8]) -> Option<&str> {
+    let mut reader = Reader(record.strip_prefix(&MAGIC)?);
+    if reader.byte().ok()? != PARTITION_KEY_TABLE {
+        return None;
+    }
+    std::str::from_utf8(reader.length_delimited().ok()?).ok()
+}
+
 /// The data of each user record framed in `body`, in order.
 pub fn user_records(body: &[u8]) -> Result<Vec<&[u8]>, Malformed> {
     let mut reader = Reader(body);
@@ -253,6 +268,7 @@ mod tests {
             let record = aggregated_record(&key, &body);
             prop_assert_eq!(record.len(), envelope_len(key.len()) + body.len());
             let (keys, data) = deaggregate(&record).expect("deaggregates");
+            prop_assert_eq!(partition_key(&record[..record.len().min(KEY_PREFIX_MAX_BYTES)]), Some(key.as_str()));
             prop_assert_eq!(keys, vec![key]);
             prop_assert_eq!(data, expected);
         }

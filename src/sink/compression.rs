@@ -90,6 +90,19 @@ impl Compression {
         read.map(|_| out).map_err(|source| Undecodable { compression: self, source })
     }
 
+    /// The first `len` bytes (or fewer, if it holds fewer) of a record compressed by
+    /// [`Compression::compress`], decompressing no more than that.
+    pub fn decompress_prefix(self, data: &[u8], len: usize) -> Result<Vec<u8>, Undecodable> {
+        let mut out = Vec::with_capacity(len);
+        let limit = len as u64;
+        let read = match self {
+            Compression::Gzip => flate2::read::MultiGzDecoder::new(data).take(limit).read_to_end(&mut out),
+            Compression::Zstd => zstd::stream::read::Decoder::new(data).and_then(|decoder| decoder.take(limit).read_to_end(&mut out)),
+            Compression::Zlib => flate2::read::ZlibDecoder::new(data).take(limit).read_to_end(&mut out),
+        };
+        read.map(|_| out).map_err(|source| Undecodable { compression: self, source })
+    }
+
     /// How many bytes compressing `len` bytes may add at most: incompressible data is stored, in
     /// blocks with a few bytes of framing each, behind a header and a trailer.
     pub fn max_growth(self, len: u64) -> u64 {
@@ -150,6 +163,8 @@ mod tests {
                 let compressed = compression.compress(&data);
                 prop_assert!(compressed.len() as u64 <= data.len() as u64 + compression.max_growth(data.len() as u64));
                 prop_assert_eq!(compression.decompress(&compressed).expect("decompresses"), data.clone());
+                let prefix = compression.decompress_prefix(&compressed, 1_000).expect("a prefix");
+                prop_assert_eq!(&prefix[..], &data[..data.len().min(1_000)]);
             }
         }
     }

@@ -30,6 +30,7 @@ use aws_sdk_kinesis::Client;
 
 use super::aggregation;
 use super::aws::{self, Endpoint, Fixes};
+use super::compression::Compression;
 use super::{OutgoingRecords, RecordOutcome, SinkError, SinkSetupError};
 use crate::config::kinesis_limits;
 
@@ -45,6 +46,9 @@ pub struct KinesisSink {
     stream_name: String,
     keys: RecordKeys,
     aggregate: bool,
+    /// How records were compressed when their batch was sealed: keys are read from what was
+    /// compressed.
+    compression: Option<Compression>,
 }
 
 /// How each record's partition key is chosen.
@@ -98,11 +102,15 @@ impl RecordKeys {
         format!("{:016x}", value ^ (value >> 31))
     }
 
-    /// The partition key and explicit hash key of `record` (its bytes as sent).
+    /// Whether a key comes from a field of the record.
+    fn reads_fields(&self) -> bool {
+        matches!(self.partition_key, PartitionKey::Field(_)) || self.explicit_hash_key.is_some()
+    }
+
+    /// The partition key and explicit hash key of `record` (its bytes as read, with the newline).
     fn of(&self, record: &[u8]) -> (String, Option<String>) {
-        let fields = matches!(self.partition_key, PartitionKey::Field(_)) || self.explicit_hash_key.is_some();
         // Parsed once for both keys; a record that is not JSON has no fields.
-        let parsed = fields.then(|| serde_json::from_slice::<serde_json::Value>(record).ok()).flatten();
+        let parsed = self.reads_fields().then(|| serde_json::from_slice::<serde_json::Value>(record).ok()).flatten();
         let field = |path: &FieldPath| parsed.as_ref().and_then(|record| path.find(record)).and_then(key_text);
         let partition_key = match &self.partition_key {
             PartitionKey::Fixed(key) => Some(key.clone()),
@@ -142,9 +150,11 @@ fn cut_to_key_length(key: &str) -> String {
     }
 }
 
-/// Whether `key` is an explicit hash key Kinesis takes: a decimal number below 2^128.
+/// Whether `key` is an explicit hash key Kinesis takes: a decimal number below 2^128 written
+/// as Kinesis's pattern `0|([1-9]\d{0,38})` has it (no leading zero: `007` fails the whole call).
 fn is_hash_key(key: &str) -> bool {
-    !key.is_empty() && key.bytes().all(|byte| byte.is_ascii_digit()) && key.parse::<u128>().is_ok()
+    let canonical = key == "0" || !key.starts_with('0');
+    canonical && !key.is_empty() && key.bytes().all(|byte| byte.is_ascii_digit()) && key.parse::<u128>().is_ok()
 }
 
 impl KinesisSink {
@@ -152,6 +162,7 @@ impl KinesisSink {
         stream_name: &str,
         keys: RecordKeys,
         aggregate: bool,
+        compression: Option<Compression>,
         endpoint: Endpoint<'_>,
     ) -> Result<KinesisSink, SinkSetupError> {
         let shared = aws::shared_config(&endpoint).await?;
@@ -161,7 +172,7 @@ impl KinesisSink {
         if let Some(url) = endpoint.endpoint_url {
             config = config.endpoint_url(url);
         }
-        Ok(KinesisSink { client: Client::from_conf(config.build()), stream_name: stream_name.to_owned(), keys, aggregate })
+        Ok(KinesisSink { client: Client::from_conf(config.build()), stream_name: stream_name.to_owned(), keys, aggregate, compression })
     }
 
     /// Whether each record sent is a KPL aggregated record.
@@ -187,10 +198,33 @@ impl KinesisSink {
         outcomes_of(&output, which.len())
     }
 
+    /// The key an aggregated record is sent with: the one in its table, which its user records
+    /// have (a KCL consumer drops the user records whose key hashes outside its shard). It was
+    /// wrapped, and maybe compressed, when its batch was sealed; only its first bytes are read.
+    fn key_of_aggregated(&self, record: &[u8]) -> String {
+        let prefix = match self.compression {
+            Some(compression) => compression.decompress_prefix(record, aggregation::KEY_PREFIX_MAX_BYTES).ok(),
+            None => Some(record[..record.len().min(aggregation::KEY_PREFIX_MAX_BYTES)].to_vec()),
+        };
+        // tailhose wrapped it: a record without a readable key is not one it sends.
+        prefix.as_deref().and_then(aggregation::partition_key).map_or_else(|| self.keys.of_aggregated(), str::to_owned)
+    }
+
+    /// The keys of a record, from its fields as read: a compressed record is decompressed first
+    /// when a key comes from a field.
+    fn keys_of(&self, record: &[u8]) -> (String, Option<String>) {
+        match self.compression.filter(|_| self.keys.reads_fields()) {
+            Some(compression) => match compression.decompress(record) {
+                Ok(plain) => self.keys.of(&plain),
+                Err(_) => self.keys.of(b""),
+            },
+            None => self.keys.of(record),
+        }
+    }
+
     /// The `PutRecords` entry of one record sent.
     fn entry(&self, record: &[u8]) -> Result<PutRecordsRequestEntry, SinkError> {
-        // An aggregated record was wrapped (and maybe compressed) when its batch was sealed.
-        let (partition_key, explicit_hash_key) = if self.aggregate { (self.keys.of_aggregated(), None) } else { self.keys.of(record) };
+        let (partition_key, explicit_hash_key) = if self.aggregate { (self.key_of_aggregated(record), None) } else { self.keys_of(record) };
         PutRecordsRequestEntry::builder()
             .data(Blob::new(record.to_vec()))
             .partition_key(partition_key)
@@ -253,7 +287,7 @@ mod tests {
             .retry_config(RetryConfig::disabled())
             .http_client(capture)
             .build();
-        (KinesisSink { client: Client::from_conf(config), stream_name: "conect".into(), keys, aggregate }, request)
+        (KinesisSink { client: Client::from_conf(config), stream_name: "conect".into(), keys, aggregate, compression: None }, request)
     }
 
     fn records(lines: &[&[u8]]) -> OutgoingRecords {
@@ -293,13 +327,19 @@ mod tests {
         let keys = RecordKeys::new(PartitionKey::Fixed("events".into()), Some(FieldPath::parse("hash").expect("a path")));
         let (sink, request) = sink_answering(None, keys, false);
         let too_large = format!(r#"{{"hash": "{}"}}"#, u128::MAX as f64 * 2.0);
-        let lines: [&[u8]; 4] =
-            [br#"{"hash": "340282366920938463463374607431768211455"}"#, br#"{"hash": 7}"#, br#"{"hash": "-1"}"#, too_large.as_bytes()];
-        let _ = sink.put(&records(&lines), &[0, 1, 2, 3]).await;
+        let lines: [&[u8]; 6] = [
+            br#"{"hash": "340282366920938463463374607431768211455"}"#,
+            br#"{"hash": 7}"#,
+            br#"{"hash": "-1"}"#,
+            too_large.as_bytes(),
+            br#"{"hash": "007"}"#,
+            br#"{"hash": "0"}"#,
+        ];
+        let _ = sink.put(&records(&lines), &[0, 1, 2, 3, 4, 5]).await;
         let body = sent_entries(request);
         let entries = body["Records"].as_array().expect("records");
         let hash_keys: Vec<Option<&str>> = entries.iter().map(|entry| entry["ExplicitHashKey"].as_str()).collect();
-        assert_eq!(hash_keys, [Some("340282366920938463463374607431768211455"), Some("7"), None, None]);
+        assert_eq!(hash_keys, [Some("340282366920938463463374607431768211455"), Some("7"), None, None, None, Some("0")]);
         assert!(entries.iter().all(|entry| entry["PartitionKey"] == "events"));
     }
 

@@ -252,7 +252,7 @@ impl Sink {
                     ca_file: ca_file.as_deref(),
                 };
                 let keys = kinesis::RecordKeys::new(partition_key.clone(), explicit_hash_key.clone());
-                Ok(Sink::KinesisStreams(KinesisSink::connect(stream_name, keys, *aggregate, endpoint).await?))
+                Ok(Sink::KinesisStreams(KinesisSink::connect(stream_name, keys, *aggregate, settings.compression, endpoint).await?))
             }
             SinkDestination::Directory { path } => Ok(Sink::Directory(DirectorySink::new(path.clone(), settings.name.clone()))),
         }
@@ -280,12 +280,10 @@ impl Sink {
     pub fn limits(&self, settings: &SinkSettings) -> BatchLimits {
         let (max_record_bytes, billing_unit_bytes) = match self {
             Sink::Firehose(_) => (Some(firehose_limits::MAX_RECORD_BYTES), BILLING_UNIT_BYTES),
-            // What a record carries besides the bytes packed into it: its partition key, and an
-            // aggregated record's envelope (magic, key table, digest).
-            Sink::KinesisStreams(sink) => {
-                let key = kinesis_limits::MAX_PARTITION_KEY_BYTES;
-                let envelope = if sink.aggregates() { aggregation::envelope_len(key as usize) as u64 } else { 0 };
-                (Some(kinesis_limits::MAX_RECORD_BYTES - key - envelope), KINESIS_BILLING_UNIT_BYTES)
+            // A record carries its partition key besides its data. An aggregated record's
+            // envelope is counted by the flusher as part of the record (`record_overhead`).
+            Sink::KinesisStreams(_) => {
+                (Some(kinesis_limits::MAX_RECORD_BYTES - kinesis_limits::MAX_PARTITION_KEY_BYTES), KINESIS_BILLING_UNIT_BYTES)
             }
             Sink::Directory(_) => (None, BILLING_UNIT_BYTES),
         };
