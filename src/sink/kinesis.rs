@@ -24,13 +24,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_kinesis::operation::put_records::PutRecordsOutput;
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
 
 use super::aggregation;
 use super::aws::{self, Endpoint, Fixes};
 use super::compression::Compression;
+use super::request::{put_records_body, EntryKeys, OurBody};
 use super::{OutgoingRecords, RecordOutcome, SinkError, SinkSetupError};
 use crate::config::kinesis_limits;
 
@@ -186,12 +185,17 @@ impl KinesisSink {
     }
 
     pub async fn put(&self, records: &OutgoingRecords, which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
-        let entries = which.iter().map(|&index| self.entry(records.get(index))).collect::<Result<Vec<_>, _>>()?;
+        let keys: Vec<EntryKeys> = which.iter().map(|&index| self.keys_of_sent(records.get(index))).collect();
+        // The SDK serializes an empty record list; the body it signs and sends is ours, the
+        // document it would write, written in one pass (see [`super::request`]).
+        let body = OurBody::new(put_records_body(&self.stream_name, records, which, &keys));
         let output = self
             .client
             .put_records()
             .stream_name(&self.stream_name)
-            .set_records(Some(entries))
+            .set_records(Some(Vec::new()))
+            .customize()
+            .interceptor(body)
             .send()
             .await
             .map_err(|error| aws::classify(error, &FIXES))?;
@@ -222,15 +226,10 @@ impl KinesisSink {
         }
     }
 
-    /// The `PutRecords` entry of one record sent.
-    fn entry(&self, record: &[u8]) -> Result<PutRecordsRequestEntry, SinkError> {
+    /// The keys one record sent goes with.
+    fn keys_of_sent(&self, record: &[u8]) -> EntryKeys {
         let (partition_key, explicit_hash_key) = if self.aggregate { (self.key_of_aggregated(record), None) } else { self.keys_of(record) };
-        PutRecordsRequestEntry::builder()
-            .data(Blob::new(record.to_vec()))
-            .partition_key(partition_key)
-            .set_explicit_hash_key(explicit_hash_key)
-            .build()
-            .map_err(|error| SinkError::Transient { message: format!("a PutRecords entry could not be built: {error}") })
+        EntryKeys { partition_key, explicit_hash_key }
     }
 }
 
@@ -388,6 +387,55 @@ mod tests {
         let throttled = r#"{"__type":"ProvisionedThroughputExceededException","message":"Rate exceeded"}"#;
         let (sink, _request) = sink_answering(Some((400, throttled)), keys(), false);
         assert!(matches!(sink.put(&records(&lines), &[0, 1]).await, Err(SinkError::Throttled { .. })));
+    }
+
+    /// The body tailhose writes itself is byte for byte the one aws-sdk-kinesis's serializer
+    /// writes for the same records and keys, and it is what `put` signs and sends.
+    #[tokio::test]
+    async fn the_body_put_sends_is_the_one_the_sdk_would_write() {
+        use aws_sdk_kinesis::primitives::Blob;
+        use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+        let lines: [&[u8]; 3] =
+            ["{\"user\": {\"id\": \"\u{d55c}\\\"\"}, \"hash\": \"7\"}".as_bytes(), br#"{"user": {"id": 3}}"#, b"x\\\x7f"];
+        let keys = || {
+            RecordKeys::new(
+                PartitionKey::Field(FieldPath::parse("user.id").expect("a path")),
+                Some(FieldPath::parse("hash").expect("a path")),
+            )
+        };
+        let (sdk_sink, sdk_request) = sink_answering(None, keys(), false);
+        let mut call = sdk_sink.client.put_records().stream_name("conect");
+        let batch = records(&lines);
+        for index in 0..batch.len() {
+            let EntryKeys { partition_key, explicit_hash_key } = sdk_sink.keys_of_sent(batch.get(index));
+            let partition_key = if index == 2 { "fixed-for-the-comparison".to_owned() } else { partition_key };
+            call = call.records(
+                PutRecordsRequestEntry::builder()
+                    .data(Blob::new(batch.get(index).to_vec()))
+                    .partition_key(partition_key)
+                    .set_explicit_hash_key(explicit_hash_key)
+                    .build()
+                    .expect("an entry"),
+            );
+        }
+        let _ = call.send().await;
+        let sdk_body = sdk_request.expect_request().body().bytes().expect("in memory").to_vec();
+
+        let (sink, request) = sink_answering(None, keys(), false);
+        let mut sent_keys: Vec<EntryKeys> = (0..batch.len()).map(|index| sink.keys_of_sent(batch.get(index))).collect();
+        sent_keys[2].partition_key = "fixed-for-the-comparison".into();
+        assert_eq!(
+            String::from_utf8_lossy(&put_records_body("conect", &batch, &[0, 1, 2], &sent_keys)),
+            String::from_utf8_lossy(&sdk_body)
+        );
+        let _ = sink.put(&batch, &[0, 1, 2]).await;
+        let sent = request.expect_request();
+        let body = sent.body().bytes().expect("in memory");
+        assert_eq!(sent.headers().get("content-length"), Some(body.len().to_string().as_str()));
+        assert!(sent.headers().get("authorization").is_some_and(|value| value.starts_with("AWS4-HMAC-SHA256")), "signed");
+        let document: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+        assert_eq!(document["Records"][0]["PartitionKey"], "\u{d55c}\"");
+        assert_eq!(document["Records"][0]["ExplicitHashKey"], "7");
     }
 
     #[test]
