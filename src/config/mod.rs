@@ -421,10 +421,11 @@ pub struct SinkConfig {
     pub append_newline: bool,
     #[serde(default = "default_max_batch_records")]
     pub max_batch_records: u32,
-    /// Bytes of records in one call: 2 MiB by default, at most 4 MiB (Firehose's limit). Once a
-    /// pace is learned or set (`max_bytes_per_sec`), calls carry at most a tenth of a second of it.
-    #[serde(default = "default_max_batch_bytes")]
-    pub max_batch_bytes: ByteSize,
+    /// Bytes of records in one call: 2 MiB by default (1 MiB with `aggregate`), at most 4 MiB
+    /// (Firehose's limit). Once a pace is learned or set (`max_bytes_per_sec`), calls carry at
+    /// most a tenth of a second of it.
+    #[serde(default)]
+    pub max_batch_bytes: Option<ByteSize>,
     /// Retry back-off: first delay and cap. Retries never stop on their own; they only slow down.
     #[serde(default = "default_retry_initial", with = "humantime_serde")]
     pub retry_initial_backoff: Duration,
@@ -798,11 +799,12 @@ impl Config {
                 );
             }
             let max_bytes = firehose_limits::MAX_BATCH_BYTES;
-            if settings.max_batch_bytes.0 < firehose_limits::MAX_RECORD_BYTES || settings.max_batch_bytes.0 > max_bytes {
+            let batch_bytes = sink_max_batch_bytes(settings);
+            if batch_bytes < firehose_limits::MAX_RECORD_BYTES || batch_bytes > max_bytes {
                 report(
                     format!("{key}.max_batch_bytes"),
                     sink.span(),
-                    format!("must be between 1000KiB (one record) and 4MiB (the PutRecordBatch limit), not {}", settings.max_batch_bytes.0),
+                    format!("must be between 1000KiB (one record) and 4MiB (the PutRecordBatch limit), not {batch_bytes}"),
                 );
             }
             if settings.retain_acked.is_some_and(|age| age.is_zero()) || settings.retain_acked_bytes.is_some_and(|size| size.0 == 0) {
@@ -968,7 +970,7 @@ impl Config {
                     flush_interval: sink.flush_interval,
                     append_newline: sink.append_newline,
                     max_batch_records: sink.max_batch_records,
-                    max_batch_bytes: sink.max_batch_bytes.0,
+                    max_batch_bytes: sink_max_batch_bytes(sink),
                     retry_initial_backoff: sink.retry_initial_backoff,
                     retry_max_backoff: sink.retry_max_backoff,
                     retention: Retention { max_age: sink.retain_acked, max_bytes: sink.retain_acked_bytes.map(|size| size.0) },
@@ -1118,11 +1120,15 @@ fn default_flush_interval() -> Duration {
 fn default_max_batch_records() -> u32 {
     firehose_limits::MAX_BATCH_RECORDS
 }
-/// Half of Firehose's limit: each of the `max_in_flight` calls holds its records until
-/// acknowledged, and with packed records 4 MiB batches cost 3–5 MiB more memory at the same
-/// speed (docs/performance.md). Seed-sized records reach the 500-record limit first either way.
-fn default_max_batch_bytes() -> ByteSize {
-    ByteSize(firehose_limits::MAX_BATCH_BYTES / 2)
+/// A sink's `max_batch_bytes`, or its default: half of Firehose's limit, since each of the
+/// `max_in_flight` calls holds its records until acknowledged, and with packed records 4 MiB
+/// batches cost 3–5 MiB more memory at the same speed (docs/performance.md); seed-sized records
+/// reach the 500-record limit first either way. Aggregated batches are sealed into a copy with
+/// their envelopes: 1 MiB keeps peak RSS under 50 MiB (52.9 MiB at 2 MiB, 46.8 at 1 MiB, the
+/// same speed: `cargo bench --bench end_to_end`, "kinesis_streams aggregated, TLS").
+fn sink_max_batch_bytes(sink: &SinkConfig) -> u64 {
+    let aggregated = sink.sink_type == SinkType::KinesisStreams && sink.aggregate;
+    sink.max_batch_bytes.map_or(firehose_limits::MAX_BATCH_BYTES / if aggregated { 4 } else { 2 }, |size| size.0)
 }
 fn default_retry_initial() -> Duration {
     Duration::from_millis(100)

@@ -274,6 +274,7 @@ fn a_kinesis_sink_takes_a_partition_key_from_a_field_a_fixed_one_or_random_ones(
     );
     assert_eq!(aggregated.packing, Some(Packing { format: PackFormat::Aggregated, max_bytes: aggregation::BODY_MAX_BYTES }));
     assert_eq!(aggregated.max_in_flight, 4, "aggregated batches are as large as packed ones");
+    assert_eq!(aggregated.max_batch_bytes, 1024 * 1024, "half of packed batches': sealing copies them");
 }
 
 #[test]

@@ -490,7 +490,11 @@ impl Flusher {
         let compression = self.settings.compression;
         let sealed = compression.is_some() || self.settings.packing.is_some_and(|packing| packing.format == PackFormat::Aggregated);
         let task = tokio::spawn(async move {
-            if sealed && !batch.records.is_empty() {
+            if sealed && compression.is_none() && !batch.records.is_empty() {
+                // Only envelopes to add: a copy, done here (on the blocking pool, each thread's
+                // allocator kept its own 2 MiB buffers: 8 MiB more peak RSS with aggregation).
+                (batch.records, batch.before_compression) = seal(&batch.records, &courier.sink, None);
+            } else if sealed && !batch.records.is_empty() {
                 // Compressing a 2 MiB batch is some 10 ms of CPU: off the runtime's threads.
                 let (sink, packed) = (courier.sink.clone(), std::mem::take(&mut batch.records));
                 match tokio::task::spawn_blocking(move || seal(&packed, &sink, compression)).await {
