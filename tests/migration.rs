@@ -184,7 +184,7 @@ fn an_import_that_would_change_delivery_lists_every_point_with_its_line_and_exit
     let fluentd = workspace.path().join("td-agent.conf");
     std::fs::write(
         &fluentd,
-        "<source>\n  @type forward\n</source>\n<source>\n  @type tail\n  path /var/log/app/*.log\n  pos_file /var/log/td-agent/app.pos\n  tag app.web\n  <parse>\n    @type regexp\n  </parse>\n</source>\n<filter app.**>\n  @type grep\n</filter>\n<match app.**>\n  @type kinesis_firehose\n  delivery_stream_name web\n  aws_key_id AKIAEXAMPLE\n  compression gzip\n</match>\n",
+        "<source>\n  @type forward\n</source>\n<source>\n  @type tail\n  path /var/log/app/*.log\n  pos_file /var/log/td-agent/app.pos\n  tag app.web\n  <parse>\n    @type regexp\n  </parse>\n</source>\n<filter app.**>\n  @type grep\n</filter>\n<match app.**>\n  @type kinesis_firehose\n  delivery_stream_name web\n  aws_key_id AKIAEXAMPLE\n  compression lz4\n</match>\n",
     )
     .expect("write");
     let output = import(&workspace, &fluentd);
