@@ -602,17 +602,11 @@ impl SourceSettings {
 pub enum SinkDestination {
     Firehose {
         delivery_stream: String,
-        region: Option<String>,
-        endpoint_url: Option<String>,
-        request_timeout: Duration,
-        ca_file: Option<PathBuf>,
+        endpoint: AwsEndpoint,
     },
     KinesisStreams {
         stream_name: String,
-        region: Option<String>,
-        endpoint_url: Option<String>,
-        request_timeout: Duration,
-        ca_file: Option<PathBuf>,
+        endpoint: AwsEndpoint,
         partition_key: PartitionKey,
         explicit_hash_key: Option<FieldPath>,
         aggregate: bool,
@@ -620,6 +614,17 @@ pub enum SinkDestination {
     Directory {
         path: PathBuf,
     },
+}
+
+/// Where and how an AWS sink (Firehose, Kinesis) connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsEndpoint {
+    /// When absent, the AWS default chain (AWS_REGION, profile) decides.
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub request_timeout: Duration,
+    /// Extra certificate authorities (PEM) to trust, besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A sink's resolved settings, as the flusher uses them.
@@ -943,20 +948,17 @@ impl Config {
             .iter()
             .filter_map(|(name, sink)| {
                 let sink = sink.get_ref();
+                let endpoint = AwsEndpoint {
+                    region: sink.region.clone(),
+                    endpoint_url: sink.endpoint_url.clone(),
+                    request_timeout: sink.request_timeout,
+                    ca_file: sink.ca_file.clone(),
+                };
                 let destination = match sink.sink_type {
-                    SinkType::Firehose => SinkDestination::Firehose {
-                        delivery_stream: sink.delivery_stream.clone()?,
-                        region: sink.region.clone(),
-                        endpoint_url: sink.endpoint_url.clone(),
-                        request_timeout: sink.request_timeout,
-                        ca_file: sink.ca_file.clone(),
-                    },
+                    SinkType::Firehose => SinkDestination::Firehose { delivery_stream: sink.delivery_stream.clone()?, endpoint },
                     SinkType::KinesisStreams => SinkDestination::KinesisStreams {
                         stream_name: sink.stream_name.clone()?,
-                        region: sink.region.clone(),
-                        endpoint_url: sink.endpoint_url.clone(),
-                        request_timeout: sink.request_timeout,
-                        ca_file: sink.ca_file.clone(),
+                        endpoint,
                         partition_key: sink_partition_key(sink).ok()?,
                         explicit_hash_key: sink.explicit_hash_key_field.as_deref().map(FieldPath::parse).transpose().ok()?,
                         aggregate: sink.aggregate,

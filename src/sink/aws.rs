@@ -1,5 +1,6 @@
-//! What the AWS sinks (Firehose, Kinesis Data Streams) share: how a client is configured and how
-//! a failed call is sorted into what the flusher can do about it.
+//! What the AWS sinks (Firehose, Kinesis Data Streams) share: how a client is configured, how a
+//! successful answer is checked and read entry by entry, and how a failed call is sorted into
+//! what the flusher can do about it.
 //!
 //! Both SDKs take the same shared configuration (the default credential chain, the region, the
 //! HTTPS client of [`super::https_client`]) and the same per-client settings: no SDK retries (one
@@ -9,7 +10,6 @@
 //! the service's own keys and permissions.
 
 use std::error::Error;
-use std::path::Path;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -22,26 +22,18 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use aws_smithy_types::retry::ReconnectMode;
 
 use super::https_client::https_client;
-use super::{SinkError, SinkSetupError};
-
-/// Where and how an AWS sink connects.
-pub struct Endpoint<'a> {
-    pub region: Option<&'a str>,
-    pub endpoint_url: Option<&'a str>,
-    pub request_timeout: Duration,
-    /// Extra certificate authorities (PEM) to trust, besides the system's.
-    pub ca_file: Option<&'a Path>,
-}
+use super::{RecordOutcome, SinkError, SinkSetupError};
+use crate::config::AwsEndpoint;
 
 /// The configuration every AWS client of a sink starts from: credentials from the default chain
 /// (environment, profile, SSO, IMDS; none are ever configured in tailhose), the region, and
 /// calls through [`https_client`] (extra CAs, proxies from the environment).
-pub async fn shared_config(endpoint: &Endpoint<'_>) -> Result<SdkConfig, SinkSetupError> {
+pub async fn shared_config(endpoint: &AwsEndpoint) -> Result<SdkConfig, SinkSetupError> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(region) = endpoint.region {
-        loader = loader.region(Region::new(region.to_owned()));
+    if let Some(region) = &endpoint.region {
+        loader = loader.region(Region::new(region.clone()));
     }
-    Ok(loader.http_client(https_client(endpoint.ca_file)?).load().await)
+    Ok(loader.http_client(https_client(endpoint.ca_file.as_deref())?).load().await)
 }
 
 /// The SDK's retries are off: retries are the courier's (paced, per record). A 5xx or a throttle
@@ -56,6 +48,59 @@ pub fn retry_config() -> RetryConfig {
 /// A call that has not answered within the sink's `request_timeout` is abandoned and retried.
 pub fn timeout_config(request_timeout: Duration) -> TimeoutConfig {
     TimeoutConfig::builder().operation_timeout(request_timeout).build()
+}
+
+/// One entry of a successful `PutRecordBatch` or `PutRecords` answer: an error code (with its
+/// message), or the id the service gave the record it took.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerEntry<'a> {
+    pub error_code: Option<&'a str>,
+    pub error_message: Option<&'a str>,
+    /// A `RecordId` (Firehose) or a `SequenceNumber` (Kinesis) was given.
+    pub has_id: bool,
+}
+
+impl AnswerEntry<'_> {
+    /// What the entry says of its record.
+    pub fn outcome(&self) -> RecordOutcome {
+        match self.error_code {
+            None => RecordOutcome::Accepted,
+            Some(code) => RecordOutcome::Failed { code: code.to_owned(), message: self.error_message.unwrap_or_default().to_owned() },
+        }
+    }
+}
+
+/// The names a service gives an answer's parts, for the messages.
+pub struct AnswerTerms {
+    pub service: &'static str,
+    pub failed_count: &'static str,
+    pub id: &'static str,
+}
+
+/// What an answer says of each of `sent` records. An answer that contradicts itself (not one
+/// entry per record, its failed count not the number of entries with an error code, an entry
+/// with neither an id nor an error code) cannot be relied on: the call is sent again whole, as
+/// after a lost answer, rather than taking a record for accepted on its word.
+pub fn outcomes_of<E>(
+    entries: &[E],
+    read: impl Fn(&E) -> AnswerEntry<'_>,
+    failed_count: i64,
+    sent: usize,
+    terms: &AnswerTerms,
+) -> Result<Vec<RecordOutcome>, SinkError> {
+    let AnswerTerms { service, failed_count: count_name, id } = terms;
+    let unreliable = |why: String| Err(SinkError::Transient { message: format!("{why}; resending the batch") });
+    if entries.len() != sent {
+        return unreliable(format!("{service} answered {} entries for {sent} records", entries.len()));
+    }
+    let failed = entries.iter().filter(|entry| read(entry).error_code.is_some()).count();
+    if failed_count != failed as i64 {
+        return unreliable(format!("{service} answered {count_name} {failed_count} with {failed} entries failed"));
+    }
+    if let Some(index) = entries.iter().position(|entry| read(entry).error_code.is_none() && !read(entry).has_id) {
+        return unreliable(format!("{service} answered entry {index} with neither a {id} nor an ErrorCode"));
+    }
+    Ok(entries.iter().map(|entry| read(entry).outcome()).collect())
 }
 
 /// What a message suggests for the failures only an operator can fix, in a service's own words.

@@ -7,14 +7,15 @@
 
 use aws_sdk_firehose::error::DisplayErrorContext;
 use aws_sdk_firehose::operation::put_record_batch::PutRecordBatchOutput;
-use aws_sdk_firehose::types::CompressionFormat;
+use aws_sdk_firehose::types::{CompressionFormat, PutRecordBatchResponseEntry};
 use aws_sdk_firehose::Client;
 
 use super::answer::ReadAnswersOurselves;
-use super::aws::{self, Endpoint, Fixes};
+use super::aws::{self, AnswerEntry, AnswerTerms, Fixes};
 use super::compression::Compression;
 use super::request::{put_record_batch_body, OurBody};
 use super::{OutgoingRecords, RecordOutcome, SinkError, SinkSetupError};
+use crate::config::AwsEndpoint;
 
 pub struct FirehoseSink {
     client: Client,
@@ -29,12 +30,12 @@ const FIXES: Fixes = Fixes {
 };
 
 impl FirehoseSink {
-    pub async fn connect(delivery_stream: &str, endpoint: Endpoint<'_>) -> Result<FirehoseSink, SinkSetupError> {
-        let shared = aws::shared_config(&endpoint).await?;
+    pub async fn connect(delivery_stream: &str, endpoint: &AwsEndpoint) -> Result<FirehoseSink, SinkSetupError> {
+        let shared = aws::shared_config(endpoint).await?;
         let mut config = aws_sdk_firehose::config::Builder::from(&shared)
             .retry_config(aws::retry_config())
             .timeout_config(aws::timeout_config(endpoint.request_timeout));
-        if let Some(url) = endpoint.endpoint_url {
+        if let Some(url) = &endpoint.endpoint_url {
             config = config.endpoint_url(url);
         }
         Ok(FirehoseSink { client: Client::from_conf(config.build()), delivery_stream: delivery_stream.to_owned() })
@@ -59,32 +60,15 @@ impl FirehoseSink {
     }
 }
 
-/// What an answer says of each of `sent` records. An answer that contradicts itself (not one
-/// entry per record, `FailedPutCount` not the number of entries with an error code, an entry
-/// with neither a `RecordId` nor an `ErrorCode`) cannot be relied on: the call is sent again
-/// whole, as after a lost answer, rather than taking a record for accepted on its word.
+/// What an answer says of each of `sent` records (see [`aws::outcomes_of`]).
 fn outcomes_of(output: &PutRecordBatchOutput, sent: usize) -> Result<Vec<RecordOutcome>, SinkError> {
-    let responses = output.request_responses();
-    let unreliable = |why: String| Err(SinkError::Transient { message: format!("{why}; resending the batch") });
-    if responses.len() != sent {
-        return unreliable(format!("Firehose answered {} entries for {sent} records", responses.len()));
-    }
-    let failed = responses.iter().filter(|entry| entry.error_code().is_some()).count();
-    if i64::from(output.failed_put_count()) != failed as i64 {
-        return unreliable(format!("Firehose answered FailedPutCount {} with {failed} entries failed", output.failed_put_count()));
-    }
-    if let Some(index) = responses.iter().position(|entry| entry.error_code().is_none() && entry.record_id().is_none()) {
-        return unreliable(format!("Firehose answered entry {index} with neither a RecordId nor an ErrorCode"));
-    }
-    Ok(responses.iter().map(outcome_of).collect())
+    let terms = AnswerTerms { service: "Firehose", failed_count: "FailedPutCount", id: "RecordId" };
+    aws::outcomes_of(output.request_responses(), answer_entry, i64::from(output.failed_put_count()), sent, &terms)
 }
 
-/// What one answer entry says of its record.
-fn outcome_of(entry: &aws_sdk_firehose::types::PutRecordBatchResponseEntry) -> RecordOutcome {
-    match entry.error_code() {
-        None => RecordOutcome::Accepted,
-        Some(code) => RecordOutcome::Failed { code: code.to_owned(), message: entry.error_message().unwrap_or_default().to_owned() },
-    }
+/// One entry of a `PutRecordBatch` answer.
+fn answer_entry(entry: &PutRecordBatchResponseEntry) -> AnswerEntry<'_> {
+    AnswerEntry { error_code: entry.error_code(), error_message: entry.error_message(), has_id: entry.record_id().is_some() }
 }
 
 impl FirehoseSink {
@@ -256,7 +240,8 @@ mod tests {
                 .send()
                 .await
                 .expect("the SDK reads the answer");
-            let sdk_outcomes: Vec<RecordOutcome> = sdk_output.request_responses().iter().map(outcome_of).collect();
+            let sdk_outcomes: Vec<RecordOutcome> =
+                sdk_output.request_responses().iter().map(|entry| answer_entry(entry).outcome()).collect();
             let sink = FirehoseSink { client: answering_client(200, &[], answer), delivery_stream: "s".into() };
             let outcomes = sink.put(&three_records(), &[0, 1, 2]).await.expect("tailhose reads the answer");
             assert_eq!(outcomes, sdk_outcomes, "answer: {answer}");

@@ -24,14 +24,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_kinesis::operation::put_records::PutRecordsOutput;
+use aws_sdk_kinesis::types::PutRecordsResultEntry;
 use aws_sdk_kinesis::Client;
 
 use super::aggregation;
-use super::aws::{self, Endpoint, Fixes};
+use super::aws::{self, AnswerEntry, AnswerTerms, Fixes};
 use super::compression::Compression;
 use super::request::{put_records_body, EntryKeys, OurBody};
 use super::{OutgoingRecords, RecordOutcome, SinkError, SinkSetupError};
-use crate::config::kinesis_limits;
+use crate::config::{kinesis_limits, AwsEndpoint};
 
 /// What a Kinesis failure asks of its operator.
 const FIXES: Fixes = Fixes {
@@ -162,13 +163,13 @@ impl KinesisSink {
         keys: RecordKeys,
         aggregate: bool,
         compression: Option<Compression>,
-        endpoint: Endpoint<'_>,
+        endpoint: &AwsEndpoint,
     ) -> Result<KinesisSink, SinkSetupError> {
-        let shared = aws::shared_config(&endpoint).await?;
+        let shared = aws::shared_config(endpoint).await?;
         let mut config = aws_sdk_kinesis::config::Builder::from(&shared)
             .retry_config(aws::retry_config())
             .timeout_config(aws::timeout_config(endpoint.request_timeout));
-        if let Some(url) = endpoint.endpoint_url {
+        if let Some(url) = &endpoint.endpoint_url {
             config = config.endpoint_url(url);
         }
         Ok(KinesisSink { client: Client::from_conf(config.build()), stream_name: stream_name.to_owned(), keys, aggregate, compression })
@@ -233,31 +234,15 @@ impl KinesisSink {
     }
 }
 
-/// What an answer says of each of `sent` records. An answer that contradicts itself (not one
-/// entry per record, `FailedRecordCount` not the number of entries with an error code, an entry
-/// with neither a `SequenceNumber` nor an `ErrorCode`) cannot be relied on: the call is sent
-/// again whole rather than taking a record for accepted on its word.
+/// What an answer says of each of `sent` records (see [`aws::outcomes_of`]).
 fn outcomes_of(output: &PutRecordsOutput, sent: usize) -> Result<Vec<RecordOutcome>, SinkError> {
-    let entries = output.records();
-    let unreliable = |why: String| Err(SinkError::Transient { message: format!("{why}; resending the batch") });
-    if entries.len() != sent {
-        return unreliable(format!("Kinesis answered {} entries for {sent} records", entries.len()));
-    }
-    let failed = entries.iter().filter(|entry| entry.error_code().is_some()).count();
-    let counted = output.failed_record_count().unwrap_or(0);
-    if i64::from(counted) != failed as i64 {
-        return unreliable(format!("Kinesis answered FailedRecordCount {counted} with {failed} entries failed"));
-    }
-    if let Some(index) = entries.iter().position(|entry| entry.error_code().is_none() && entry.sequence_number().is_none()) {
-        return unreliable(format!("Kinesis answered entry {index} with neither a SequenceNumber nor an ErrorCode"));
-    }
-    Ok(entries
-        .iter()
-        .map(|entry| match entry.error_code() {
-            None => RecordOutcome::Accepted,
-            Some(code) => RecordOutcome::Failed { code: code.to_owned(), message: entry.error_message().unwrap_or_default().to_owned() },
-        })
-        .collect())
+    let terms = AnswerTerms { service: "Kinesis", failed_count: "FailedRecordCount", id: "SequenceNumber" };
+    aws::outcomes_of(output.records(), answer_entry, i64::from(output.failed_record_count().unwrap_or(0)), sent, &terms)
+}
+
+/// One entry of a `PutRecords` answer.
+fn answer_entry(entry: &PutRecordsResultEntry) -> AnswerEntry<'_> {
+    AnswerEntry { error_code: entry.error_code(), error_message: entry.error_message(), has_id: entry.sequence_number().is_some() }
 }
 
 #[cfg(test)]

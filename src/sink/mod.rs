@@ -226,31 +226,10 @@ pub enum Sink {
 impl Sink {
     pub async fn connect(settings: &SinkSettings) -> Result<Sink, SinkSetupError> {
         match &settings.destination {
-            SinkDestination::Firehose { delivery_stream, region, endpoint_url, request_timeout, ca_file } => {
-                let endpoint = aws::Endpoint {
-                    region: region.as_deref(),
-                    endpoint_url: endpoint_url.as_deref(),
-                    request_timeout: *request_timeout,
-                    ca_file: ca_file.as_deref(),
-                };
+            SinkDestination::Firehose { delivery_stream, endpoint } => {
                 Ok(Sink::Firehose(FirehoseSink::connect(delivery_stream, endpoint).await?))
             }
-            SinkDestination::KinesisStreams {
-                stream_name,
-                region,
-                endpoint_url,
-                request_timeout,
-                ca_file,
-                partition_key,
-                explicit_hash_key,
-                aggregate,
-            } => {
-                let endpoint = aws::Endpoint {
-                    region: region.as_deref(),
-                    endpoint_url: endpoint_url.as_deref(),
-                    request_timeout: *request_timeout,
-                    ca_file: ca_file.as_deref(),
-                };
+            SinkDestination::KinesisStreams { stream_name, endpoint, partition_key, explicit_hash_key, aggregate } => {
                 let keys = kinesis::RecordKeys::new(partition_key.clone(), explicit_hash_key.clone());
                 Ok(Sink::KinesisStreams(KinesisSink::connect(stream_name, keys, *aggregate, settings.compression, endpoint).await?))
             }
