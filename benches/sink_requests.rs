@@ -18,8 +18,13 @@ use tailhose::sink::request::put_record_batch_body;
 use tailhose::sink::{BatchLimits, BatchPacker, Offer, OutgoingRecords};
 
 const CALL_RECORDS: usize = 500;
-const LIMITS: BatchLimits =
-    BatchLimits { max_records: 500, max_bytes: 4 * 1024 * 1024, max_record_bytes: Some(1000 * 1024), billing_unit_bytes: 5 * 1024 };
+const LIMITS: BatchLimits = BatchLimits {
+    max_records: 500,
+    max_bytes: 4 * 1024 * 1024,
+    max_record_bytes: Some(1000 * 1024),
+    billing_unit_bytes: 5 * 1024,
+    record_overhead_bytes: 0,
+};
 
 /// Seed-shaped records with their newline, as the flusher sends them.
 fn seed_records(count: usize) -> Vec<Vec<u8>> {

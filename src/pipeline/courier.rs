@@ -509,8 +509,13 @@ mod tests {
         records
     }
 
-    const LIMITS: BatchLimits =
-        BatchLimits { max_records: 500, max_bytes: 4 * 1024 * 1024, max_record_bytes: Some(1000 * 1024), billing_unit_bytes: 5 * 1024 };
+    const LIMITS: BatchLimits = BatchLimits {
+        max_records: 500,
+        max_bytes: 4 * 1024 * 1024,
+        max_record_bytes: Some(1000 * 1024),
+        billing_unit_bytes: 5 * 1024,
+        record_overhead_bytes: 0,
+    };
 
     /// [`split_past_allowance`] within Firehose's limits.
     fn split(records: &OutgoingRecords, group: &mut Vec<usize>, allowance: CallSize) -> Option<Vec<usize>> {

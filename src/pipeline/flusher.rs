@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::acknowledger::{Acknowledger, Finished};
 use super::courier::{record_dead_letter, Courier, Delivery};
 use super::resender::{run_resender, Leftovers};
-use crate::config::{kinesis_limits, SinkSettings, SourceSettings};
+use crate::config::{SinkSettings, SourceSettings};
 use crate::events::{BatchDelivery, Events};
 use crate::queue::chunk::decode_chunk;
 use crate::queue::{ChunkAck, ChunkMeta, ChunkSeq, DeadLetter, DeadLetterReason, QueueError, RouteQueue, StoredChunk};
@@ -550,7 +550,7 @@ impl Flusher {
                     batch.acks[ack].acked_records = chunk.next_record;
                     continue;
                 }
-                match batch.packer.offer(piece_len + self.record_overhead()) {
+                match batch.packer.offer(piece_len) {
                     Offer::Added => {
                         match self.settings.packing.map(|packing| packing.format) {
                             Some(PackFormat::Aggregated) => {
@@ -570,7 +570,7 @@ impl Flusher {
                             "record {} of chunk {} is {} bytes as sent; the destination takes at most {limit}",
                             chunk.next_record,
                             chunk.seq,
-                            piece_len + self.record_overhead()
+                            piece_len + self.limits.record_overhead_bytes
                         );
                         batch.dead_letters.push(record_dead_letter(
                             chunk.meta.file,
@@ -654,7 +654,7 @@ impl Flusher {
         let record_limit = self.limits.max_record_bytes.unwrap_or(u64::MAX);
         batch.records.last_len().is_some_and(|last| {
             let packed = last as u64 + piece_len;
-            packed <= packing.max_bytes && packed + self.record_overhead() <= record_limit
+            packed <= packing.max_bytes && packed + self.limits.record_overhead_bytes <= record_limit
         })
     }
 
@@ -665,16 +665,6 @@ impl Flusher {
         match self.settings.packing.map(|packing| packing.format) {
             Some(PackFormat::Aggregated) => aggregation::framed_len(data_len) as u64,
             _ => data_len as u64,
-        }
-    }
-
-    /// The bytes a record sent has besides its lines: an aggregated record's envelope (with the
-    /// longest key it may have), added when its batch is sealed. Counted when the record starts,
-    /// so that the sealed batch stays within the call it was packed for.
-    fn record_overhead(&self) -> u64 {
-        match self.settings.packing.map(|packing| packing.format) {
-            Some(PackFormat::Aggregated) => aggregation::envelope_len(kinesis_limits::MAX_PARTITION_KEY_BYTES as usize) as u64,
-            _ => 0,
         }
     }
 }

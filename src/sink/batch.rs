@@ -20,6 +20,10 @@ pub struct BatchLimits {
     pub max_record_bytes: Option<u64>,
     /// The destination bills each record in units of this many bytes.
     pub billing_unit_bytes: u64,
+    /// Bytes each record sent carries besides what is packed into it, added when its batch is
+    /// sealed (an aggregated record's envelope): counted when the record is offered, so that the
+    /// sealed batch stays within the call it was packed for.
+    pub record_overhead_bytes: u64,
 }
 
 /// What happened to a record offered to a batch.
@@ -57,6 +61,7 @@ impl BatchPacker {
     }
 
     pub fn offer(&mut self, record_len: u64) -> Offer {
+        let record_len = record_len + self.limits.record_overhead_bytes;
         let too_large_for_destination = self.limits.max_record_bytes.is_some_and(|max| record_len > max);
         if too_large_for_destination || record_len > self.limits.max_bytes {
             return Offer::TooLarge;
@@ -104,8 +109,13 @@ mod tests {
 
     use super::*;
 
-    const FIREHOSE: BatchLimits =
-        BatchLimits { max_records: 500, max_bytes: 4 * 1024 * 1024, max_record_bytes: Some(1000 * 1024), billing_unit_bytes: 5 * 1024 };
+    const FIREHOSE: BatchLimits = BatchLimits {
+        max_records: 500,
+        max_bytes: 4 * 1024 * 1024,
+        max_record_bytes: Some(1000 * 1024),
+        billing_unit_bytes: 5 * 1024,
+        record_overhead_bytes: 0,
+    };
 
     /// Packs lengths the way the flusher does: offer each record, start a new batch when full.
     fn pack(lengths: &[u64], limits: BatchLimits) -> (Vec<Vec<usize>>, Vec<usize>) {
@@ -142,6 +152,14 @@ mod tests {
         let mut packer = BatchPacker::new(FIREHOSE);
         assert_eq!(packer.offer(1000 * 1024 + 1), Offer::TooLarge);
         assert_eq!(packer.offer(1000 * 1024), Offer::Added);
+    }
+
+    #[test]
+    fn a_records_overhead_counts_towards_the_batch_and_the_record_limit() {
+        let mut packer = BatchPacker::new(BatchLimits { record_overhead_bytes: 100, ..FIREHOSE });
+        assert_eq!(packer.offer(1000 * 1024 - 100), Offer::Added);
+        assert_eq!(packer.bytes(), 1000 * 1024, "the record as sealed");
+        assert_eq!(packer.offer(1000 * 1024 - 99), Offer::TooLarge);
     }
 
     #[test]

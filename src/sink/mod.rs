@@ -259,8 +259,7 @@ impl Sink {
     pub fn limits(&self, settings: &SinkSettings) -> BatchLimits {
         let (max_record_bytes, billing_unit_bytes) = match self {
             Sink::Firehose(_) => (Some(firehose_limits::MAX_RECORD_BYTES), BILLING_UNIT_BYTES),
-            // A record carries its partition key besides its data. An aggregated record's
-            // envelope is counted by the flusher as part of the record (`record_overhead`).
+            // A record carries its partition key besides its data.
             Sink::KinesisStreams(_) => {
                 (Some(kinesis_limits::MAX_RECORD_BYTES - kinesis_limits::MAX_PARTITION_KEY_BYTES), KINESIS_BILLING_UNIT_BYTES)
             }
@@ -274,7 +273,20 @@ impl Sink {
             let growth = settings.max_batch_records as u64 * 64 + compression.max_growth(max_bytes);
             max_bytes = max_bytes.min(firehose_limits::MAX_BATCH_BYTES - growth);
         }
-        BatchLimits { max_records: settings.max_batch_records as usize, max_bytes, max_record_bytes, billing_unit_bytes }
+        // An aggregated record's envelope, with the longest key it may have.
+        let record_overhead_bytes = match self {
+            Sink::KinesisStreams(sink) if sink.aggregates() => {
+                aggregation::envelope_len(kinesis_limits::MAX_PARTITION_KEY_BYTES as usize) as u64
+            }
+            _ => 0,
+        };
+        BatchLimits {
+            max_records: settings.max_batch_records as usize,
+            max_bytes,
+            max_record_bytes,
+            billing_unit_bytes,
+            record_overhead_bytes,
+        }
     }
 
     /// Delivers `records[i]` for each `i` in `which`; on success the answer has one outcome per
