@@ -669,6 +669,14 @@ impl Events {
         tracing::warn!(queue = %queue_dir.display(), "{}", crate::queue::Creation::CREATED_AGAIN_NOTICE);
     }
 
+    pub fn ec2_instance_tags_missing(&self, why: &str) {
+        tracing::warn!(
+            error = why,
+            "records go without the Kinesis Agent's `tags` (kinesis_agent_ec2_metadata): IMDS gives no instance tags; allow \
+             tags in the instance's metadata (aws ec2 modify-instance-metadata-options --instance-metadata-tags enabled)"
+        );
+    }
+
     pub fn data_dir_open_to_others(&self, data_dir: &Path, mode: u32) {
         tracing::warn!(
             data_dir = %data_dir.display(),

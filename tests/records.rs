@@ -317,6 +317,61 @@ fn ec2_instance_metadata_is_read_once_through_imdsv2_and_added_to_every_record_a
     assert_eq!(fake.seen().accepted.len(), 1_000, "nothing sent without its fields");
 }
 
+#[test]
+fn the_kinesis_agents_ec2_metadata_goes_at_the_top_level_from_the_identity_document_and_without_instance_tags_records_still_go() {
+    for (imds, tags) in [(FakeImds::start(), Some(serde_json::json!({"name": "web-7", "team": "video"}))), (FakeImds::without_tags(), None)]
+    {
+        let fake = FakeFirehose::start(Faults::default());
+        let workspace = Workspace::new();
+        workspace.write_config_for_endpoint(&fake.endpoint, "\n[sources.conect.add_fields]\nkinesis_agent_ec2_metadata = true", "");
+        support::write_seed_records(&workspace.log_file(), 0..100, 100, Duration::ZERO);
+        let started_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs();
+        let output = workspace
+            .tailhose(&["run", "--config", "tailhose.toml", "--once"])
+            .env("AWS_EC2_METADATA_DISABLED", "false")
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds.endpoint)
+            .output()
+            .expect("tailhose runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        let accepted = accepted(&fake);
+        assert_eq!(accepted.len(), 100);
+        for record in &accepted {
+            let object: serde_json::Value = serde_json::from_str(record).expect("JSON");
+            // The agent's names and order; `amiId` is the document's `imageId`.
+            let expected = [
+                ("privateIp", "10.0.1.23"),
+                ("availabilityZone", "ap-northeast-2c"),
+                ("instanceId", "i-0123456789abcdef0"),
+                ("instanceType", "m6i.large"),
+                ("accountId", "123456789012"),
+                ("amiId", "ami-0a1b2c3d4e5f67890"),
+                ("region", "ap-northeast-2"),
+            ];
+            for (name, value) in expected {
+                assert_eq!(object[name], value, "{name} in {record}");
+            }
+            // The record as written, then the agent's fields in its order.
+            let at = |name: &str| record.find(&format!("\"{name}\":")).unwrap_or_else(|| panic!("{name} in {record}"));
+            assert!(record.starts_with("{\"board_id\""), "{record}");
+            assert!(expected.windows(2).all(|pair| at(pair[0].0) < at(pair[1].0)) && at("seq") < at("privateIp"), "{record}");
+            let stamp = object["metadataTimestamp"].as_str().expect("metadataTimestamp");
+            let read_at = chrono::DateTime::parse_from_str(stamp, "%Y-%m-%dT%H:%M:%S%z").expect("Java's yyyy-MM-dd'T'HH:mm:ssZ");
+            assert!(read_at.timestamp() as u64 + 1 >= started_s, "read at start-up: {stamp}");
+            assert_eq!(object.get("tags"), tags.as_ref(), "{record}");
+        }
+        match tags {
+            Some(_) => assert!(!stderr.contains("instance tags"), "{stderr}"),
+            None => {
+                assert!(stderr.contains("IMDS gives no instance tags") && stderr.contains("--instance-metadata-tags enabled"), "{stderr}")
+            }
+        }
+        // Once at start-up: the document, and the tags' keys and values.
+        let requests = imds.requests();
+        assert_eq!(requests.iter().filter(|request| request.contains("instance-identity/document")).count(), 1, "{requests:?}");
+    }
+}
+
 /// Every line of every file under `folder`, in no particular order.
 fn lines_under(folder: &std::path::Path) -> Vec<String> {
     let mut lines = Vec::new();

@@ -122,7 +122,7 @@ pub enum ImportCommand {
         #[command(flatten)]
         written: ImportOutput,
     },
-    /// The Kinesis Agent's agent.json (flows tailing files to Firehose) and its checkpoint file.
+    /// The Kinesis Agent's agent.json (flows tailing files to Firehose or Kinesis Data Streams) and its checkpoint file.
     /// Lists every key it cannot carry over; exits 1 when one would change what is delivered
     /// (positions are then not imported).
     KinesisAgent {

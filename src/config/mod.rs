@@ -215,6 +215,10 @@ pub struct AddFieldsConfig {
     pub record_id_key: Option<String>,
     /// The EC2 instance's id, region and availability zone (IMDSv2, read once at start-up).
     pub ec2_metadata_key: Option<String>,
+    /// The Kinesis Agent's `ADDEC2METADATA` fields at the top level of each record, under
+    /// its names (`instanceId`, `tags`, …: [`crate::source::fields::KINESIS_AGENT_EC2_FIELDS`]).
+    #[serde(default)]
+    pub kinesis_agent_ec2_metadata: bool,
 }
 
 /// A static field's TOML value as the JSON it adds: tables and arrays as objects and arrays (the
@@ -256,6 +260,8 @@ impl AddFieldsConfig {
             record_id_key: self.record_id_key.clone(),
             ec2_metadata_key: self.ec2_metadata_key.clone(),
             ec2: None,
+            kinesis_agent_ec2_metadata: self.kinesis_agent_ec2_metadata,
+            kinesis_agent_ec2: Vec::new(),
         };
         let mut names: Vec<&str> = fields.fixed.iter().map(|(name, _)| name.as_str()).collect();
         names.extend(fields.hostname.iter().map(|(name, _)| name.as_str()));
@@ -266,6 +272,9 @@ impl AddFieldsConfig {
                 .flatten()
                 .map(String::as_str),
         );
+        if fields.kinesis_agent_ec2_metadata {
+            names.extend(crate::source::fields::KINESIS_AGENT_EC2_FIELDS);
+        }
         if names.iter().any(|name| name.is_empty()) {
             return Err("a field name is empty".into());
         }

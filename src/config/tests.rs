@@ -212,6 +212,7 @@ fn added_fields_need_json_objects_and_say_what_they_add_once() {
     assert_eq!(problems(&raw).into_iter().map(|problem| problem.key).collect::<Vec<_>>(), ["sources.conect.add_fields"]);
     for (wrong, expected) in [
         ("static = { env = \"a\" }\nsource_key = \"env\"", "`env` is added twice"),
+        ("record_id_key = \"tags\"\nkinesis_agent_ec2_metadata = true", "`tags` is added twice"),
         ("static = { when = 1979-05-27 }", "static.when: a TOML date"),
         ("static = { ratio = nan }", "static.ratio: not a finite number"),
         ("hostname_key = \"\"", "a field name is empty"),

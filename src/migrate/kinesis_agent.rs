@@ -1,4 +1,4 @@
-//! From the Kinesis Agent's `agent.json` (flows tailing files to Firehose) to the tailhose
+//! From the Kinesis Agent's `agent.json` (flows tailing files to Firehose or Kinesis Data Streams) to the tailhose
 //! configuration that delivers the same records.
 //!
 //! Read from the agent's own source (awslabs/amazon-kinesis-agent): a flow with `deliveryStream`
@@ -523,9 +523,14 @@ fn processing(options: &[Value], location: &Location, source: &mut TailSource, n
                 add_metadata(option, location, source, notes);
                 continue;
             }
-            "ADDEC2METADATA" => Err(
-                "tailhose adds the instance's id, region and zone under one key (`add_fields.ec2_metadata_key`), not the agent's eight top-level fields and tags".into(),
-            ),
+            "ADDEC2METADATA" => {
+                source.add_fields.kinesis_agent_ec2_metadata = true;
+                let differs = "the same fields under the same names (`add_fields.kinesis_agent_ec2_metadata`), read once at start-up (the agent read them again every `metadataTTL`, an hour by default), `metadataTimestamp` in UTC, and a field the record has keeps its value (the agent overwrote it)";
+                notes.push(Severity::Info, location, &key, differs.into());
+                let tags = "`tags` come from IMDS, not EC2's DescribeTags: allow tags in the instance's metadata (aws ec2 modify-instance-metadata-options --instance-id ID --instance-metadata-tags enabled), or records go without `tags`, as the agent's did when DescribeTags failed";
+                notes.push(Severity::ActionNeeded, location, &key, tags.into());
+                continue;
+            }
             "ADDBRACKETS" => Err("tailhose does not wrap lines in braces".into()),
             _ => Err(format!("`{name}` is not an option tailhose translates")),
         };
@@ -539,6 +544,11 @@ fn processing(options: &[Value], location: &Location, source: &mut TailSource, n
             }
             Err(reason) => notes.push(Severity::ChangesDelivery, location, &key, reason),
         }
+    }
+    // The agent reads the record as JSON to add the instance's fields: so does tailhose,
+    // where no option turned the line into JSON first.
+    if source.add_fields.kinesis_agent_ec2_metadata && source.parse.is_none() {
+        source.format = LineFormat::Json;
     }
 }
 
@@ -842,6 +852,7 @@ mod agent_patterns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::migrate::translate::Note;
     use crate::source::parse::Parser;
 
     fn imported(text: &str) -> AgentImport {
@@ -1038,6 +1049,33 @@ mod tests {
                 "dataProcessingOptions": [{"optionName": "CSVTOJSON", "customFieldNames": ["a"]}, {"optionName": "ADDMETADATA", "metadata": 1}]}]}"#,
         );
         assert!(after_json.translation.changes_delivery());
+    }
+
+    #[test]
+    fn addec2metadata_adds_the_agents_instance_fields_to_json_records_and_after_a_conversion() {
+        let import = imported(
+            r#"{"flows": [{"filePattern": "/var/log/app.log", "deliveryStream": "s",
+                "dataProcessingOptions": [{"optionName": "ADDEC2METADATA", "metadataTTL": 600}]},
+                {"filePattern": "/var/log/b.log", "deliveryStream": "s",
+                "dataProcessingOptions": [{"optionName": "CSVTOJSON", "customFieldNames": ["a"]}, {"optionName": "ADDEC2METADATA"}]}]}"#,
+        );
+        assert!(!import.translation.changes_delivery(), "{:#?}", import.translation.notes);
+        let sources = &import.translation.sources;
+        assert!(sources.iter().all(|source| source.add_fields.kinesis_agent_ec2_metadata));
+        // The agent reads a line as JSON to add to it; after CSVTOJSON it adds to the object made.
+        assert_eq!((sources[0].format, sources[0].parse.is_some()), (LineFormat::Json, false));
+        assert!(sources[1].parse.is_some());
+        let notes: Vec<&Note> = import.translation.notes.iter().filter(|note| note.key == "dataProcessingOptions ADDEC2METADATA").collect();
+        assert!(notes.iter().any(|note| note.severity == Severity::Info && note.message.contains("metadataTTL")), "{notes:#?}");
+        let tags = notes.iter().find(|note| note.severity == Severity::ActionNeeded).expect("what to do for the tags");
+        assert!(tags.message.contains("--instance-metadata-tags enabled") && tags.message.contains("DescribeTags"), "{}", tags.message);
+        let config = super::super::translate::render_toml(&import.translation, "/var/lib/tailhose", Path::new("agent.json"));
+        assert_eq!(config.matches("kinesis_agent_ec2_metadata = true\n").count(), 2, "{config}");
+        let config = crate::config::Config::parse(&config, Path::new("/etc/tailhose/tailhose.toml")).expect("valid");
+        assert!(config
+            .source_settings()
+            .iter()
+            .all(|source| source.add_fields.as_ref().is_some_and(|fields| fields.kinesis_agent_ec2_metadata)));
     }
 
     #[test]

@@ -75,11 +75,17 @@ pub struct ImportedFields {
     pub hostname_key: Option<String>,
     pub path_key: Option<String>,
     pub read_time_key: Option<String>,
+    /// The Kinesis Agent's ADDEC2METADATA.
+    pub kinesis_agent_ec2_metadata: bool,
 }
 
 impl ImportedFields {
     fn is_empty(&self) -> bool {
-        self.fixed.is_empty() && self.hostname_key.is_none() && self.path_key.is_none() && self.read_time_key.is_none()
+        self.fixed.is_empty()
+            && self.hostname_key.is_none()
+            && self.path_key.is_none()
+            && self.read_time_key.is_none()
+            && !self.kinesis_agent_ec2_metadata
     }
 }
 
@@ -1210,6 +1216,9 @@ pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path
                     out.push_str(&format!("{setting} = {}\n", quote(key)));
                 }
             }
+            if fields.kinesis_agent_ec2_metadata {
+                out.push_str("kinesis_agent_ec2_metadata = true\n");
+            }
         }
     }
     for output in &translation.outputs {
@@ -1480,6 +1489,7 @@ mod tests {
                 hostname_key: Some("hostname".into()),
                 path_key: Some("file".into()),
                 read_time_key: Some("read_at".into()),
+                kinesis_agent_ec2_metadata: false,
             }
         );
         // Only the value Ruby computes from each event changes what is sent.

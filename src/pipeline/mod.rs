@@ -124,7 +124,11 @@ pub async fn run_with_store(
         true => Some(admin::bind(config.admin.address)?),
         false => None,
     };
-    let sources = crate::source::fields::with_ec2_metadata(config.source_settings()).await?;
+    let ec2 = crate::source::fields::with_ec2_metadata(config.source_settings()).await?;
+    if let Some(why) = &ec2.tags_missing {
+        events.ec2_instance_tags_missing(why);
+    }
+    let sources = ec2.sources;
     let mut tasks = tokio::task::JoinSet::new();
     // Tasks around the routes; aborted when the routes are done.
     let mut helpers = Vec::new();

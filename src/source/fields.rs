@@ -41,7 +41,29 @@ pub struct AddedFields {
     pub ec2_metadata_key: Option<String>,
     /// The instance's metadata, fetched once at start-up ([`with_ec2_metadata`]).
     pub ec2: Option<Ec2Metadata>,
+    /// Whether the Kinesis Agent's `ADDEC2METADATA` fields are added at the top level
+    /// ([`KINESIS_AGENT_EC2_FIELDS`]).
+    pub kinesis_agent_ec2_metadata: bool,
+    /// Those fields with their values, fetched once at start-up ([`with_ec2_metadata`]).
+    pub kinesis_agent_ec2: Vec<(String, serde_json::Value)>,
 }
+
+/// The fields the Kinesis Agent's `ADDEC2METADATA` adds, in its order: the instance identity
+/// document's values under the agent's names, when they were read, and the instance's tags.
+pub const KINESIS_AGENT_EC2_FIELDS: [&str; 9] =
+    ["privateIp", "availabilityZone", "instanceId", "instanceType", "accountId", "amiId", "region", "metadataTimestamp", "tags"];
+
+/// The agent's names for the instance identity document's fields it copies (`amiId` is the
+/// document's `imageId`).
+const IDENTITY_DOCUMENT_FIELDS: [(&str, &str); 7] = [
+    ("privateIp", "privateIp"),
+    ("availabilityZone", "availabilityZone"),
+    ("instanceId", "instanceId"),
+    ("instanceType", "instanceType"),
+    ("accountId", "accountId"),
+    ("amiId", "imageId"),
+    ("region", "region"),
+];
 
 /// What IMDSv2 says of the instance tailhose runs on.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -54,13 +76,19 @@ pub struct Ec2Metadata {
 /// Why the instance's metadata could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum Ec2MetadataError {
-    #[error("ec2_metadata_key asks for EC2 instance metadata, but AWS_EC2_METADATA_DISABLED turns IMDS off")]
+    #[error(
+        "add_fields asks for EC2 instance metadata (ec2_metadata_key or kinesis_agent_ec2_metadata), but \
+         AWS_EC2_METADATA_DISABLED turns IMDS off"
+    )]
     Disabled,
     #[error(
         "cannot read EC2 instance metadata ({path}) through IMDSv2: {error}; not on EC2, or IMDS unreachable (set \
-         AWS_EC2_METADATA_SERVICE_ENDPOINT, or a hop limit of 2 in a container), or remove ec2_metadata_key"
+         AWS_EC2_METADATA_SERVICE_ENDPOINT, or a hop limit of 2 in a container), or remove ec2_metadata_key and \
+         kinesis_agent_ec2_metadata"
     )]
     Unreachable { path: &'static str, error: String },
+    #[error("the instance identity document (/latest/dynamic/instance-identity/document) is not a JSON object: {0}")]
+    NotADocument(String),
 }
 
 /// Where a record was read: what the added fields are made of.
@@ -92,6 +120,7 @@ impl AddedFields {
             && self.read_time_key.is_none()
             && self.record_id_key.is_none()
             && self.ec2_metadata_key.is_none()
+            && !self.kinesis_agent_ec2_metadata
     }
 
     /// `object` (one JSON object's text, already checked to be valid JSON) with the fields
@@ -150,6 +179,11 @@ impl AddedFields {
                 let _ = serde_json::to_writer(out, ec2);
             });
         }
+        for (name, value) in &self.kinesis_agent_ec2 {
+            add(&mut out, name, &|out| {
+                let _ = serde_json::to_writer(out, value);
+            });
+        }
         out.push(b'}');
         Ok(out)
     }
@@ -175,47 +209,128 @@ pub fn rfc3339_millis(ms: u64) -> String {
 /// Sources whose added fields include EC2 instance metadata get it, fetched once for all of
 /// them (IMDSv2, honouring `AWS_EC2_METADATA_SERVICE_ENDPOINT` and `AWS_EC2_METADATA_DISABLED`).
 /// A source that asks for it and cannot have it stops start-up: its records would otherwise
-/// go out without the fields the operator asked for.
-pub async fn with_ec2_metadata(mut sources: Vec<SourceSettings>) -> Result<Vec<SourceSettings>, Ec2MetadataError> {
-    let wanted = |source: &SourceSettings| source.add_fields.as_ref().is_some_and(|fields| fields.ec2_metadata_key.is_some());
-    if !sources.iter().any(wanted) {
-        return Ok(sources);
+/// go out without the fields the operator asked for. Instance tags are the exception: IMDS
+/// has them only where the instance allows it, and the agent too sent its records without
+/// them when it could not read them; then the sources come back with why
+/// ([`Ec2Fields::tags_missing`]).
+pub async fn with_ec2_metadata(mut sources: Vec<SourceSettings>) -> Result<Ec2Fields, Ec2MetadataError> {
+    let wants = |source: &SourceSettings, which: fn(&AddedFields) -> bool| source.add_fields.as_deref().is_some_and(which);
+    let wants_key = |fields: &AddedFields| fields.ec2_metadata_key.is_some();
+    let wants_agent = |fields: &AddedFields| fields.kinesis_agent_ec2_metadata;
+    let (key_wanted, agent_wanted) =
+        (sources.iter().any(|source| wants(source, wants_key)), sources.iter().any(|source| wants(source, wants_agent)));
+    if !key_wanted && !agent_wanted {
+        return Ok(Ec2Fields { sources, tags_missing: None });
     }
-    let metadata = fetch_ec2_metadata().await?;
-    for source in sources.iter_mut().filter(|source| wanted(source)) {
+    let imds = Imds::connect()?;
+    let metadata = match key_wanted {
+        true => Some(imds.metadata().await?),
+        false => None,
+    };
+    let (agent_fields, tags_missing) = match agent_wanted {
+        true => imds.kinesis_agent_fields(crate::queue::now_ms()).await?,
+        false => (Vec::new(), None),
+    };
+    for source in &mut sources {
         if let Some(fields) = source.add_fields.as_mut() {
-            Arc::make_mut(fields).ec2 = Some(metadata.clone());
+            if fields.ec2_metadata_key.is_some() {
+                Arc::make_mut(fields).ec2 = metadata.clone();
+            }
+            if fields.kinesis_agent_ec2_metadata {
+                Arc::make_mut(fields).kinesis_agent_ec2 = agent_fields.clone();
+            }
         }
     }
-    Ok(sources)
+    Ok(Ec2Fields { sources, tags_missing })
 }
 
-async fn fetch_ec2_metadata() -> Result<Ec2Metadata, Ec2MetadataError> {
-    let disabled = std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|value| value.trim().eq_ignore_ascii_case("true"));
-    if disabled {
-        return Err(Ec2MetadataError::Disabled);
-    }
-    // A few quick attempts: at boot IMDS may answer late, off EC2 it never answers.
-    let client = aws_config::imds::client::Client::builder()
-        .max_attempts(3)
-        .connect_timeout(std::time::Duration::from_secs(1))
-        .read_timeout(std::time::Duration::from_secs(1))
-        .build();
-    let get = |path: &'static str| {
-        let client = client.clone();
-        async move {
-            client.get(path).await.map(String::from).map_err(|error| Ec2MetadataError::Unreachable {
-                path,
-                // The whole chain of causes: "dispatch failure" alone says nothing of a timeout.
-                error: aws_smithy_types::error::display::DisplayErrorContext(&error).to_string(),
-            })
+/// The sources with their EC2 fields, and why instance tags could not be read, if asked for
+/// and not read.
+pub struct Ec2Fields {
+    pub sources: Vec<SourceSettings>,
+    pub tags_missing: Option<String>,
+}
+
+/// An IMDSv2 client for the few reads of start-up.
+struct Imds(aws_config::imds::client::Client);
+
+impl Imds {
+    fn connect() -> Result<Imds, Ec2MetadataError> {
+        let disabled = std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|value| value.trim().eq_ignore_ascii_case("true"));
+        if disabled {
+            return Err(Ec2MetadataError::Disabled);
         }
-    };
-    Ok(Ec2Metadata {
-        instance_id: get("/latest/meta-data/instance-id").await?,
-        region: get("/latest/meta-data/placement/region").await?,
-        availability_zone: get("/latest/meta-data/placement/availability-zone").await?,
-    })
+        // A few quick attempts: at boot IMDS may answer late, off EC2 it never answers.
+        Ok(Imds(
+            aws_config::imds::client::Client::builder()
+                .max_attempts(3)
+                .connect_timeout(std::time::Duration::from_secs(1))
+                .read_timeout(std::time::Duration::from_secs(1))
+                .build(),
+        ))
+    }
+
+    async fn get(&self, path: &'static str) -> Result<String, Ec2MetadataError> {
+        self.get_at(path).await.map_err(|error| Ec2MetadataError::Unreachable { path, error })
+    }
+
+    /// `path`'s value, or the whole chain of causes of its failure ("dispatch failure" alone
+    /// says nothing of a timeout).
+    async fn get_at(&self, path: &str) -> Result<String, String> {
+        self.0.get(path).await.map(String::from).map_err(|error| aws_smithy_types::error::display::DisplayErrorContext(&error).to_string())
+    }
+
+    /// What `ec2_metadata_key` adds.
+    async fn metadata(&self) -> Result<Ec2Metadata, Ec2MetadataError> {
+        Ok(Ec2Metadata {
+            instance_id: self.get("/latest/meta-data/instance-id").await?,
+            region: self.get("/latest/meta-data/placement/region").await?,
+            availability_zone: self.get("/latest/meta-data/placement/availability-zone").await?,
+        })
+    }
+
+    /// What `kinesis_agent_ec2_metadata` adds, as the agent's `ADDEC2METADATA` does: the
+    /// instance identity document's values (the document the AWS SDK for Java's
+    /// `EC2MetadataUtils.getInstanceInfo` reads), the time they were read as the agent writes
+    /// it (`2026-12-01T12:00:00+0000`, here in UTC), and the instance's tags with their keys
+    /// in lower case. The agent read the tags with EC2's `DescribeTags`; tailhose reads them
+    /// from IMDS, which has them when the instance allows tags in its metadata. Without them
+    /// the fields go without `tags`, as the agent's did when `DescribeTags` failed, and the
+    /// second value says why.
+    async fn kinesis_agent_fields(&self, now_ms: u64) -> Result<(Vec<(String, serde_json::Value)>, Option<String>), Ec2MetadataError> {
+        let text = self.get("/latest/dynamic/instance-identity/document").await?;
+        let document: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&text).map_err(|error| Ec2MetadataError::NotADocument(error.to_string()))?;
+        let mut fields: Vec<(String, serde_json::Value)> = IDENTITY_DOCUMENT_FIELDS
+            .iter()
+            .map(|(name, in_document)| ((*name).to_owned(), document.get(*in_document).cloned().unwrap_or(serde_json::Value::Null)))
+            .collect();
+        fields.push(("metadataTimestamp".into(), agent_timestamp(now_ms).into()));
+        match self.instance_tags().await {
+            Ok(tags) => fields.push(("tags".into(), serde_json::Value::Object(tags))),
+            Err(why) => return Ok((fields, Some(why))),
+        }
+        Ok((fields, None))
+    }
+
+    /// The instance's tags, keys in lower case, or why IMDS did not give them.
+    async fn instance_tags(&self) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        const TAGS: &str = "/latest/meta-data/tags/instance";
+        let keys = self.get_at(TAGS).await?;
+        let mut tags = serde_json::Map::new();
+        for key in keys.lines().map(str::trim).filter(|key| !key.is_empty()) {
+            let value = self.get_at(&format!("{TAGS}/{key}")).await?;
+            tags.insert(key.to_lowercase(), value.into());
+        }
+        Ok(tags)
+    }
+}
+
+/// `ms` since the Unix epoch as the Kinesis Agent writes `metadataTimestamp` (Java's
+/// `yyyy-MM-dd'T'HH:mm:ssZ`), in UTC: `2026-12-01T12:00:00+0000`.
+fn agent_timestamp(ms: u64) -> String {
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |time| time.format("%Y-%m-%dT%H:%M:%S%z").to_string())
 }
 
 /// This host's name, as `gethostname(2)` gives it.
@@ -308,6 +423,8 @@ mod tests {
                 region: "ap-northeast-2".into(),
                 availability_zone: "ap-northeast-2a".into(),
             }),
+            kinesis_agent_ec2_metadata: false,
+            kinesis_agent_ec2: Vec::new(),
         }
     }
 
@@ -341,6 +458,26 @@ mod tests {
             assert_eq!(every_field().add_to(text.as_bytes(), place(0)), Err(NotAnObject::Value(kind)), "{text}");
         }
         assert!(matches!(every_field().add_to(b"{\"a\":", place(0)), Err(NotAnObject::Invalid(_))));
+    }
+
+    #[test]
+    fn the_kinesis_agents_ec2_fields_go_at_the_top_level_after_the_others_and_keep_the_records_own() {
+        let fields = AddedFields {
+            record_id_key: Some("id".into()),
+            kinesis_agent_ec2_metadata: true,
+            kinesis_agent_ec2: vec![
+                ("instanceId".into(), serde_json::json!("i-0abc")),
+                ("region".into(), serde_json::json!("ap-northeast-2")),
+                ("tags".into(), serde_json::json!({"name": "web"})),
+            ],
+            ..AddedFields::default()
+        };
+        assert_eq!(
+            added(&fields, r#"{"region":"mine"}"#),
+            r#"{"region":"mine","id":"801-2a-deadbeef-1000","instanceId":"i-0abc","tags":{"name":"web"}}"#
+        );
+        // Java's `yyyy-MM-dd'T'HH:mm:ssZ`: seconds, and the offset without a colon.
+        assert_eq!(agent_timestamp(1_796_126_400_123), "2026-12-01T12:00:00+0000");
     }
 
     #[test]
