@@ -54,6 +54,7 @@ pub struct Events {
     calls: AtomicU64,
     sink_records_acked: AtomicU64,
     billed_units: AtomicU64,
+    billed_units_saved: AtomicU64,
     rate_decreases: AtomicU64,
     entries_refused_throughput: AtomicU64,
     entries_refused_internal: AtomicU64,
@@ -71,7 +72,25 @@ pub struct Events {
     /// Records per call.
     pub call_records: Histogram,
     last_sink_problem: Mutex<Option<SinkProblem>>,
+    /// What happened to each stream of the sinks that name a stream per record, by sink and
+    /// stream (bounded by `max_streams` per route).
+    streams: Mutex<std::collections::BTreeMap<(String, String), StreamCounts>>,
+    /// Records sent to a sink's fallback stream, by sink and reason.
+    stream_fallbacks: Mutex<std::collections::BTreeMap<(String, &'static str), u64>>,
     gates: Gates,
+}
+
+/// Counters of one stream of a sink that names a stream per record.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StreamCounts {
+    pub records_acked: u64,
+    pub calls: u64,
+    /// Entries of answered calls refused (resent).
+    pub refused_entries: u64,
+    /// Calls failed whole (throttled, 5xx, network, unavailable).
+    pub failed_calls: u64,
+    /// The pace learned for the stream, bytes per second; `None` while unpaced.
+    pub pace_bytes_per_sec: Option<f64>,
 }
 
 /// One gate per repeatable warning.
@@ -88,6 +107,7 @@ struct Gates {
     read_failed: LogGate,
     backpressure: LogGate,
     dead_letter: LogGate,
+    stream_fallback: LogGate,
 }
 
 /// The latest trouble with a sink, for `/health` and `tailhose status`.
@@ -216,6 +236,7 @@ impl Default for Events {
             calls: AtomicU64::default(),
             sink_records_acked: AtomicU64::default(),
             billed_units: AtomicU64::default(),
+            billed_units_saved: AtomicU64::default(),
             rate_decreases: AtomicU64::default(),
             entries_refused_throughput: AtomicU64::default(),
             entries_refused_internal: AtomicU64::default(),
@@ -231,6 +252,8 @@ impl Default for Events {
             call_latency: Histogram::new(LATENCY_SECONDS),
             call_records: Histogram::new(RECORDS_PER_CALL),
             last_sink_problem: Mutex::new(None),
+            streams: Mutex::default(),
+            stream_fallbacks: Mutex::default(),
             gates: Gates::default(),
         }
     }
@@ -280,6 +303,9 @@ pub struct EventCounts {
     /// Billing units (Firehose records rounded up to 5 KB, Kinesis records to 25 KB) of
     /// acknowledged records.
     pub billed_units: u64,
+    /// Units the same lines would have been billed sent one record per line, uncompressed,
+    /// less those billed: what `pack_records`, `aggregate` and `compression` saved.
+    pub billed_units_saved: u64,
     /// Times the send rate was lowered to what the destination took (see `sink::rate`).
     pub rate_decreases: u64,
     /// Failed entries by what they mean: over the stream's throughput (`ServiceUnavailableException`),
@@ -317,6 +343,8 @@ pub struct BatchDelivery {
     pub bytes_before_compression: u64,
     /// The destination's billing units: Firehose's 5 KB, Kinesis's 25 KB.
     pub billed_units: u64,
+    /// Units saved by packing and compression (see [`EventCounts::billed_units_saved`]).
+    pub billed_units_saved: u64,
 }
 
 /// Failed entries of one answered call, by what their codes mean.
@@ -497,6 +525,7 @@ impl Events {
         bump(&self.bytes_acked_before_compression, delivery.bytes_before_compression);
         bump(&self.sink_records_acked, delivery.sink_records);
         bump(&self.billed_units, delivery.billed_units);
+        bump(&self.billed_units_saved, delivery.billed_units_saved);
         tracing::debug!(
             route,
             records = delivery.lines,
@@ -677,6 +706,72 @@ impl Events {
         );
     }
 
+    /// A call to one stream of a sink that names a stream per record was answered (or failed).
+    pub fn stream_call_answered(&self, sink: &str, stream: &str, answer: &Result<Vec<crate::sink::RecordOutcome>, crate::sink::SinkError>) {
+        self.with_stream(sink, stream, |counts| {
+            counts.calls += 1;
+            match answer {
+                Ok(outcomes) => {
+                    let refused = outcomes.iter().filter(|outcome| !matches!(outcome, crate::sink::RecordOutcome::Accepted)).count();
+                    counts.refused_entries += refused as u64;
+                }
+                Err(_) => counts.failed_calls += 1,
+            }
+        });
+    }
+
+    /// The pace of one stream changed: `allowance` is a tenth of a second of it, `None` unpaced.
+    pub fn stream_pace_changed(&self, sink: &str, stream: &str, allowance: Option<crate::sink::rate::CallSize>) {
+        // An allowance is a tenth of a second of the pace (`RateGovernor::call_allowance`).
+        self.with_stream(sink, stream, |counts| counts.pace_bytes_per_sec = allowance.map(|allowance| allowance.bytes as f64 * 10.0));
+    }
+
+    /// Records of one stream acknowledged.
+    pub fn stream_acknowledged(&self, sink: &str, stream: &str, records: u64) {
+        self.with_stream(sink, stream, |counts| counts.records_acked += records);
+    }
+
+    /// A record went to its sink's fallback stream instead of the one its template names.
+    pub fn stream_fallback(&self, sink: &str, fallback: &str, reason: crate::sink::streams::FallbackReason) {
+        let mut fallbacks = self.stream_fallbacks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *fallbacks.entry((sink.to_owned(), reason.label())).or_default() += 1;
+        drop(fallbacks);
+        if let GateDecision::Log { held_back } = self.gates.stream_fallback.admit(Instant::now()) {
+            let why = match reason {
+                crate::sink::streams::FallbackReason::NoField => {
+                    "the record lacks the field its stream is named by, or its value is no name"
+                }
+                crate::sink::streams::FallbackReason::InvalidName => "the name the template gives is not a stream name",
+                crate::sink::streams::FallbackReason::TooManyStreams => {
+                    "the route already sends to max_streams streams (a field with many values? raise max_streams)"
+                }
+            };
+            tracing::warn!(sink, fallback, reason = reason.label(), held_back, "a record goes to the fallback stream: {why}");
+        }
+    }
+
+    /// A stream template opened a stream for a route.
+    pub fn stream_opened(&self, route: &str, stream: &str) {
+        tracing::info!(route, stream, "records go to a new stream");
+    }
+
+    fn with_stream(&self, sink: &str, stream: &str, change: impl FnOnce(&mut StreamCounts)) {
+        let mut streams = self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(streams.entry((sink.to_owned(), stream.to_owned())).or_default());
+    }
+
+    /// Each named stream's counters, by sink and stream.
+    pub fn stream_counts(&self) -> Vec<((String, String), StreamCounts)> {
+        let streams = self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        streams.iter().map(|(key, counts)| (key.clone(), *counts)).collect()
+    }
+
+    /// Records sent to fallback streams, by sink and reason.
+    pub fn stream_fallback_counts(&self) -> Vec<((String, &'static str), u64)> {
+        let fallbacks = self.stream_fallbacks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        fallbacks.iter().map(|(key, count)| (key.clone(), *count)).collect()
+    }
+
     pub fn data_dir_open_to_others(&self, data_dir: &Path, mode: u32) {
         tracing::warn!(
             data_dir = %data_dir.display(),
@@ -748,6 +843,7 @@ impl Events {
             calls: load(&self.calls),
             sink_records_acked: load(&self.sink_records_acked),
             billed_units: load(&self.billed_units),
+            billed_units_saved: load(&self.billed_units_saved),
             rate_decreases: load(&self.rate_decreases),
             entries_refused_throughput: load(&self.entries_refused_throughput),
             entries_refused_internal: load(&self.entries_refused_internal),

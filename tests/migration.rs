@@ -239,6 +239,9 @@ fn packing_cuts_the_billed_units_more_than_thirtyfold_and_tailhose_counts_them()
         assert_eq!((seqs.len(), seqs.iter().collect::<BTreeSet<_>>().len()), (5000, 5000), "every record once");
         assert!(seen.max_record_bytes <= 5000, "a packed record stays in one billing unit: {}", seen.max_record_bytes);
         assert!(log.contains(&format!("\"billed_units\":{}", seen.billed_units)), "tailhose counts what Firehose bills: {log}");
+        // One seed record alone is one unit: what packing saved is the rest.
+        let saved = 5000 - seen.billed_units;
+        assert!(log.contains(&format!("\"billed_units_saved\":{saved}")), "tailhose counts the units saved ({saved}): {log}");
         let bytes: usize = seen.accepted.iter().map(Vec::len).sum();
         billed.push((seen.accepted.len(), seen.billed_units, bytes));
     }

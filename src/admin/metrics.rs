@@ -15,7 +15,7 @@ use crate::queue::{QueueError, QueueStats};
 pub fn render(state: &AdminState) -> Result<String, QueueError> {
     let counts = state.events.snapshot();
     let mut out = Exposition::default();
-    let counters: [(&str, &str, u64); 29] = [
+    let counters: [(&str, &str, u64); 30] = [
         ("tailhose_records_read_total", "Records taken from files: queued, or dead-lettered as read.", counts.records_read),
         ("tailhose_records_queued_total", "Records appended to the queue.", counts.records_queued),
         ("tailhose_records_acked_total", "Records the sink acknowledged.", counts.records_acked),
@@ -58,6 +58,11 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
             "tailhose_billed_units_total",
             "Billing units acknowledged: Firehose records rounded up to 5 KB, Kinesis records to 25 KB.",
             counts.billed_units,
+        ),
+        (
+            "tailhose_billed_units_saved_total",
+            "Billing units the acknowledged lines would have cost one record per line, uncompressed, less those billed.",
+            counts.billed_units_saved,
         ),
         ("tailhose_stage_failures_total", "Stages of a route that died (the daemon then stops with an error).", counts.stage_failures),
         ("tailhose_rate_decreases_total", "Times the send rate was lowered (a quota found, or a test begun).", counts.rate_decreases),
@@ -111,6 +116,41 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
             ("noise_restored", counts.pace_noise_restored),
         ],
     );
+    // Per stream, for sinks that name a stream per record (none otherwise).
+    let streams = state.events.stream_counts();
+    let per_stream: [(&str, &str, &str, StreamValue); 5] = [
+        ("tailhose_stream_records_acked_total", "Records acknowledged, by sink and stream a template named.", "counter", |counts| {
+            Some(counts.records_acked as f64)
+        }),
+        ("tailhose_stream_calls_total", "Calls made, by sink and stream a template named.", "counter", |counts| Some(counts.calls as f64)),
+        (
+            "tailhose_stream_refused_entries_total",
+            "Records refused inside answered calls (resent), by sink and stream a template named.",
+            "counter",
+            |counts| Some(counts.refused_entries as f64),
+        ),
+        ("tailhose_stream_failed_calls_total", "Calls failed whole, by sink and stream a template named.", "counter", |counts| {
+            Some(counts.failed_calls as f64)
+        }),
+        (
+            "tailhose_stream_pace_bytes_per_second",
+            "The pace learned from a stream's throttling, bytes per second (absent while unpaced).",
+            "gauge",
+            |counts| counts.pace_bytes_per_sec,
+        ),
+    ];
+    for (name, help, kind, value) in per_stream {
+        out.header(name, help, kind);
+        for ((sink, stream), counts) in &streams {
+            if let Some(value) = value(counts) {
+                out.sample(name, &[("sink", sink), ("stream", stream)], value);
+            }
+        }
+    }
+    out.header("tailhose_stream_fallbacks_total", "Records sent to a sink's fallback stream, by sink and reason.", "counter");
+    for ((sink, reason), count) in state.events.stream_fallback_counts() {
+        out.sample("tailhose_stream_fallbacks_total", &[("sink", &sink), ("reason", reason)], count as f64);
+    }
     out.histogram("tailhose_call_duration_seconds", "Seconds from sending a call to its answer.", &state.events.call_latency.snapshot());
     out.histogram("tailhose_call_records", "Records per call.", &state.events.call_records.snapshot());
 
@@ -168,6 +208,9 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
     out.sample("tailhose_uptime_seconds", &[], now_ms.saturating_sub(state.started_at_ms) as f64 / 1000.0);
     Ok(out.text)
 }
+
+/// Reads one per-stream sample's value from a stream's counters (`None`: no sample).
+type StreamValue = fn(&crate::events::StreamCounts) -> Option<f64>;
 
 /// Reads one gauge's value from a route's stats.
 type RouteGauge = fn(&QueueStats) -> f64;

@@ -71,13 +71,14 @@ fn render(report: &StatusReport) -> String {
     let events = &report.events;
     let _ = writeln!(
         out,
-        "\nsince start: {} records read, {} acknowledged ({} bytes sent, {} before compression, as {} sink records billed as {} units (5 KB for Firehose, 25 KB for Kinesis)) in {} calls; {} dead-lettered; {} failed entries, {} throttled calls, {} failed calls, {} retries",
+        "\nsince start: {} records read, {} acknowledged ({} bytes sent, {} before compression, as {} sink records billed as {} units (5 KB for Firehose, 25 KB for Kinesis), {} units fewer than one record per line uncompressed) in {} calls; {} dead-lettered; {} failed entries, {} throttled calls, {} failed calls, {} retries",
         events.records_read,
         events.records_acked,
         events.bytes_acked,
         events.bytes_acked_before_compression,
         events.sink_records_acked,
         events.billed_units,
+        events.billed_units_saved,
         events.calls,
         events.dead_letters,
         events.failed_entries,

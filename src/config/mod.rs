@@ -40,6 +40,8 @@ pub mod firehose_limits {
     pub const MAX_BATCH_BYTES: u64 = 4 * 1024 * 1024;
     /// Bytes of one record (before base64): 1,000 KiB.
     pub const MAX_RECORD_BYTES: u64 = 1000 * 1024;
+    /// Characters of a delivery stream's name.
+    pub const MAX_STREAM_NAME_CHARS: usize = 64;
 }
 
 /// Kinesis Data Streams' own limits for `PutRecords` (they cannot be raised).
@@ -54,6 +56,8 @@ pub mod kinesis_limits {
     pub const MAX_PARTITION_KEY_CHARS: usize = 256;
     /// Bytes of the longest partition key (256 characters of four UTF-8 bytes).
     pub const MAX_PARTITION_KEY_BYTES: u64 = 4 * MAX_PARTITION_KEY_CHARS as u64;
+    /// Characters of a stream's name.
+    pub const MAX_STREAM_NAME_CHARS: usize = 128;
 }
 
 /// The whole daemon configuration, as validated by [`Config::parse`].
@@ -450,7 +454,16 @@ pub struct SinkConfig {
     pub retain_acked_bytes: Option<ByteSize>,
 
     // type = "firehose"
+    /// The delivery stream, or a template naming one per record (`logs-${record.service}`,
+    /// `${source}-events`: see [`crate::sink::streams`]).
     pub delivery_stream: Option<String>,
+    /// Where records go whose stream a template cannot name (the record lacks the field, or
+    /// its value is no stream name); required when `delivery_stream` or `stream_name` reads
+    /// a record field.
+    pub fallback_stream: Option<String>,
+    /// Streams one route of this sink sends to at most, the fallback among them: records that
+    /// would open one more go to the fallback. Default [`DEFAULT_MAX_STREAMS`].
+    pub max_streams: Option<usize>,
     /// AWS region; when absent, the AWS default chain (AWS_REGION, profile) decides.
     pub region: Option<String>,
     /// Another endpoint for Firehose (a VPC endpoint, LocalStack, moto).
@@ -606,10 +619,20 @@ impl SourceSettings {
     }
 }
 
+/// Streams a templated sink's route sends to at most, unless `max_streams` says otherwise:
+/// each holds a batch and a pace of its own, and a field with many values (a user id) is a
+/// mistake to be told of, not thousands of streams.
+pub const DEFAULT_MAX_STREAMS: usize = 64;
+
+/// The most `max_streams` may be.
+const MAX_STREAMS_AT_MOST: usize = 1000;
+
 /// Where a sink delivers, with what that destination needs.
 #[derive(Debug, Clone)]
 pub enum SinkDestination {
     Firehose {
+        /// The stream the sink is checked against at start-up and sends to when its name is
+        /// plain: the fallback of a template, or the template resolved for the first input.
         delivery_stream: String,
         endpoint: AwsEndpoint,
     },
@@ -653,9 +676,11 @@ pub struct SinkSettings {
     pub packing: Option<Packing>,
     /// How each record sent is compressed, if it is.
     pub compression: Option<Compression>,
-    /// `max_bytes_per_sec` and `max_records_per_sec`.
+    /// `max_bytes_per_sec` and `max_records_per_sec`, for each stream.
     pub rate_ceiling: crate::sink::rate::Rates,
     pub max_in_flight: usize,
+    /// How each record's stream is named, when the stream's name is a template.
+    pub streams: Option<Arc<crate::sink::streams::StreamRouting>>,
 }
 
 /// How long acknowledged chunks are kept for replay. Both limits apply when both are set.
@@ -873,10 +898,13 @@ impl Config {
                     if settings.delivery_stream.as_deref().is_none_or(str::is_empty) {
                         report(format!("{key}.delivery_stream"), sink.span(), "is required for type = \"firehose\"".into());
                     }
+                    for (field, problem) in stream_problems(settings) {
+                        report(format!("{key}.{field}"), sink.span(), problem);
+                    }
                     [("path", settings.path.is_some())].into_iter().chain(kinesis_keys).collect()
                 }
                 SinkType::KinesisStreams => {
-                    for (field, problem) in kinesis_problems(settings) {
+                    for (field, problem) in kinesis_problems(settings).into_iter().chain(stream_problems(settings)) {
                         report(format!("{key}.{field}"), sink.span(), problem);
                     }
                     vec![
@@ -898,6 +926,8 @@ impl Config {
                         ("endpoint_url", settings.endpoint_url.is_some()),
                         ("pack_records", settings.pack_records),
                         ("ca_file", settings.ca_file.is_some()),
+                        ("fallback_stream", settings.fallback_stream.is_some()),
+                        ("max_streams", settings.max_streams.is_some()),
                     ]
                     .into_iter()
                     .chain(kinesis_keys)
@@ -964,9 +994,11 @@ impl Config {
                     ca_file: sink.ca_file.clone(),
                 };
                 let destination = match sink.sink_type {
-                    SinkType::Firehose => SinkDestination::Firehose { delivery_stream: sink.delivery_stream.clone()?, endpoint },
+                    SinkType::Firehose => {
+                        SinkDestination::Firehose { delivery_stream: sink_first_stream(sink, sink.delivery_stream.as_deref()?), endpoint }
+                    }
                     SinkType::KinesisStreams => SinkDestination::KinesisStreams {
-                        stream_name: sink.stream_name.clone()?,
+                        stream_name: sink_first_stream(sink, sink.stream_name.as_deref()?),
                         endpoint,
                         partition_key: sink_partition_key(sink).ok()?,
                         explicit_hash_key: sink.explicit_hash_key_field.as_deref().map(FieldPath::parse).transpose().ok()?,
@@ -993,6 +1025,7 @@ impl Config {
                         calls: None,
                     },
                     max_in_flight: sink.max_in_flight.unwrap_or_else(|| default_max_in_flight(sink_packing(sink).is_some())),
+                    streams: sink_stream_routing(sink).ok().flatten().map(Arc::new),
                 })
             })
             .collect()
@@ -1038,15 +1071,79 @@ fn sink_partition_key(sink: &SinkConfig) -> Result<PartitionKey, String> {
     }
 }
 
+/// The key naming a Firehose or Kinesis sink's stream, its value, and the longest name the
+/// service takes.
+fn stream_key(sink: &SinkConfig) -> Option<(&'static str, &str, usize)> {
+    match sink.sink_type {
+        SinkType::Firehose => Some(("delivery_stream", sink.delivery_stream.as_deref()?, firehose_limits::MAX_STREAM_NAME_CHARS)),
+        SinkType::KinesisStreams => Some(("stream_name", sink.stream_name.as_deref()?, kinesis_limits::MAX_STREAM_NAME_CHARS)),
+        SinkType::Directory => None,
+    }
+}
+
+/// How a sink's stream name reads: plain (`None`), or a template with its fallback.
+fn sink_stream_routing(sink: &SinkConfig) -> Result<Option<crate::sink::streams::StreamRouting>, (&'static str, String)> {
+    use crate::sink::streams::{is_stream_name, StreamRouting, StreamTemplate};
+    let Some((key, text, max_name_chars)) = stream_key(sink).filter(|(_, text, _)| !text.is_empty()) else { return Ok(None) };
+    let not_a_name = |name: &str| format!("`{name}` is not a stream name (1 to {max_name_chars} of a-z, A-Z, 0-9, `_`, `.`, `-`)");
+    let template = StreamTemplate::parse(text).map_err(|problem| (key, problem))?;
+    if template.is_plain() {
+        if !is_stream_name(text, max_name_chars) {
+            return Err((key, not_a_name(text)));
+        }
+        for (field, present) in [("fallback_stream", sink.fallback_stream.is_some()), ("max_streams", sink.max_streams.is_some())] {
+            if present {
+                return Err((field, format!("does not apply: {key} is one stream's name, not a template")));
+            }
+        }
+        return Ok(None);
+    }
+    let fallback = match (&sink.fallback_stream, template.reads_records()) {
+        (Some(fallback), _) if !is_stream_name(fallback, max_name_chars) => return Err(("fallback_stream", not_a_name(fallback))),
+        (None, true) => {
+            let why =
+                format!("is required when {key} names a record field: records without it (or whose value is no stream name) go there");
+            return Err(("fallback_stream", why));
+        }
+        (fallback, _) => fallback.clone(),
+    };
+    if !template.reads_records() {
+        for input in &sink.inputs {
+            let name = template.resolve(input.get_ref(), None).unwrap_or_default();
+            if !is_stream_name(&name, max_name_chars) {
+                return Err((key, format!("for input `{}`: {}", input.get_ref(), not_a_name(&name))));
+            }
+        }
+    }
+    let max_streams = sink.max_streams.unwrap_or(DEFAULT_MAX_STREAMS);
+    if !(1..=MAX_STREAMS_AT_MOST).contains(&max_streams) {
+        return Err(("max_streams", format!("must be 1 to {MAX_STREAMS_AT_MOST}")));
+    }
+    Ok(Some(StreamRouting { template, fallback, max_streams, max_name_chars }))
+}
+
+/// What is wrong with how a Firehose or Kinesis sink names its stream.
+fn stream_problems(sink: &SinkConfig) -> Vec<(&'static str, String)> {
+    sink_stream_routing(sink).err().into_iter().collect()
+}
+
+/// The stream a sink is checked against and sends to when it names one: its fallback, the
+/// template resolved for its first input, or its plain name.
+fn sink_first_stream(sink: &SinkConfig, text: &str) -> String {
+    match sink_stream_routing(sink).ok().flatten() {
+        Some(routing) => routing.fallback.clone().unwrap_or_else(|| {
+            let first = sink.inputs.first().map(|input| input.get_ref().as_str()).unwrap_or_default();
+            routing.template.resolve(first, None).unwrap_or_default()
+        }),
+        None => text.to_owned(),
+    }
+}
+
 /// What is wrong with a `kinesis_streams` sink's own keys, each with the key it is about.
 fn kinesis_problems(sink: &SinkConfig) -> Vec<(&'static str, String)> {
     let mut problems = Vec::new();
-    match sink.stream_name.as_deref() {
-        None | Some("") => problems.push(("stream_name", "is required for type = \"kinesis_streams\"".to_owned())),
-        Some(name) if name.len() > 128 || !name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"_.-".contains(&byte)) => {
-            problems.push(("stream_name", format!("`{name}` is not a stream name (1 to 128 of a-z, A-Z, 0-9, `_`, `.`, `-`)")))
-        }
-        Some(_) => {}
+    if sink.stream_name.as_deref().is_none_or(str::is_empty) {
+        problems.push(("stream_name", "is required for type = \"kinesis_streams\"".to_owned()));
     }
     let key_field = if sink.partition_key_field.is_some() { "partition_key_field" } else { "fixed_partition_key" };
     if let Err(problem) = sink_partition_key(sink) {

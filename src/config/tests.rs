@@ -296,3 +296,47 @@ fn a_kinesis_sinks_mistakes_are_reported_on_their_keys() {
     let keys: Vec<String> = problems(&firehose).into_iter().map(|problem| problem.key).collect();
     assert_eq!(keys, ["sinks.events.stream_name", "sinks.events.aggregate"]);
 }
+
+/// A stream named per record needs a place for the records that name none; the keys of a
+/// template are refused beside a plain name, and a plain name must be one the service takes.
+#[test]
+fn a_stream_template_needs_a_fallback_and_its_keys_apply_only_to_a_template() {
+    let with = |lines: &str| SEED_LIKE.replace("delivery_stream = \"test-fluentd-firehose\"", lines);
+    let config =
+        parse(&with("delivery_stream = \"logs-${record.service}\"\nfallback_stream = \"logs-other\"\nmax_streams = 8")).expect("valid");
+    let sink = &config.sink_settings()[0];
+    let routing = sink.streams.as_ref().expect("a template");
+    assert_eq!((routing.fallback.as_deref(), routing.max_streams, routing.max_name_chars), (Some("logs-other"), 8, 64));
+    // The fallback is the stream the sink is checked against at start-up.
+    assert!(matches!(&sink.destination, SinkDestination::Firehose { delivery_stream, .. } if delivery_stream == "logs-other"));
+    let by_source = parse(&with("delivery_stream = \"${source}-events\"")).expect("valid without a fallback");
+    assert!(
+        matches!(&by_source.sink_settings()[0].destination, SinkDestination::Firehose { delivery_stream, .. } if delivery_stream == "conect-events")
+    );
+    assert!(parse(SEED_LIKE).expect("valid").sink_settings()[0].streams.is_none());
+    for (lines, key, expected) in [
+        (
+            "delivery_stream = \"logs-${record.service}\"",
+            "sinks.events.fallback_stream",
+            "is required when delivery_stream names a record field",
+        ),
+        (
+            "delivery_stream = \"logs-${record.service}\"\nfallback_stream = \"no spaces\"",
+            "sinks.events.fallback_stream",
+            "is not a stream name",
+        ),
+        ("delivery_stream = \"logs\"\nfallback_stream = \"other\"", "sinks.events.fallback_stream", "not a template"),
+        ("delivery_stream = \"logs-${tag}\"", "sinks.events.delivery_stream", "is not a placeholder tailhose knows"),
+        ("delivery_stream = \"a/b\"", "sinks.events.delivery_stream", "is not a stream name"),
+        ("delivery_stream = \"${record.a}\"\nfallback_stream = \"x\"\nmax_streams = 0", "sinks.events.max_streams", "must be 1 to 1000"),
+    ] {
+        let problems = problems(&with(lines));
+        assert!(problems.iter().any(|problem| problem.key == key && problem.message.contains(expected)), "{lines}: {problems:?}");
+    }
+    let kinesis = SEED_LIKE.replace(
+        "type = \"firehose\"\ninputs = [\"conect\"]\ndelivery_stream = \"test-fluentd-firehose\"",
+        "type = \"kinesis_streams\"\ninputs = [\"conect\"]\nstream_name = \"${record.app}\"",
+    );
+    let problems = problems(&kinesis);
+    assert!(problems.iter().any(|problem| problem.key == "sinks.events.fallback_stream"), "{problems:?}");
+}

@@ -347,6 +347,7 @@ fn translate_flow(
         inputs: Vec::new(),
         inject: ImportedFields::default(),
         inject_tag_key: None,
+        fallback_stream: None,
         location: location.clone(),
     };
     match (&output.region, &output.endpoint) {

@@ -128,6 +128,9 @@ pub struct StreamOutput {
     /// source's tag, a fixed value per source).
     pub inject: ImportedFields,
     pub inject_tag_key: Option<String>,
+    /// Where records go that lack a field the stream's name is made of (tailhose's
+    /// `fallback_stream`), when the name has one.
+    pub fallback_stream: Option<String>,
     pub location: Location,
 }
 
@@ -294,9 +297,134 @@ pub fn translate(root: &Directive) -> Translation {
             },
         }
     }
+    resolve_tags(&mut translation, &mut notes);
     translation.notes = notes.0;
     translation.notes.sort_by(|a, b| (&a.location.file, a.location.line).cmp(&(&b.location.file, b.location.line)));
     translation
+}
+
+/// The record fields a `<buffer KEYS>` section names (chunk keys other than `tag` and `time`):
+/// Fluentd replaces `${KEY}` in a stream's name with the record's value of each.
+fn buffer_chunk_keys(section: &Directive) -> Vec<String> {
+    let Some(buffer) = section.children.iter().find(|child| child.name == "buffer") else { return Vec::new() };
+    buffer.argument.split(',').map(str::trim).filter(|key| !key.is_empty() && *key != "tag" && *key != "time").map(str::to_owned).collect()
+}
+
+/// A Fluentd stream name with placeholders as tailhose's template: `${record["a"]["b"]}`,
+/// `${$.a.b}` and a chunk key's `${a}` become `${record.a.b}`; `${tag}` and `${tag[N]}` stay, to
+/// be resolved per source once the output's inputs are known ([`resolve_tags`]). Time
+/// placeholders (`%Y`, …) have no counterpart.
+fn stream_template(name: &str, chunk_keys: &[String]) -> Result<String, String> {
+    if name.contains('%') {
+        return Err(format!(
+            "`{name}`: a time placeholder (`%Y`, …) in a stream's name; tailhose names a stream from the record's fields and source only"
+        ));
+    }
+    let mut template = String::new();
+    let mut rest = name;
+    while let Some(start) = rest.find("${") {
+        template.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("`{name}`: a placeholder is not closed"))?;
+        let inside = after[..end].trim();
+        let path: Option<String> = if inside == "tag" || (inside.starts_with("tag[") && inside.ends_with(']')) {
+            template.push_str(&format!("${{{inside}}}"));
+            None
+        } else if let Some(keys) = inside.strip_prefix("record[") {
+            Some(record_path(keys))
+        } else if let Some(path) = inside.strip_prefix("$.") {
+            Some(path.to_owned())
+        } else if chunk_keys.iter().any(|key| key == inside) {
+            Some(inside.to_owned())
+        } else {
+            return Err(format!("`${{{inside}}}` in `{name}` is neither ${{tag}}, a record field nor one of the <buffer>'s chunk keys"));
+        };
+        if let Some(path) = path {
+            template.push_str(&format!("${{record.{path}}}"));
+        }
+        rest = &after[end + 1..];
+    }
+    template.push_str(rest);
+    Ok(template)
+}
+
+/// `"a"]["b"]` (what follows `record[`) as the dotted path `a.b`.
+fn record_path(keys: &str) -> String {
+    let names: Vec<&str> = keys
+        .split(']')
+        .map(|part| part.trim().trim_start_matches('[').trim().trim_matches(|quote| quote == '"' || quote == '\''))
+        .filter(|part| !part.is_empty())
+        .collect();
+    names.join(".")
+}
+
+/// A fallback stream's name for `template`: its text with each record field as `unknown`.
+fn fallback_name(template: &str) -> String {
+    let mut name = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("${record.") {
+        name.push_str(&rest[..start]);
+        name.push_str("unknown");
+        rest = rest[start..].find('}').map_or("", |end| &rest[start + end + 1..]);
+    }
+    name.push_str(rest);
+    name
+}
+
+/// Fluentd's `${tag}` and `${tag[N]}` in the outputs' stream names, once their inputs are
+/// known: `${source}` where every input's source is named by its tag, else the tag itself
+/// where every input has the same one. Inputs of several tags would need several sinks.
+fn resolve_tags(translation: &mut Translation, notes: &mut Notes) {
+    for output in &mut translation.outputs {
+        let template = output.stream.name().to_owned();
+        if !template.contains("${tag") {
+            continue;
+        }
+        let tags: Vec<&str> = output
+            .inputs
+            .iter()
+            .filter_map(|input| translation.sources.iter().find(|source| &source.name == input))
+            .map(|source| source.tag.as_str())
+            .collect();
+        let named_by_tag = !template.contains("${tag[")
+            && output.inputs.iter().all(|input| translation.sources.iter().any(|source| &source.name == input && source.tag == *input));
+        let shared_tag = tags.first().copied().filter(|tag| tags.iter().all(|other| other == tag));
+        let resolved = match (named_by_tag, shared_tag) {
+            (true, _) => Some(template.replace("${tag}", "${source}")),
+            (false, Some(tag)) => Some(with_tag(&template, tag)),
+            (false, None) => None,
+        };
+        // A fallback is one stream for all inputs: their tag where they share one.
+        if let Some(fallback) = output.fallback_stream.as_mut() {
+            *fallback = with_tag(fallback, shared_tag.unwrap_or("unknown"));
+        }
+        match resolved {
+            Some(resolved) => match &mut output.stream {
+                OutputStream::Firehose { delivery_stream } => *delivery_stream = resolved,
+                OutputStream::Kinesis(stream) => stream.stream_name = resolved,
+            },
+            None => notes.push(
+                Severity::ChangesDelivery,
+                &output.location,
+                "${tag}",
+                format!("`{template}` names a stream per tag for sources of several tags ({}); give each its own sink", tags.join(", ")),
+            ),
+        }
+    }
+}
+
+/// `template` with `${tag}` and `${tag[N]}` (the tag's N-th dot-separated part; `unknown` past
+/// its parts) replaced.
+fn with_tag(template: &str, tag: &str) -> String {
+    let parts: Vec<&str> = tag.split('.').collect();
+    let mut out = template.replace("${tag}", tag);
+    while let Some(start) = out.find("${tag[") {
+        let Some(end) = out[start..].find(']').map(|end| start + end) else { break };
+        let part = out[start + 6..end].parse::<usize>().ok().and_then(|index| parts.get(index)).copied().unwrap_or("unknown");
+        let close = out[end..].find('}').map_or(out.len(), |close| end + close + 1);
+        out.replace_range(start..close, part);
+    }
+    out
 }
 
 /// Routes `source` to the output `section` (a `<match>` or a copy's `<store>`), translated once
@@ -877,8 +1005,29 @@ fn stream_output(section: &Directive, index: usize, notes: &mut Notes) -> Option
         inputs: Vec::new(),
         inject: ImportedFields::default(),
         inject_tag_key: None,
+        fallback_stream: None,
         location: section.location.clone(),
     };
+    let chunk_keys = buffer_chunk_keys(section);
+    match stream_template(stream_name, &chunk_keys) {
+        Ok(template) if template != stream_name || template.contains("${") => {
+            // `${tag}` is still Fluentd's here: whether the name reads a record field is all that is asked.
+            let fallback = template.contains("${record.").then(|| fallback_name(&template));
+            if let Some(fallback) = &fallback {
+                let why = format!(
+                    "tailhose sends records without the field the stream is named by to `fallback_stream = \"{fallback}\"` (Fluentd named a stream without it): create that stream, or name another"
+                );
+                notes.push(Severity::ActionNeeded, &section.location, stream_key, why);
+            }
+            output.fallback_stream = fallback;
+            match &mut output.stream {
+                OutputStream::Firehose { delivery_stream } => *delivery_stream = template,
+                OutputStream::Kinesis(stream) => stream.stream_name = template,
+            }
+        }
+        Ok(_) => {}
+        Err(problem) => notes.push(Severity::ChangesDelivery, &section.location, stream_key, problem),
+    }
     for param in &section.params {
         let location = &param.location;
         match param.key.as_str() {
@@ -1247,6 +1396,9 @@ pub fn render_toml(translation: &Translation, data_dir: &str, origin: &std::path
                 }
             }
         }
+        if let Some(fallback) = &output.fallback_stream {
+            out.push_str(&format!("fallback_stream = {}\n", quote(fallback)));
+        }
         if let Some(region) = &output.region {
             out.push_str(&format!("region = {}\n", quote(region)));
         }
@@ -1291,6 +1443,41 @@ mod tests {
 
     fn translated(text: &str) -> Translation {
         translate(&parse_text(text, Path::new("td-agent.conf")).expect("parses"))
+    }
+
+    #[test]
+    fn placeholders_in_stream_names_become_templates_with_a_fallback_and_tags_are_resolved_per_source() {
+        let conf = "<source>\n  @type tail\n  path /a/*.log\n  tag app\n  <parse>\n    @type json\n  </parse>\n</source>\n\
+<source>\n  @type tail\n  path /b/*.log\n  tag web.front\n  <parse>\n    @type json\n  </parse>\n</source>\n\
+<match app>\n  @type copy\n  <store>\n    @type kinesis_firehose\n    delivery_stream_name logs-${tag}\n  </store>\n  <store>\n    @type kinesis_streams\n    stream_name ns-${record[\"kubernetes\"][\"namespace\"]}-${service}\n    <buffer tag, service>\n    </buffer>\n  </store>\n</match>\n\
+<match web.**>\n  @type kinesis_firehose\n  delivery_stream_name ${tag[1]}-${$.level}\n</match>\n";
+        let translation = translated(conf);
+        let names: Vec<&str> = translation.outputs.iter().map(|output| output.stream.name()).collect();
+        // `app` is both the tag and the source's name: ${source}; web.front's source is `web_front`.
+        assert_eq!(names, ["logs-${source}", "ns-${record.kubernetes.namespace}-${record.service}", "front-${record.level}"]);
+        let fallbacks: Vec<Option<&str>> = translation.outputs.iter().map(|output| output.fallback_stream.as_deref()).collect();
+        assert_eq!(fallbacks, [None, Some("ns-unknown-unknown"), Some("front-unknown")]);
+        assert!(!translation.changes_delivery(), "{:#?}", translation.notes);
+        assert_eq!(translation.notes.iter().filter(|note| note.severity == Severity::ActionNeeded).count(), 2, "{:#?}", translation.notes);
+        let toml = render_toml(&translation, "/var/lib/tailhose", Path::new("td-agent.conf"));
+        assert!(toml.contains("fallback_stream = \"front-unknown\"\n"), "{toml}");
+        let config = crate::config::Config::parse(&toml, Path::new("/etc/tailhose/tailhose.toml")).expect("valid");
+        assert!(config.sink_settings().iter().all(|sink| sink.streams.is_some()));
+
+        for (name, why) in [("logs-%Y%m%d", "time placeholder"), ("logs-${unknown}", "chunk keys")] {
+            let conf = format!("<source>\n  @type tail\n  path /a/*.log\n  tag app\n</source>\n<match app>\n  @type kinesis_firehose\n  delivery_stream_name {name}\n</match>\n");
+            let translation = translated(&conf);
+            let refused = translation.notes.iter().find(|note| note.severity == Severity::ChangesDelivery).expect("refused");
+            assert!(refused.message.contains(why), "{name}: {}", refused.message);
+        }
+        // Sources of several tags in one stream per tag: one sink cannot say it.
+        let conf = "<source>\n  @type tail\n  path /a/*.log\n  tag a.x\n</source>\n<source>\n  @type tail\n  path /b/*.log\n  tag a.y\n</source>\n<match a.*>\n  @type kinesis_firehose\n  delivery_stream_name s-${tag[1]}\n</match>\n";
+        let translation = translated(conf);
+        assert!(
+            translation.notes.iter().any(|note| note.severity == Severity::ChangesDelivery && note.key == "${tag}"),
+            "{:#?}",
+            translation.notes
+        );
     }
 
     #[test]

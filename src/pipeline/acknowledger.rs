@@ -48,6 +48,8 @@ pub(super) struct Acknowledger {
     pub(super) events: Arc<Events>,
     /// A write or flush that takes longer is a storage failure.
     pub(super) storage_stall_timeout: Duration,
+    /// The sink's name, which per-stream counts go under.
+    pub(super) sink: String,
 }
 
 impl Acknowledger {
@@ -67,6 +69,9 @@ impl Acknowledger {
                         self.events.dead_lettered(self.queue.name(), letter);
                     }
                     self.events.batch_acknowledged(self.queue.name(), &done.batch.delivery(), done.elapsed);
+                    for (stream, lines) in &done.batch.stream_lines {
+                        self.events.stream_acknowledged(&self.sink, stream, *lines);
+                    }
                 }
             }
             if let Some(index) = abandoned_at {

@@ -29,9 +29,23 @@ pub(super) enum Delivery {
     Abandoned,
 }
 
-/// What every delivery of a route shares: the sink, its settings and the learned pace.
+/// What a batch's records refused as invalid became: dead letters, not delivered.
+#[derive(Debug, Default)]
+pub(super) struct Rejections {
+    /// Indices into the batch's records.
+    pub(super) records: Vec<usize>,
+    pub(super) dead_letters: Vec<DeadLetter>,
+}
+
+/// What every delivery of a route to one stream shares: the sink, its settings and the
+/// stream's learned pace. A route whose stream is named per record has one for each stream.
 pub(super) struct Courier {
     pub(super) route: String,
+    /// The stream this courier's calls go to.
+    pub(super) stream: Arc<str>,
+    /// Whether the route sends to streams named per record: then what happens to each stream
+    /// is counted under its name too.
+    pub(super) per_stream: bool,
     pub(super) sink: Arc<Sink>,
     pub(super) settings: SinkSettings,
     /// The sink's limits of one call, as the flusher's batches were packed to.
@@ -70,12 +84,33 @@ impl Courier {
     /// `calling` is the batch's place among the `max_in_flight` calling: given up once only
     /// leftovers are left, which go with other batches' (see [`super::resender`]), so that new
     /// batches are sent meanwhile.
-    pub(super) async fn deliver(&self, batch: &mut PendingBatch, calling: OwnedSemaphorePermit) -> Delivery {
+    ///
+    /// `records` are the indices of the batch's records that go to this courier's stream; the
+    /// place among those calling is shared by every stream of the batch, and given up once all
+    /// of them let it go. Records refused as invalid come back as dead letters.
+    pub(super) async fn deliver(
+        &self,
+        batch: &PendingBatch,
+        records: Vec<usize>,
+        calling: Arc<OwnedSemaphorePermit>,
+    ) -> (Delivery, Rejections) {
+        let mut rejections = Rejections::default();
+        let delivery = self.deliver_records(batch, records, calling, &mut rejections).await;
+        (delivery, rejections)
+    }
+
+    async fn deliver_records(
+        &self,
+        batch: &PendingBatch,
+        records: Vec<usize>,
+        calling: Arc<OwnedSemaphorePermit>,
+        rejections: &mut Rejections,
+    ) -> Delivery {
         let mut calling = Some(calling);
         let route = self.route.as_str();
         let abandon = abandon_after(self.stop.clone(), self.shutdown_timeout);
         tokio::pin!(abandon);
-        let mut groups: VecDeque<Vec<usize>> = VecDeque::from([(0..batch.records.len()).collect()]);
+        let mut groups: VecDeque<Vec<usize>> = VecDeque::from([records]);
         let mut backoff = self.backoff();
         let mut attempt = 0u64;
         let mut failures_in_a_row = 0u32;
@@ -181,20 +216,19 @@ impl Courier {
                     }
                     Err(SinkError::InvalidRecords { code, message }) => {
                         if let [index] = group[..] {
-                            let chunk = batch.record_chunk[index];
-                            let ack = &batch.acks[chunk];
-                            let detail = format!("a record of chunk {}: {code}: {message}", ack.seq);
+                            let origin = batch.origin_of(index);
+                            let detail = format!("a record of chunk {}: {code}: {message}", origin.seq);
                             let data = record_as_read(&self.settings, batch.records.get(index));
-                            batch.rejected.push(index);
+                            rejections.records.push(index);
                             let letter = record_dead_letter(
-                                ack.file,
-                                &batch.chunk_paths[chunk],
-                                ack.start_offset,
+                                origin.file,
+                                origin.path,
+                                origin.start_offset,
                                 DeadLetterReason::RejectedBySink,
                                 detail,
                                 data,
                             );
-                            batch.dead_letters.push(letter);
+                            rejections.dead_letters.push(letter);
                         } else {
                             // Halve the group until the record the destination refuses is alone.
                             let second = group.split_off(group.len() / 2);
@@ -251,8 +285,11 @@ impl Courier {
             }
         }
         let sent_at = Instant::now();
-        let answer = self.sink.put(records, group).await;
+        let answer = self.sink.put_to(&self.stream, records, group).await;
         self.events.call_answered(group.len() as u64, sent_at.elapsed());
+        if self.per_stream {
+            self.events.stream_call_answered(&self.settings.name, &self.stream, &answer);
+        }
         // A failed call is counted here, once: the batches whose records rode in it each hear
         // of it and retry, but it was one call.
         match &answer {
@@ -377,9 +414,13 @@ impl Courier {
         let mut governor = self.lock_governor();
         if let Some(change) = governor.answered(answer, Instant::now()) {
             let allowance = governor.call_allowance();
+            let pacing = governor.is_pacing();
             drop(governor);
             self.pace_changed.notify_waiters();
             self.events.pace_changed(&self.route, &change, allowance);
+            if self.per_stream {
+                self.events.stream_pace_changed(&self.settings.name, &self.stream, pacing.then_some(allowance));
+            }
         }
     }
 

@@ -18,6 +18,13 @@
 //!   from being acknowledged: only batches in flight may be sent twice after a restart.
 //! - Calls are paced by a rate learned from throttling ([`crate::sink::rate`]), within the
 //!   sink's `max_bytes_per_sec` / `max_records_per_sec`.
+//! - A sink whose stream is named per record ([`crate::sink::streams`]) has a courier, a pace
+//!   and leftovers of its own for each stream: a batch still holds records in queue order
+//!   whatever their streams, and its delivery sends each stream's records in calls of their
+//!   own, at that stream's pace; the batch is done when every stream took its records. So
+//!   acknowledgement stays a prefix of the queue, and a stream that is slow or refusing holds
+//!   back the acknowledgement of what follows its records, never their correctness: the other
+//!   streams' batches are sent meanwhile, up to the places of batches unacknowledged.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -37,6 +44,7 @@ use crate::queue::chunk::decode_chunk;
 use crate::queue::{ChunkAck, ChunkMeta, ChunkSeq, DeadLetter, DeadLetterReason, QueueError, RouteQueue, StoredChunk};
 use crate::sink::compression::Compression;
 use crate::sink::rate::{CallSize, RateGovernor};
+use crate::sink::streams::{Lane, StreamRouter};
 use crate::sink::{aggregation, BatchLimits, BatchPacker, Offer, OutgoingRecords, PackFormat, Sink};
 
 /// When a flusher stops.
@@ -60,14 +68,19 @@ pub struct Flusher {
     stopping: FlusherStop,
     /// An acknowledgement that takes longer is a storage failure.
     storage_stall_timeout: Duration,
+    sink: Arc<Sink>,
     /// The next chunk to read is the first pending one at or after this.
     next_seq: ChunkSeq,
     /// The chunk being packed, when a batch filled up in its middle.
     current: Option<LoadedChunk>,
     /// Chunks read from the queue and not yet packed, in order (all below `next_seq`).
     read_ahead: VecDeque<StoredChunk>,
-    /// Shared with every delivery task of this route.
-    courier: Arc<Courier>,
+    /// Which stream each record goes to.
+    router: StreamRouter,
+    /// One per stream ([`Lane`]), shared with every delivery task of this route.
+    couriers: Vec<Arc<Courier>>,
+    /// Each courier's resender; ends with this flusher.
+    resenders: Vec<AbortOnDrop>,
 }
 
 /// Batches sent and not yet acknowledged, as a multiple of those calling (`max_in_flight`): a
@@ -185,6 +198,14 @@ pub(super) struct PendingBatch {
     pub(super) records: OutgoingRecords,
     /// Index into `acks` of the chunk each record came from.
     pub(super) record_chunk: Vec<usize>,
+    /// Each record's stream, for a route that names streams per record (empty: all go to
+    /// the route's one stream).
+    record_lane: Vec<Lane>,
+    /// Lines acknowledged per stream, for a route that names streams per record; set once delivered.
+    pub(super) stream_lines: Vec<(Arc<str>, u64)>,
+    /// What each record's lines would be billed sent one record per line, uncompressed; kept
+    /// only where lines are packed or compressed (else it is what the record is billed).
+    line_units: Vec<u64>,
     packer: BatchPacker,
     /// One entry per chunk touched, in queue order.
     pub(super) acks: Vec<ChunkAck>,
@@ -205,6 +226,9 @@ impl PendingBatch {
             records: OutgoingRecords::with_capacity(fill.bytes.min(limits.max_bytes).min(INITIAL_BATCH_BYTES) as usize),
             record_chunk: Vec::new(),
             packer: BatchPacker::filled_to(limits, fill),
+            record_lane: Vec::new(),
+            stream_lines: Vec::new(),
+            line_units: Vec::new(),
             acks: Vec::new(),
             chunk_paths: Vec::new(),
             dead_letters: Vec::new(),
@@ -227,9 +251,43 @@ impl PendingBatch {
             delivery.bytes += self.records.get(index).len() as u64;
             delivery.bytes_before_compression +=
                 self.before_compression.get(index).copied().unwrap_or(self.records.get(index).len() as u64);
-            delivery.billed_units += self.records.billed_units(index, self.packer.limits().billing_unit_bytes);
+            let billed = self.records.billed_units(index, self.packer.limits().billing_unit_bytes);
+            delivery.billed_units += billed;
+            delivery.billed_units_saved += self.line_units.get(index).map_or(0, |alone| alone.saturating_sub(billed));
         }
         delivery
+    }
+
+    /// Where record `index` was read: its chunk's file and start (records do not carry their
+    /// own offsets).
+    pub(super) fn origin_of(&self, index: usize) -> RecordOrigin<'_> {
+        let chunk = self.record_chunk[index];
+        let ack = &self.acks[chunk];
+        RecordOrigin { seq: ack.seq, file: ack.file, path: &self.chunk_paths[chunk], start_offset: ack.start_offset }
+    }
+
+    /// The records of each stream, in queue order, streams in the order their first record
+    /// comes.
+    fn records_by_lane(&self) -> Vec<(Lane, Vec<usize>)> {
+        if self.record_lane.is_empty() {
+            return vec![(0, (0..self.records.len()).collect())];
+        }
+        let mut lanes: Vec<(Lane, Vec<usize>)> = Vec::new();
+        for (index, &lane) in self.record_lane.iter().enumerate() {
+            match lanes.iter_mut().find(|(known, _)| *known == lane) {
+                Some((_, records)) => records.push(index),
+                None => lanes.push((lane, vec![index])),
+            }
+        }
+        lanes
+    }
+
+    /// The stream of the batch's last record, if it has one.
+    fn last_lane(&self) -> Option<Lane> {
+        match self.record_lane.last() {
+            Some(&lane) => Some(lane),
+            None => (!self.records.is_empty()).then_some(0),
+        }
     }
 
     /// The ack entry for `chunk`, added on first use.
@@ -253,6 +311,14 @@ impl PendingBatch {
     }
 }
 
+/// Where a record of a batch was read.
+pub(super) struct RecordOrigin<'a> {
+    pub(super) seq: ChunkSeq,
+    pub(super) file: crate::queue::FileIdentity,
+    pub(super) path: &'a [u8],
+    pub(super) start_offset: u64,
+}
+
 /// A batch's records finished, once, as it leaves for the destination: the sink's own finish
 /// (an aggregated record's envelope), then compression of each whole record. Returns them with
 /// each one's bytes before compression.
@@ -269,6 +335,49 @@ fn seal(packed: &OutgoingRecords, sink: &Sink, compression: Option<Compression>)
         }
     }
     (sealed, before_compression)
+}
+
+/// Delivers `batch`: each stream's records through its courier, all streams at once; the batch
+/// is accepted when every stream took its records, abandoned when any stream's were abandoned.
+async fn deliver(couriers: &[Arc<Courier>], batch: &mut PendingBatch, calling: OwnedSemaphorePermit, per_stream: bool) -> Delivery {
+    let lanes = batch.records_by_lane();
+    let calling = Arc::new(calling);
+    let shared: &PendingBatch = batch;
+    let deliveries = lanes.iter().map(|(lane, records)| couriers[*lane].deliver(shared, records.clone(), calling.clone()));
+    let ended = futures_util::future::join_all(deliveries).await;
+    drop(calling);
+    let mut delivery = Delivery::Accepted;
+    for (ended, rejections) in ended {
+        if ended == Delivery::Abandoned {
+            delivery = Delivery::Abandoned;
+        }
+        batch.rejected.extend(rejections.records);
+        batch.dead_letters.extend(rejections.dead_letters);
+    }
+    if per_stream && delivery == Delivery::Accepted {
+        batch.stream_lines = lanes
+            .iter()
+            .map(|(lane, records)| {
+                let lines = records
+                    .iter()
+                    .filter(|index| !batch.rejected.contains(index))
+                    .map(|&index| u64::from(batch.records.lines(index)))
+                    .sum();
+                (couriers[*lane].stream.clone(), lines)
+            })
+            .collect();
+    }
+    delivery
+}
+
+/// The stream a sink's settings name for its route's first lane: the fallback of a template,
+/// or its one stream (a directory sink has none).
+fn sink_stream(settings: &SinkSettings) -> &str {
+    match &settings.destination {
+        crate::config::SinkDestination::Firehose { delivery_stream, .. } => delivery_stream,
+        crate::config::SinkDestination::KinesisStreams { stream_name, .. } => stream_name,
+        crate::config::SinkDestination::Directory { .. } => "",
+    }
 }
 
 /// Whether filling stopped because the batch is full or the committed chunks ran out.
@@ -297,21 +406,8 @@ impl Flusher {
         storage_stall_timeout: Duration,
     ) -> Flusher {
         let limits = sink.limits(&settings);
-        let courier = Arc::new(Courier {
-            route: queue.name().to_owned(),
-            sink,
-            settings: settings.clone(),
-            limits,
-            events: events.clone(),
-            stop: stopping.stop.clone(),
-            shutdown_timeout: stopping.shutdown_timeout,
-            governor: Mutex::new(RateGovernor::new(settings.rate_ceiling)),
-            pace_turns: tokio::sync::Mutex::new(()),
-            pace_changed: tokio::sync::Notify::new(),
-            leftovers: Leftovers::default(),
-            calls_out: Arc::default(),
-        });
-        Flusher {
+        let router = StreamRouter::new(sink_stream(&settings), settings.streams.clone(), &source.name);
+        let mut flusher = Flusher {
             queue,
             source,
             settings,
@@ -322,17 +418,65 @@ impl Flusher {
             next_seq: ChunkSeq(0),
             current: None,
             read_ahead: VecDeque::new(),
-            courier,
+            router,
+            couriers: Vec::new(),
+            resenders: Vec::new(),
+            sink,
+        };
+        let first = flusher.router.stream(0).clone();
+        flusher.open_lane(first);
+        flusher
+    }
+
+    /// A courier (and its resender) for the next lane, sending to `stream`.
+    fn open_lane(&mut self, stream: Arc<str>) {
+        let courier = Arc::new(Courier {
+            route: self.queue.name().to_owned(),
+            stream,
+            per_stream: self.router.reads_records(),
+            sink: self.sink.clone(),
+            settings: self.settings.clone(),
+            limits: self.limits,
+            events: self.events.clone(),
+            stop: self.stopping.stop.clone(),
+            shutdown_timeout: self.stopping.shutdown_timeout,
+            governor: Mutex::new(RateGovernor::new(self.settings.rate_ceiling)),
+            pace_turns: tokio::sync::Mutex::new(()),
+            pace_changed: tokio::sync::Notify::new(),
+            leftovers: Leftovers::default(),
+            calls_out: Arc::default(),
+        });
+        // The first lane's resender starts when the flusher runs (`run`); a lane opened while
+        // it runs starts its own at once.
+        if !self.couriers.is_empty() {
+            self.resenders.push(AbortOnDrop(tokio::spawn(run_resender(courier.clone()))));
         }
+        self.couriers.push(courier);
+    }
+
+    /// The most one call should carry at the learned pace of the fastest stream: a batch's
+    /// records for a slower stream are cut into smaller calls by its courier.
+    fn call_allowance(&self) -> CallSize {
+        let allowances = self.couriers.iter().map(|courier| courier.call_allowance());
+        allowances.max_by_key(|allowance| allowance.bytes).unwrap_or_default()
+    }
+
+    /// Whether a learned rate is in force for any stream.
+    fn is_pacing(&self) -> bool {
+        self.couriers.iter().any(|courier| courier.is_pacing())
     }
 
     pub async fn run(mut self) -> Result<(), super::PipelineError> {
-        // The resender holds the courier: it ends with this flusher, not by itself.
-        let _resender = AbortOnDrop(tokio::spawn(run_resender(self.courier.clone())));
+        // A resender holds its courier: it ends with this flusher, not by itself.
+        self.resenders = self.couriers.iter().map(|courier| AbortOnDrop(tokio::spawn(run_resender(courier.clone())))).collect();
         // Never full: a batch takes a place before it is sent (see `deliver`).
         let (finished_tx, finished_rx) = mpsc::channel(self.places().batches());
-        let acknowledger =
-            Acknowledger { queue: self.queue.clone(), events: self.events.clone(), storage_stall_timeout: self.storage_stall_timeout };
+        let acknowledger = Acknowledger {
+            queue: self.queue.clone(),
+            events: self.events.clone(),
+            storage_stall_timeout: self.storage_stall_timeout,
+            sink: self.settings.name.clone(),
+        };
         let mut acknowledging = tokio::spawn(acknowledger.run(finished_rx));
         match self.deliver(finished_tx, &mut acknowledging).await {
             Ok(Ended::AcknowledgerStopped(acknowledged)) => acknowledged,
@@ -399,7 +543,7 @@ impl Flusher {
             // At a learned pace, places beyond twice those calling only queue batches behind
             // the pace: they buy nothing, and a quota decision then finds more calls waiting to
             // go at the old rate.
-            let behind_the_pace = self.courier.is_pacing() && in_flight.len() >= PACED_UNACKNOWLEDGED_PER_CALLING * self.max_in_flight();
+            let behind_the_pace = self.is_pacing() && in_flight.len() >= PACED_UNACKNOWLEDGED_PER_CALLING * self.max_in_flight();
             let placed = place.is_some() && caller.is_some() && !behind_the_pace;
             // After a stop nothing new is sent: the batches in flight finish (or are abandoned)
             // within shutdown_timeout; what was packed but not sent stays queued.
@@ -467,7 +611,7 @@ impl Flusher {
 
     /// An empty batch, filled no further than one call should carry at the learned pace.
     fn new_batch(&self) -> PendingBatch {
-        PendingBatch::new(self.limits, self.courier.call_allowance())
+        PendingBatch::new(self.limits, self.call_allowance())
     }
 
     /// Whether `batch` leaves now: full, only acknowledgements (no records), or no reason to wait
@@ -486,16 +630,18 @@ impl Flusher {
     /// Starts delivering `batch` on its own task; it keeps `unacknowledged` until acknowledged,
     /// and `calling` while its own records are in a call (see [`Courier::deliver`]).
     fn send(&self, mut batch: PendingBatch, unacknowledged: OwnedSemaphorePermit, calling: OwnedSemaphorePermit) -> InFlight {
-        let courier = self.courier.clone();
+        let couriers = self.couriers.clone();
+        let sink = self.sink.clone();
+        let per_stream = self.router.reads_records();
         let compression = self.settings.compression;
         let sealed = compression.is_some() || self.settings.packing.is_some_and(|packing| packing.format == PackFormat::Aggregated);
         let task = tokio::spawn(async move {
             if sealed && compression.is_none() && !batch.records.is_empty() {
                 // Only envelopes to add: a copy of at most 1 MiB by default, quick enough for here.
-                (batch.records, batch.before_compression) = seal(&batch.records, &courier.sink, None);
+                (batch.records, batch.before_compression) = seal(&batch.records, &sink, None);
             } else if sealed && !batch.records.is_empty() {
                 // Compressing a 2 MiB batch is some 10 ms of CPU: off the runtime's threads.
-                let (sink, packed) = (courier.sink.clone(), std::mem::take(&mut batch.records));
+                let packed = std::mem::take(&mut batch.records);
                 match tokio::task::spawn_blocking(move || seal(&packed, &sink, compression)).await {
                     Ok((records, before_compression)) => (batch.records, batch.before_compression) = (records, before_compression),
                     // A panic of the compressor (a bug) fails this task with it: the flusher
@@ -505,7 +651,8 @@ impl Flusher {
                     Err(_) => return (batch, Delivery::Abandoned),
                 }
             }
-            let delivery = if batch.records.is_empty() { Delivery::Accepted } else { courier.deliver(&mut batch, calling).await };
+            let delivery =
+                if batch.records.is_empty() { Delivery::Accepted } else { deliver(&couriers, &mut batch, calling, per_stream).await };
             (batch, delivery)
         });
         InFlight { task, sent_at: Instant::now(), unacknowledged: Some(unacknowledged) }
@@ -534,31 +681,47 @@ impl Flusher {
             let ack = batch.ack_for(&chunk);
             while chunk.next_record < chunk.meta.record_count {
                 let range = chunk.records[chunk.next_record as usize].clone();
-                let piece_len = self.piece_len(range.len());
-                if self.packs_into_last(batch, piece_len) {
+                let line_len = range.len();
+                let piece_len = self.piece_len(line_len);
+                let routed = self.router.route(&chunk.bytes[range.clone()]);
+                if routed.opened {
+                    let stream = self.router.stream(routed.lane).clone();
+                    self.events.stream_opened(self.queue.name(), &stream);
+                    self.open_lane(stream);
+                }
+                let aggregated = self.settings.packing.is_some_and(|packing| packing.format == PackFormat::Aggregated);
+                if batch.last_lane() == Some(routed.lane) && self.packs_into_last(batch, piece_len) {
                     if batch.packer.extend_last(piece_len) == Offer::Full {
                         self.current = Some(chunk);
                         return Ok(Fill::Full);
                     }
-                    match self.settings.packing.map(|packing| packing.format) {
-                        Some(PackFormat::Aggregated) => {
-                            batch.records.aggregate_into_last(&chunk.bytes[range], self.settings.append_newline)
-                        }
-                        _ => batch.records.pack_into_last(&chunk.bytes[range]),
+                    let alone = self.billed_alone(line_len);
+                    match aggregated {
+                        true => batch.records.aggregate_into_last(&chunk.bytes[range], self.settings.append_newline),
+                        false => batch.records.pack_into_last(&chunk.bytes[range]),
                     }
+                    if let (Some(alone), Some(last)) = (alone, batch.line_units.last_mut()) {
+                        *last += alone;
+                    }
+                    self.count_fallback(routed);
                     chunk.next_record += 1;
                     batch.acks[ack].acked_records = chunk.next_record;
                     continue;
                 }
                 match batch.packer.offer(piece_len) {
                     Offer::Added => {
-                        match self.settings.packing.map(|packing| packing.format) {
-                            Some(PackFormat::Aggregated) => {
-                                batch.records.push_aggregated(&chunk.bytes[range], self.settings.append_newline)
-                            }
-                            _ => batch.records.push(&chunk.bytes[range], self.settings.append_newline),
+                        match aggregated {
+                            true => batch.records.push_aggregated(&chunk.bytes[range], self.settings.append_newline),
+                            false => batch.records.push(&chunk.bytes[range], self.settings.append_newline),
                         }
                         batch.record_chunk.push(ack);
+                        if let Some(alone) = self.billed_alone(line_len) {
+                            batch.line_units.push(alone);
+                        }
+                        if self.router.reads_records() {
+                            batch.record_lane.push(routed.lane);
+                        }
+                        self.count_fallback(routed);
                     }
                     Offer::Full => {
                         self.current = Some(chunk);
@@ -588,6 +751,24 @@ impl Flusher {
             if batch.packer.is_full() {
                 return Ok(Fill::Full);
             }
+        }
+    }
+
+    /// The units a line of `line_len` bytes is billed sent as a record of its own, uncompressed,
+    /// where lines are packed or compressed (else none: the record is billed as it is).
+    fn billed_alone(&self, line_len: usize) -> Option<u64> {
+        if self.settings.packing.is_none() && self.settings.compression.is_none() {
+            return None;
+        }
+        let sent = (line_len + usize::from(self.settings.append_newline)) as u64;
+        Some(sent.div_ceil(self.limits.billing_unit_bytes).max(1))
+    }
+
+    /// Counts a record that went to the fallback stream, once it is in a batch (a record left
+    /// for the next batch is routed again there).
+    fn count_fallback(&self, routed: crate::sink::streams::Routed) {
+        if let Some(reason) = routed.fallback {
+            self.events.stream_fallback(&self.settings.name, self.router.stream(0), reason);
         }
     }
 

@@ -42,13 +42,18 @@ impl FirehoseSink {
     }
 
     pub async fn put(&self, records: &OutgoingRecords, which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
+        self.put_to(&self.delivery_stream, records, which).await
+    }
+
+    /// [`FirehoseSink::put`] to `delivery_stream`, one a template named.
+    pub async fn put_to(&self, delivery_stream: &str, records: &OutgoingRecords, which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
         // The SDK serializes an empty record list; the body it signs and sends is ours, written
         // in one pass (see [`super::request`]), with the same document the SDK would write.
-        let body = OurBody::new(put_record_batch_body(&self.delivery_stream, records, which));
+        let body = OurBody::new(put_record_batch_body(delivery_stream, records, which));
         let output = self
             .client
             .put_record_batch()
-            .delivery_stream_name(&self.delivery_stream)
+            .delivery_stream_name(delivery_stream)
             .set_records(Some(Vec::new()))
             .customize()
             .interceptor(body)

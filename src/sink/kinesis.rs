@@ -31,6 +31,8 @@ use super::aggregation;
 use super::aws::{self, AnswerEntry, AnswerTerms, Fixes};
 use super::compression::Compression;
 use super::request::{put_records_body, EntryKeys, OurBody};
+use super::streams::field_text;
+pub use super::streams::FieldPath;
 use super::{OutgoingRecords, RecordOutcome, SinkError, SinkSetupError};
 use crate::config::{kinesis_limits, AwsEndpoint};
 
@@ -59,25 +61,6 @@ pub enum PartitionKey {
     Fixed(String),
     /// The value of a field of the JSON record; a random key when it has none.
     Field(FieldPath),
-}
-
-/// A dotted path to a field of a JSON record: `kubernetes.pod_name`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldPath(Vec<String>);
-
-impl FieldPath {
-    pub fn parse(text: &str) -> Result<FieldPath, String> {
-        let names: Vec<String> = text.split('.').map(str::to_owned).collect();
-        if names.iter().any(String::is_empty) {
-            return Err(format!("`{text}` is not a field path: names joined by dots, as `user.id`"));
-        }
-        Ok(FieldPath(names))
-    }
-
-    /// The value at this path in `record`, if any.
-    fn find<'a>(&self, record: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
-        self.0.iter().try_fold(record, |value, name| value.get(name))
-    }
 }
 
 /// The keys of each record: partition key and explicit hash key.
@@ -111,7 +94,7 @@ impl RecordKeys {
     fn of(&self, record: &[u8]) -> (String, Option<String>) {
         // Parsed once for both keys; a record that is not JSON has no fields.
         let parsed = self.reads_fields().then(|| serde_json::from_slice::<serde_json::Value>(record).ok()).flatten();
-        let field = |path: &FieldPath| parsed.as_ref().and_then(|record| path.find(record)).and_then(key_text);
+        let field = |path: &FieldPath| parsed.as_ref().and_then(|record| path.find(record)).and_then(field_text);
         let partition_key = match &self.partition_key {
             PartitionKey::Fixed(key) => Some(key.clone()),
             PartitionKey::Field(path) => field(path).map(|key| cut_to_key_length(&key)),
@@ -128,17 +111,6 @@ impl RecordKeys {
             PartitionKey::Fixed(key) => key.clone(),
             PartitionKey::Field(_) | PartitionKey::Random => self.random_key(),
         }
-    }
-}
-
-/// A field's value as a key: a string as it is, a number or a boolean as JSON writes it. Empty
-/// strings, null, objects and arrays are no key.
-fn key_text(value: &serde_json::Value) -> Option<String> {
-    match value {
-        serde_json::Value::String(text) if !text.is_empty() => Some(text.clone()),
-        serde_json::Value::Number(number) => Some(number.to_string()),
-        serde_json::Value::Bool(flag) => Some(flag.to_string()),
-        _ => None,
     }
 }
 
@@ -186,14 +158,19 @@ impl KinesisSink {
     }
 
     pub async fn put(&self, records: &OutgoingRecords, which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
+        self.put_to(&self.stream_name, records, which).await
+    }
+
+    /// [`KinesisSink::put`] to `stream_name`, one a template named.
+    pub async fn put_to(&self, stream_name: &str, records: &OutgoingRecords, which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
         let keys: Vec<EntryKeys> = which.iter().map(|&index| self.keys_of_sent(records.get(index))).collect();
         // The SDK serializes an empty record list; the body it signs and sends is ours, the
         // document it would write, written in one pass (see [`super::request`]).
-        let body = OurBody::new(put_records_body(&self.stream_name, records, which, &keys));
+        let body = OurBody::new(put_records_body(stream_name, records, which, &keys));
         let output = self
             .client
             .put_records()
-            .stream_name(&self.stream_name)
+            .stream_name(stream_name)
             .set_records(Some(Vec::new()))
             .customize()
             .interceptor(body)

@@ -25,6 +25,7 @@ mod https_client;
 pub mod kinesis;
 pub mod rate;
 pub mod request;
+pub mod streams;
 
 use crate::config::{firehose_limits, kinesis_limits, SinkDestination, SinkSettings};
 
@@ -289,12 +290,13 @@ impl Sink {
         }
     }
 
-    /// Delivers `records[i]` for each `i` in `which`; on success the answer has one outcome per
-    /// entry of `which`, in order.
-    pub async fn put(&self, records: &OutgoingRecords, which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
+    /// Delivers `records[i]` for each `i` in `which` to `stream` (the sink's own, or one a
+    /// stream template named; a directory has one place); on success the answer has one
+    /// outcome per entry of `which`, in order.
+    pub async fn put_to(&self, stream: &str, records: &OutgoingRecords, which: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
         match self {
-            Sink::Firehose(sink) => sink.put(records, which).await,
-            Sink::KinesisStreams(sink) => sink.put(records, which).await,
+            Sink::Firehose(sink) => sink.put_to(stream, records, which).await,
+            Sink::KinesisStreams(sink) => sink.put_to(stream, records, which).await,
             Sink::Directory(sink) => sink.put(records, which).await,
         }
     }

@@ -73,6 +73,9 @@ pub struct Faults {
     /// As a Kinesis stream: its shards (0 counts as 1), each with `quota`'s records and bytes
     /// budgets of its own (Kinesis's 1,000 records and 1 MiB a second per shard).
     pub shards: u32,
+    /// Calls to the stream of this name are throttled whole until this long after the server
+    /// started, as a stream at its quota (or another writer's burst) refuses while others take.
+    pub throttle_stream_until: Option<(&'static str, Duration)>,
 }
 
 impl Faults {
@@ -184,6 +187,10 @@ pub struct Seen {
     /// As a Kinesis stream: the partition key of each record of `accepted` (an aggregated
     /// record's for each of its user records).
     pub partition_keys: Vec<String>,
+    /// The stream each accepted line went to: an index into `stream_names`, beside `accepted`.
+    pub accepted_streams: Vec<u16>,
+    /// Every stream named by a call, in the order first named.
+    pub stream_names: Vec<String>,
     /// As a Kinesis stream: the Kinesis records (aggregated or not) accepted by each shard.
     pub shard_records: Vec<u64>,
     /// As a Kinesis stream: Kinesis records accepted (an aggregated record counts once).
@@ -458,12 +465,22 @@ async fn handle(state: Arc<Mutex<State>>, request: Request<Incoming>) -> Answer 
         records.push(RecordIn { data, key });
     }
     let mut state = state.lock().expect("state");
-    answer(&mut state, records, dialect)
+    let stream = parsed.stream.as_deref().unwrap_or_default();
+    let stream = match state.seen.stream_names.iter().position(|known| known == stream) {
+        Some(index) => index,
+        None => {
+            state.seen.stream_names.push(stream.to_owned());
+            state.seen.stream_names.len() - 1
+        }
+    };
+    answer(&mut state, records, dialect, stream as u16)
 }
 
 /// A `PutRecordBatch` or a `PutRecords` request: their records differ only by the keys.
 #[derive(serde::Deserialize)]
 struct PutRecordsBody<'a> {
+    #[serde(rename = "DeliveryStreamName", alias = "StreamName", borrow, default)]
+    stream: Option<Cow<'a, str>>,
     #[serde(rename = "Records", borrow)]
     records: Vec<RecordBody<'a>>,
 }
@@ -575,8 +592,15 @@ fn lines_of(dialect: Dialect, data: Vec<u8>, sent_with: Option<&str>) -> Vec<Vec
     vec![data]
 }
 
-fn answer(state: &mut State, records: Vec<RecordIn>, dialect: Dialect) -> Answer {
+fn answer(state: &mut State, records: Vec<RecordIn>, dialect: Dialect, stream: u16) -> Answer {
     let faults = state.faults;
+    if let Some((throttled, until)) = faults.throttle_stream_until {
+        if state.seen.stream_names[usize::from(stream)] == throttled && state.started.elapsed() < until {
+            state.seen.calls += 1;
+            state.seen.refused_calls += 1;
+            return Answer::Reply(error(StatusCode::BAD_REQUEST, dialect.throughput_code(), "Slow down."));
+        }
+    }
     let call_roll = faults.random_seed.map(|_| next_random(&mut state.random) % 100);
     let seen = &mut state.seen;
     seen.calls += 1;
@@ -739,6 +763,7 @@ fn answer(state: &mut State, records: Vec<RecordIn>, dialect: Dialect) -> Answer
                 lines_in_call += 1;
                 seen.accepted_at.push(now);
                 seen.accepted.push(line);
+                seen.accepted_streams.push(stream);
                 if let Some(key) = &key {
                     seen.partition_keys.push(key.partition_key.clone());
                 }

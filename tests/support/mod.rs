@@ -169,6 +169,11 @@ impl Moto {
         moto
     }
 
+    /// Creates a delivery stream named `stream` that delivers to a bucket of its own, `bucket`.
+    pub fn create_delivery_stream(&self, stream: &str, bucket: &str) {
+        self.peer(&["setup", "--bucket", bucket, "--stream", stream]);
+    }
+
     /// Creates a delivery stream named `stream` that delivers to Elasticsearch.
     pub fn create_elasticsearch_stream(&self, stream: &str) {
         self.peer(&["setup-es", "--bucket", BUCKET, "--stream", stream]);
@@ -210,7 +215,12 @@ impl Moto {
 
     /// Every record in the bucket (one per line of every object) and the object count.
     pub fn delivered(&self) -> Delivered {
-        let answer: serde_json::Value = serde_json::from_str(&self.peer(&["records", "--bucket", BUCKET])).expect("json");
+        self.delivered_in(BUCKET)
+    }
+
+    /// Every record in `bucket`, as [`Moto::delivered`] reads the seed's.
+    pub fn delivered_in(&self, bucket: &str) -> Delivered {
+        let answer: serde_json::Value = serde_json::from_str(&self.peer(&["records", "--bucket", bucket])).expect("json");
         let records =
             answer["records"].as_array().expect("records").iter().map(|line| line.as_str().unwrap_or_default().to_owned()).collect();
         let keys = answer["keys"].as_array().expect("keys").iter().map(|key| key.as_str().unwrap_or_default().to_owned()).collect();
