@@ -745,6 +745,9 @@ impl Events {
                 crate::sink::streams::FallbackReason::TooManyStreams => {
                     "the route already sends to max_streams streams (a field with many values? raise max_streams)"
                 }
+                crate::sink::streams::FallbackReason::MissingStream => {
+                    "the stream a record's field names does not exist (create it, or correct the records)"
+                }
             };
             tracing::warn!(sink, fallback, reason = reason.label(), held_back, "a record goes to the fallback stream: {why}");
         }

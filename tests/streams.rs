@@ -192,3 +192,35 @@ fn records_land_once_each_in_the_bucket_of_the_delivery_stream_their_field_names
         assert_eq!(sorted, expected, "{bucket}: every record of its stream, once");
     }
 }
+
+for_every_sink! {
+    /// A record's field names a stream that does not exist (a typo in one application's logs):
+    /// its records go to the fallback, counted as `missing_stream`, and the route goes on; they
+    /// are not held until someone creates the stream.
+    fn records_for_a_stream_that_does_not_exist_go_to_the_fallback_and_hold_back_nothing(sink) {
+        let fake = FakeFirehose::start(Faults { missing_stream: Some("play-5"), ..Faults::default() });
+        let workspace = Workspace::new();
+        workspace.write_config_for_sink(sink, &fake.endpoint, "", FAST_RETRIES);
+        workspace.rewrite_config(|text| with_template(sink, text, "play-${record.playtime}", "play-other"));
+        let written = sink.lines_for_calls_of(2_000);
+        support::write_seed_records(&workspace.log_file(), 0..written, written, Duration::ZERO);
+        let daemon = workspace.start_daemon();
+        let seen = wait_until(Duration::from_secs(60), "every record delivered", || {
+            let seen = fake.seen();
+            let all_there = seen.accepted.len() as u64 >= written && streams_by_seq(&seen).len() as u64 == written;
+            all_there.then_some(seen)
+        });
+        let (_, metrics) = http_get(&workspace.admin_address(), "/metrics").expect("metrics");
+        assert!(daemon.terminate(Duration::from_secs(15)).success());
+        let expected: BTreeMap<u64, String> = seen.accepted.iter().map(|line| (support::seq_of(line), stream_of(line))).collect();
+        let mut fell_back = 0;
+        for (seq, streams) in streams_by_seq(&seen) {
+            let wanted = if expected[&seq] == "play-5" { "play-other" } else { expected[&seq].as_str() };
+            assert_eq!(streams, [wanted], "seq {seq}, of {}: once, to {wanted}", expected[&seq]);
+            fell_back += usize::from(expected[&seq] == "play-5");
+        }
+        assert!(fell_back > 0, "records with playtime 5 were written");
+        let counted = format!("tailhose_stream_fallbacks_total{{sink=\"events\",reason=\"missing_stream\"}} {fell_back}");
+        assert!(metrics.contains(&counted), "{counted} in {}", metrics.lines().filter(|line| line.contains("fallbacks")).collect::<Vec<_>>().join("\n"));
+    }
+}

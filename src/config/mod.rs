@@ -1098,6 +1098,11 @@ fn sink_stream_routing(sink: &SinkConfig) -> Result<Option<crate::sink::streams:
         }
         return Ok(None);
     }
+    // Every value a field may give is checked as records come; the template's own text must
+    // be made of a name's characters already.
+    if !template.text_is_name_like() {
+        return Err((key, format!("`{text}`: outside its placeholders a stream's name has only a-z, A-Z, 0-9, `_`, `.`, `-`")));
+    }
     let fallback = match (&sink.fallback_stream, template.reads_records()) {
         (Some(fallback), _) if !is_stream_name(fallback, max_name_chars) => return Err(("fallback_stream", not_a_name(fallback))),
         (None, true) => {

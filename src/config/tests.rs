@@ -328,6 +328,7 @@ fn a_stream_template_needs_a_fallback_and_its_keys_apply_only_to_a_template() {
         ("delivery_stream = \"logs\"\nfallback_stream = \"other\"", "sinks.events.fallback_stream", "not a template"),
         ("delivery_stream = \"logs-${tag}\"", "sinks.events.delivery_stream", "is not a placeholder tailhose knows"),
         ("delivery_stream = \"a/b\"", "sinks.events.delivery_stream", "is not a stream name"),
+        ("delivery_stream = \"logs ${record.a}\"\nfallback_stream = \"x\"", "sinks.events.delivery_stream", "outside its placeholders"),
         ("delivery_stream = \"${record.a}\"\nfallback_stream = \"x\"\nmax_streams = 0", "sinks.events.max_streams", "must be 1 to 1000"),
     ] {
         let problems = problems(&with(lines));

@@ -331,7 +331,8 @@ fn stream_template(name: &str, chunk_keys: &[String]) -> Result<String, String> 
             template.push_str(&format!("${{{inside}}}"));
             None
         } else if let Some(keys) = inside.strip_prefix("record[") {
-            Some(record_path(keys))
+            let path = record_path(keys)?;
+            Some(path)
         } else if let Some(path) = inside.strip_prefix("$.") {
             Some(path.to_owned())
         } else if chunk_keys.iter().any(|key| key == inside) {
@@ -348,14 +349,18 @@ fn stream_template(name: &str, chunk_keys: &[String]) -> Result<String, String> 
     Ok(template)
 }
 
-/// `"a"]["b"]` (what follows `record[`) as the dotted path `a.b`.
-fn record_path(keys: &str) -> String {
+/// `"a"]["b"]` (what follows `record[`) as the dotted path `a.b`; a key holding a dot has no
+/// path (tailhose reads dots as nesting).
+fn record_path(keys: &str) -> Result<String, String> {
     let names: Vec<&str> = keys
         .split(']')
         .map(|part| part.trim().trim_start_matches('[').trim().trim_matches(|quote| quote == '"' || quote == '\''))
         .filter(|part| !part.is_empty())
         .collect();
-    names.join(".")
+    match names.iter().find(|name| name.contains('.')) {
+        Some(dotted) => Err(format!("the record key `{dotted}` holds a dot, which a tailhose field path reads as nesting")),
+        None => Ok(names.join(".")),
+    }
 }
 
 /// A fallback stream's name for `template`: its text with each record field as `unknown`.
@@ -414,16 +419,24 @@ fn resolve_tags(translation: &mut Translation, notes: &mut Notes) {
 }
 
 /// `template` with `${tag}` and `${tag[N]}` (the tag's N-th dot-separated part; `unknown` past
-/// its parts) replaced.
+/// its parts) replaced, in one pass: a tag holding `${tag}` is written as it is.
 fn with_tag(template: &str, tag: &str) -> String {
     let parts: Vec<&str> = tag.split('.').collect();
-    let mut out = template.replace("${tag}", tag);
-    while let Some(start) = out.find("${tag[") {
-        let Some(end) = out[start..].find(']').map(|end| start + end) else { break };
-        let part = out[start + 6..end].parse::<usize>().ok().and_then(|index| parts.get(index)).copied().unwrap_or("unknown");
-        let close = out[end..].find('}').map_or(out.len(), |close| end + close + 1);
-        out.replace_range(start..close, part);
+    let mut out = String::with_capacity(template.len() + tag.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("${tag") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let Some(end) = after.find('}') else { break };
+        let inside = &after[2..end];
+        match inside.strip_prefix("tag[").and_then(|index| index.strip_suffix(']')) {
+            _ if inside == "tag" => out.push_str(tag),
+            Some(index) => out.push_str(index.parse::<usize>().ok().and_then(|index| parts.get(index)).copied().unwrap_or("unknown")),
+            None => out.push_str(&after[..=end]),
+        }
+        rest = &after[end + 1..];
     }
+    out.push_str(rest);
     out
 }
 
@@ -1464,7 +1477,13 @@ mod tests {
         let config = crate::config::Config::parse(&toml, Path::new("/etc/tailhose/tailhose.toml")).expect("valid");
         assert!(config.sink_settings().iter().all(|sink| sink.streams.is_some()));
 
-        for (name, why) in [("logs-%Y%m%d", "time placeholder"), ("logs-${unknown}", "chunk keys")] {
+        // A tag that holds a placeholder is written as it is, once.
+        assert_eq!(with_tag("s-${tag}-${tag[1]}-${tag[7]}", "${tag}.b"), "s-${tag}.b-b-unknown");
+        for (name, why) in [
+            ("logs-%Y%m%d", "time placeholder"),
+            ("logs-${unknown}", "chunk keys"),
+            ("logs-${record[\"kubernetes.io/app\"]}", "holds a dot"),
+        ] {
             let conf = format!("<source>\n  @type tail\n  path /a/*.log\n  tag app\n</source>\n<match app>\n  @type kinesis_firehose\n  delivery_stream_name {name}\n</match>\n");
             let translation = translated(&conf);
             let refused = translation.notes.iter().find(|note| note.severity == Severity::ChangesDelivery).expect("refused");

@@ -29,12 +29,15 @@ pub(super) enum Delivery {
     Abandoned,
 }
 
-/// What a batch's records refused as invalid became: dead letters, not delivered.
+/// What a batch's records refused as invalid became: dead letters, not delivered; and the
+/// records of a stream a template named that does not exist, for the fallback stream.
 #[derive(Debug, Default)]
 pub(super) struct Rejections {
     /// Indices into the batch's records.
     pub(super) records: Vec<usize>,
     pub(super) dead_letters: Vec<DeadLetter>,
+    /// Indices of the records left when the stream answered that it does not exist.
+    pub(super) to_fallback: Vec<usize>,
 }
 
 /// What every delivery of a route to one stream shares: the sink, its settings and the
@@ -46,6 +49,10 @@ pub(super) struct Courier {
     /// Whether the route sends to streams named per record: then what happens to each stream
     /// is counted under its name too.
     pub(super) per_stream: bool,
+    /// Whether a record's field named this stream and a fallback stream stands behind it: if
+    /// the stream does not exist, its records go to the fallback instead of waiting for it
+    /// (one stray value must not stop a route).
+    pub(super) falls_back: bool,
     pub(super) sink: Arc<Sink>,
     pub(super) settings: SinkSettings,
     /// The sink's limits of one call, as the flusher's batches were packed to.
@@ -87,12 +94,14 @@ impl Courier {
     ///
     /// `records` are the indices of the batch's records that go to this courier's stream; the
     /// place among those calling is shared by every stream of the batch, and given up once all
-    /// of them let it go. Records refused as invalid come back as dead letters.
+    /// of them let it go (`None`: the batch gave it up already). Records refused as invalid
+    /// come back as dead letters; those of a stream that does not exist, when a fallback
+    /// stands behind it, come back to be sent there.
     pub(super) async fn deliver(
         &self,
         batch: &PendingBatch,
         records: Vec<usize>,
-        calling: Arc<OwnedSemaphorePermit>,
+        calling: Option<Arc<OwnedSemaphorePermit>>,
     ) -> (Delivery, Rejections) {
         let mut rejections = Rejections::default();
         let delivery = self.deliver_records(batch, records, calling, &mut rejections).await;
@@ -103,10 +112,10 @@ impl Courier {
         &self,
         batch: &PendingBatch,
         records: Vec<usize>,
-        calling: Arc<OwnedSemaphorePermit>,
+        calling: Option<Arc<OwnedSemaphorePermit>>,
         rejections: &mut Rejections,
     ) -> Delivery {
-        let mut calling = Some(calling);
+        let mut calling = calling;
         let route = self.route.as_str();
         let abandon = abandon_after(self.stop.clone(), self.shutdown_timeout);
         tokio::pin!(abandon);
@@ -204,6 +213,13 @@ impl Courier {
                     Err(SinkError::Throttled { .. }) => RetryCause::Throttled,
                     Err(SinkError::ServerError { .. }) => RetryCause::ServerError,
                     Err(SinkError::Transient { .. }) => RetryCause::Transient,
+                    Err(SinkError::Unavailable { code, .. }) if self.falls_back && code == "ResourceNotFoundException" => {
+                        // A stream named by a record's value that does not exist: every record
+                        // left of this stream goes to the fallback, which the flusher sends.
+                        rejections.to_fallback.extend(group.drain(..).chain(displaced.drain(..)).chain(groups.drain(..).flatten()));
+                        rejections.to_fallback.sort_unstable();
+                        return Delivery::Accepted;
+                    }
                     Err(SinkError::Unavailable { message, fix, .. }) => {
                         self.events.sink_unavailable(route, &message, &fix);
                         let delay = self.settings.retry_max_backoff;

@@ -343,16 +343,47 @@ async fn deliver(couriers: &[Arc<Courier>], batch: &mut PendingBatch, calling: O
     let lanes = batch.records_by_lane();
     let calling = Arc::new(calling);
     let shared: &PendingBatch = batch;
-    let deliveries = lanes.iter().map(|(lane, records)| couriers[*lane].deliver(shared, records.clone(), calling.clone()));
-    let ended = futures_util::future::join_all(deliveries).await;
+    let deliveries = lanes.iter().map(|(lane, records)| couriers[*lane].deliver(shared, records.clone(), Some(calling.clone())));
+    let joined = futures_util::future::join_all(deliveries);
+    // Only the streams' shares hold the place now: it is given up once each of them lets go.
     drop(calling);
     let mut delivery = Delivery::Accepted;
-    for (ended, rejections) in ended {
+    let mut to_fallback = Vec::new();
+    for (ended, rejections) in joined.await {
         if ended == Delivery::Abandoned {
             delivery = Delivery::Abandoned;
         }
         batch.rejected.extend(rejections.records);
         batch.dead_letters.extend(rejections.dead_letters);
+        to_fallback.extend(rejections.to_fallback);
+    }
+    // Records of streams that do not exist go to the fallback (lane 0), in queue order; the
+    // place among those calling is given up already: a call it makes waits for none.
+    let mut lanes = lanes;
+    if !to_fallback.is_empty() && delivery == Delivery::Accepted {
+        to_fallback.sort_unstable();
+        let fallback = &couriers[0];
+        // Counted in lines, as every fallback is: an aggregated record holds many.
+        for &index in &to_fallback {
+            for _ in 0..batch.records.lines(index) {
+                fallback.events.stream_fallback(
+                    &fallback.settings.name,
+                    &fallback.stream,
+                    crate::sink::streams::FallbackReason::MissingStream,
+                );
+            }
+        }
+        for (_, records) in lanes.iter_mut() {
+            records.retain(|index| to_fallback.binary_search(index).is_err());
+        }
+        let (ended, rejections) = fallback.deliver(batch, to_fallback.clone(), None).await;
+        delivery = ended;
+        batch.rejected.extend(rejections.records);
+        batch.dead_letters.extend(rejections.dead_letters);
+        match lanes.iter_mut().find(|(lane, _)| *lane == 0) {
+            Some((_, records)) => records.extend(to_fallback),
+            None => lanes.push((0, to_fallback)),
+        }
     }
     if per_stream && delivery == Delivery::Accepted {
         batch.stream_lines = lanes
@@ -434,6 +465,8 @@ impl Flusher {
             route: self.queue.name().to_owned(),
             stream,
             per_stream: self.router.reads_records(),
+            // Lane 0 of a route that reads records is the fallback itself.
+            falls_back: self.router.reads_records() && !self.couriers.is_empty(),
             sink: self.sink.clone(),
             settings: self.settings.clone(),
             limits: self.limits,

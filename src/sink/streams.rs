@@ -105,6 +105,14 @@ impl StreamTemplate {
         self.pieces.iter().all(|piece| matches!(piece, Piece::Text(_)))
     }
 
+    /// Whether the template's text outside its placeholders has only a stream name's characters.
+    pub fn text_is_name_like(&self) -> bool {
+        self.pieces.iter().all(|piece| match piece {
+            Piece::Text(text) => is_stream_name(text, usize::MAX),
+            Piece::Source | Piece::Field(_) => true,
+        })
+    }
+
     /// The name for a record of `source`; `record` is the record's JSON (`None`: not JSON, or
     /// not read because the template reads no field). `None` when a field it needs is missing.
     pub fn resolve(&self, source: &str, record: Option<&serde_json::Value>) -> Option<String> {
@@ -141,16 +149,17 @@ pub enum FallbackReason {
     InvalidName,
     /// The route already sends to `max_streams` streams.
     TooManyStreams,
+    /// The service answered that the stream named does not exist.
+    MissingStream,
 }
 
 impl FallbackReason {
-    pub const ALL: [FallbackReason; 3] = [FallbackReason::NoField, FallbackReason::InvalidName, FallbackReason::TooManyStreams];
-
     pub fn label(self) -> &'static str {
         match self {
             FallbackReason::NoField => "no_field",
             FallbackReason::InvalidName => "invalid_name",
             FallbackReason::TooManyStreams => "too_many_streams",
+            FallbackReason::MissingStream => "missing_stream",
         }
     }
 }

@@ -76,6 +76,8 @@ pub struct Faults {
     /// Calls to the stream of this name are throttled whole until this long after the server
     /// started, as a stream at its quota (or another writer's burst) refuses while others take.
     pub throttle_stream_until: Option<(&'static str, Duration)>,
+    /// Calls to the stream of this name are answered `ResourceNotFoundException`: it does not exist.
+    pub missing_stream: Option<&'static str>,
 }
 
 impl Faults {
@@ -594,6 +596,11 @@ fn lines_of(dialect: Dialect, data: Vec<u8>, sent_with: Option<&str>) -> Vec<Vec
 
 fn answer(state: &mut State, records: Vec<RecordIn>, dialect: Dialect, stream: u16) -> Answer {
     let faults = state.faults;
+    if faults.missing_stream.is_some_and(|missing| state.seen.stream_names[usize::from(stream)] == missing) {
+        state.seen.calls += 1;
+        state.seen.refused_calls += 1;
+        return Answer::Reply(error(StatusCode::BAD_REQUEST, "ResourceNotFoundException", "Stream not found."));
+    }
     if let Some((throttled, until)) = faults.throttle_stream_until {
         if state.seen.stream_names[usize::from(stream)] == throttled && state.started.elapsed() < until {
             state.seen.calls += 1;
