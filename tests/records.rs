@@ -276,6 +276,16 @@ fn a_kubernetes_containers_cri_log_is_sent_as_one_object_a_line_with_its_parts_j
     assert_eq!((objects[1]["stream"].as_str(), objects[1]["log"].as_str()), (Some("stderr"), Some("order 17 failed")));
 }
 
+/// `tailhose run --once` with IMDS at `imds`.
+fn run_once_with_imds(workspace: &Workspace, imds: &FakeImds) -> std::process::Output {
+    workspace
+        .tailhose(&["run", "--config", "tailhose.toml", "--once"])
+        .env("AWS_EC2_METADATA_DISABLED", "false")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds.endpoint)
+        .output()
+        .expect("tailhose runs")
+}
+
 #[test]
 fn ec2_instance_metadata_is_read_once_through_imdsv2_and_added_to_every_record_and_without_imds_start_up_stops() {
     let fake = FakeFirehose::start(Faults::default());
@@ -283,12 +293,7 @@ fn ec2_instance_metadata_is_read_once_through_imdsv2_and_added_to_every_record_a
     let workspace = Workspace::new();
     workspace.write_config_for_endpoint(&fake.endpoint, "\n[sources.conect.add_fields]\nec2_metadata_key = \"ec2\"", "");
     support::write_seed_records(&workspace.log_file(), 0..1_000, 1_000, Duration::ZERO);
-    let output = workspace
-        .tailhose(&["run", "--config", "tailhose.toml", "--once"])
-        .env("AWS_EC2_METADATA_DISABLED", "false")
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds.endpoint)
-        .output()
-        .expect("tailhose runs");
+    let output = run_once_with_imds(&workspace, &imds);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let accepted = accepted(&fake);
     assert_eq!(accepted.len(), 1_000);
@@ -326,12 +331,7 @@ fn the_kinesis_agents_ec2_metadata_goes_at_the_top_level_from_the_identity_docum
         workspace.write_config_for_endpoint(&fake.endpoint, "\n[sources.conect.add_fields]\nkinesis_agent_ec2_metadata = true", "");
         support::write_seed_records(&workspace.log_file(), 0..100, 100, Duration::ZERO);
         let started_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs();
-        let output = workspace
-            .tailhose(&["run", "--config", "tailhose.toml", "--once"])
-            .env("AWS_EC2_METADATA_DISABLED", "false")
-            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds.endpoint)
-            .output()
-            .expect("tailhose runs");
+        let output = run_once_with_imds(&workspace, &imds);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{stderr}");
         let accepted = accepted(&fake);
