@@ -66,6 +66,7 @@ pub struct Events {
     pace_testing: AtomicU64,
     pace_quota_confirmed: AtomicU64,
     pace_noise_restored: AtomicU64,
+    pace_noise_recognized: AtomicU64,
     stage_failures: AtomicU64,
     /// Seconds from sending a call to its answer.
     pub call_latency: Histogram,
@@ -103,7 +104,7 @@ struct Gates {
     retry: LogGate,
     /// One gate per kind of pace decision: a test's verdict must not be held back behind the
     /// line that began it.
-    pace: [LogGate; 4],
+    pace: [LogGate; 5],
     read_failed: LogGate,
     backpressure: LogGate,
     dead_letter: LogGate,
@@ -248,6 +249,7 @@ impl Default for Events {
             pace_testing: AtomicU64::default(),
             pace_quota_confirmed: AtomicU64::default(),
             pace_noise_restored: AtomicU64::default(),
+            pace_noise_recognized: AtomicU64::default(),
             stage_failures: AtomicU64::default(),
             call_latency: Histogram::new(LATENCY_SECONDS),
             call_records: Histogram::new(RECORDS_PER_CALL),
@@ -322,6 +324,7 @@ pub struct EventCounts {
     pub pace_testing: u64,
     pub pace_quota_confirmed: u64,
     pub pace_noise_restored: u64,
+    pub pace_noise_recognized: u64,
     /// Stages that died (a reader thread that panicked).
     pub stage_failures: u64,
 }
@@ -622,6 +625,7 @@ impl Events {
             PaceDecision::Testing => &self.pace_testing,
             PaceDecision::QuotaConfirmed => &self.pace_quota_confirmed,
             PaceDecision::NoiseRestored => &self.pace_noise_restored,
+            PaceDecision::NoiseRecognized => &self.pace_noise_recognized,
         };
         bump(counter, 1);
         if matches!(change.decision, PaceDecision::Lowered | PaceDecision::Testing) {
@@ -632,12 +636,14 @@ impl Events {
             PaceDecision::Testing => "the destination refused more than the noise explains: sending at 95 % of what it took, to see whether the refusals fall with the rate",
             PaceDecision::QuotaConfirmed => "the refusals fell with the rate: a quota; keeping the lower rate, then probing for more",
             PaceDecision::NoiseRestored => "the refusals did not fall with the rate: noise, not a quota; the rate before is back and refusals at this share are resent without slowing down",
+            PaceDecision::NoiseRecognized => "the refusals are spread over the calls as records refused one by one at random, not lumped as a quota's: noise; the rate stays and refusals at this share are resent without slowing down (tested by the rate when the floor is next due)",
         };
         let gate = match change.decision {
             PaceDecision::Lowered => &self.gates.pace[0],
             PaceDecision::Testing => &self.gates.pace[1],
             PaceDecision::QuotaConfirmed => &self.gates.pace[2],
             PaceDecision::NoiseRestored => &self.gates.pace[3],
+            PaceDecision::NoiseRecognized => &self.gates.pace[4],
         };
         if let GateDecision::Log { held_back } = gate.admit(Instant::now()) {
             tracing::info!(
@@ -858,6 +864,7 @@ impl Events {
             pace_testing: load(&self.pace_testing),
             pace_quota_confirmed: load(&self.pace_quota_confirmed),
             pace_noise_restored: load(&self.pace_noise_restored),
+            pace_noise_recognized: load(&self.pace_noise_recognized),
             stage_failures: load(&self.stage_failures),
         }
     }

@@ -114,6 +114,7 @@ pub fn render(state: &AdminState) -> Result<String, QueueError> {
             ("testing", counts.pace_testing),
             ("quota_confirmed", counts.pace_quota_confirmed),
             ("noise_restored", counts.pace_noise_restored),
+            ("noise_recognized", counts.pace_noise_recognized),
         ],
     );
     // Per stream, for sinks that name a stream per record (none otherwise).

@@ -105,6 +105,9 @@ pub enum PaceDecision {
     QuotaConfirmed,
     /// They did not: noise; the rates before the test are back.
     NoiseRestored,
+    /// Before any floor was measured, the refusals were spread over the calls as records
+    /// refused one by one at random are, not lumped as a quota's: noise, without a test.
+    NoiseRecognized,
 }
 
 impl PaceDecision {
@@ -115,6 +118,7 @@ impl PaceDecision {
             PaceDecision::Testing => "testing",
             PaceDecision::QuotaConfirmed => "quota_confirmed",
             PaceDecision::NoiseRestored => "noise_restored",
+            PaceDecision::NoiseRecognized => "noise_recognized",
         }
     }
 }
@@ -166,6 +170,13 @@ const TEST_LONGEST: Duration = Duration::from_secs(5);
 /// "rose" (the quota fell meanwhile) above this multiple.
 const FELL_TO: f64 = 0.7;
 const ROSE_TO: f64 = 1.5;
+/// Refusals spread as single records' are (see [`Tally::refused_as_single_records`]): over at
+/// least this many refused records, the calls' refused counts scatter at most this many times
+/// as much as a binomial's of the same share. Records refused one by one at random scatter as
+/// a binomial does (the ratio is 1, within √(2 / calls)); a quota refuses what comes after its
+/// second ran out, so its refusals sit in the few calls at a second's end (a ratio of tens).
+const SINGLE_REFUSALS_AT_LEAST: u64 = 20;
+const SCATTER_AT_MOST: f64 = 2.0;
 /// How long a measured noise floor is trusted before the next refusals above the smallest
 /// signal are tested again: what a wrong verdict can cost at most.
 pub const NOISE_MEMORY: Duration = Duration::from_secs(20);
@@ -314,11 +325,34 @@ impl Tally {
         if self.sent_records == 0 {
             return 1.0;
         }
+        self.scatter().sqrt() / self.sent_records as f64
+    }
+
+    /// Σ (refusedᵢ − share × sentᵢ)² over the calls, corrected for the share being estimated
+    /// from them.
+    fn scatter(&self) -> f64 {
         let share = self.refused_share();
         let squares = self.refused_squared - 2.0 * share * self.refused_by_sent + share * share * self.sent_squared;
         let calls = self.calls as f64;
         let correction = if calls > 1.0 { calls / (calls - 1.0) } else { 1.0 };
-        (squares.max(0.0) * correction).sqrt() / self.sent_records as f64
+        squares.max(0.0) * correction
+    }
+
+    /// Whether the refusals look like records refused one by one, each at random: over enough
+    /// calls and refusals, none throttled whole or refused in bulk, and the calls' refused
+    /// counts scattered no more than [`SCATTER_AT_MOST`] times a binomial's (share × (1 −
+    /// share) × records sent). That is noise's shape, and a quota's never: a quota refuses the
+    /// calls that come after its second ran out, in lumps. Calls throttled whole at random are
+    /// lumps too, and a calls quota refuses whole calls: those are left to a test.
+    fn refused_as_single_records(&self) -> bool {
+        let share = self.refused_share();
+        let binomial = share * (1.0 - share) * self.sent_records as f64;
+        self.refused_whole == 0
+            && self.refused_by_entry_in_bulk == 0
+            && self.calls >= QUOTA_AT_ONCE_CALLS
+            && self.refused >= SINGLE_REFUSALS_AT_LEAST
+            && binomial > 0.0
+            && self.scatter() <= SCATTER_AT_MOST * binomial
     }
 
     /// Seconds from the earliest call counted to `now`.
@@ -478,6 +512,17 @@ impl RateGovernor {
         }
         if tally.accepted.records == 0 {
             return None;
+        }
+        // The first verdict of a governor that never measured a floor (a start, a restart)
+        // comes from the refusals' shape, when it is noise's: a test costs a second at 10-15 %
+        // below the pace, a tenth of a short run (issue 17's noise rows) and more of a crash
+        // loop's restarts. A floor that outlives its memory is tested by the rate as before, so
+        // a destination whose quota refused like noise would be found out within
+        // [`NOISE_MEMORY`], and meanwhile would still take its whole quota (what is refused is
+        // resent; a quarter refused is a quota at once).
+        if !at_once && self.noise.is_none() && tally.refused_as_single_records() {
+            self.noise = Some(NoiseFloor { share, spread: tally.spread(), measured_at: now });
+            return Some(self.change(PaceDecision::NoiseRecognized, share));
         }
         let before = self.current;
         let before_learned = self.learned;
@@ -1000,11 +1045,24 @@ mod tests {
         every: Duration,
         refused: u64,
     ) -> (Vec<PaceDecision>, Instant) {
+        answer_calls_refusing(governor, from, span, every, &mut |_| refused)
+    }
+
+    /// As [`answer_calls`], with `refused(n)` records refused in the `n`th call.
+    fn answer_calls_refusing(
+        governor: &mut RateGovernor,
+        from: Instant,
+        span: Duration,
+        every: Duration,
+        refused: &mut dyn FnMut(u64) -> u64,
+    ) -> (Vec<PaceDecision>, Instant) {
         let mut decisions = Vec::new();
         let mut now = from;
+        let mut call = 0;
         while now < from + span {
             now += governor.reserve(CALL, now).max(every);
-            decisions.extend(governor.answered(answer(now, refused), now).map(|change| change.decision));
+            decisions.extend(governor.answered(answer(now, refused(call)), now).map(|change| change.decision));
+            call += 1;
         }
         (decisions, now)
     }
@@ -1013,17 +1071,46 @@ mod tests {
     fn refusals_that_do_not_fall_with_the_rate_are_noise_and_the_rate_before_comes_back() {
         let start = Instant::now();
         let mut governor = RateGovernor::new(Rates::default());
-        // One record in a hundred refused, whatever the rate.
-        let (decisions, now) = answer_calls(&mut governor, start, Duration::from_secs(4), Duration::from_millis(2), 5);
+        // One record in a hundred refused whatever the rate, in lumps: 50 entries of every
+        // tenth call (a quota's shape, were it not for the rate; see the next test).
+        let mut lumps = |call: u64| if call % 10 == 0 { 50 } else { 0 };
+        let (decisions, now) = answer_calls_refusing(&mut governor, start, Duration::from_secs(4), Duration::from_millis(2), &mut lumps);
         assert_eq!(decisions, [PaceDecision::Testing, PaceDecision::NoiseRestored]);
         assert_eq!(governor.rates(), Rates::default(), "unpaced again");
         let noise = governor.noise_floor().expect("a noise floor");
         assert!((noise - 0.01).abs() < 0.002, "{noise}");
         // Within the floor's memory the same refusals change nothing; after it, they are tested once more.
-        let (decisions, now) = answer_calls(&mut governor, now, NOISE_MEMORY - Duration::from_secs(5), Duration::from_millis(2), 5);
+        let (decisions, now) =
+            answer_calls_refusing(&mut governor, now, NOISE_MEMORY - Duration::from_secs(5), Duration::from_millis(2), &mut lumps);
         assert_eq!(decisions, []);
-        let (decisions, _) = answer_calls(&mut governor, now, Duration::from_secs(8), Duration::from_millis(2), 5);
+        let (decisions, _) = answer_calls_refusing(&mut governor, now, Duration::from_secs(8), Duration::from_millis(2), &mut lumps);
         assert_eq!(decisions, [PaceDecision::Testing, PaceDecision::NoiseRestored]);
+    }
+
+    #[test]
+    fn refusals_spread_as_single_records_are_noise_at_first_sight_and_tested_by_the_rate_when_the_floor_is_due() {
+        let start = Instant::now();
+        let mut governor = RateGovernor::new(Rates::default());
+        // 5 % of records refused one by one at random: the calls' refused counts scatter as a
+        // binomial's, and the first verdict needs no second at a lower rate.
+        let mut random = Random(0x9e37_79b9_7f4a_7c15);
+        let mut at_random = |_| (0..CALL.records).filter(|_| random.chance(0.05)).count() as u64;
+        let (decisions, now) = answer_calls_refusing(&mut governor, start, Duration::from_secs(4), Duration::from_millis(2), &mut at_random);
+        assert_eq!(decisions, [PaceDecision::NoiseRecognized]);
+        assert_eq!(governor.rates(), Rates::default(), "never lowered");
+        let noise = governor.noise_floor().expect("a noise floor");
+        assert!((noise - 0.05).abs() < 0.005, "{noise}");
+        // A floor that outlives its memory is tested by the rate, whatever the shape: a quota
+        // that refused like noise would be found out then.
+        let (decisions, _) =
+            answer_calls_refusing(&mut governor, now, NOISE_MEMORY + Duration::from_secs(4), Duration::from_millis(2), &mut at_random);
+        assert_eq!(decisions, [PaceDecision::Testing, PaceDecision::NoiseRestored]);
+        // Refused by a quota at the end of each second (the last calls of a second lose a
+        // tenth of their entries, fewer than the quarter of a bulk refusal): lumps, so a test.
+        let mut governor = RateGovernor::new(Rates::default());
+        let mut seconds_end = |call: u64| if call % 500 >= 450 { 50 } else { 0 };
+        let (decisions, _) = answer_calls_refusing(&mut governor, start, Duration::from_secs(3), Duration::from_millis(2), &mut seconds_end);
+        assert_eq!(decisions.first(), Some(&PaceDecision::Testing), "{decisions:?}");
     }
 
     #[test]
