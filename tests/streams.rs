@@ -224,3 +224,61 @@ for_every_sink! {
         assert!(metrics.contains(&counted), "{counted} in {}", metrics.lines().filter(|line| line.contains("fallbacks")).collect::<Vec<_>>().join("\n"));
     }
 }
+
+/// Calls each stream made, from `/metrics`' `tailhose_stream_calls_total`.
+fn calls_by_stream(metrics: &str) -> BTreeMap<String, u64> {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("tailhose_stream_calls_total{sink=\"events\",stream=\""))
+        .filter_map(|rest| {
+            let (stream, value) = rest.split_once("\"} ")?;
+            Some((stream.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+for_every_sink! {
+    /// With one batch calling at a time (`max_in_flight = 1`), stream `play-3` refuses every
+    /// call for its first 4 s. Its calls wait in its own place among those calling, not in the
+    /// batch's: the batches after the first go on being sent, up to the places of batches
+    /// unacknowledged (four times `max_in_flight`), so the other streams make call after call
+    /// while play-3 refuses, instead of waiting behind the one batch that holds its records.
+    fn a_refusing_stream_waits_in_a_calling_place_of_its_own_and_the_others_go_on_with_later_batches(sink) {
+        let refused_for = Duration::from_secs(4);
+        let fake = FakeFirehose::start(Faults { throttle_stream_until: Some(("play-3", refused_for)), ..Faults::default() });
+        let started = Instant::now();
+        let workspace = Workspace::new();
+        workspace.write_config_for_sink(sink, &fake.endpoint, "", &format!("{FAST_RETRIES}\nmax_in_flight = 1"));
+        workspace.rewrite_config(|text| with_template(sink, text, "play-${record.playtime}", "play-other"));
+        let written = sink.lines_for_calls_of(4_000);
+        support::write_seed_records(&workspace.log_file(), 0..written, written, Duration::ZERO);
+        let daemon = workspace.start_daemon();
+        // Each batch makes one call for each stream it holds records of: three calls of one
+        // stream are three batches in delivery at once.
+        let calls = wait_until(refused_for + Duration::from_secs(20), "three calls of a stream other than play-3", || {
+            let (_, metrics) = http_get(&workspace.admin_address(), "/metrics")?;
+            let calls = calls_by_stream(&metrics);
+            let most = calls.iter().filter(|(stream, _)| stream.as_str() != "play-3").map(|(_, &calls)| calls).max()?;
+            (most >= 3).then_some(calls)
+        });
+        // Read after the calls: if play-3 has taken nothing yet, it took nothing before them.
+        let seen = fake.seen();
+        let play_3_took = seen.accepted_streams.iter().filter(|&&stream| seen.stream_names[usize::from(stream)] == "play-3").count();
+        assert_eq!(
+            play_3_took, 0,
+            "other streams made three calls only {:?} after the start, once play-3 took records: {calls:?}",
+            started.elapsed()
+        );
+        let seen = wait_until(Duration::from_secs(60), "every record delivered", || {
+            let seen = fake.seen();
+            (streams_by_seq(&seen).len() as u64 == written).then_some(seen)
+        });
+        assert!(daemon.terminate(Duration::from_secs(15)).success());
+        for (seq, streams) in streams_by_seq(&seen) {
+            assert_eq!(streams.len(), 1, "seq {seq} accepted {} times", streams.len());
+        }
+        for (line, &stream) in seen.accepted.iter().zip(&seen.accepted_streams) {
+            assert_eq!(seen.stream_names[usize::from(stream)], stream_of(line), "seq {}", support::seq_of(line));
+        }
+    }
+}

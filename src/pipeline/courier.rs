@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::flusher::PendingBatch;
@@ -75,6 +75,12 @@ pub(super) struct Courier {
     pub(super) leftovers: Leftovers,
     /// Batches' calls whose leftovers the resender may wait for.
     pub(super) calls_out: Arc<CallsOut>,
+    /// The stream's own places among those calling (`max_in_flight` of them), when the route
+    /// sends to streams named per record: a batch's records wait for a place of their stream,
+    /// not the batch for one of the route, so a stream that refuses holds back only its own
+    /// records and the batches after them go on for the other streams. `None`: the batch's
+    /// place is the route's (one stream).
+    pub(super) calling_places: Option<Arc<Semaphore>>,
 }
 
 impl Courier {
@@ -94,7 +100,8 @@ impl Courier {
     ///
     /// `records` are the indices of the batch's records that go to this courier's stream; the
     /// place among those calling is shared by every stream of the batch, and given up once all
-    /// of them let it go (`None`: the batch gave it up already). Records refused as invalid
+    /// of them let it go (`None`: the batch gave it up already, or the stream has places of its
+    /// own, taken here before the first call). Records refused as invalid
     /// come back as dead letters; those of a stream that does not exist, when a fallback
     /// stands behind it, come back to be sent there.
     pub(super) async fn deliver(
@@ -119,6 +126,16 @@ impl Courier {
         let route = self.route.as_str();
         let abandon = abandon_after(self.stop.clone(), self.shutdown_timeout);
         tokio::pin!(abandon);
+        if let Some(places) = &self.calling_places {
+            // Taken first come first (the semaphore is fair): the stream's records of earlier
+            // batches are called before those of later ones.
+            let place = tokio::select! {
+                place = places.clone().acquire_owned() => place,
+                _ = &mut abandon => return Delivery::Abandoned,
+            };
+            // Never closed; were it, the records would go without a place rather than never.
+            calling = place.ok().map(Arc::new);
+        }
         let mut groups: VecDeque<Vec<usize>> = VecDeque::from([records]);
         let mut backoff = self.backoff();
         let mut attempt = 0u64;

@@ -23,8 +23,9 @@
 //!   whatever their streams, and its delivery sends each stream's records in calls of their
 //!   own, at that stream's pace; the batch is done when every stream took its records. So
 //!   acknowledgement stays a prefix of the queue, and a stream that is slow or refusing holds
-//!   back the acknowledgement of what follows its records, never their correctness: the other
-//!   streams' batches are sent meanwhile, up to the places of batches unacknowledged.
+//!   back the acknowledgement of what follows its records, never their correctness: each
+//!   stream calls in `max_in_flight` places of its own, so the later batches are sent meanwhile
+//!   for the other streams, up to the places of batches unacknowledged.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -339,11 +340,15 @@ fn seal(packed: &OutgoingRecords, sink: &Sink, compression: Option<Compression>)
 
 /// Delivers `batch`: each stream's records through its courier, all streams at once; the batch
 /// is accepted when every stream took its records, abandoned when any stream's were abandoned.
+///
+/// A route of one stream calls in the batch's place among those calling. Streams named per
+/// record each have places of their own: the batch's is given up at once, so that the next
+/// batch is sent while a stream that refuses holds its records back.
 async fn deliver(couriers: &[Arc<Courier>], batch: &mut PendingBatch, calling: OwnedSemaphorePermit, per_stream: bool) -> Delivery {
     let lanes = batch.records_by_lane();
-    let calling = Arc::new(calling);
+    let calling = (!per_stream).then(|| Arc::new(calling));
     let shared: &PendingBatch = batch;
-    let deliveries = lanes.iter().map(|(lane, records)| couriers[*lane].deliver(shared, records.clone(), Some(calling.clone())));
+    let deliveries = lanes.iter().map(|(lane, records)| couriers[*lane].deliver(shared, records.clone(), calling.clone()));
     let joined = futures_util::future::join_all(deliveries);
     // Only the streams' shares hold the place now: it is given up once each of them lets go.
     drop(calling);
@@ -357,8 +362,8 @@ async fn deliver(couriers: &[Arc<Courier>], batch: &mut PendingBatch, calling: O
         batch.dead_letters.extend(rejections.dead_letters);
         to_fallback.extend(rejections.to_fallback);
     }
-    // Records of streams that do not exist go to the fallback (lane 0), in queue order; the
-    // place among those calling is given up already: a call it makes waits for none.
+    // Records of streams that do not exist go to the fallback (lane 0), in queue order, in a
+    // place of the fallback's own among those calling: this batch holds none by now.
     let mut lanes = lanes;
     if !to_fallback.is_empty() && delivery == Delivery::Accepted {
         to_fallback.sort_unstable();
@@ -478,6 +483,7 @@ impl Flusher {
             pace_changed: tokio::sync::Notify::new(),
             leftovers: Leftovers::default(),
             calls_out: Arc::default(),
+            calling_places: self.router.reads_records().then(|| Arc::new(Semaphore::new(self.max_in_flight()))),
         });
         // The first lane's resender starts when the flusher runs (`run`); a lane opened while
         // it runs starts its own at once.
