@@ -55,6 +55,28 @@ fn streams_by_seq(seen: &Seen) -> BTreeMap<u64, Vec<String>> {
     by_seq
 }
 
+/// How long stream `play-3` refuses every call in the tests of a refusing stream.
+const PLAY_3_REFUSES_FOR: Duration = Duration::from_secs(4);
+
+/// A fake whose stream `play-3` refuses every call for its first [`PLAY_3_REFUSES_FOR`], and a
+/// workspace whose sink names the stream `play-${record.playtime}` (fallback `play-other`).
+struct Play3Refusing {
+    fake: FakeFirehose,
+    started: Instant,
+    workspace: Workspace,
+}
+
+impl Play3Refusing {
+    fn new(sink: SinkKind, settings: &str) -> Self {
+        let fake = FakeFirehose::start(Faults { throttle_stream_until: Some(("play-3", PLAY_3_REFUSES_FOR)), ..Faults::default() });
+        let started = Instant::now();
+        let workspace = Workspace::new();
+        workspace.write_config_for_sink(sink, &fake.endpoint, "", settings);
+        workspace.rewrite_config(|text| with_template(sink, text, "play-${record.playtime}", "play-other"));
+        Self { fake, started, workspace }
+    }
+}
+
 for_every_sink! {
     /// Stream `play-3` refuses every call for its first 4 s (at its quota, say) while the other
     /// fifteen take theirs, and the daemon is killed in the middle of it. The other streams'
@@ -63,12 +85,8 @@ for_every_sink! {
     /// the stream its field names, play-3's included, and the records without the field reach
     /// the fallback. Each stream's deliveries are counted under its name.
     fn a_refusing_stream_holds_back_no_other_and_after_a_kill_every_record_reaches_its_own_stream(sink) {
-        let refused_for = Duration::from_secs(4);
-        let fake = FakeFirehose::start(Faults { throttle_stream_until: Some(("play-3", refused_for)), ..Faults::default() });
-        let started = Instant::now();
-        let workspace = Workspace::new();
-        workspace.write_config_for_sink(sink, &fake.endpoint, "", FAST_RETRIES);
-        workspace.rewrite_config(|text| with_template(sink, text, "play-${record.playtime}", "play-other"));
+        let refused_for = PLAY_3_REFUSES_FOR;
+        let Play3Refusing { fake, started, workspace } = Play3Refusing::new(sink, FAST_RETRIES);
         let seed = sink.lines_for_calls_of(3_000);
         support::write_seed_records(&workspace.log_file(), 0..seed, seed, Duration::ZERO);
         write_records_without_playtime(&workspace, seed..seed + 10);
@@ -244,12 +262,8 @@ for_every_sink! {
     /// unacknowledged (four times `max_in_flight`), so the other streams make call after call
     /// while play-3 refuses, instead of waiting behind the one batch that holds its records.
     fn a_refusing_stream_waits_in_a_calling_place_of_its_own_and_the_others_go_on_with_later_batches(sink) {
-        let refused_for = Duration::from_secs(4);
-        let fake = FakeFirehose::start(Faults { throttle_stream_until: Some(("play-3", refused_for)), ..Faults::default() });
-        let started = Instant::now();
-        let workspace = Workspace::new();
-        workspace.write_config_for_sink(sink, &fake.endpoint, "", &format!("{FAST_RETRIES}\nmax_in_flight = 1"));
-        workspace.rewrite_config(|text| with_template(sink, text, "play-${record.playtime}", "play-other"));
+        let refused_for = PLAY_3_REFUSES_FOR;
+        let Play3Refusing { fake, started, workspace } = Play3Refusing::new(sink, &format!("{FAST_RETRIES}\nmax_in_flight = 1"));
         let written = sink.lines_for_calls_of(4_000);
         support::write_seed_records(&workspace.log_file(), 0..written, written, Duration::ZERO);
         let daemon = workspace.start_daemon();
