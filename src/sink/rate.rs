@@ -1095,7 +1095,8 @@ mod tests {
         // binomial's, and the first verdict needs no second at a lower rate.
         let mut random = Random(0x9e37_79b9_7f4a_7c15);
         let mut at_random = |_| (0..CALL.records).filter(|_| random.chance(0.05)).count() as u64;
-        let (decisions, now) = answer_calls_refusing(&mut governor, start, Duration::from_secs(4), Duration::from_millis(2), &mut at_random);
+        let (decisions, now) =
+            answer_calls_refusing(&mut governor, start, Duration::from_secs(4), Duration::from_millis(2), &mut at_random);
         assert_eq!(decisions, [PaceDecision::NoiseRecognized]);
         assert_eq!(governor.rates(), Rates::default(), "never lowered");
         let noise = governor.noise_floor().expect("a noise floor");
@@ -1109,7 +1110,8 @@ mod tests {
         // tenth of their entries, fewer than the quarter of a bulk refusal): lumps, so a test.
         let mut governor = RateGovernor::new(Rates::default());
         let mut seconds_end = |call: u64| if call % 500 >= 450 { 50 } else { 0 };
-        let (decisions, _) = answer_calls_refusing(&mut governor, start, Duration::from_secs(3), Duration::from_millis(2), &mut seconds_end);
+        let (decisions, _) =
+            answer_calls_refusing(&mut governor, start, Duration::from_secs(3), Duration::from_millis(2), &mut seconds_end);
         assert_eq!(decisions.first(), Some(&PaceDecision::Testing), "{decisions:?}");
     }
 
