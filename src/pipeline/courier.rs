@@ -127,8 +127,9 @@ impl Courier {
         let abandon = abandon_after(self.stop.clone(), self.shutdown_timeout);
         tokio::pin!(abandon);
         if let Some(places) = &self.calling_places {
-            // Taken first come first (the semaphore is fair): the stream's records of earlier
-            // batches are called before those of later ones.
+            // Taken first come first (the semaphore is fair), which is mostly queue order: a
+            // later batch sealed sooner (compression runs on a blocking thread) may come first.
+            // That costs latency only; acknowledgement waits for the earlier batch either way.
             let place = tokio::select! {
                 place = places.clone().acquire_owned() => place,
                 _ = &mut abandon => return Delivery::Abandoned,
