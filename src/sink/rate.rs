@@ -177,6 +177,10 @@ const ROSE_TO: f64 = 1.5;
 /// second ran out, so its refusals sit in the few calls at a second's end (a ratio of tens).
 const SINGLE_REFUSALS_AT_LEAST: u64 = 20;
 const SCATTER_AT_MOST: f64 = 2.0;
+/// The shape says something only of calls this large on average: a call of r records refused
+/// in a lump scatters about r times as much as chance would, so lumps of calls of one or two
+/// records (50 KiB lines at 1 MiB/s, a stream of its own per record) look like chance.
+const SHAPE_RECORDS_PER_CALL_AT_LEAST: u64 = 16;
 /// How long a measured noise floor is trusted before the next refusals above the smallest
 /// signal are tested again: what a wrong verdict can cost at most.
 pub const NOISE_MEMORY: Duration = Duration::from_secs(20);
@@ -351,6 +355,7 @@ impl Tally {
             && self.refused_by_entry_in_bulk == 0
             && self.calls >= QUOTA_AT_ONCE_CALLS
             && self.refused >= SINGLE_REFUSALS_AT_LEAST
+            && self.sent_records >= SHAPE_RECORDS_PER_CALL_AT_LEAST * self.calls as u64
             && binomial > 0.0
             && self.scatter() <= SCATTER_AT_MOST * binomial
     }
@@ -492,7 +497,9 @@ impl RateGovernor {
         }
         let tally = self.tally();
         let share = tally.refused_share();
-        if share <= self.tolerance(now) {
+        // A quarter refused is more than any noise floor is taken to hide (a floor of a sixth
+        // or more has a tolerance above it).
+        if share <= self.tolerance(now) && share < QUOTA_AT_ONCE {
             return None;
         }
         // A moderate share needs two seconds of sending behind it, the last one whole (not a
@@ -1056,15 +1063,7 @@ mod tests {
         every: Duration,
         refused: &mut dyn FnMut(u64) -> u64,
     ) -> (Vec<PaceDecision>, Instant) {
-        let mut decisions = Vec::new();
-        let mut now = from;
-        let mut call = 0;
-        while now < from + span {
-            now += governor.reserve(CALL, now).max(every);
-            decisions.extend(governor.answered(answer(now, refused(call)), now).map(|change| change.decision));
-            call += 1;
-        }
-        (decisions, now)
+        answer_calls_of(governor, CALL, from, span, every, refused)
     }
 
     #[test]
@@ -1113,6 +1112,70 @@ mod tests {
         let (decisions, _) =
             answer_calls_refusing(&mut governor, start, Duration::from_secs(3), Duration::from_millis(2), &mut seconds_end);
         assert_eq!(decisions.first(), Some(&PaceDecision::Testing), "{decisions:?}");
+    }
+
+    /// Answers calls of `size` every `every` from `from` for `span`, `refused(n)` of the `n`th
+    /// call's records refused for throughput; returns the decisions and when the last call went.
+    fn answer_calls_of(
+        governor: &mut RateGovernor,
+        size: CallSize,
+        from: Instant,
+        span: Duration,
+        every: Duration,
+        refused: &mut dyn FnMut(u64) -> u64,
+    ) -> (Vec<PaceDecision>, Instant) {
+        let mut decisions = Vec::new();
+        let mut now = from;
+        let mut call = 0;
+        while now < from + span {
+            now += governor.reserve(size, now).max(every);
+            let refused = refused(call).min(size.records);
+            let accepted = size.records - refused;
+            let answer = CallAnswer {
+                sent_at: now,
+                sent: size,
+                accepted: CallSize { bytes: accepted * size.bytes / size.records, records: accepted },
+                refused_for_throughput: refused,
+                throttled_whole: false,
+            };
+            decisions.extend(governor.answered(answer, now).map(|change| change.decision));
+            call += 1;
+        }
+        (decisions, now)
+    }
+
+    #[test]
+    fn calls_of_one_record_say_nothing_by_their_shape_and_a_quota_refusing_them_is_tested() {
+        // 50 KiB lines, one a call, 200 calls a second; a quota refuses the last 30 calls of
+        // each second. A call of one record is refused whole or not at all, whatever refuses
+        // it, so its counts scatter as a binomial's: lumps and chance look alike.
+        let start = Instant::now();
+        let mut governor = RateGovernor::new(Rates::default());
+        let one_line = CallSize { bytes: 50 << 10, records: 1 };
+        let mut seconds_end = |call: u64| u64::from(call % 200 >= 170);
+        let (decisions, _) =
+            answer_calls_of(&mut governor, one_line, start, Duration::from_secs(4), Duration::from_millis(5), &mut seconds_end);
+        assert!(matches!(decisions.first(), Some(PaceDecision::Testing | PaceDecision::Lowered)), "{decisions:?}");
+        assert!(!decisions.contains(&PaceDecision::NoiseRecognized), "{decisions:?}");
+    }
+
+    #[test]
+    fn a_quarter_refused_is_a_quota_at_once_even_above_a_loud_noise_floor() {
+        // A floor of 20 % (a hot shard, say) makes a tolerance of 30 %; a quarter refused is
+        // still more than noise is taken to refuse.
+        let start = Instant::now();
+        let mut governor = RateGovernor::new(Rates::default());
+        let mut random = Random(0x9e37_79b9_7f4a_7c15);
+        let mut loud = |_| (0..CALL.records).filter(|_| random.chance(0.2)).count() as u64;
+        let (decisions, now) = answer_calls_refusing(&mut governor, start, Duration::from_secs(4), Duration::from_millis(2), &mut loud);
+        assert!(matches!(decisions.last(), Some(PaceDecision::NoiseRecognized | PaceDecision::NoiseRestored)), "{decisions:?}");
+        assert_eq!(governor.rates(), Rates::default(), "unpaced");
+        let floor = governor.noise_floor().expect("a noise floor");
+        assert!((floor - 0.2).abs() < 0.01, "{floor}");
+        let mut random = Random(0x2545_f491_4f6c_dd1d);
+        let mut more = |_| (0..CALL.records).filter(|_| random.chance(0.28)).count() as u64;
+        let (decisions, _) = answer_calls_refusing(&mut governor, now, Duration::from_secs(2), Duration::from_millis(2), &mut more);
+        assert_eq!(decisions.first(), Some(&PaceDecision::Lowered), "{decisions:?}");
     }
 
     #[test]
