@@ -272,16 +272,10 @@ fn main() {
         // A noisy row's reference is a clean run made just before it: over the minute the noise
         // rows take, the machine's speed drifted by a third (docs/performance.md, session 12),
         // and a clean row run first stood for rows run a minute later.
-        let reference_rate = situation.noise_floor.map(|_| {
-            let clean = run(clean_situation);
-            assert_eq!(clean.delivered as u64, clean_situation.records, "{}: every record delivered", clean_situation.name);
-            clean_situation.records as f64 / clean.seconds
-        });
-        let measured = run(situation);
-        assert_eq!(measured.delivered as u64, situation.records, "{}: every record delivered", situation.name);
+        let reference_rate = situation.noise_floor.map(|_| run_delivered(clean_situation).rate);
+        let Delivered { measured, rate } = run_delivered(situation);
         let quota_used =
             measured.quota_allowance.map_or("-".to_owned(), |allowance| format!("{:.0} %", 100.0 * measured.bytes as f64 / allowance));
-        let rate = situation.records as f64 / measured.seconds;
         if situation.name == NOISE_CLEAN {
             clean_rate = Some(rate);
         }
@@ -319,6 +313,20 @@ fn main() {
     for note in notes {
         println!("{note}");
     }
+}
+
+/// A run that delivered every record, and its records/s.
+struct Delivered {
+    measured: Measured,
+    rate: f64,
+}
+
+/// Runs `situation` and checks every record arrived: a row that lost one has no speed to show.
+fn run_delivered(situation: &Situation) -> Delivered {
+    let measured = run(situation);
+    assert_eq!(measured.delivered as u64, situation.records, "{}: every record delivered", situation.name);
+    let rate = situation.records as f64 / measured.seconds;
+    Delivered { measured, rate }
 }
 
 /// A noise row: through TLS, one record per line, `noise` on every call.
