@@ -14,10 +14,11 @@
 //!    that say nothing about the quota (`Noise`): "noise: clean" (none), 1 % of records
 //!    (`ServiceUnavailableException`, then `InternalFailure`), 5 % of records with 5 % of calls
 //!    throttled whole or answered 500, 10 % of records. The last column, "vs clean (floor)", is
-//!    each row's records/s over that of a clean run made just before it (not printed as a row),
-//!    and the issue's floor: 0.8 × (1 − p) for a fraction p of records refused, 0.7 for 5 % + 5 %;
-//!    after the table, how many refusals each row met, the clean run's records/s and the row's
-//!    ratio to the clean row printed;
+//!    the median of three pairs' ratios, each the noisy run's records/s over that of a clean run
+//!    made just before it (not printed as rows), and the issue's floor: 0.8 × (1 − p) for a
+//!    fraction p of records refused, 0.7 for 5 % + 5 %; the row's other columns are the median
+//!    pair's noisy run. After the table, how many refusals each row met, every pair's ratio, the
+//!    clean runs' records/s and the median run's ratio to the clean row printed;
 //! 6. quotas beyond ap-northeast-2's, one record per line on plain HTTP: us-east-1's default (5
 //!    MiB/s, 2,000 calls/s, 500,000 records/s; ~500,000 records, ~14 s at the quota), 1 MiB/s with
 //!    2 % of records refused at random on top (100,000 records; the issue's target: ≥ 85 % of the
@@ -45,6 +46,8 @@
 //! `TAILHOSE_BIN=path/to/tailhose` runs another build: to compare two builds, alternate them in one
 //! sitting (this machine's speed drifts by tens of percent over an hour).
 //! `END_TO_END_TOP_LINES` adds top-level settings (`queue_cache_bytes = "8MiB"`).
+//! Each noise row is measured as 3 pairs, a clean run then the noisy one, and shows the median
+//! pair's ratio (`END_TO_END_NOISE_PAIRS` changes the count); every pair's ratio is in the notes.
 //! `END_TO_END_LOG=FOLDER` keeps each situation's tailhose log there, at info level (the pace's
 //! decisions). `END_TO_END_SINK_LINES` adds lines to the sink's configuration, e.g.
 //! `END_TO_END_SINK_LINES='max_in_flight = 1' cargo bench --bench end_to_end` (how the default
@@ -73,9 +76,12 @@ const US_EAST_1: Quota = Quota { bytes_per_sec: 5 << 20, records_per_sec: 500_00
 /// Twice ap-northeast-2's: where the changing quotas start (halved) or end (doubled).
 const TWICE_AP_NORTHEAST_2: Quota = Quota { bytes_per_sec: 2 << 20, records_per_sec: 200_000, calls_per_sec: 2_000 };
 
-/// The noise rows' clean row: run again before each noisy row, as the reference of its "vs
+/// The noise rows' clean row: run again before each noisy run, as the reference of its "vs
 /// clean (floor)".
 const NOISE_CLEAN: &str = "noise: clean";
+/// Pairs of runs (clean, then noisy) that measure each noise row; `END_TO_END_NOISE_PAIRS`
+/// changes it.
+const NOISE_PAIRS: usize = 3;
 /// The noise rows' seed: the same refusals at every run.
 const NOISE_SEED: u64 = 17;
 
@@ -264,29 +270,36 @@ fn main() {
         "| situation | records | seconds | records/s | MB/s | tailhose CPU s | fake Firehose CPU s | peak RSS MiB | calls | throttled calls | duplicates | byte quota used | vs clean (floor) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    // How many clean-then-noisy pairs measure a noise row (the median pair's ratio is shown).
+    let noise_pairs = match std::env::var("END_TO_END_NOISE_PAIRS") {
+        Ok(pairs) => pairs.parse().ok().filter(|&pairs: &usize| pairs > 0).expect("END_TO_END_NOISE_PAIRS: a count of 1 or more"),
+        Err(_) => NOISE_PAIRS,
+    };
     // The clean noise row's records/s, once it has run.
     let mut clean_rate: Option<f64> = None;
     let clean_situation = situations.iter().find(|situation| situation.name == NOISE_CLEAN).expect("the clean noise row");
     let mut notes = Vec::new();
     for situation in situations.iter().filter(|situation| selected(situation.name)) {
-        // A noisy row's reference is a clean run made just before it: over the minute the noise
-        // rows take, the machine's speed drifted by a third (docs/performance.md, session 12),
-        // and a clean row run first stood for rows run a minute later.
-        let reference_rate = situation.noise_floor.map(|_| run_delivered(clean_situation).rate);
-        let Delivered { measured, rate } = run_delivered(situation);
+        let (Delivered { measured, rate }, paired) = match situation.noise_floor {
+            Some(_) => {
+                let paired = run_paired(situation, clean_situation, noise_pairs);
+                (paired.median_run, Some(paired.summary))
+            }
+            None => (run_delivered(situation), None),
+        };
         let quota_used =
             measured.quota_allowance.map_or("-".to_owned(), |allowance| format!("{:.0} %", 100.0 * measured.bytes as f64 / allowance));
         if situation.name == NOISE_CLEAN {
             clean_rate = Some(rate);
         }
-        let vs_clean = match (situation.name == NOISE_CLEAN, situation.noise_floor, reference_rate) {
+        let vs_clean = match (situation.name == NOISE_CLEAN, situation.noise_floor, &paired) {
             (true, _, _) => "1.00 (reference)".to_owned(),
-            (false, Some(floor), Some(reference)) => format!("{:.2} (≥ {floor:.2})", rate / reference),
+            (false, Some(floor), Some(paired)) => format!("{:.2} (≥ {floor:.2})", paired.median_ratio),
             _ => "-".to_owned(),
         };
-        if let Some(reference) = reference_rate {
-            let vs_first = clean_rate.map_or(String::new(), |clean| format!("; {:.2} of the clean row's", rate / clean));
-            notes.push(format!("{}: the clean run just before it: {reference:.0} records/s{vs_first}", situation.name));
+        if let Some(paired) = paired {
+            let vs_first = clean_rate.map_or(String::new(), |clean| format!("; the median run: {:.2} of the clean row's", rate / clean));
+            notes.push(format!("{}: {}{vs_first}", situation.name, paired.describe()));
         }
         notes.extend(measured.notes.iter().map(|note| format!("{}: {note}", situation.name)));
         println!(
@@ -327,6 +340,55 @@ fn run_delivered(situation: &Situation) -> Delivered {
     assert_eq!(measured.delivered as u64, situation.records, "{}: every record delivered", situation.name);
     let rate = situation.records as f64 / measured.seconds;
     Delivered { measured, rate }
+}
+
+/// A noise row measured as pairs, each a clean run then the noisy one: the ratio of a pair is
+/// the noise's cost at that minute, and the median pair's is the row's.
+struct Paired {
+    median_run: Delivered,
+    summary: PairedSummary,
+}
+
+struct PairedSummary {
+    /// Each pair's noisy records/s over its clean run's, in the order they ran.
+    ratios: Vec<f64>,
+    clean_rates: Vec<f64>,
+    median_ratio: f64,
+    /// Records delivered twice over every noisy run (the row shows the median run's).
+    duplicates: u64,
+}
+
+impl PairedSummary {
+    fn describe(&self) -> String {
+        let listed = |values: &[f64], digits: usize| values.iter().map(|value| format!("{value:.digits$}")).collect::<Vec<_>>().join(", ");
+        format!(
+            "{} pairs, clean run then noisy, ratios {} (the median shown); the clean runs: {} records/s; duplicates over the noisy runs: {}",
+            self.ratios.len(),
+            listed(&self.ratios, 2),
+            listed(&self.clean_rates, 0),
+            self.duplicates
+        )
+    }
+}
+
+/// Runs `pairs` pairs of `clean` then `noisy`. One pair was too few: the machine's speed
+/// drifted by a third over the minute of noise rows (docs/performance.md, session 12) and by
+/// ±15 % between two runs seconds apart (session 13), as much as the floors' margins; a clean row
+/// run once first stood for rows run a minute later.
+fn run_paired(noisy: &Situation, clean: &Situation, pairs: usize) -> Paired {
+    let mut runs: Vec<(f64, Delivered)> = Vec::with_capacity(pairs);
+    let mut clean_rates = Vec::with_capacity(pairs);
+    for _ in 0..pairs {
+        let reference = run_delivered(clean).rate;
+        let run = run_delivered(noisy);
+        clean_rates.push(reference);
+        runs.push((run.rate / reference, run));
+    }
+    let ratios: Vec<f64> = runs.iter().map(|(ratio, _)| *ratio).collect();
+    let duplicates = runs.iter().map(|(_, run)| run.measured.duplicates).sum();
+    runs.sort_by(|(left, _), (right, _)| left.total_cmp(right));
+    let (median_ratio, median_run) = runs.swap_remove(runs.len() / 2);
+    Paired { median_run, summary: PairedSummary { ratios, clean_rates, median_ratio, duplicates } }
 }
 
 /// A noise row: through TLS, one record per line, `noise` on every call.
