@@ -1033,11 +1033,17 @@ mod tests {
 
     /// An answer to a call of [`CALL`] sent at `sent_at` with `refused` records refused for throughput.
     fn answer(sent_at: Instant, refused: u64) -> CallAnswer {
-        let accepted = CALL.records - refused;
+        answer_of(CALL, sent_at, refused)
+    }
+
+    /// A call of `sent` sent at `sent_at` with `refused` of its records refused for throughput,
+    /// the rest accepted (bytes in proportion).
+    fn answer_of(sent: CallSize, sent_at: Instant, refused: u64) -> CallAnswer {
+        let accepted = sent.records - refused;
         CallAnswer {
             sent_at,
-            sent: CALL,
-            accepted: CallSize { bytes: accepted * CALL.bytes / CALL.records, records: accepted },
+            sent,
+            accepted: CallSize { bytes: accepted * sent.bytes / sent.records, records: accepted },
             refused_for_throughput: refused,
             throttled_whole: false,
         }
@@ -1129,15 +1135,7 @@ mod tests {
         let mut call = 0;
         while now < from + span {
             now += governor.reserve(size, now).max(every);
-            let refused = refused(call).min(size.records);
-            let accepted = size.records - refused;
-            let answer = CallAnswer {
-                sent_at: now,
-                sent: size,
-                accepted: CallSize { bytes: accepted * size.bytes / size.records, records: accepted },
-                refused_for_throughput: refused,
-                throttled_whole: false,
-            };
+            let answer = answer_of(size, now, refused(call).min(size.records));
             decisions.extend(governor.answered(answer, now).map(|change| change.decision));
             call += 1;
         }
