@@ -585,6 +585,8 @@ fn run(situation: &Situation) -> Measured {
     }
     if let Some(change) = situation.faults.quota_change {
         notes.push(quota_change_followed(situation.faults, change, &seen, fake_started, started));
+    } else if situation.faults.quota.is_some() {
+        notes.push(quota_throttled_when(&seen, started));
     }
     Measured {
         seconds,
@@ -612,6 +614,14 @@ fn quota_allowance(faults: Faults, from: Duration, to: Duration) -> Option<f64> 
     let Some(change) = faults.quota_change else { return Some(before * (to - from).as_secs_f64()) };
     let split = change.after.clamp(from, to);
     Some(before * (split - from).as_secs_f64() + change.quota.bytes_per_sec as f64 * (to - split).as_secs_f64())
+}
+
+/// When the calls the quota throttled were answered, in seconds after tailhose started: a
+/// start-up burst shows as a cluster near 0, a probe overshooting as one every few seconds.
+fn quota_throttled_when(seen: &Seen, tailhose_started: Instant) -> String {
+    let at: Vec<String> =
+        seen.quota_throttled_at.iter().map(|&at| format!("{:.2}", at.saturating_duration_since(tailhose_started).as_secs_f64())).collect();
+    format!("quota-throttled calls answered at (s after tailhose started): [{}]", at.join(", "))
 }
 
 /// How many refusals at random the run met.

@@ -248,3 +248,66 @@ fn each_kind_of_refusal_is_counted_in_metrics_under_its_own_label() {
     assert_eq!(sample("tailhose_call_failures_total", "cause", "throttled"), Some(seen.noise_throttled_calls));
     assert_eq!(sample("tailhose_call_failures_total", "cause", "server_error"), Some(seen.noise_failed_calls));
 }
+
+/// Issue 17's "the pace says why it changed": every decision of the pace is counted in
+/// `/metrics`, and logged with what it was decided from, at most once per period for each kind
+/// (a line says how many were held back since the last). Against a quota with refusals at
+/// random on top, so that quota decisions come for sure (an unpaced start sends whole calls
+/// into the second the quota has spent) and the noise may give others.
+#[test]
+fn every_pace_decision_is_counted_and_logged_with_why() {
+    let quota = Quota { bytes_per_sec: 512 * 1024, records_per_sec: 100_000, calls_per_sec: 1_000 };
+    let workspace = Workspace::new();
+    // About 6 s of records at the quota.
+    let records = 6 * quota.bytes_per_sec / (support::seed_record(10_000).len() as u64 + 1);
+    support::write_seed_records(&workspace.log_file(), 0..records, records, Duration::ZERO);
+    let fake = FakeFirehose::start(Faults {
+        quota: Some(quota),
+        noise: Some(noise(0.02, EntryCode::ServiceUnavailable, 0.0, 0.0)),
+        ..Faults::default()
+    });
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "");
+    let daemon = workspace.start_daemon_with(&["--log-format", "json"]);
+    let address = workspace.admin_address();
+    let metrics = support::wait_until(RUN_WITHIN, "every record acknowledged", || {
+        let (_, metrics) = support::http_get(&address, "/metrics")?;
+        let acked = metrics.lines().find_map(|line| line.strip_prefix("tailhose_records_acked_total "))?.trim().parse::<f64>().ok()?;
+        (acked as u64 == records).then_some(metrics)
+    });
+    let log_path = daemon.log_path.clone();
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    assert!(fake.seen().quota_throttled_calls > 0, "the quota was met");
+    let log = std::fs::read_to_string(&log_path).expect("daemon log");
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("a JSON log line ({error}): {line}"))).collect();
+    let decision_lines: Vec<&serde_json::Value> = lines.iter().filter(|line| line["fields"]["decision"].is_string()).collect();
+    for line in &decision_lines {
+        eprintln!("{line}");
+        let fields = &line["fields"];
+        assert!(fields["message"].as_str().is_some_and(|why| why.len() > 40), "the line says why: {line}");
+        assert!(fields["refused_percent"].is_number() && fields["noise_percent"].is_number(), "and from what: {line}");
+        assert!(fields["held_back"].is_u64(), "and how many were held back: {line}");
+    }
+    let mut counted_in_all = 0;
+    for decision in ["lowered", "testing", "quota_confirmed", "noise_restored", "noise_recognized"] {
+        let counted = labelled_sample(&metrics, "tailhose_pace_decisions_total", "decision", decision)
+            .unwrap_or_else(|| panic!("tailhose_pace_decisions_total{{decision=\"{decision}\"}} in /metrics: {metrics}"));
+        let logged: Vec<u64> = decision_lines
+            .iter()
+            .filter(|line| line["fields"]["decision"] == decision)
+            .map(|line| line["fields"]["held_back"].as_u64().unwrap_or(0))
+            .collect();
+        let accounted = logged.len() as u64 + logged.iter().sum::<u64>();
+        eprintln!("{decision}: {counted} counted, {} lines accounting for {accounted}", logged.len());
+        // The first of a kind is always logged; later ones within the period are held back
+        // and said by the next line (those after the last line are only counted).
+        assert_eq!(logged.is_empty(), counted == 0, "{decision}: logged when it happened ({counted} counted)");
+        assert!(accounted <= counted, "{decision}: {accounted} logged or held back, {counted} counted");
+        counted_in_all += counted;
+    }
+    assert!(
+        labelled_sample(&metrics, "tailhose_pace_decisions_total", "decision", "lowered").is_some_and(|count| count > 0),
+        "an unpaced start against a quota lowers the pace at once: {metrics}"
+    );
+    assert!(counted_in_all >= decision_lines.len() as u64);
+}

@@ -96,7 +96,8 @@ pub struct PaceChange {
 /// Why the pace changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaceDecision {
-    /// A quarter or more of what was sent was refused: a quota, lowered to what it took.
+    /// A quarter or more of what was sent was refused, or, before any rate was learned, every
+    /// entry of a call: a quota, lowered to what it took.
     Lowered,
     /// More was refused than the noise floor explains: lowered to what was taken, to see
     /// whether the refusals fall with the rate.

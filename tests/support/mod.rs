@@ -447,13 +447,18 @@ append_newline = true
 
     /// Starts `tailhose run` in the background; its log goes to `daemon-N.log`.
     pub fn start_daemon(&self) -> Daemon {
+        self.start_daemon_with(&[])
+    }
+
+    /// [`Workspace::start_daemon`], with options before `run` (`--log-format json`).
+    pub fn start_daemon_with(&self, global_options: &[&str]) -> Daemon {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log_path = self.path().join(format!("daemon-{start}.log"));
         let log = std::fs::File::create(&log_path).expect("daemon log");
         let config = self.config();
         let child = self
-            .tailhose(&["run", "--config", config.to_str().expect("utf-8 path")])
+            .tailhose(&[global_options, &["run", "--config", config.to_str().expect("utf-8 path")]].concat())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
