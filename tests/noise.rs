@@ -221,6 +221,16 @@ fn labelled_sample(metrics: &str, name: &str, label: &str, value: &str) -> Optio
     metrics.lines().find_map(|line| line.strip_prefix(&prefix)).and_then(|count| count.trim().parse::<f64>().ok()).map(|count| count as u64)
 }
 
+/// The running daemon's `/metrics` once it has acknowledged `records` (fails the test after `within`).
+fn metrics_once_acknowledged(workspace: &Workspace, records: u64, within: Duration) -> String {
+    let address = workspace.admin_address();
+    support::wait_until(within, "every record acknowledged", || {
+        let (_, metrics) = support::http_get(&address, "/metrics")?;
+        let acked = metrics.lines().find_map(|line| line.strip_prefix("tailhose_records_acked_total "))?.trim().parse::<f64>().ok()?;
+        (acked as u64 == records).then_some(metrics)
+    })
+}
+
 #[test]
 fn each_kind_of_refusal_is_counted_in_metrics_under_its_own_label() {
     // Entries refused as InternalFailure (a fault, not a rate), calls throttled whole, calls
@@ -233,12 +243,7 @@ fn each_kind_of_refusal_is_counted_in_metrics_under_its_own_label() {
     let records = 20_000u64;
     support::write_seed_records(&workspace.log_file(), 0..records, records, Duration::ZERO);
     let daemon = workspace.start_daemon();
-    let address = workspace.admin_address();
-    let metrics = support::wait_until(Duration::from_secs(60), "every record acknowledged", || {
-        let (_, metrics) = support::http_get(&address, "/metrics")?;
-        let acked = metrics.lines().find_map(|line| line.strip_prefix("tailhose_records_acked_total "))?.trim().parse::<f64>().ok()?;
-        (acked as u64 == records).then_some(metrics)
-    });
+    let metrics = metrics_once_acknowledged(&workspace, records, Duration::from_secs(60));
     assert!(daemon.terminate(Duration::from_secs(15)).success());
     let seen = fake.seen();
     assert!(seen.noise_refused_records > 0 && seen.noise_throttled_calls > 0 && seen.noise_failed_calls > 0, "every kind of refusal came");
@@ -268,12 +273,7 @@ fn every_pace_decision_is_counted_and_logged_with_why() {
     });
     workspace.write_config_for_endpoint(&fake.endpoint, "", "");
     let daemon = workspace.start_daemon_with(&["--log-format", "json"]);
-    let address = workspace.admin_address();
-    let metrics = support::wait_until(RUN_WITHIN, "every record acknowledged", || {
-        let (_, metrics) = support::http_get(&address, "/metrics")?;
-        let acked = metrics.lines().find_map(|line| line.strip_prefix("tailhose_records_acked_total "))?.trim().parse::<f64>().ok()?;
-        (acked as u64 == records).then_some(metrics)
-    });
+    let metrics = metrics_once_acknowledged(&workspace, records, RUN_WITHIN);
     let log_path = daemon.log_path.clone();
     assert!(daemon.terminate(Duration::from_secs(15)).success());
     assert!(fake.seen().quota_throttled_calls > 0, "the quota was met");
@@ -288,7 +288,6 @@ fn every_pace_decision_is_counted_and_logged_with_why() {
         assert!(fields["refused_percent"].is_number() && fields["noise_percent"].is_number(), "and from what: {line}");
         assert!(fields["held_back"].is_u64(), "and how many were held back: {line}");
     }
-    let mut counted_in_all = 0;
     for decision in ["lowered", "testing", "quota_confirmed", "noise_restored", "noise_recognized"] {
         let counted = labelled_sample(&metrics, "tailhose_pace_decisions_total", "decision", decision)
             .unwrap_or_else(|| panic!("tailhose_pace_decisions_total{{decision=\"{decision}\"}} in /metrics: {metrics}"));
@@ -303,11 +302,9 @@ fn every_pace_decision_is_counted_and_logged_with_why() {
         // and said by the next line (those after the last line are only counted).
         assert_eq!(logged.is_empty(), counted == 0, "{decision}: logged when it happened ({counted} counted)");
         assert!(accounted <= counted, "{decision}: {accounted} logged or held back, {counted} counted");
-        counted_in_all += counted;
     }
     assert!(
         labelled_sample(&metrics, "tailhose_pace_decisions_total", "decision", "lowered").is_some_and(|count| count > 0),
         "an unpaced start against a quota lowers the pace at once: {metrics}"
     );
-    assert!(counted_in_all >= decision_lines.len() as u64);
 }
