@@ -95,17 +95,22 @@ fn check_config_names_the_key_the_line_and_the_problem() {
     }
 }
 
+/// Waits for the daemon's log to say its route started (fails the test after 20 s).
+fn wait_until_started(daemon: &support::Daemon) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !daemon.log().contains("route started") {
+        assert!(std::time::Instant::now() < deadline, "daemon did not start: {}", daemon.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn queue_commands_refuse_a_data_dir_in_use_by_a_running_daemon() {
     let fake = support::fake_firehose::FakeFirehose::start(Default::default());
     let workspace = Workspace::new();
     workspace.write_config_for_endpoint(&fake.endpoint, "", "");
     let daemon = workspace.start_daemon();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !daemon.log().contains("route started") {
-        assert!(std::time::Instant::now() < deadline, "daemon did not start: {}", daemon.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_started(&daemon);
     let output = workspace.run(&["queue", "stats", "--config", "tailhose.toml"]);
     assert!(!output.status.success(), "a second process must not open the queue");
     let message = String::from_utf8_lossy(&output.stderr);
@@ -114,4 +119,19 @@ fn queue_commands_refuse_a_data_dir_in_use_by_a_running_daemon() {
     assert!(daemon.terminate(Duration::from_secs(15)).success());
     let output = workspace.run(&["queue", "stats", "--config", "tailhose.toml"]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A daemon's log on a file (or the journal) is plain text: colour escape codes there split each
+/// field (`route=` came out as `\x1b[3mroute\x1b[0m\x1b[2m=\x1b[0m`), so grep found no field.
+#[test]
+fn a_log_written_to_a_file_has_no_colour_codes_and_its_fields_read_as_key_equals_value() {
+    let fake = support::fake_firehose::FakeFirehose::start(Default::default());
+    let workspace = Workspace::new();
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "");
+    let daemon = workspace.start_daemon();
+    wait_until_started(&daemon);
+    let log = daemon.log();
+    assert!(daemon.terminate(Duration::from_secs(15)).success());
+    assert!(!log.contains('\x1b'), "no escape codes in a log file: {log:?}");
+    assert!(log.contains("route=\""), "fields read as key=value: {log}");
 }
