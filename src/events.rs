@@ -632,7 +632,7 @@ impl Events {
             bump(&self.rate_decreases, 1);
         }
         let why = match change.decision {
-            PaceDecision::Lowered => "the destination refused a quarter or more of what was sent, or every entry of a call while no rate was learned yet: a quota; sending at 95 % of what it took over the last second, then probing for more",
+            PaceDecision::Lowered => "the destination refused a quarter or more of what was sent, or, while no rate was learned yet, every entry of a call or the end of one: a quota; sending at 95 % of what it took over the last second, then probing for more",
             PaceDecision::Testing => "the destination refused more than the noise explains: sending at 95 % of what it took, to see whether the refusals fall with the rate",
             PaceDecision::QuotaConfirmed => "the refusals fell with the rate: a quota; keeping the lower rate, then probing for more",
             PaceDecision::NoiseRestored => "the refusals did not fall with the rate: noise, not a quota; the rate before is back and refusals at this share are resent without slowing down",

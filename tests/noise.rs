@@ -22,6 +22,16 @@ fn seq_counts(seen: &Seen) -> BTreeMap<u64, u32> {
     support::count_seqs(seen.accepted.iter().map(Vec::as_slice))
 }
 
+/// Every one of `records` seed records was accepted, and once.
+fn assert_every_record_once(seen: &Seen, records: u64) {
+    let counts = seq_counts(seen);
+    assert_eq!(
+        (counts.len() as u64, counts.values().map(|&count| u64::from(count)).sum::<u64>()),
+        (records, records),
+        "every record, once"
+    );
+}
+
 fn noise(refused_records: f64, record_code: EntryCode, throttled_calls: f64, failed_calls: f64) -> Noise {
     Noise { seed: 1_717, refused_records, record_code, throttled_calls, failed_calls }
 }
@@ -185,12 +195,7 @@ fn a_quota_halved_mid_run_is_followed() {
     workspace.write_config_for_endpoint(&fake.endpoint, "", "");
     run_once_within_limit(&workspace, &fake);
     let seen = fake.seen();
-    let counts = seq_counts(&seen);
-    assert_eq!(
-        (counts.len() as u64, counts.values().map(|&count| u64::from(count)).sum::<u64>()),
-        (records, records),
-        "every record, once"
-    );
+    assert_every_record_once(&seen, records);
     assert_eq!(seen.limit_violations, 0);
     let change = fake.started() + CHANGE_AFTER;
     let last = seen.last_accepted_at.expect("records accepted");
@@ -213,6 +218,31 @@ fn a_quota_halved_mid_run_is_followed() {
         throttled as f64 <= 0.25 * calls as f64,
         "the lower quota was learned: {throttled} of {calls} calls quota-throttled from {LEARNING:?} after the change on"
     );
+}
+
+/// An unpaced start against a stream at its region's default quota (ap-northeast-2's: 1 MiB/s,
+/// 1,000 calls/s) sends one call past it, not the eight in flight: the call that would pass the
+/// default goes alone, its refused end lowers the pace at once, and the calls after it wait
+/// for the next second. Before, 5 to 9 of the first second's calls were quota-throttled (the
+/// bench's 1 MiB/s row: 7 to 11 of ~208 calls in all, over the 5 %).
+#[test]
+fn an_unpaced_start_at_the_regions_default_quota_sends_one_call_past_it() {
+    let quota = Quota { bytes_per_sec: 1 << 20, records_per_sec: 100_000, calls_per_sec: 1_000 };
+    let workspace = Workspace::new();
+    // About 2.5 s of records at the quota: the first second's run-out, then the learned pace.
+    let records = (5 * quota.bytes_per_sec / 2) / (support::seed_record(10_000).len() as u64 + 1);
+    // Written before the fake starts, so that the first second's window is tailhose's own.
+    support::write_seed_records(&workspace.log_file(), 0..records, records, Duration::ZERO);
+    let fake = FakeFirehose::start(Faults { quota: Some(quota), ..Faults::default() });
+    // The configuration names support::REGION, ap-northeast-2.
+    workspace.write_config_for_endpoint(&fake.endpoint, "", "");
+    run_once_within_limit(&workspace, &fake);
+    let seen = fake.seen();
+    assert_every_record_once(&seen, records);
+    let first_second = seen.quota_throttled_between(fake.started(), fake.started() + Duration::from_secs(1));
+    eprintln!("{first_second} quota-throttled calls in the first second, {} in all of {} calls", seen.quota_throttled_calls, seen.calls);
+    assert!(seen.quota_throttled_calls > 0, "the quota was met");
+    assert!(first_second <= 2, "{first_second} calls went into the first second's spent quota");
 }
 
 /// The value of the `/metrics` sample `name{label="value"}`.

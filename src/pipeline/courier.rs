@@ -152,6 +152,13 @@ impl Courier {
         while let Some(mut group) = groups.pop_front() {
             loop {
                 attempt += 1;
+                // While the call past the default quota is out, the others wait for its answer
+                // before they are cut to the pace it may teach: cut to an unpaced start's
+                // allowance, a packed batch's 2 MiB call would go whole at 1 MiB/s.
+                tokio::select! {
+                    _ = self.scout_answered() => {}
+                    _ = &mut abandon => return Delivery::Abandoned,
+                }
                 // A batch packed before the pace was learned, or the refused part of a call,
                 // may carry more than a call should at that pace: the rest goes in later calls.
                 let allowance = self.call_allowance();
@@ -296,8 +303,10 @@ impl Courier {
     /// governor what the answer took and refused.
     pub(super) async fn call(&self, records: &OutgoingRecords, group: &[usize]) -> Result<Vec<RecordOutcome>, SinkError> {
         let size = call_size(records, group);
-        // Unpaced (or with a slot free), a call goes at once, with no turn to take.
-        let at_once = self.lock_governor().try_reserve(size, Instant::now());
+        // Unpaced (or with a slot free), a call goes at once, with no turn to take. It is sent
+        // at the instant it was booked for: the governor knows its answer by it (the scout's).
+        let mut sent_at = Instant::now();
+        let at_once = self.lock_governor().try_reserve(size, sent_at);
         if at_once.is_err() {
             let _turn = self.pace_turns.lock().await;
             // Asked again after each wait: a pace lowered meanwhile holds this call back too.
@@ -306,7 +315,8 @@ impl Courier {
                 tokio::pin!(changed);
                 // Registered before asking: a change between the answer and the sleep still wakes it.
                 changed.as_mut().enable();
-                let pace = self.lock_governor().try_reserve(size, Instant::now());
+                sent_at = Instant::now();
+                let pace = self.lock_governor().try_reserve(size, sent_at);
                 match pace {
                     Ok(()) => break,
                     Err(wait) => {
@@ -318,7 +328,6 @@ impl Courier {
                 }
             }
         }
-        let sent_at = Instant::now();
         let answer = self.sink.put_to(&self.stream, records, group).await;
         self.events.call_answered(group.len() as u64, sent_at.elapsed());
         if self.per_stream {
@@ -341,6 +350,7 @@ impl Courier {
                     accepted: read.accepted,
                     refused_for_throughput: read.refusals.throughput,
                     throttled_whole: false,
+                    refused_at_the_end: read.refused_at_the_end,
                 })
             }
             Err(SinkError::Throttled { .. }) => Some(CallAnswer {
@@ -349,11 +359,13 @@ impl Courier {
                 accepted: CallSize::default(),
                 refused_for_throughput: size.records,
                 throttled_whole: true,
+                refused_at_the_end: 0,
             }),
             Err(_) => None,
         };
-        if let Some(told) = told {
-            self.tell_governor(told);
+        match told {
+            Some(told) => self.tell_governor(told),
+            None => self.governor_unanswered(sent_at),
         }
         answer
     }
@@ -428,6 +440,25 @@ impl Courier {
         answer.await.unwrap_or(ResendReply::SendAlone)
     }
 
+    /// Returns once no call past the default quota is out (see [`RateGovernor::expecting`]):
+    /// its answer wakes the waiting calls, and the governor stops waiting for it after a second.
+    async fn scout_answered(&self) {
+        loop {
+            let changed = self.pace_changed.notified();
+            tokio::pin!(changed);
+            // Registered before asking: an answer between the two still wakes it.
+            changed.as_mut().enable();
+            if !self.lock_governor().is_scouting(Instant::now()) {
+                return;
+            }
+            tokio::select! {
+                _ = &mut changed => {}
+                // The governor gives up on a scout a second after it went.
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
     /// Whether a learned rate is in force (see [`RateGovernor::is_pacing`]).
     pub(super) fn is_pacing(&self) -> bool {
         self.lock_governor().is_pacing()
@@ -443,18 +474,39 @@ impl Courier {
         self.governor.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Tells the governor what a call's answer took and refused; logs and counts any change of pace.
-    fn tell_governor(&self, answer: CallAnswer) {
+    /// Tells the governor that the call sent at `sent_at` got no answer it can read; wakes the
+    /// calls that waited for it, if it was the scout.
+    fn governor_unanswered(&self, sent_at: Instant) {
         let mut governor = self.lock_governor();
-        if let Some(change) = governor.answered(answer, Instant::now()) {
-            let allowance = governor.call_allowance();
-            let pacing = governor.is_pacing();
+        let scouting = governor.is_scouting(Instant::now());
+        governor.unanswered(sent_at);
+        if scouting && !governor.is_scouting(Instant::now()) {
             drop(governor);
             self.pace_changed.notify_waiters();
-            self.events.pace_changed(&self.route, &change, allowance);
-            if self.per_stream {
-                self.events.stream_pace_changed(&self.settings.name, &self.stream, pacing.then_some(allowance));
+        }
+    }
+
+    /// Tells the governor what a call's answer took and refused; logs and counts any change of
+    /// pace, and wakes the calls waiting for the pace or for the scout's answer.
+    fn tell_governor(&self, answer: CallAnswer) {
+        let mut governor = self.lock_governor();
+        let scouting = governor.is_scouting(Instant::now());
+        let change = governor.answered(answer, Instant::now());
+        let scout_answered = scouting && !governor.is_scouting(Instant::now());
+        let Some(change) = change else {
+            drop(governor);
+            if scout_answered {
+                self.pace_changed.notify_waiters();
             }
+            return;
+        };
+        let allowance = governor.call_allowance();
+        let pacing = governor.is_pacing();
+        drop(governor);
+        self.pace_changed.notify_waiters();
+        self.events.pace_changed(&self.route, &change, allowance);
+        if self.per_stream {
+            self.events.stream_pace_changed(&self.settings.name, &self.stream, pacing.then_some(allowance));
         }
     }
 
@@ -514,11 +566,19 @@ struct ReadOutcomes {
     refusals: EntryRefusals,
     first_failure: Option<(String, String)>,
     accepted: CallSize,
+    /// The entries at the call's end refused for throughput in a row (see
+    /// [`CallAnswer::refused_at_the_end`]).
+    refused_at_the_end: u64,
 }
 
 fn read_outcomes(records: &OutgoingRecords, group: &[usize], outcomes: &[RecordOutcome]) -> ReadOutcomes {
-    let mut read =
-        ReadOutcomes { failed: Vec::new(), refusals: EntryRefusals::default(), first_failure: None, accepted: CallSize::default() };
+    let mut read = ReadOutcomes {
+        failed: Vec::new(),
+        refusals: EntryRefusals::default(),
+        first_failure: None,
+        accepted: CallSize::default(),
+        refused_at_the_end: 0,
+    };
     for (&index, outcome) in group.iter().zip(outcomes) {
         match outcome {
             RecordOutcome::Accepted => {
@@ -532,7 +592,29 @@ fn read_outcomes(records: &OutgoingRecords, group: &[usize], outcomes: &[RecordO
             }
         }
     }
+    if read.refusals.throughput > 0 {
+        read.refused_at_the_end = refused_at_the_end(&outcomes[..group.len().min(outcomes.len())]);
+    }
     read
+}
+
+/// The longest run of entries at a call's end that begins with a refused one and of which nine
+/// in ten or more are refused (see [`CallAnswer::refused_at_the_end`]): a byte quota that runs
+/// out within a call refuses every entry after the one that met it but a smaller one that still
+/// fits, where records refused at random are scattered (one in ten refused at random leaves
+/// nine of ten refused at a call's end over ten entries once in 10⁸ calls).
+fn refused_at_the_end(outcomes: &[RecordOutcome]) -> u64 {
+    let (mut entries, mut refused_entries, mut longest) = (0u64, 0u64, 0u64);
+    for outcome in outcomes.iter().rev() {
+        entries += 1;
+        if matches!(outcome, RecordOutcome::Failed { code, .. } if is_throughput_refusal(code)) {
+            refused_entries += 1;
+            if refused_entries * 10 >= entries * 9 {
+                longest = entries;
+            }
+        }
+    }
+    longest
 }
 
 /// Failures in a row of one batch's calls that are resent at once while the destination accepts
@@ -541,14 +623,19 @@ fn read_outcomes(records: &OutgoingRecords, group: &[usize], outcomes: &[RecordO
 const FAULTS_RESENT_AT_ONCE: u32 = 3;
 
 /// Counts a refused entry by what its code says: over the stream's throughput (a signal for
-/// the pace, if it follows the rate; "ServiceUnavailable" is the older documentation's spelling),
-/// a transient fault of the service (resent, never a rate), or anything else.
+/// the pace, if it follows the rate), a transient fault of the service (resent, never a rate), or anything else.
 fn count_refusal(refusals: &mut EntryRefusals, code: &str) {
     match code {
-        _ if crate::sink::is_throughput_code(code) || code == "ServiceUnavailable" => refusals.throughput += 1,
+        _ if is_throughput_refusal(code) => refusals.throughput += 1,
         "InternalFailure" | "InternalFailureException" => refusals.internal += 1,
         _ => refusals.other += 1,
     }
+}
+
+/// Whether an entry's code refuses it for throughput ("ServiceUnavailable" is the older
+/// documentation's spelling).
+fn is_throughput_refusal(code: &str) -> bool {
+    crate::sink::is_throughput_code(code) || code == "ServiceUnavailable"
 }
 
 /// Completes when `stop` has fired and `grace` has passed since.
@@ -612,5 +699,31 @@ mod tests {
         let mut group = vec![0, 1];
         assert_eq!(split(&records, &mut group, CallSize { bytes: 80, records: 2 }), None);
         assert_eq!(group, vec![0, 1]);
+    }
+
+    #[test]
+    fn the_refused_end_of_a_call_is_the_longest_run_at_its_end_nine_tenths_refused_for_throughput() {
+        // A: accepted, T: refused for throughput, I: InternalFailure.
+        let outcomes = |pattern: &str| -> Vec<RecordOutcome> {
+            pattern
+                .chars()
+                .map(|entry| match entry {
+                    'A' => RecordOutcome::Accepted,
+                    code => RecordOutcome::Failed {
+                        code: if code == 'T' { "ServiceUnavailableException" } else { "InternalFailure" }.into(),
+                        message: String::new(),
+                    },
+                })
+                .collect()
+        };
+        assert_eq!(refused_at_the_end(&outcomes("AAAATTTT")), 4);
+        assert_eq!(refused_at_the_end(&outcomes("TTTTTTTTTT")), 10, "refused in full");
+        // A smaller record that still fit past the quota's edge does not end the run.
+        assert_eq!(refused_at_the_end(&outcomes("AAAATTTTATTTTTTTTTTTTTTTTTTT")), 24);
+        // Records refused at random are scattered; the last one refused is a run of one.
+        assert_eq!(refused_at_the_end(&outcomes("ATAAAAATAAAAAAT")), 1);
+        assert_eq!(refused_at_the_end(&outcomes("AAATTA")), 0, "the last entry accepted");
+        // Entries refused for anything else are no quota's.
+        assert_eq!(refused_at_the_end(&outcomes("AAAAIIII")), 0);
     }
 }

@@ -478,7 +478,7 @@ impl Flusher {
             events: self.events.clone(),
             stop: self.stopping.stop.clone(),
             shutdown_timeout: self.stopping.shutdown_timeout,
-            governor: Mutex::new(RateGovernor::new(self.settings.rate_ceiling)),
+            governor: Mutex::new(self.new_governor()),
             pace_turns: tokio::sync::Mutex::new(()),
             pace_changed: tokio::sync::Notify::new(),
             leftovers: Leftovers::default(),
@@ -491,6 +491,16 @@ impl Flusher {
             self.resenders.push(AbortOnDrop(tokio::spawn(run_resender(courier.clone()))));
         }
         self.couriers.push(courier);
+    }
+
+    /// A stream's rate governor: within the sink's ceilings, and expecting the destination's
+    /// default quota where it has one.
+    fn new_governor(&self) -> RateGovernor {
+        let governor = RateGovernor::new(self.settings.rate_ceiling);
+        match self.sink.default_quota() {
+            Some(default) => governor.expecting(default),
+            None => governor,
+        }
     }
 
     /// The most one call should carry at the learned pace of the fastest stream: a batch's

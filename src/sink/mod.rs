@@ -247,6 +247,16 @@ impl Sink {
         }
     }
 
+    /// The quota a stream of this destination most likely has, where one is documented: a
+    /// Firehose region's Direct PUT default. A Kinesis stream's depends on its shards, which
+    /// are not known here; a directory has none.
+    pub fn default_quota(&self) -> Option<rate::Rates> {
+        match self {
+            Sink::Firehose(sink) => Some(sink.default_quota()),
+            Sink::KinesisStreams(_) | Sink::Directory(_) => None,
+        }
+    }
+
     /// `record` finished for sending when its batch is sealed, if this sink finishes records:
     /// a Kinesis sink's aggregated body wrapped into its aggregated record.
     pub fn finished_record(&self, record: &[u8]) -> Option<Vec<u8>> {

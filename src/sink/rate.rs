@@ -29,6 +29,13 @@
 //!   lowered without a test, once per second while it lasts. So is, before any rate is
 //!   learned, a call refused entry by entry in full while others are accepted: random refusals
 //!   never refuse dozens of entries in a row, a spent quota second refuses all that come.
+//! - **Scout past the default.** Most streams run at their region's default quota (the
+//!   destination says which, [`RateGovernor::expecting`]). Before any rate is learned, the call
+//!   that would take the last second's sending past it goes alone, and the others wait for its
+//!   answer: refused at its end, about as far as it went past the default, it met the quota and
+//!   the rates are lowered at once; answered otherwise, the quota is larger (raised, or never
+//!   there) and sending goes on unpaced. One round trip once per start, instead of the calls in
+//!   flight all going into a spent second (8 of a start's 9 throttled calls at 1 MiB/s).
 //! - **Probe for more, faster the longer it holds.** At a learned rate, after [`HOLD`] without a
 //!   quota decision, each second the pace limits the calls, the rates grow by 1 %, 2 %, 4 % ...
 //!   of the learned rate (at most 25 % a second), so a quota raised by AWS is found within
@@ -79,6 +86,11 @@ pub struct CallAnswer {
     pub refused_for_throughput: u64,
     /// The call was throttled whole (not answered entry by entry).
     pub throttled_whole: bool,
+    /// The longest run of entries at the call's end that begins with one refused for
+    /// throughput and of which nine in ten or more were: a byte quota running out within a call
+    /// refuses every entry after the one that met it but a smaller one that still fits, where
+    /// records refused at random are scattered.
+    pub refused_at_the_end: u64,
 }
 
 /// A change of pace, with what it was decided from (for the log and the metrics).
@@ -97,7 +109,8 @@ pub struct PaceChange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaceDecision {
     /// A quarter or more of what was sent was refused, or, before any rate was learned, every
-    /// entry of a call: a quota, lowered to what it took.
+    /// entry of a call or, while scouting past the default quota, the end of one: a quota,
+    /// lowered to what it took.
     Lowered,
     /// More was refused than the noise floor explains: lowered to what was taken, to see
     /// whether the refusals fall with the rate.
@@ -156,6 +169,16 @@ const QUOTA_AT_ONCE_CALLS: usize = 8;
 /// quarter of a second's records, spares the calls an unpaced start would send into the spent
 /// second meanwhile.
 const REFUSED_IN_FULL_AT_LEAST: u64 = 32;
+/// A scout's refused end says "the default quota" when it is at least this long: records
+/// refused at random, one in ten, end a call with four in a row once in 10⁴ calls.
+const SCOUT_TAIL_AT_LEAST: u64 = 4;
+/// Another call's refused end says "a quota" while scouting when it is at least this long
+/// (once in 10⁸ calls at random): its answer may overtake the scout's, or a quota below the
+/// default runs out before the scout.
+const TAIL_AT_LEAST: u64 = 8;
+/// A scout's answer is waited for at most this long: a call lost to a timeout must not hold the
+/// others back for longer than a quota's second.
+const SCOUT_WAITED_FOR_AT_MOST: Duration = Duration::from_secs(1);
 /// Below this share, refusals are never a signal (a record or two at a window's edge).
 const SMALLEST_SIGNAL: f64 = 0.005;
 /// The least records a call has for a quarter of them refused entry by entry to be a quota's
@@ -207,6 +230,50 @@ pub struct RateGovernor {
     answers: VecDeque<Answered>,
     /// The last decrease's measurement, still open to answers of calls sent before it.
     last_learning: Option<Learning>,
+    /// While the stream's default quota is yet to be met or passed (see
+    /// [`RateGovernor::expecting`]).
+    scouting: Option<Scouting>,
+}
+
+/// Sending up to a stream's default quota, and past it one call at a time.
+#[derive(Debug)]
+struct Scouting {
+    /// The quota most streams of the destination have (a region's Direct PUT default).
+    default: Rates,
+    /// The calls booked over the last [`WINDOW`].
+    booked: VecDeque<Booking>,
+    /// The call that went past the default, until it and the calls booked before it are
+    /// answered: answers overtake each other, and a call sent before the scout but taken after
+    /// it can be the one the quota runs out in.
+    scout: Option<Scout>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Booking {
+    /// When it was booked: its answer's `sent_at`.
+    sent_at: Instant,
+    size: CallSize,
+    answered: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Scout {
+    sent_at: Instant,
+    /// About how many of its records lay past the default: what a quota at the default refuses.
+    past_the_default: u64,
+    answered: bool,
+}
+
+/// What one answer says of a quota by itself, before any rate is learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QuotaSign {
+    /// Nothing by itself: the share refused over the last second decides.
+    None,
+    /// Every entry of a call refused one by one (see [`CallAnswer::refused_in_full`]).
+    RefusedInFull,
+    /// While scouting, the scout refused at its end about as far as it went past the default
+    /// quota, or another call refused at its end (see [`RateGovernor::refused_at_its_end`]).
+    RefusedAtItsEnd,
 }
 
 /// When the next call may go by the bytes, records and calls rates (`None`: unlimited).
@@ -401,7 +468,39 @@ impl RateGovernor {
             last_held_back: None,
             answers: VecDeque::new(),
             last_learning: None,
+            scouting: None,
         }
+    }
+
+    /// A governor that expects the stream's quota to be `default` (a region's Direct PUT
+    /// default, which most streams keep): until a rate is learned, the call that would take the
+    /// last second's sending past it goes alone, and the others wait for its answer. Refused at
+    /// its end, about as far as it went past `default`, it met the quota: the rates are lowered
+    /// at once, and the calls that would have gone into the spent second (those in flight at an
+    /// unpaced start, 8 of 9 throttled calls at 1 MiB/s) never go. Answered in any other way
+    /// (accepted, refused at random, throttled whole, failed), the quota is not the default, or
+    /// the answer cannot say so: sending goes on unpaced, as without a default. The price is a
+    /// round trip, once.
+    pub fn expecting(mut self, default: Rates) -> RateGovernor {
+        self.scouting = Some(Scouting { default, booked: VecDeque::new(), scout: None });
+        self
+    }
+
+    /// Whether a call past the default quota is out at `now`, its answer (and those of the calls
+    /// booked before it) awaited: for at most [`SCOUT_WAITED_FOR_AT_MOST`]. Calls waiting for
+    /// it are woken when it comes.
+    pub fn is_scouting(&self, now: Instant) -> bool {
+        self.scouting
+            .as_ref()
+            .and_then(|scouting| scouting.scout)
+            .is_some_and(|scout| now.saturating_duration_since(scout.sent_at) < SCOUT_WAITED_FOR_AT_MOST)
+    }
+
+    /// A call booked at `sent_at` got no answer the governor can read (a network error, a 5xx,
+    /// records refused as invalid): it is waited for no longer; if it was the scout, what the
+    /// default says stays unknown, and sending goes on unpaced.
+    pub fn unanswered(&mut self, sent_at: Instant) {
+        self.scout_heard(sent_at);
     }
 
     /// The rates in force.
@@ -433,6 +532,7 @@ impl RateGovernor {
             self.last_held_back = Some(now);
             return Err(go_at - now);
         }
+        self.scout_turn(size, now)?;
         let costs = [
             self.current.bytes.map(|rate| size.bytes as f64 / rate),
             self.current.records.map(|rate| size.records as f64 / rate),
@@ -444,6 +544,69 @@ impl RateGovernor {
             *next = cost.map(|cost| next.map_or(go_from, |next| next.max(go_from)) + Duration::from_secs_f64(cost.min(3600.0)));
         }
         Ok(())
+    }
+
+    /// Before any rate is learned, books a call against the default quota: past it, the call
+    /// goes only when no other call past it is out, and becomes the scout; otherwise says how
+    /// long the scout's answer may still be waited for.
+    fn scout_turn(&mut self, size: CallSize, now: Instant) -> Result<(), Duration> {
+        if !matches!(self.phase, Phase::Free) {
+            // A learned rate knows more than any default.
+            self.scouting = None;
+        }
+        let Some(scouting) = self.scouting.as_mut() else { return Ok(()) };
+        if let Some(scout) = scouting.scout {
+            let waited = now.saturating_duration_since(scout.sent_at);
+            if waited < SCOUT_WAITED_FOR_AT_MOST {
+                return Err(SCOUT_WAITED_FOR_AT_MOST - waited);
+            }
+            self.scouting = None;
+            return Ok(());
+        }
+        while scouting.booked.front().is_some_and(|booking| now.saturating_duration_since(booking.sent_at) >= WINDOW) {
+            scouting.booked.pop_front();
+        }
+        let before = scouting.booked.iter().fold(CallSize::default(), |sum, booking| sum.plus(booking.size));
+        let past_the_default = records_past(scouting.default, before, scouting.booked.len() as u64, size);
+        scouting.booked.push_back(Booking { sent_at: now, size, answered: false });
+        if past_the_default > 0 {
+            scouting.scout = Some(Scout { sent_at: now, past_the_default, answered: false });
+        }
+        Ok(())
+    }
+
+    /// While scouting, whether `answer` shows a quota by its refused end: the scout's, about as
+    /// far as it went past the default, or another call's over [`TAIL_AT_LEAST`] entries. Then
+    /// scouting is over; it is also over once the scout and every call booked before it are
+    /// answered.
+    fn refused_at_its_end(&mut self, answer: &CallAnswer) -> bool {
+        let Some(scouting) = self.scouting.as_ref() else { return false };
+        let shown = match scouting.scout {
+            Some(scout) if scout.sent_at == answer.sent_at => answer.refused_past(scout.past_the_default),
+            _ => !answer.throttled_whole && answer.refused_at_the_end >= TAIL_AT_LEAST,
+        };
+        if shown {
+            self.scouting = None;
+        } else {
+            self.scout_heard(answer.sent_at);
+        }
+        shown
+    }
+
+    /// The call booked at `sent_at` was heard of: once the scout and the calls booked before it
+    /// all were, without a quota shown, the default is settled and sending goes on unpaced.
+    fn scout_heard(&mut self, sent_at: Instant) {
+        let Some(scouting) = self.scouting.as_mut() else { return };
+        if let Some(booking) = scouting.booked.iter_mut().find(|booking| booking.sent_at == sent_at) {
+            booking.answered = true;
+        }
+        let Some(scout) = scouting.scout.as_mut() else { return };
+        scout.answered |= scout.sent_at == sent_at;
+        let before_it_answered =
+            scouting.booked.iter().take_while(|booking| booking.sent_at < scout.sent_at).all(|booking| booking.answered);
+        if scout.answered && before_it_answered {
+            self.scouting = None;
+        }
     }
 
     /// The most one call should carry at the pace in force: [`BURST`]'s share of the byte and
@@ -474,6 +637,7 @@ impl RateGovernor {
         if answer.accepted.records > 0 {
             self.complete_learning(answer, now);
         }
+        let refused_at_its_end = self.refused_at_its_end(&answer);
         if let Phase::Testing(test) = &mut self.phase {
             // The calls sent at the lower rate are the test's evidence, however long it waits.
             if answer.sent_at > test.since {
@@ -483,7 +647,14 @@ impl RateGovernor {
         match self.phase {
             Phase::Testing(test) => self.judge(test, now),
             Phase::Free | Phase::Paced(_) if answer.refused_for_throughput > 0 => {
-                self.consider_refusals(answer.sent_at, answer.refused_in_full(), now)
+                let sign = if refused_at_its_end {
+                    QuotaSign::RefusedAtItsEnd
+                } else if answer.refused_in_full() {
+                    QuotaSign::RefusedInFull
+                } else {
+                    QuotaSign::None
+                };
+                self.consider_refusals(answer.sent_at, sign, now)
             }
             Phase::Free | Phase::Paced(_) => None,
         }
@@ -491,7 +662,7 @@ impl RateGovernor {
 
     /// Refusals came: lowers the rates when the share refused over the last second is more
     /// than the noise floor explains.
-    fn consider_refusals(&mut self, refused_call_sent_at: Instant, refused_in_full: bool, now: Instant) -> Option<PaceChange> {
+    fn consider_refusals(&mut self, refused_call_sent_at: Instant, sign: QuotaSign, now: Instant) -> Option<PaceChange> {
         // One overload shows as several refusals in a row: lower once per window.
         if self.last_lowered.is_some_and(|last| now.saturating_duration_since(last) < WINDOW) {
             return None;
@@ -500,7 +671,9 @@ impl RateGovernor {
         let share = tally.refused_share();
         // A quarter refused is more than any noise floor is taken to hide (a floor of a sixth
         // or more has a tolerance above it).
-        if share <= self.tolerance(now) && share < QUOTA_AT_ONCE {
+        // A scout refused past the default is a quota's shape whatever the share (a noise floor
+        // recognized in the first calls can hide a spent second's first refusals).
+        if share <= self.tolerance(now) && share < QUOTA_AT_ONCE && sign != QuotaSign::RefusedAtItsEnd {
             return None;
         }
         // A moderate share needs two seconds of sending behind it, the last one whole (not a
@@ -512,7 +685,7 @@ impl RateGovernor {
         // calls into the spent second); at a learned rate, a probe's step over the quota does
         // the same, and is the test's to measure, not a second decrease's.
         let unpaced = matches!(self.phase, Phase::Free);
-        let at_once = (refused_in_full && unpaced)
+        let at_once = (sign != QuotaSign::None && unpaced)
             || share >= QUOTA_AT_ONCE && (tally.calls >= QUOTA_AT_ONCE_CALLS || share - tally.spread() >= QUOTA_AT_ONCE);
         let two_seconds = self.tally_over(MEASURED_OVER);
         if !at_once && (tally.covers(now) < WINDOW.mul_f64(0.9) || two_seconds.covers(now) < MEASURED_OVER.mul_f64(0.95)) {
@@ -596,7 +769,7 @@ impl RateGovernor {
             self.phase = Phase::probing_from(now + HOLD);
             self.last_lowered = None;
             let refused_call_sent_at = self.answers.back().map_or(now, |answered| answered.answer.sent_at);
-            return self.consider_refusals(refused_call_sent_at, false, now);
+            return self.consider_refusals(refused_call_sent_at, QuotaSign::None, now);
         }
         // Where the share refused before came in lumps, its own spread is large, and a fall by
         // less than three times that spread is a fall noise could give: calls throttled whole at
@@ -816,6 +989,29 @@ impl CallAnswer {
             && self.accepted.records == 0
             && self.refused_for_throughput == self.sent.records
     }
+
+    /// Whether the call's end was refused ([`CallAnswer::refused_at_the_end`]) over at least
+    /// [`SCOUT_TAIL_AT_LEAST`] entries and at least half of the `past` records that lay past a
+    /// quota: a quota running out within the call. Records refused at random are scattered, and
+    /// a call throttled whole is how noise refuses calls too.
+    fn refused_past(&self, past: u64) -> bool {
+        let tail = self.refused_at_the_end;
+        !self.throttled_whole && tail >= SCOUT_TAIL_AT_LEAST && 2 * tail >= past
+    }
+}
+
+/// Of a call of `size` booked after `before` (in `calls` calls) over the last second, about how
+/// many records lie past `default` by its bytes, records or calls: 0 when it stays within.
+fn records_past(default: Rates, before: CallSize, calls: u64, size: CallSize) -> u64 {
+    // The share of this call past a limit: the amount over it, out of what the call adds.
+    let share_past = |limit: Option<f64>, before: u64, adds: u64| match limit {
+        Some(limit) if adds > 0 => ((before + adds) as f64 - limit).clamp(0.0, adds as f64) / adds as f64,
+        _ => 0.0,
+    };
+    let share = share_past(default.bytes, before.bytes, size.bytes)
+        .max(share_past(default.records, before.records, size.records))
+        .max(share_past(default.calls, calls, 1));
+    (share * size.records as f64).ceil() as u64
 }
 
 impl CallSize {
@@ -928,9 +1124,12 @@ mod tests {
             run.calls += 1;
             let mut accepted = 0;
             let mut met_quota = false;
+            // Entries refused in a row at the call's end.
+            let mut refused_at_the_end = 0;
             let throttled_whole = random.chance(stream.throttled_calls);
             if !throttled_whole {
                 for _ in 0..pending {
+                    refused_at_the_end += 1;
                     if random.chance(stream.refused_records) {
                         continue;
                     }
@@ -938,6 +1137,7 @@ mod tests {
                         met_quota = true;
                         continue;
                     }
+                    refused_at_the_end = 0;
                     used += RECORD_BYTES;
                     accepted += 1;
                 }
@@ -950,6 +1150,7 @@ mod tests {
                 accepted: CallSize { bytes: accepted * RECORD_BYTES, records: accepted },
                 refused_for_throughput: pending - accepted,
                 throttled_whole,
+                refused_at_the_end,
             };
             if let Some(change) = governor.answered(answer, now) {
                 if std::env::var_os("RATE_TRACE").is_some() {
@@ -1047,6 +1248,7 @@ mod tests {
             accepted: CallSize { bytes: accepted * sent.bytes / sent.records, records: accepted },
             refused_for_throughput: refused,
             throttled_whole: false,
+            refused_at_the_end: 0,
         }
     }
 
@@ -1237,6 +1439,7 @@ mod tests {
             accepted: if refused { CallSize::default() } else { CallSize { bytes: 14_600, records: 100 } },
             refused_for_throughput: if refused { 100 } else { 0 },
             throttled_whole: refused,
+            refused_at_the_end: 0,
         };
         let mut decisions = Vec::new();
         for (millis, refused) in [(0, false), (500, true), (510, false)] {
@@ -1266,6 +1469,7 @@ mod tests {
             accepted: CallSize { bytes: 0, records: 0 },
             refused_for_throughput: CALL.records,
             throttled_whole: true,
+            refused_at_the_end: 0,
         };
         assert_eq!(governor.answered(refused, now + Duration::from_secs(2)), None);
         assert_eq!(governor.rates(), Rates::default());
@@ -1287,6 +1491,7 @@ mod tests {
             accepted: CallSize { bytes: 0, records: 0 },
             refused_for_throughput: 500,
             throttled_whole: true,
+            refused_at_the_end: 0,
             ..answer(start, 0)
         };
         let change = governor.answered(refused, start + Duration::from_secs(2));
@@ -1325,6 +1530,7 @@ mod tests {
             accepted: CallSize { bytes: 0, records: 0 },
             refused_for_throughput: 500,
             throttled_whole: true,
+            refused_at_the_end: 0,
             ..answer(sent(start, 203), 0)
         };
         let lowered = governor.answered(refused, refused_at).expect("lowered").rates;
@@ -1417,6 +1623,7 @@ mod tests {
             accepted: CallSize { bytes: 0, records: 0 },
             refused_for_throughput: 500,
             throttled_whole: true,
+            refused_at_the_end: 0,
             ..answer(tested_at, 0)
         };
         assert_eq!(governor.answered(refused, tested_at).map(|change| change.decision), Some(PaceDecision::Testing));
@@ -1437,5 +1644,135 @@ mod tests {
         let grown = governor.rates().bytes.expect("a rate");
         // Four whole seconds of probing after the verdict (the hold had passed): 1 + 2 + 4 + 8 % of the learned rate.
         assert!((grown / lowered - 1.15).abs() < 0.001, "{grown} from {lowered}");
+    }
+
+    /// ap-northeast-2's default Direct PUT quota.
+    const DEFAULT: Rates = Rates { bytes: Some(MIB as f64), records: Some(100_000.0), calls: Some(1_000.0) };
+
+    /// A governor expecting [`DEFAULT`] that has booked, 100 µs apart from `start`, the 14
+    /// calls of [`CALL`] that fit in it (1,022,000 bytes) and the 15th, past it (the scout,
+    /// 318 of its 500 records past 1 MiB); returns it and when the scout was booked.
+    fn scout_booked(start: Instant) -> (RateGovernor, Instant) {
+        let mut governor = RateGovernor::new(Rates::default()).expecting(DEFAULT);
+        let mut at = start;
+        for call in 0..14 {
+            assert_eq!(governor.try_reserve(CALL, at), Ok(()), "call {call}, within the default");
+            assert!(!governor.is_scouting(start));
+            at += Duration::from_micros(100);
+        }
+        assert_eq!(governor.try_reserve(CALL, at), Ok(()), "the scout goes at once");
+        assert!(governor.is_scouting(start));
+        (governor, at)
+    }
+
+    /// Answers the 14 calls [`scout_booked`] booked before the scout, accepted whole.
+    fn answer_the_calls_before_the_scout(governor: &mut RateGovernor, start: Instant, now: Instant) {
+        for call in 0..14 {
+            assert_eq!(governor.answered(answer(start + Duration::from_micros(100 * call), 0), now), None);
+        }
+    }
+
+    #[test]
+    fn the_call_past_the_default_quota_goes_alone_and_refused_at_its_end_lowers_the_rate_at_once() {
+        let start = Instant::now();
+        let (mut governor, scout_at) = scout_booked(start);
+        // The calls after it wait for its answer: at an unpaced start with 8 in flight, they
+        // would all go into a spent second.
+        let wait = governor.try_reserve(CALL, scout_at + Duration::from_millis(1)).expect_err("waits for the scout");
+        assert!(wait <= SCOUT_WAITED_FOR_AT_MOST, "{wait:?}");
+        let now = scout_at + Duration::from_millis(3);
+        answer_the_calls_before_the_scout(&mut governor, start, now);
+        // The stream took 1 MiB and refused what came after: the scout's last 318 entries.
+        let refused = CallAnswer { refused_at_the_end: 318, ..answer(scout_at, 318) };
+        let change = governor.answered(refused, now).expect("a decision");
+        assert_eq!(change.decision, PaceDecision::Lowered);
+        assert!(!governor.is_scouting(start));
+        assert!(governor.is_pacing());
+        let accepted = 14.0 * 73_000.0 + 182.0 * 146.0;
+        let bytes = governor.rates().bytes.expect("a byte rate");
+        assert!((bytes - 0.95 * accepted).abs() < 1_000.0, "{bytes}");
+        // The next call waits for the second the quota spent, paid at the new rate.
+        let wait = governor.try_reserve(CALL, now).expect_err("paced");
+        assert!(wait > Duration::from_millis(900), "{wait:?}");
+    }
+
+    #[test]
+    fn a_scout_answered_any_other_way_ends_scouting_and_sending_goes_on_unpaced() {
+        let start = Instant::now();
+        // Accepted whole: the quota is larger than the default (raised, in proportion).
+        let accepted = |sent_at| answer(sent_at, 0);
+        // 10 % of records refused at random, scattered: noise, the rest taken past the default.
+        let scattered = |sent_at| CallAnswer { refused_at_the_end: 1, ..answer(sent_at, 50) };
+        // Throttled whole: how noise refuses calls too.
+        let throttled = |sent_at| CallAnswer { throttled_whole: true, accepted: CallSize::default(), ..answer(sent_at, CALL.records) };
+        // Refused at its end, but only 100 of the 318 past the default: something else
+        // refused them (another writer's share, a window of the stream not ours).
+        let too_short = |sent_at| CallAnswer { refused_at_the_end: 100, ..answer(sent_at, 100) };
+        let answers: [(&str, &dyn Fn(Instant) -> CallAnswer); 4] =
+            [("accepted", &accepted), ("scattered", &scattered), ("throttled whole", &throttled), ("too short", &too_short)];
+        for (name, scout_answer) in answers {
+            let (mut governor, scout_at) = scout_booked(start);
+            let now = scout_at + Duration::from_millis(3);
+            answer_the_calls_before_the_scout(&mut governor, start, now);
+            let decision = governor.answered(scout_answer(scout_at), now).map(|change| change.decision);
+            assert_ne!(decision, Some(PaceDecision::Lowered), "{name}");
+            assert!(!governor.is_scouting(start), "{name}");
+            // Every call goes at once again, past the default too: no second scout.
+            for call in 0..20 {
+                assert_eq!(governor.try_reserve(CALL, now + Duration::from_micros(call)), Ok(()), "{name}: call {call}");
+                assert!(!governor.is_scouting(start), "{name}: call {call}");
+            }
+        }
+        // No answer the governor can read (a 5xx, a network error), or none within a second.
+        let (mut governor, scout_at) = scout_booked(start);
+        answer_the_calls_before_the_scout(&mut governor, start, scout_at + Duration::from_millis(2));
+        governor.unanswered(scout_at);
+        assert!(!governor.is_scouting(start));
+        assert_eq!(governor.try_reserve(CALL, scout_at + Duration::from_millis(3)), Ok(()));
+        let (mut governor, scout_at) = scout_booked(start);
+        assert!(governor.try_reserve(CALL, scout_at + Duration::from_millis(999)).is_err());
+        assert_eq!(governor.try_reserve(CALL, scout_at + SCOUT_WAITED_FOR_AT_MOST), Ok(()));
+        assert!(!governor.is_scouting(start));
+    }
+
+    #[test]
+    fn a_call_sent_before_the_scout_and_taken_after_it_is_waited_for_and_its_refused_end_is_the_quota() {
+        // Answers overtake each other: the stream took the scout whole, then the call booked
+        // just before it, and ran out in that one.
+        let start = Instant::now();
+        let (mut governor, scout_at) = scout_booked(start);
+        let now = scout_at + Duration::from_millis(3);
+        for call in 0..13 {
+            assert_eq!(governor.answered(answer(start + Duration::from_micros(100 * call), 0), now), None);
+        }
+        assert_eq!(governor.answered(answer(scout_at, 0), now), None);
+        assert!(governor.is_scouting(start), "the 14th call is still out");
+        assert!(governor.try_reserve(CALL, now).is_err(), "nothing more goes past the default meanwhile");
+        let overtaken = CallAnswer { refused_at_the_end: 318, ..answer(start + Duration::from_micros(1_300), 318) };
+        let change = governor.answered(overtaken, now).expect("a decision");
+        assert_eq!(change.decision, PaceDecision::Lowered);
+        assert!(!governor.is_scouting(start));
+        // Answered without a refused end, it would have settled the default: sending goes on.
+        let (mut governor, scout_at) = scout_booked(start);
+        assert_eq!(governor.answered(answer(scout_at, 0), now), None);
+        answer_the_calls_before_the_scout(&mut governor, start, now);
+        assert!(!governor.is_scouting(start));
+        assert_eq!(governor.try_reserve(CALL, now), Ok(()));
+    }
+
+    #[test]
+    fn a_call_is_past_the_default_by_the_share_of_it_beyond_any_of_its_limits() {
+        let call = CallSize { bytes: 100_000, records: 500 };
+        let before = CallSize { bytes: 1_000_000, records: 1_000 };
+        // 1,100,000 − 1,048,576 = 51,424 bytes of 100,000 past: 258 of 500 records.
+        assert_eq!(records_past(DEFAULT, before, 10, call), 258);
+        assert_eq!(records_past(DEFAULT, CallSize { bytes: 900_000, records: 1_000 }, 10, call), 0, "within");
+        // The records' limit: 99,800 before, 300 of this call's 500 past 100,000.
+        assert_eq!(records_past(DEFAULT, CallSize { bytes: 10_000, records: 99_800 }, 200, call), 300);
+        // The calls' limit: the 1,001st call is past it whole.
+        assert_eq!(records_past(DEFAULT, CallSize { bytes: 10_000, records: 1_000 }, 1_000, call), 500);
+        // One packed call larger than the default: the share of it past.
+        let packed = CallSize { bytes: 4 * MIB, records: 8 };
+        assert_eq!(records_past(DEFAULT, CallSize::default(), 0, packed), 6);
     }
 }
