@@ -547,8 +547,8 @@ impl RateGovernor {
     }
 
     /// Before any rate is learned, books a call against the default quota: past it, the call
-    /// goes only when no other call past it is out, and becomes the scout; otherwise says how
-    /// long the scout's answer may still be waited for.
+    /// goes only when no scout is out, and becomes the scout; while one is out, says how long
+    /// its answer may still be waited for.
     fn scout_turn(&mut self, size: CallSize, now: Instant) -> Result<(), Duration> {
         if !matches!(self.phase, Phase::Free) {
             // A learned rate knows more than any default.
@@ -671,7 +671,7 @@ impl RateGovernor {
         let share = tally.refused_share();
         // A quarter refused is more than any noise floor is taken to hide (a floor of a sixth
         // or more has a tolerance above it).
-        // A scout refused past the default is a quota's shape whatever the share (a noise floor
+        // A refused end while scouting is a quota's shape whatever the share (a noise floor
         // recognized in the first calls can hide a spent second's first refusals).
         if share <= self.tolerance(now) && share < QUOTA_AT_ONCE && sign != QuotaSign::RefusedAtItsEnd {
             return None;
