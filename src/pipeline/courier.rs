@@ -310,23 +310,7 @@ impl Courier {
         if at_once.is_err() {
             let _turn = self.pace_turns.lock().await;
             // Asked again after each wait: a pace lowered meanwhile holds this call back too.
-            loop {
-                let changed = self.pace_changed.notified();
-                tokio::pin!(changed);
-                // Registered before asking: a change between the answer and the sleep still wakes it.
-                changed.as_mut().enable();
-                sent_at = Instant::now();
-                let pace = self.lock_governor().try_reserve(size, sent_at);
-                match pace {
-                    Ok(()) => break,
-                    Err(wait) => {
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = &mut changed => {}
-                        }
-                    }
-                }
-            }
+            sent_at = self.until_the_governor_allows(|governor, now| governor.try_reserve(size, now).map(|()| now)).await;
         }
         let answer = self.sink.put_to(&self.stream, records, group).await;
         self.events.call_answered(group.len() as u64, sent_at.elapsed());
@@ -443,18 +427,26 @@ impl Courier {
     /// Returns once no call past the default quota is out (see [`RateGovernor::expecting`]):
     /// its answer wakes the waiting calls, and the governor stops waiting for it after a second.
     async fn scout_answered(&self) {
+        self.until_the_governor_allows(|governor, now| governor.scout_awaited(now).map_or(Ok(()), Err)).await;
+    }
+
+    /// Asks the governor (`ask`, with the instant asked at) until it allows; after each "wait
+    /// this long", sleeps that long or until the pace changes or the scout is answered.
+    async fn until_the_governor_allows<T>(&self, mut ask: impl FnMut(&mut RateGovernor, Instant) -> Result<T, Duration>) -> T {
         loop {
             let changed = self.pace_changed.notified();
             tokio::pin!(changed);
-            // Registered before asking: an answer between the two still wakes it.
+            // Registered before asking: a change between the answer and the sleep still wakes it.
             changed.as_mut().enable();
-            if !self.lock_governor().is_scouting(Instant::now()) {
-                return;
-            }
-            tokio::select! {
-                _ = &mut changed => {}
-                // The governor gives up on a scout a second after it went.
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            let answer = ask(&mut self.lock_governor(), Instant::now());
+            match answer {
+                Ok(allowed) => return allowed,
+                Err(wait) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = &mut changed => {}
+                    }
+                }
             }
         }
     }

@@ -490,10 +490,17 @@ impl RateGovernor {
     /// booked before it) awaited: for at most [`SCOUT_WAITED_FOR_AT_MOST`]. Calls waiting for
     /// it are woken when it comes.
     pub fn is_scouting(&self, now: Instant) -> bool {
-        self.scouting
-            .as_ref()
-            .and_then(|scouting| scouting.scout)
-            .is_some_and(|scout| now.saturating_duration_since(scout.sent_at) < SCOUT_WAITED_FOR_AT_MOST)
+        self.scout_awaited(now).is_some()
+    }
+
+    /// While [`RateGovernor::is_scouting`], how much longer the scout's answer is waited for
+    /// (not at all once a rate is learned: it knows more than any default).
+    pub fn scout_awaited(&self, now: Instant) -> Option<Duration> {
+        if !matches!(self.phase, Phase::Free) {
+            return None;
+        }
+        let scout = self.scouting.as_ref()?.scout?;
+        SCOUT_WAITED_FOR_AT_MOST.checked_sub(now.saturating_duration_since(scout.sent_at)).filter(|left| !left.is_zero())
     }
 
     /// A call booked at `sent_at` got no answer the governor can read (a network error, a 5xx,
@@ -555,10 +562,9 @@ impl RateGovernor {
             self.scouting = None;
         }
         let Some(scouting) = self.scouting.as_mut() else { return Ok(()) };
-        if let Some(scout) = scouting.scout {
-            let waited = now.saturating_duration_since(scout.sent_at);
-            if waited < SCOUT_WAITED_FOR_AT_MOST {
-                return Err(SCOUT_WAITED_FOR_AT_MOST - waited);
+        if scouting.scout.is_some() {
+            if let Some(left) = self.scout_awaited(now) {
+                return Err(left);
             }
             self.scouting = None;
             return Ok(());
